@@ -1,0 +1,15 @@
+"""darknet_bn: Darknet's batch-normalization layer for Python, with fast C kernels.
+
+- :func:`make_batchnorm_layer` / :class:`Layer`: the layer, with Darknet's fields and passes.
+- :mod:`darknet_bn.kernels`: Darknet's named kernels on numpy arrays.
+- :mod:`darknet_bn.flavors`: pjreddie's Darknet, AlexeyAB's Darknet, PyTorch.
+"""
+
+from .flavors import FLAVORS, Flavor, get_flavor, torch_flavor
+from .kernels import get_num_threads, has_openmp, set_num_threads
+from .layer import Layer, make_batchnorm_layer
+
+__version__ = "0.1.0"
+
+__all__ = ["Layer", "make_batchnorm_layer", "Flavor", "FLAVORS", "get_flavor", "torch_flavor",
+           "set_num_threads", "get_num_threads", "has_openmp", "__version__"]

@@ -1,0 +1,92 @@
+"""The cffi builder of darknet_bn's C kernels (out-of-line API mode).
+
+setup.py names it in ``cffi_modules``; ``pip install .`` compiles ``darknet_bn._dbn`` from ``csrc/``.
+The C declarations are read from ``csrc/darknet_bn.h`` (its preprocessor lines dropped), so the
+signatures exist once.
+
+Environment switches, read at build time:
+- ``DARKNET_BN_OPENMP=0``: build without OpenMP (default: with it, when the compiler supports it).
+- ``DARKNET_BN_CFLAGS``: extra compiler flags, appended last.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from cffi import FFI
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+HEADER = CSRC / "darknet_bn.h"
+SOURCES = ["kernels.c", "fused.c", "build_info.c"]
+
+BASE_CFLAGS = ["-std=c11", "-O3", "-fno-math-errno", "-fvisibility=hidden", "-Wall", "-Wextra"]
+
+
+def cdef_from_header(text: str) -> str:
+    """The header without its preprocessor lines: what cffi's cdef accepts."""
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+
+
+def _compiles_with(flags: list[str]) -> bool:
+    """Whether the C compiler builds and links a small OpenMP program with these flags."""
+    code = "#include <omp.h>\nint main(void){int n=0;\n#pragma omp parallel reduction(+:n)\nn+=1;\nreturn n>0?0:1;}\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp, "t.c")
+        src.write_text(code)
+        try:
+            r = subprocess.run(_compiler() + flags + [str(src), "-o", str(Path(tmp, "t"))],
+                               capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return r.returncode == 0
+
+
+def _openmp_flags() -> list[str]:
+    if os.environ.get("DARKNET_BN_OPENMP", "1") == "0":
+        return []
+    if sys.platform == "darwin":  # Apple clang has no -fopenmp; a libomp install would need more flags
+        return []
+    return ["-fopenmp"] if _compiles_with(["-fopenmp"]) else []
+
+
+def _source(name: str) -> str:
+    path = CSRC / name
+    try:  # setuptools prefers paths relative to the project root (the working directory of a build)
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def make_builder() -> FFI:
+    omp = _openmp_flags()
+    cflags = BASE_CFLAGS + omp + shlex.split(os.environ.get("DARKNET_BN_CFLAGS", ""))
+    builder = FFI()
+    builder.cdef(cdef_from_header(HEADER.read_text()))
+    builder.set_source(
+        "darknet_bn._dbn",
+        '#include "darknet_bn.h"',
+        sources=[_source(s) for s in SOURCES],
+        include_dirs=[str(CSRC)],
+        extra_compile_args=cflags,
+        extra_link_args=omp,
+        libraries=["m"] if sys.platform.startswith("linux") else [],
+    )
+    return builder
+
+
+ffibuilder = make_builder()
+
+if __name__ == "__main__":  # a development build in place: python darknet_bn/_build.py
+    os.chdir(ROOT)
+    ffibuilder.compile(tmpdir=str(ROOT), verbose=True)

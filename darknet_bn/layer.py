@@ -1,0 +1,299 @@
+"""Darknet's batch-normalization layer: ``make_batchnorm_layer`` and ``Layer``.
+
+A ``Layer`` mirrors Darknet's ``layer`` struct for a ``[batchnorm]`` section and its
+``forward_batchnorm_layer`` / ``backward_batchnorm_layer`` / ``update_batchnorm_layer``. It owns its
+buffers (allocated once, at creation); each pass is one call into C (``csrc/fused.c``) that runs with
+pointers prepared at creation.
+
+Shapes: tensors are float32 NCHW, ``(batch, c, h, w)``; per-channel arrays are float32 ``(c,)``.
+Darknet's ``delta`` is the *negative* gradient of the loss, and updates are added
+(``scales += learning_rate/batch * scale_updates``); this layer keeps that convention in every flavor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ._dbn import ffi, lib
+from .flavors import Flavor, get_flavor
+from .kernels import _INT64_MAX, _buf, _int, _nthreads
+
+__all__ = ["Layer", "make_batchnorm_layer"]
+
+_C_FLAVORS: dict[Flavor, Any] = {}
+
+
+def _c_flavor(fl: Flavor):
+    """The ``dbn_flavor`` struct for a Flavor (made once per distinct flavor, kept alive here)."""
+    cd = _C_FLAVORS.get(fl)
+    if cd is None:
+        cd = ffi.new("dbn_flavor *", {
+            "momentum": fl.momentum, "eps": fl.eps, "eps_in_sqrt": fl.eps_in_sqrt, "unbiased": fl.unbiased,
+            "bwd_eps": fl.bwd_eps, "bwd_eps_in_sqrt": fl.bwd_eps_in_sqrt, "stat_eps": fl.stat_eps})
+        _C_FLAVORS[fl] = cd
+    return cd
+
+
+def _aligned_zeros(n: int, align: int = 64) -> np.ndarray:
+    """A zeroed float32 array of n elements whose data starts on an `align`-byte boundary."""
+    extra = align // 4
+    raw = np.zeros(n + extra, dtype=np.float32)
+    offset = (-raw.ctypes.data % align) // 4
+    return raw[offset:offset + n]
+
+
+def _positive(name: str, v: Any) -> int:
+    v = _int(name, v)
+    if v < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {v}")
+    return v
+
+
+def _number(name: str, v: Any) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__} {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: expected a finite number, got {v}")
+    return v
+
+
+_PER_CHANNEL = ("scales", "biases", "scale_updates", "bias_updates", "mean", "variance",
+                "rolling_mean", "rolling_variance", "mean_delta", "variance_delta")
+
+
+class Layer:
+    """A batch-normalization layer with Darknet's fields and passes.
+
+    Fields (numpy views over the layer's own buffers; write into them, e.g. ``layer.scales[:] = s``):
+
+    - ``output``, ``delta``: float32 ``(batch, c, h, w)``. Before :meth:`backward`, fill ``delta``
+      with the output's delta; after it, ``delta`` holds the input's delta (as Darknet's ``l.delta``).
+    - ``x``: the input of the last forward, ``(batch, c, h, w)``. **Not a copy**: it is a view of the
+      array passed to :meth:`forward` (PyTorch saves its input the same way), so that array must not be
+      changed before :meth:`backward`. (Only when the input shares memory with ``output`` is it copied.)
+    - ``x_norm``: the normalized input of the last forward, ``(batch, c, h, w)``, computed from ``x``
+      and the statistics that forward used when first read after it (no cost when never read).
+    - ``scales`` (init 1), ``biases`` (0), ``scale_updates``, ``bias_updates``, ``mean``, ``variance``,
+      ``rolling_mean`` (0), ``rolling_variance`` (the flavor's: 0 for Darknet, 1 for torch),
+      ``mean_delta``, ``variance_delta``: float32 ``(c,)``.
+    - ints ``batch, w, h, c, out_w, out_h, out_c, inputs, outputs`` (``inputs = outputs = c*h*w``).
+    - ``flavor``: the :class:`~darknet_bn.flavors.Flavor`.
+
+    ``mean`` and ``variance`` are the batch statistics of the last training forward (``variance`` is
+    the one that normalized: unbiased for the Darknet flavors, biased for torch).
+    """
+
+    __slots__ = ("_batch", "_w", "_h", "_c", "_n", "_count", "_shape", "_flavor", "_cflavor",
+                 "_output", "_delta", "_params", "_x", "_train", "_x_norm", "_x_norm_valid", "_x_copy",
+                 "_p_output", "_p_delta", "_p", "_rows", "__weakref__")
+
+    def __init__(self, batch: int, w: int, h: int, c: int, flavor: str | Flavor = "pjreddie") -> None:
+        batch, w, h, c = (_positive("batch", batch), _positive("w", w), _positive("h", h),
+                          _positive("c", c))
+        n = batch * c * h * w
+        if n > _INT64_MAX // 4:
+            raise ValueError(f"batch*c*h*w = {n} elements is too large to allocate")
+        self._batch, self._w, self._h, self._c = batch, w, h, c
+        self._n = n
+        self._count = batch * h * w          # N: values per channel
+        self._shape = (batch, c, h, w)
+        self._flavor = get_flavor(flavor)
+        self._cflavor = _c_flavor(self._flavor)
+
+        self._output = _aligned_zeros(n).reshape(self._shape)
+        self._delta = _aligned_zeros(n).reshape(self._shape)
+        self._params = np.zeros((len(_PER_CHANNEL), c), dtype=np.float32)
+        self._params[_PER_CHANNEL.index("scales")] = 1.0
+        self._params[_PER_CHANNEL.index("rolling_variance")] = self._flavor.init_rolling_variance
+        self._p_output = ffi.from_buffer("float[]", self._output)
+        self._p_delta = ffi.from_buffer("float[]", self._delta)
+        self._rows = tuple(self._params)     # the per-channel fields: one view each, made once
+        self._p = {name: ffi.from_buffer("float[]", row) for name, row in zip(_PER_CHANNEL, self._rows)}
+
+        self._x: np.ndarray | None = None    # the last forward's input (a reference)
+        self._train = True                   # the mode of the last forward
+        self._x_norm: np.ndarray | None = None
+        self._x_norm_valid = False
+        self._x_copy: np.ndarray | None = None
+
+    # ---------------------------------------------------------------------------------------------
+    # Passes
+
+    def forward(self, input: np.ndarray, train: bool = True) -> np.ndarray:
+        """Darknet's ``forward_batchnorm_layer``.
+
+        Args:
+            input: float32, C-contiguous, ``batch*inputs`` values in NCHW order (any shape). Kept by
+                reference as ``x`` for the backward; not copied and not modified.
+            train: training mode (batch statistics; updates ``mean``, ``variance`` and the rolling
+                statistics) or inference mode (rolling statistics; changes nothing but ``output``).
+
+        Returns:
+            ``output`` (the layer's own buffer, overwritten by the next forward), viewed in the shape
+            of ``input``.
+
+        Raises:
+            TypeError, ValueError: a bad input; ValueError in training mode when batch*h*w = 1 (the
+            batch variance is undefined). Nothing is changed when it raises.
+        """
+        p_in = _buf("input", input, self._n, f"batch*inputs = {self._batch}*{self._c * self._h * self._w}")
+        if train and self._count < 2:
+            raise ValueError("train: a training forward needs batch*h*w >= 2 values per channel "
+                             f"(the batch variance is undefined), this layer has {self._count}")
+        if np.may_share_memory(input, self._output):
+            if not (p_in == self._p_output):
+                raise ValueError("input: partially overlaps this layer's output buffer")
+            if train:  # the output overwrites its input: keep x for the backward
+                if self._x_copy is None:
+                    self._x_copy = _aligned_zeros(self._n).reshape(self._shape)
+                np.copyto(self._x_copy, self._output)
+                input = self._x_copy
+                p_in = ffi.from_buffer("float[]", input)
+        if train:
+            p = self._p
+            lib.dbn_forward_train(p_in, self._p_output, p["scales"], p["biases"], p["mean"], p["variance"],
+                                  p["rolling_mean"], p["rolling_variance"], self._batch, self._c,
+                                  self._h * self._w, self._cflavor, _nthreads[0])
+        else:
+            p = self._p
+            lib.dbn_forward_infer(p_in, self._p_output, p["scales"], p["biases"], p["rolling_mean"],
+                                  p["rolling_variance"], self._batch, self._c, self._h * self._w,
+                                  self._cflavor, _nthreads[0])
+        self._x = input
+        self._train = bool(train)
+        self._x_norm_valid = False
+        out = self._output
+        return out if input.shape == out.shape else out.reshape(input.shape)
+
+    def backward(self, net_delta: np.ndarray | None = None) -> np.ndarray:
+        """Darknet's ``backward_batchnorm_layer``, from ``delta`` (filled by the caller with the
+        output's delta) and the last forward.
+
+        After a training forward: the flavor's training backward. After an inference forward: the
+        exact gradient of the inference forward (the rolling statistics are constants, so
+        ``mean_delta`` and ``variance_delta`` are 0). Both add into ``scale_updates`` and
+        ``bias_updates`` (``bias_updates`` in every flavor, even where AlexeyAB's CPU code does not).
+
+        Args:
+            net_delta: float32, C-contiguous, ``batch*inputs`` values: receives the input's delta
+                (Darknet's copy into ``net.delta``). ``None``: a new array is allocated. Passing
+                ``layer.delta`` itself computes in place with no second write (the fastest form).
+
+        Returns:
+            net_delta (or the new array, shaped as the last forward's input). ``delta`` holds the same
+            values on return.
+        """
+        x = self._x
+        if x is None:
+            raise ValueError("backward: call forward first (the backward needs the forward's input)")
+        if net_delta is None:
+            net_delta = np.empty(x.shape, dtype=np.float32)
+            p_nd = ffi.from_buffer("float[]", net_delta)
+        else:
+            p_nd = _buf("net_delta", net_delta, self._n,
+                        f"batch*inputs = {self._batch}*{self._c * self._h * self._w}", True)
+            if p_nd == self._p_delta and net_delta.size:
+                p_nd = ffi.NULL
+            elif np.may_share_memory(net_delta, self._delta):
+                raise ValueError("net_delta: partially overlaps this layer's delta buffer")
+            if np.may_share_memory(net_delta, x) and net_delta.size:
+                raise ValueError("net_delta: shares memory with the forward's input x, which the backward reads")
+        if np.may_share_memory(x, self._delta):
+            raise ValueError("x: the forward's input shares memory with this layer's delta buffer")
+        p = self._p
+        if self._train:
+            p_mean, p_var = p["mean"], p["variance"]
+        else:
+            p_mean, p_var = p["rolling_mean"], p["rolling_variance"]
+        lib.dbn_backward(ffi.from_buffer("float[]", x), self._p_delta, p_nd, p["scales"], p_mean, p_var,
+                         p["scale_updates"], p["bias_updates"], p["mean_delta"], p["variance_delta"],
+                         self._batch, self._c, self._h * self._w, self._cflavor, self._train, _nthreads[0])
+        return net_delta
+
+    def update(self, learning_rate: float, momentum: float, decay: float, batch: int) -> None:
+        """Darknet's ``update_batchnorm_layer`` (SGD with momentum), for every flavor:
+        ``biases += learning_rate/batch * bias_updates; bias_updates *= momentum``, and the same for
+        ``scales``/``scale_updates``. ``decay`` is accepted and unused, as in Darknet (weight decay
+        applies to convolution weights, not to scales and biases)."""
+        lr = _number("learning_rate", learning_rate)
+        mom = _number("momentum", momentum)
+        _number("decay", decay)
+        b = _positive("batch", batch)
+        p = self._p
+        lib.dbn_update(p["scales"], p["scale_updates"], p["biases"], p["bias_updates"], self._c, lr / b, mom)
+
+    # ---------------------------------------------------------------------------------------------
+    # Fields
+
+    @property
+    def output(self) -> np.ndarray:
+        """float32 (batch, c, h, w): the last forward's output."""
+        return self._output
+
+    @property
+    def delta(self) -> np.ndarray:
+        """float32 (batch, c, h, w): the output's delta before backward, the input's delta after."""
+        return self._delta
+
+    @property
+    def x(self) -> np.ndarray:
+        """float32 (batch, c, h, w): the last forward's input (a view of it, not a copy; zeros before
+        the first forward)."""
+        if self._x is None:
+            if self._x_copy is None:
+                self._x_copy = _aligned_zeros(self._n).reshape(self._shape)
+            return self._x_copy
+        return self._x.reshape(self._shape)
+
+    @property
+    def x_norm(self) -> np.ndarray:
+        """float32 (batch, c, h, w): the last forward's normalized input, computed on first read
+        (into a buffer allocated on the first read ever; zeros before the first forward)."""
+        if self._x_norm is None:
+            self._x_norm = _aligned_zeros(self._n).reshape(self._shape)
+        if self._x is not None and not self._x_norm_valid:
+            p, fl = self._p, self._flavor
+            m, v = (p["mean"], p["variance"]) if self._train else (p["rolling_mean"], p["rolling_variance"])
+            lib.dbn_normalize_into(ffi.from_buffer("float[]", self._x), ffi.from_buffer("float[]", self._x_norm),
+                                   m, v, self._batch, self._c, self._h * self._w, fl.eps, fl.eps_in_sqrt,
+                                   _nthreads[0])
+            self._x_norm_valid = True
+        return self._x_norm
+
+    scales = property(lambda self: self._rows[0], doc="float32 (c,): gamma, init 1.")
+    biases = property(lambda self: self._rows[1], doc="float32 (c,): beta, init 0.")
+    scale_updates = property(lambda self: self._rows[2], doc="float32 (c,): accumulated scale delta.")
+    bias_updates = property(lambda self: self._rows[3], doc="float32 (c,): accumulated bias delta.")
+    mean = property(lambda self: self._rows[4], doc="float32 (c,): the last training batch's mean.")
+    variance = property(lambda self: self._rows[5],
+                        doc="float32 (c,): the last training batch's variance (the one that normalized).")
+    rolling_mean = property(lambda self: self._rows[6], doc="float32 (c,): running mean for inference.")
+    rolling_variance = property(lambda self: self._rows[7], doc="float32 (c,): running variance for inference.")
+    mean_delta = property(lambda self: self._rows[8], doc="float32 (c,): delta of the batch mean.")
+    variance_delta = property(lambda self: self._rows[9], doc="float32 (c,): delta of the batch variance.")
+
+    batch = property(lambda self: self._batch, doc="int: images per batch.")
+    w = property(lambda self: self._w, doc="int: width.")
+    h = property(lambda self: self._h, doc="int: height.")
+    c = property(lambda self: self._c, doc="int: channels.")
+    out_w = property(lambda self: self._w, doc="int: output width (= w).")
+    out_h = property(lambda self: self._h, doc="int: output height (= h).")
+    out_c = property(lambda self: self._c, doc="int: output channels (= c).")
+    inputs = property(lambda self: self._c * self._h * self._w, doc="int: values per image, c*h*w.")
+    outputs = property(lambda self: self._c * self._h * self._w, doc="int: values per image, c*h*w.")
+    flavor = property(lambda self: self._flavor, doc="Flavor: the semantics this layer follows.")
+
+    def __repr__(self) -> str:
+        return (f"Layer(batch={self._batch}, w={self._w}, h={self._h}, c={self._c}, "
+                f"flavor={self._flavor.name!r})")
+
+
+def make_batchnorm_layer(batch: int, w: int, h: int, c: int, flavor: str | Flavor = "pjreddie") -> Layer:
+    """Darknet's ``make_batchnorm_layer(batch, w, h, c)``: a :class:`Layer` for ``batch`` images of
+    ``c`` channels of ``h`` x ``w``, following ``flavor`` ("pjreddie", "alexeyab", "torch" or a
+    :class:`~darknet_bn.flavors.Flavor`)."""
+    return Layer(batch, w, h, c, flavor)

@@ -1,0 +1,167 @@
+"""A float64 numpy reference for batch normalization, written from the math and from Darknet's source.
+
+It does not import darknet_bn: the tests compare the package against it. Tensors are NCHW arrays
+(any shape with batch*filters*spatial elements is reshaped to [batch, filters, spatial]).
+
+Each flavor's constants are restated here from their sources (pjreddie/darknet and AlexeyAB/darknet
+src/blas.c and src/batchnorm_layer.c; PyTorch's documentation of BatchNorm2d) rather than taken from
+darknet_bn.flavors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32_1e5 = float(np.float32(1e-5))  # Darknet's .00001f
+F32_1e6 = float(np.float32(1e-6))  # Darknet's .000001f
+
+# name: (momentum, eps, eps in sqrt, unbiased normalizing variance, backward eps, backward eps in sqrt,
+#        mean/variance-delta eps, initial rolling variance)
+FLAVORS = {
+    "pjreddie": dict(momentum=float(np.float32(.01)), eps=F32_1e6, eps_in_sqrt=False, unbiased=True,
+                     bwd_eps=F32_1e5, bwd_eps_in_sqrt=True, stat_eps=F32_1e5, init_rv=0.0),
+    "alexeyab": dict(momentum=float(np.float32(.1)), eps=F32_1e5, eps_in_sqrt=True, unbiased=True,
+                     bwd_eps=F32_1e5, bwd_eps_in_sqrt=False, stat_eps=F32_1e5, init_rv=0.0),
+    "torch": dict(momentum=0.1, eps=1e-5, eps_in_sqrt=True, unbiased=False,
+                  bwd_eps=1e-5, bwd_eps_in_sqrt=True, stat_eps=1e-5, init_rv=1.0),
+}
+
+
+def _t(x, batch, filters, spatial):
+    return np.asarray(x, dtype=np.float64).reshape(batch, filters, spatial)
+
+
+def _c(v):
+    """A per-channel array broadcast over [batch, filters, spatial]."""
+    return np.asarray(v, dtype=np.float64)[None, :, None]
+
+
+def denominator(var, eps, in_sqrt):
+    var = np.asarray(var, dtype=np.float64)
+    return np.sqrt(var + eps) if in_sqrt else np.sqrt(var) + eps
+
+
+# ------------------------------------------------------------------------------------------------
+# Darknet's named kernels
+
+def mean_cpu(x, batch, filters, spatial):
+    return _t(x, batch, filters, spatial).sum(axis=(0, 2)) / (batch * spatial)
+
+
+def variance_cpu(x, mean, batch, filters, spatial):
+    d = _t(x, batch, filters, spatial) - _c(mean)
+    return (d * d).sum(axis=(0, 2)) / (batch * spatial - 1)
+
+
+def normalize_cpu(x, mean, variance, batch, filters, spatial, eps, in_sqrt):
+    return (_t(x, batch, filters, spatial) - _c(mean)) / _c(denominator(variance, eps, in_sqrt))
+
+
+def scale_bias(output, scales, batch, n, size):
+    return _t(output, batch, n, size) * _c(scales)
+
+
+def add_bias(output, biases, batch, n, size):
+    return _t(output, batch, n, size) + _c(biases)
+
+
+def backward_bias(bias_updates, delta, batch, n, size):
+    return np.asarray(bias_updates, np.float64) + _t(delta, batch, n, size).sum(axis=(0, 2))
+
+
+def backward_scale_cpu(x_norm, delta, batch, n, size, scale_updates):
+    return np.asarray(scale_updates, np.float64) + (_t(x_norm, batch, n, size) * _t(delta, batch, n, size)).sum(axis=(0, 2))
+
+
+def mean_delta_cpu(delta, variance, batch, filters, spatial):
+    return -_t(delta, batch, filters, spatial).sum(axis=(0, 2)) / np.sqrt(np.asarray(variance, np.float64) + F32_1e5)
+
+
+def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial):
+    s = (_t(delta, batch, filters, spatial) * (_t(x, batch, filters, spatial) - _c(mean))).sum(axis=(0, 2))
+    return s * -0.5 * (np.asarray(variance, np.float64) + F32_1e5) ** -1.5
+
+
+def normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta, batch, filters, spatial, delta,
+                        eps, in_sqrt):
+    n = batch * spatial
+    return (_t(delta, batch, filters, spatial) / _c(denominator(variance, eps, in_sqrt))
+            + _c(variance_delta) * 2.0 * (_t(x, batch, filters, spatial) - _c(mean)) / n
+            + _c(mean_delta) / n)
+
+
+# ------------------------------------------------------------------------------------------------
+# The layer's passes, per flavor. x: [batch, c, h, w] (or any shape of that size).
+
+def forward(x, scales, biases, rolling_mean, rolling_variance, shape, flavor, train=True):
+    """Returns a dict: output, x_norm, and for train also mean, variance, rolling_mean, rolling_variance."""
+    fl = FLAVORS[flavor]
+    batch, c, h, w = shape
+    s = h * w
+    xt = _t(x, batch, c, s)
+    if train:
+        n = batch * s
+        mean = xt.sum(axis=(0, 2)) / n
+        ss = ((xt - _c(mean)) ** 2).sum(axis=(0, 2))
+        var_unbiased = ss / (n - 1)
+        var = var_unbiased if fl["unbiased"] else ss / n
+        m = fl["momentum"]
+        rm = (1 - m) * np.asarray(rolling_mean, np.float64) + m * mean
+        rv = (1 - m) * np.asarray(rolling_variance, np.float64) + m * var_unbiased
+        x_norm = (xt - _c(mean)) / _c(denominator(var, fl["eps"], fl["eps_in_sqrt"]))
+        out = x_norm * _c(scales) + _c(biases)
+        return dict(output=out.reshape(shape), x_norm=x_norm.reshape(shape), mean=mean, variance=var,
+                    rolling_mean=rm, rolling_variance=rv)
+    x_norm = (xt - _c(rolling_mean)) / _c(denominator(rolling_variance, fl["eps"], fl["eps_in_sqrt"]))
+    out = x_norm * _c(scales) + _c(biases)
+    return dict(output=out.reshape(shape), x_norm=x_norm.reshape(shape))
+
+
+def backward(x, delta, scales, mean, variance, shape, flavor, train=True):
+    """Darknet's backward_batchnorm_layer for the flavor (train), or the exact gradient of the inference
+    forward (train=False; mean, variance are then the rolling statistics).
+
+    Returns a dict: delta (the input's delta), scale_updates and bias_updates (the increments),
+    mean_delta, variance_delta."""
+    fl = FLAVORS[flavor]
+    batch, c, h, w = shape
+    s = h * w
+    n = batch * s
+    xt, dt = _t(x, batch, c, s), _t(delta, batch, c, s)
+    x_norm = (xt - _c(mean)) / _c(denominator(variance, fl["eps"], fl["eps_in_sqrt"]))
+    bias_updates = dt.sum(axis=(0, 2))
+    scale_updates = (dt * x_norm).sum(axis=(0, 2))
+    ds = dt * _c(scales)                                  # Darknet: scale_bias(l.delta, l.scales, ...)
+    if train:
+        vs = np.asarray(variance, np.float64) + fl["stat_eps"]
+        mean_delta = -ds.sum(axis=(0, 2)) / np.sqrt(vs)
+        variance_delta = (ds * (xt - _c(mean))).sum(axis=(0, 2)) * -0.5 * vs ** -1.5
+        din = (ds / _c(denominator(variance, fl["bwd_eps"], fl["bwd_eps_in_sqrt"]))
+               + _c(variance_delta) * 2.0 * (xt - _c(mean)) / n + _c(mean_delta) / n)
+    else:
+        mean_delta = np.zeros(c)
+        variance_delta = np.zeros(c)
+        din = ds / _c(denominator(variance, fl["eps"], fl["eps_in_sqrt"]))
+    return dict(delta=din.reshape(shape), scale_updates=scale_updates, bias_updates=bias_updates,
+                mean_delta=mean_delta, variance_delta=variance_delta)
+
+
+def exact_training_gradient(x, g, scales, shape, eps):
+    """The textbook gradient of BN with biased variance: for output delta g (= -dL/dy),
+    returns (dx, dscale, dbias) = d(sum g*y)/d(x, scale, bias). Independent of Darknet's decomposition."""
+    batch, c, h, w = shape
+    xt, gt = _t(x, batch, c, h * w), _t(g, batch, c, h * w)
+    mu = xt.mean(axis=(0, 2), keepdims=True)
+    var = xt.var(axis=(0, 2), keepdims=True)
+    xhat = (xt - mu) / np.sqrt(var + eps)
+    gs = gt * _c(scales)
+    dx = (gs - gs.mean(axis=(0, 2), keepdims=True) - xhat * (gs * xhat).mean(axis=(0, 2), keepdims=True)) / np.sqrt(var + eps)
+    return dx.reshape(shape), (gt * xhat).sum(axis=(0, 2)), gt.sum(axis=(0, 2))
+
+
+def update(scales, scale_updates, biases, bias_updates, learning_rate, momentum, batch):
+    """Darknet's update_batchnorm_layer. Returns (scales, scale_updates, biases, bias_updates)."""
+    r = learning_rate / batch
+    f = lambda a: np.asarray(a, np.float64)
+    return (f(scales) + r * f(scale_updates), f(scale_updates) * momentum,
+            f(biases) + r * f(bias_updates), f(bias_updates) * momentum)

@@ -9,8 +9,9 @@
  * - Per-channel arrays have `filters` (or `n`) elements.
  * - Sizes and indices are int64_t. Callers (the Python layer) have checked every size and pointer;
  *   the C code trusts its arguments.
- * - `nthreads`: OpenMP team size; 0 means the OpenMP default (OMP_NUM_THREADS or the core count).
- *   Without OpenMP every kernel runs on the calling thread.
+ * - `exec` (last argument): how to run -- threads and instruction set; NULL means the defaults.
+ *   Results do not depend on it: the work is split by shape only, and partial sums are combined in
+ *   a fixed order, so any thread count gives the same bits (for a given instruction set).
  * - Statistics are accumulated in double. Darknet accumulates in float, which is badly wrong on large
  *   channels (see README, "Accuracy").
  *
@@ -21,6 +22,13 @@
 #define DARKNET_BN_H
 
 #include <stdint.h>
+
+/* How to run a call. */
+typedef struct dbn_exec {
+    int nthreads;        /* OpenMP team size; 0: the OpenMP default (OMP_NUM_THREADS or the cores) */
+    int isa;             /* widest instruction set to use: 0 the best the CPU has, 1 baseline,
+                            2 AVX2+FMA (x86-64-v3), 3 AVX-512 (x86-64-v4); capped at what the CPU has */
+} dbn_exec;
 
 /* ---------------------------------------------------------------------------------------------------
  * A flavor: how one implementation of batch normalization reproduces pjreddie's Darknet, AlexeyAB's
@@ -39,51 +47,51 @@ typedef struct dbn_flavor {
 
 /* ---------------------------------------------------------------------------------------------------
  * Darknet's named kernels: Darknet's names and argument order, 64-bit sizes, then (where the forks
- * differ) the variant, then nthreads. Each computes what Darknet's does, with accurate sums.
+ * differ) the variant, then exec. Each computes what Darknet's does, with accurate sums.
  */
 
 /* x: [batch, filters, spatial] -> mean: [filters]; mean = sum / (batch*spatial). */
 void mean_cpu(const float *restrict x, int64_t batch, int64_t filters, int64_t spatial,
-              float *restrict mean, int nthreads);
+              float *restrict mean, const dbn_exec *exec);
 
 /* x: [batch, filters, spatial], mean: [filters] -> variance: [filters];
  * variance = sum (x - mean)^2 / (batch*spatial - 1)   (unbiased, as Darknet). */
 void variance_cpu(const float *restrict x, const float *restrict mean, int64_t batch, int64_t filters,
-                  int64_t spatial, float *restrict variance, int nthreads);
+                  int64_t spatial, float *restrict variance, const dbn_exec *exec);
 
 /* x: [batch, filters, spatial], in place; mean, variance: [filters].
  * x = (x - mean) / sqrt(variance + eps)   if eps_in_sqrt (AlexeyAB: eps = 1e-5f)
  * x = (x - mean) / (sqrt(variance) + eps) otherwise      (pjreddie: eps = 1e-6f) */
 void normalize_cpu(float *restrict x, const float *restrict mean, const float *restrict variance,
                    int64_t batch, int64_t filters, int64_t spatial, float eps, int eps_in_sqrt,
-                   int nthreads);
+                   const dbn_exec *exec);
 
 /* output: [batch, n, size], in place; scales: [n]. output *= scales. */
 void scale_bias(float *restrict output, const float *restrict scales, int64_t batch, int64_t n,
-                int64_t size, int nthreads);
+                int64_t size, const dbn_exec *exec);
 
 /* output: [batch, n, size], in place; biases: [n]. output += biases. */
 void add_bias(float *restrict output, const float *restrict biases, int64_t batch, int64_t n,
-              int64_t size, int nthreads);
+              int64_t size, const dbn_exec *exec);
 
 /* delta: [batch, n, size] -> bias_updates: [n]; bias_updates += sum of delta (adds, as Darknet). */
 void backward_bias(float *restrict bias_updates, const float *restrict delta, int64_t batch, int64_t n,
-                   int64_t size, int nthreads);
+                   int64_t size, const dbn_exec *exec);
 
 /* x_norm, delta: [batch, n, size] -> scale_updates: [n]; scale_updates += sum delta*x_norm (adds). */
 void backward_scale_cpu(const float *restrict x_norm, const float *restrict delta, int64_t batch,
-                        int64_t n, int64_t size, float *restrict scale_updates, int nthreads);
+                        int64_t n, int64_t size, float *restrict scale_updates, const dbn_exec *exec);
 
 /* delta: [batch, filters, spatial], variance: [filters] -> mean_delta: [filters];
  * mean_delta = -sum(delta) / sqrt(variance + 1e-5f). */
 void mean_delta_cpu(const float *restrict delta, const float *restrict variance, int64_t batch,
-                    int64_t filters, int64_t spatial, float *restrict mean_delta, int nthreads);
+                    int64_t filters, int64_t spatial, float *restrict mean_delta, const dbn_exec *exec);
 
 /* x, delta: [batch, filters, spatial]; mean, variance: [filters] -> variance_delta: [filters];
  * variance_delta = sum(delta * (x - mean)) * -1/2 * (variance + 1e-5f)^(-3/2). */
 void variance_delta_cpu(const float *restrict x, const float *restrict delta, const float *restrict mean,
                         const float *restrict variance, int64_t batch, int64_t filters, int64_t spatial,
-                        float *restrict variance_delta, int nthreads);
+                        float *restrict variance_delta, const dbn_exec *exec);
 
 /* x, delta: [batch, filters, spatial]; the rest [filters]; delta in place, N = batch*spatial:
  * delta = delta / denominator(variance, eps) + variance_delta * 2 (x - mean) / N + mean_delta / N
@@ -92,7 +100,7 @@ void variance_delta_cpu(const float *restrict x, const float *restrict delta, co
 void normalize_delta_cpu(const float *restrict x, const float *restrict mean, const float *restrict variance,
                          const float *restrict mean_delta, const float *restrict variance_delta,
                          int64_t batch, int64_t filters, int64_t spatial, float *restrict delta,
-                         float eps, int eps_in_sqrt, int nthreads);
+                         float eps, int eps_in_sqrt, const dbn_exec *exec);
 
 /* ---------------------------------------------------------------------------------------------------
  * Whole passes of the layer (what darknet_bn.Layer calls). Shapes: x, out, delta, net_delta, x_norm:
@@ -107,14 +115,14 @@ void dbn_forward_train(const float *restrict x, float *restrict out, const float
                        const float *restrict biases, float *restrict mean, float *restrict variance,
                        float *restrict rolling_mean, float *restrict rolling_variance,
                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor,
-                       int nthreads);
+                       const dbn_exec *exec);
 
 /* Inference forward: out = scales * (x - rolling_mean) / denominator(rolling_variance, eps) + biases.
  * out may be x (in place); otherwise the two must not overlap. */
 void dbn_forward_infer(const float *x, float *out, const float *restrict scales,
                        const float *restrict biases, const float *restrict rolling_mean,
                        const float *restrict rolling_variance, int64_t batch, int64_t c, int64_t spatial,
-                       const dbn_flavor *restrict flavor, int nthreads);
+                       const dbn_flavor *restrict flavor, const dbn_exec *exec);
 
 /* Backward. delta holds the output's delta on entry and the input's delta on return (as Darknet's
  * l.delta); net_delta, when not NULL, receives the input's delta too. mean and variance are the
@@ -127,12 +135,12 @@ void dbn_backward(const float *restrict x, float *restrict delta, float *restric
                   float *restrict scale_updates, float *restrict bias_updates,
                   float *restrict mean_delta, float *restrict variance_delta,
                   int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
-                  int nthreads);
+                  const dbn_exec *exec);
 
 /* x_norm = (x - mean) / denominator(variance, eps), out of place (the layer's x_norm on demand). */
 void dbn_normalize_into(const float *restrict x, float *restrict x_norm, const float *restrict mean,
                         const float *restrict variance, int64_t batch, int64_t c, int64_t spatial,
-                        double eps, int eps_in_sqrt, int nthreads);
+                        double eps, int eps_in_sqrt, const dbn_exec *exec);
 
 /* Darknet's update_batchnorm_layer on [c] arrays, with rate = learning_rate / batch:
  * biases += rate * bias_updates; bias_updates *= momentum; scales += rate * scale_updates;
@@ -141,11 +149,95 @@ void dbn_update(float *restrict scales, float *restrict scale_updates, float *re
                 float *restrict bias_updates, int64_t c, double rate, double momentum);
 
 /* ---------------------------------------------------------------------------------------------------
- * Build facts. */
+ * Plain references (reference.c): every kernel above, written as straightforward loops (one channel at
+ * a time, double accumulators, one thread), with the same contract. The tests compare the fast
+ * kernels with them; the benchmark measures them as the baseline. */
+void mean_cpu_ref(const float *restrict x, int64_t batch, int64_t filters, int64_t spatial,
+                  float *restrict mean, const dbn_exec *exec);
+void variance_cpu_ref(const float *restrict x, const float *restrict mean, int64_t batch, int64_t filters,
+                      int64_t spatial, float *restrict variance, const dbn_exec *exec);
+void normalize_cpu_ref(float *restrict x, const float *restrict mean, const float *restrict variance,
+                       int64_t batch, int64_t filters, int64_t spatial, float eps, int eps_in_sqrt,
+                       const dbn_exec *exec);
+void scale_bias_ref(float *restrict output, const float *restrict scales, int64_t batch, int64_t n,
+                    int64_t size, const dbn_exec *exec);
+void add_bias_ref(float *restrict output, const float *restrict biases, int64_t batch, int64_t n,
+                  int64_t size, const dbn_exec *exec);
+void backward_bias_ref(float *restrict bias_updates, const float *restrict delta, int64_t batch, int64_t n,
+                       int64_t size, const dbn_exec *exec);
+void backward_scale_cpu_ref(const float *restrict x_norm, const float *restrict delta, int64_t batch,
+                            int64_t n, int64_t size, float *restrict scale_updates, const dbn_exec *exec);
+void mean_delta_cpu_ref(const float *restrict delta, const float *restrict variance, int64_t batch,
+                        int64_t filters, int64_t spatial, float *restrict mean_delta, const dbn_exec *exec);
+void variance_delta_cpu_ref(const float *restrict x, const float *restrict delta, const float *restrict mean,
+                            const float *restrict variance, int64_t batch, int64_t filters, int64_t spatial,
+                            float *restrict variance_delta, const dbn_exec *exec);
+void normalize_delta_cpu_ref(const float *restrict x, const float *restrict mean,
+                             const float *restrict variance, const float *restrict mean_delta,
+                             const float *restrict variance_delta, int64_t batch, int64_t filters,
+                             int64_t spatial, float *restrict delta, float eps, int eps_in_sqrt,
+                             const dbn_exec *exec);
+void dbn_forward_train_ref(const float *restrict x, float *restrict out, const float *restrict scales,
+                           const float *restrict biases, float *restrict mean, float *restrict variance,
+                           float *restrict rolling_mean, float *restrict rolling_variance, int64_t batch,
+                           int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, const dbn_exec *exec);
+void dbn_forward_infer_ref(const float *x, float *out, const float *restrict scales,
+                           const float *restrict biases, const float *restrict rolling_mean,
+                           const float *restrict rolling_variance, int64_t batch, int64_t c, int64_t spatial,
+                           const dbn_flavor *restrict flavor, const dbn_exec *exec);
+void dbn_backward_ref(const float *restrict x, float *restrict delta, float *restrict net_delta,
+                      const float *restrict scales, const float *restrict mean,
+                      const float *restrict variance, float *restrict scale_updates,
+                      float *restrict bias_updates, float *restrict mean_delta, float *restrict variance_delta,
+                      int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
+                      const dbn_exec *exec);
+void dbn_normalize_into_ref(const float *restrict x, float *restrict x_norm, const float *restrict mean,
+                            const float *restrict variance, int64_t batch, int64_t c, int64_t spatial,
+                            double eps, int eps_in_sqrt, const dbn_exec *exec);
+
+/* Darknet's layer passes as Darknet writes them -- the plain kernels in sequence, with Darknet's copies
+ * of the input into output, x and x_norm, and of delta into net_delta (net_delta may be NULL). With the
+ * flavor's constants; Darknet's training mean_delta/variance_delta use 1e-5f whatever the flavor. The
+ * benchmark's "plain" baseline. */
+void forward_batchnorm_layer_ref(const float *restrict input, float *restrict output, float *restrict x,
+                                 float *restrict x_norm, const float *restrict scales,
+                                 const float *restrict biases, float *restrict mean, float *restrict variance,
+                                 float *restrict rolling_mean, float *restrict rolling_variance, int64_t batch,
+                                 int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train);
+void backward_batchnorm_layer_ref(const float *restrict x, const float *restrict x_norm, float *restrict delta,
+                                  float *restrict net_delta, const float *restrict scales,
+                                  const float *restrict mean, const float *restrict variance,
+                                  float *restrict scale_updates, float *restrict bias_updates,
+                                  float *restrict mean_delta, float *restrict variance_delta, int64_t batch,
+                                  int64_t c, int64_t spatial, const dbn_flavor *restrict flavor);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Memory bandwidth, for the benchmark's roofline: a STREAM-style triad a = b + scalar*c over n floats
+ * with the given exec (plain stores, as STREAM). Counted as 12 bytes per element. */
+void dbn_triad(float *restrict a, const float *restrict b, const float *restrict c, int64_t n, float scalar,
+               const dbn_exec *exec);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Build and machine facts. */
+
+/* How the kernels split a [batch, c, spatial] tensor (by its shape only), for tests and the benchmark.
+ * bytes_per_value: 0 for a map alone, 4 for a reduction of one input (forward), 8 of two (backward). */
+typedef struct dbn_plan_info {
+    int fused;           /* 1: channel groups reduce and map back to back; 0: three phases */
+    int reduce_flat;     /* three phases: the reduction walks the tensor in memory order */
+    int expand;          /* three phases: the map uses per-element coefficients */
+    int64_t tile;        /* channels per group (1: lane mode, planes walked run by run) */
+    int64_t ntiles, nchunks, nflat;
+} dbn_plan_info;
+void dbn_describe_plan(int64_t batch, int64_t c, int64_t spatial, int bytes_per_value, dbn_plan_info *info);
 
 /* The OpenMP default team size, or 1 when built without OpenMP. */
 int dbn_max_threads(void);
 /* 1 when built with OpenMP. */
 int dbn_has_openmp(void);
+/* The instruction set exec selects on this CPU: 1 baseline, 2 AVX2+FMA, 3 AVX-512. */
+int dbn_isa_selected(const dbn_exec *exec);
+/* The widest instruction set this build can use on this CPU (1, 2 or 3). */
+int dbn_isa_available(void);
 
 #endif /* DARKNET_BN_H */

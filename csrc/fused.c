@@ -1,66 +1,165 @@
 /* fused.c -- whole passes of the batch-normalization layer (see darknet_bn.h for each contract).
  *
- * Per channel, the statistics in double; then one multiply-add per element with per-channel
- * coefficients. The derivation of the backward coefficients is in docs/backward.md.
+ * Training forward: one reduction (sums around a shift near the mean) and one map,
+ *   out = (x - mean_hi) * alpha + beta'   (mean_hi the float nearest the mean, beta' absorbing the rest),
+ * back to back per channel group. Backward: one reduction (sum delta, sum delta*(x - mean)) and one map,
+ *   delta_in = delta * A + (x - mean) * B + C.
+ * The derivation of the coefficients is in docs/backward.md; reference.c has plain versions.
  */
 #include "darknet_bn.h"
 #include "internal.h"
 
 #include <math.h>
 
+typedef struct {
+    const float *scales, *biases;
+    float *mean, *variance, *rolling_mean, *rolling_variance;     /* forward (train: written) */
+    const float *stat_mean, *stat_var;                            /* backward, infer, x_norm: read */
+    float *scale_updates, *bias_updates, *mean_delta, *variance_delta;
+    const dbn_flavor *fl;
+    double n;                                                     /* values per channel */
+    double eps;
+    int eps_in_sqrt, train;
+} fctx;
+
+#define CTX(job) ((const fctx *)(job)->ctx)
+
+/* Map coefficients for y = scale * (x - m) / d + bias with m in double: the float m_hi = (float)m
+ * shifts exactly (x - m_hi is exact near the mean), the rest of m goes into the constant term. */
+static void affine_coef(double m, double alpha, double beta, float *k, float *p, float *q)
+{
+    const float m_hi = (float)m;
+    *k = m_hi;
+    *p = (float)alpha;
+    *q = (float)(beta - (m - (double)m_hi) * alpha);
+}
+
+static void coef_forward_train(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                               float *k, float *p, float *q, float *r)
+{
+    const fctx *cx = CTX(job);
+    const dbn_flavor *fl = cx->fl;
+    const double N = cx->n, mom = fl->momentum;
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t c = c0 + j;
+        /* sums of d = x - k: mean = k + sum d / N; M2 = sum d^2 - (sum d)^2 / N */
+        const double m = (double)k[j] + s0[j] / N;
+        double m2 = s1[j] - s0[j] * s0[j] / N;
+        if (m2 < 0.0) m2 = 0.0;   /* rounding of a constant channel */
+        const double var_unbiased = m2 / (N - 1.0);
+        const double var = fl->unbiased ? var_unbiased : m2 / N;
+        cx->mean[c] = (float)m;
+        cx->variance[c] = (float)var;
+        cx->rolling_mean[c] = (float)((1.0 - mom) * (double)cx->rolling_mean[c] + mom * m);
+        cx->rolling_variance[c] = (float)((1.0 - mom) * (double)cx->rolling_variance[c] + mom * var_unbiased);
+        const double alpha = (double)cx->scales[c] / dbn_denominator(var, fl->eps, fl->eps_in_sqrt);
+        affine_coef(m, alpha, cx->biases[c], k + j, p + j, q + j);
+        r[j] = 0.0f;
+    }
+}
+
 void dbn_forward_train(const float *restrict x, float *restrict out, const float *restrict scales,
                        const float *restrict biases, float *restrict mean, float *restrict variance,
                        float *restrict rolling_mean, float *restrict rolling_variance,
                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor,
-                       int nthreads)
+                       const dbn_exec *exec)
 {
-    (void)nthreads;
-    const int64_t n = batch * spatial;
-    const double mom = flavor->momentum;
-    for (int64_t f = 0; f < c; ++f) {
-        double sum = 0.0;
-        for (int64_t b = 0; b < batch; ++b) {
-            const float *p = x + (b * c + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s) sum += p[s];
-        }
-        const double m = sum / (double)n;
-        double ss = 0.0;
-        for (int64_t b = 0; b < batch; ++b) {
-            const float *p = x + (b * c + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s) {
-                const double d = (double)p[s] - m;
-                ss += d * d;
-            }
-        }
-        const double var_unbiased = ss / (double)(n - 1);
-        const double var = flavor->unbiased ? var_unbiased : ss / (double)n;
-        mean[f] = (float)m;
-        variance[f] = (float)var;
-        rolling_mean[f] = (float)((1.0 - mom) * rolling_mean[f] + mom * m);
-        rolling_variance[f] = (float)((1.0 - mom) * rolling_variance[f] + mom * var_unbiased);
+    fctx ctx = {.scales = scales, .biases = biases, .mean = mean, .variance = variance,
+                .rolling_mean = rolling_mean, .rolling_variance = rolling_variance, .fl = flavor,
+                .n = (double)batch * (double)spatial};
+    dbn_job job;
+    dbn_job_init(&job, batch, c, spatial);
+    job.reduce = DBN_R_SUM2;
+    job.shift_mode = DBN_SHIFT_ESTIMATE;
+    job.map = DBN_M_AFFINE;
+    job.a = x;
+    job.out = out;
+    job.coef = coef_forward_train;
+    job.ctx = &ctx;
+    job.nt = (double)batch * (double)c * (double)spatial * 4.0 > 16.0 * 1024 * 1024;
+    dbn_run(&job, exec);
+}
 
-        const double alpha = scales[f] / dbn_denominator(var, flavor->eps, flavor->eps_in_sqrt);
-        const double beta = biases[f];
-        for (int64_t b = 0; b < batch; ++b) {
-            const int64_t o = (b * c + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s) out[o + s] = (float)(((double)x[o + s] - m) * alpha + beta);
-        }
+/* y = scale * (x - stat_mean) / denominator(stat_var) + bias (inference), or with scale = 1, bias = 0
+ * (x_norm) */
+static void coef_affine_stats(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                              float *k, float *p, float *q, float *r)
+{
+    (void)s0; (void)s1;
+    const fctx *cx = CTX(job);
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t c = c0 + j;
+        const double d = dbn_denominator(cx->stat_var[c], cx->eps, cx->eps_in_sqrt);
+        const double scale = cx->scales ? cx->scales[c] : 1.0, bias = cx->biases ? cx->biases[c] : 0.0;
+        k[j] = cx->stat_mean[c];
+        p[j] = (float)(scale / d);
+        q[j] = (float)bias;
+        r[j] = 0.0f;
     }
 }
 
 void dbn_forward_infer(const float *x, float *out, const float *restrict scales,
                        const float *restrict biases, const float *restrict rolling_mean,
                        const float *restrict rolling_variance, int64_t batch, int64_t c, int64_t spatial,
-                       const dbn_flavor *restrict flavor, int nthreads)
+                       const dbn_flavor *restrict flavor, const dbn_exec *exec)
 {
-    (void)nthreads;
-    for (int64_t f = 0; f < c; ++f) {
-        const double m = rolling_mean[f];
-        const double alpha = scales[f] / dbn_denominator(rolling_variance[f], flavor->eps, flavor->eps_in_sqrt);
-        const double beta = biases[f];
-        for (int64_t b = 0; b < batch; ++b) {
-            const int64_t o = (b * c + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s) out[o + s] = (float)(((double)x[o + s] - m) * alpha + beta);
+    fctx ctx = {.scales = scales, .biases = biases, .stat_mean = rolling_mean, .stat_var = rolling_variance,
+                .eps = flavor->eps, .eps_in_sqrt = flavor->eps_in_sqrt};
+    dbn_job job;
+    dbn_job_init(&job, batch, c, spatial);
+    job.map = DBN_M_AFFINE;
+    job.a = x;
+    job.out = out;
+    job.coef = coef_affine_stats;
+    job.ctx = &ctx;
+    job.nt = x != out && (double)batch * (double)c * (double)spatial * 4.0 > 12.0 * 1024 * 1024;
+    dbn_run(&job, exec);
+}
+
+void dbn_normalize_into(const float *restrict x, float *restrict x_norm, const float *restrict mean,
+                        const float *restrict variance, int64_t batch, int64_t c, int64_t spatial,
+                        double eps, int eps_in_sqrt, const dbn_exec *exec)
+{
+    fctx ctx = {.stat_mean = mean, .stat_var = variance, .eps = eps, .eps_in_sqrt = eps_in_sqrt};
+    dbn_job job;
+    dbn_job_init(&job, batch, c, spatial);
+    job.map = DBN_M_AFFINE;
+    job.a = x;
+    job.out = x_norm;
+    job.coef = coef_affine_stats;
+    job.ctx = &ctx;
+    dbn_run(&job, exec);
+}
+
+static void coef_backward(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                          float *k, float *p, float *q, float *r)
+{
+    const fctx *cx = CTX(job);
+    const dbn_flavor *fl = cx->fl;
+    const double N = cx->n;
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t c = c0 + j;
+        const double var = cx->stat_var[c], scale = cx->scales[c];
+        const double sum_d = s0[j], sum_dx = s1[j];     /* sum delta, sum delta*(x - mean) */
+        const double d_fwd = dbn_denominator(var, fl->eps, fl->eps_in_sqrt);
+        cx->bias_updates[c] = (float)((double)cx->bias_updates[c] + sum_d);
+        cx->scale_updates[c] = (float)((double)cx->scale_updates[c] + sum_dx / d_fwd);
+        k[j] = cx->stat_mean[c];
+        if (cx->train) {
+            const double vs = var + fl->stat_eps;
+            const double md = -scale * sum_d / sqrt(vs);
+            const double vd = scale * sum_dx * -0.5 * pow(vs, -1.5);
+            cx->mean_delta[c] = (float)md;
+            cx->variance_delta[c] = (float)vd;
+            p[j] = (float)(scale / dbn_denominator(var, fl->bwd_eps, fl->bwd_eps_in_sqrt));
+            q[j] = (float)(2.0 * vd / N);
+            r[j] = (float)(md / N);
+        } else {
+            cx->mean_delta[c] = 0.0f;
+            cx->variance_delta[c] = 0.0f;
+            p[j] = (float)(scale / d_fwd);
+            q[j] = 0.0f;
+            r[j] = 0.0f;
         }
     }
 }
@@ -70,69 +169,25 @@ void dbn_backward(const float *restrict x, float *restrict delta, float *restric
                   float *restrict scale_updates, float *restrict bias_updates,
                   float *restrict mean_delta, float *restrict variance_delta,
                   int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
-                  int nthreads)
+                  const dbn_exec *exec)
 {
-    (void)nthreads;
-    const double n = (double)batch * (double)spatial;
-    for (int64_t f = 0; f < c; ++f) {
-        const double m = mean[f];
-        const double var = variance[f];
-        const double scale = scales[f];
-        /* Pass 1: the two per-channel sums every term needs. */
-        double sum_d = 0.0, sum_dx = 0.0;
-        for (int64_t b = 0; b < batch; ++b) {
-            const int64_t o = (b * c + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s) {
-                sum_d += delta[o + s];
-                sum_dx += (double)delta[o + s] * ((double)x[o + s] - m);
-            }
-        }
-        const double fwd_denominator = dbn_denominator(var, flavor->eps, flavor->eps_in_sqrt);
-        bias_updates[f] = (float)((double)bias_updates[f] + sum_d);
-        scale_updates[f] = (float)((double)scale_updates[f] + sum_dx / fwd_denominator);
-        /* delta_in = delta * a + (x - mean) * bcoef + ccoef */
-        double a, bcoef, ccoef;
-        if (train) {
-            const double vs = var + flavor->stat_eps;
-            const double md = -scale * sum_d / sqrt(vs);
-            const double vd = scale * sum_dx * -0.5 * pow(vs, -1.5);
-            mean_delta[f] = (float)md;
-            variance_delta[f] = (float)vd;
-            a = scale / dbn_denominator(var, flavor->bwd_eps, flavor->bwd_eps_in_sqrt);
-            bcoef = 2.0 * vd / n;
-            ccoef = md / n;
-        } else {
-            mean_delta[f] = 0.0f;
-            variance_delta[f] = 0.0f;
-            a = scale / fwd_denominator;
-            bcoef = 0.0;
-            ccoef = 0.0;
-        }
-        /* Pass 2: the input's delta. */
-        for (int64_t b = 0; b < batch; ++b) {
-            const int64_t o = (b * c + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s) {
-                const float d = (float)((double)delta[o + s] * a + ((double)x[o + s] - m) * bcoef + ccoef);
-                delta[o + s] = d;
-                if (net_delta) net_delta[o + s] = d;
-            }
-        }
-    }
-}
-
-void dbn_normalize_into(const float *restrict x, float *restrict x_norm, const float *restrict mean,
-                        const float *restrict variance, int64_t batch, int64_t c, int64_t spatial,
-                        double eps, int eps_in_sqrt, int nthreads)
-{
-    (void)nthreads;
-    for (int64_t f = 0; f < c; ++f) {
-        const double m = mean[f];
-        const double inv = 1.0 / dbn_denominator(variance[f], eps, eps_in_sqrt);
-        for (int64_t b = 0; b < batch; ++b) {
-            const int64_t o = (b * c + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s) x_norm[o + s] = (float)(((double)x[o + s] - m) * inv);
-        }
-    }
+    fctx ctx = {.scales = scales, .stat_mean = mean, .stat_var = variance, .scale_updates = scale_updates,
+                .bias_updates = bias_updates, .mean_delta = mean_delta, .variance_delta = variance_delta,
+                .fl = flavor, .n = (double)batch * (double)spatial, .train = train};
+    dbn_job job;
+    dbn_job_init(&job, batch, c, spatial);
+    job.reduce = DBN_R_DOT2;
+    job.shift_mode = DBN_SHIFT_GIVEN;
+    job.shift = mean;
+    job.map = DBN_M_BWD;
+    job.a = x;
+    job.b = delta;
+    job.out = delta;
+    job.out2 = net_delta;
+    job.coef = coef_backward;
+    job.ctx = &ctx;
+    job.nt = (double)batch * (double)c * (double)spatial * 4.0 > 8.0 * 1024 * 1024;
+    dbn_run(&job, exec);
 }
 
 void dbn_update(float *restrict scales, float *restrict scale_updates, float *restrict biases,

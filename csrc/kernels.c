@@ -1,159 +1,278 @@
-/* kernels.c -- Darknet's named batch-normalization kernels (see darknet_bn.h for each contract).
+/* kernels.c -- Darknet's named kernels (see darknet_bn.h for each contract), on the engine.
  *
- * Plain loops, written to be read: 64-bit indices, double accumulators, one channel at a time.
+ * Each kernel is a job: a reduction (two sums per channel), a map (one multiply-add form per element),
+ * or both, plus a coef() that turns sums into the kernel's outputs or the map's coefficients.
+ * Plain versions of the same kernels are in reference.c.
  */
 #include "darknet_bn.h"
 #include "internal.h"
 
 #include <math.h>
 
-void mean_cpu(const float *restrict x, int64_t batch, int64_t filters, int64_t spatial,
-              float *restrict mean, int nthreads)
+typedef struct {
+    float *out;              /* the per-channel output */
+    const float *var;        /* variance, for the kernels that scale by it */
+    const float *mean;       /* a map's shift */
+    const float *coef;       /* a map's per-channel factor or term */
+    const float *md, *vd;    /* normalize_delta_cpu */
+    double n;                /* values per channel */
+    double eps;
+    int eps_in_sqrt;
+} kctx;
+
+#define CTX(job) ((const kctx *)(job)->ctx)
+
+/* ---- reductions ---------------------------------------------------------------------------------- */
+
+static void coef_mean(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                      float *k, float *p, float *q, float *r)
 {
-    (void)nthreads;
-    const double n = (double)batch * (double)spatial;
-    for (int64_t f = 0; f < filters; ++f) {
-        double sum = 0.0;
-        for (int64_t b = 0; b < batch; ++b) {
-            const float *p = x + (b * filters + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s) sum += p[s];
-        }
-        mean[f] = (float)(sum / n);
-    }
+    (void)s1; (void)p; (void)q; (void)r;
+    for (int64_t j = 0; j < n; ++j) CTX(job)->out[c0 + j] = (float)((double)k[j] + s0[j] / CTX(job)->n);
+}
+
+void mean_cpu(const float *restrict x, int64_t batch, int64_t filters, int64_t spatial,
+              float *restrict mean, const dbn_exec *exec)
+{
+    kctx ctx = {.out = mean, .n = (double)batch * (double)spatial};
+    dbn_job job;
+    dbn_job_init(&job, batch, filters, spatial);
+    job.reduce = DBN_R_SUM2;
+    job.shift_mode = DBN_SHIFT_ESTIMATE;
+    job.a = x;
+    job.coef = coef_mean;
+    job.ctx = &ctx;
+    dbn_run(&job, exec);
+}
+
+static void coef_variance(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                          float *k, float *p, float *q, float *r)
+{
+    (void)s0; (void)k; (void)p; (void)q; (void)r;
+    for (int64_t j = 0; j < n; ++j)
+        CTX(job)->out[c0 + j] = CTX(job)->n > 1 ? (float)(s1[j] / (CTX(job)->n - 1.0)) : NAN;
 }
 
 void variance_cpu(const float *restrict x, const float *restrict mean, int64_t batch, int64_t filters,
-                  int64_t spatial, float *restrict variance, int nthreads)
+                  int64_t spatial, float *restrict variance, const dbn_exec *exec)
 {
-    (void)nthreads;
-    const int64_t n = batch * spatial;
-    for (int64_t f = 0; f < filters; ++f) {
-        const double m = mean[f];
-        double ss = 0.0;
-        for (int64_t b = 0; b < batch; ++b) {
-            const float *p = x + (b * filters + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s) {
-                const double d = (double)p[s] - m;
-                ss += d * d;
-            }
-        }
-        variance[f] = n > 1 ? (float)(ss / (double)(n - 1)) : NAN;
+    kctx ctx = {.out = variance, .n = (double)batch * (double)spatial};
+    dbn_job job;
+    dbn_job_init(&job, batch, filters, spatial);
+    job.reduce = DBN_R_SUM2;
+    job.shift_mode = DBN_SHIFT_GIVEN;   /* sum (x - mean)^2 around the given mean, as Darknet */
+    job.shift = mean;
+    job.a = x;
+    job.coef = coef_variance;
+    job.ctx = &ctx;
+    dbn_run(&job, exec);
+}
+
+/* out += s0 (backward_bias) */
+static void coef_add_s0(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                        float *k, float *p, float *q, float *r)
+{
+    (void)s1; (void)k; (void)p; (void)q; (void)r;
+    for (int64_t j = 0; j < n; ++j) CTX(job)->out[c0 + j] = (float)((double)CTX(job)->out[c0 + j] + s0[j]);
+}
+
+void backward_bias(float *restrict bias_updates, const float *restrict delta, int64_t batch, int64_t n,
+                   int64_t size, const dbn_exec *exec)
+{
+    kctx ctx = {.out = bias_updates};
+    dbn_job job;
+    dbn_job_init(&job, batch, n, size);
+    job.reduce = DBN_R_SUM2;
+    job.a = delta;
+    job.coef = coef_add_s0;
+    job.ctx = &ctx;
+    dbn_run(&job, exec);
+}
+
+/* out += s1 (backward_scale_cpu) */
+static void coef_add_s1(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                        float *k, float *p, float *q, float *r)
+{
+    (void)s0; (void)k; (void)p; (void)q; (void)r;
+    for (int64_t j = 0; j < n; ++j) CTX(job)->out[c0 + j] = (float)((double)CTX(job)->out[c0 + j] + s1[j]);
+}
+
+void backward_scale_cpu(const float *restrict x_norm, const float *restrict delta, int64_t batch,
+                        int64_t n, int64_t size, float *restrict scale_updates, const dbn_exec *exec)
+{
+    kctx ctx = {.out = scale_updates};
+    dbn_job job;
+    dbn_job_init(&job, batch, n, size);
+    job.reduce = DBN_R_DOT2;    /* s1 = sum delta * (x_norm - 0) */
+    job.a = x_norm;
+    job.b = delta;
+    job.coef = coef_add_s1;
+    job.ctx = &ctx;
+    dbn_run(&job, exec);
+}
+
+static void coef_mean_delta(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                            float *k, float *p, float *q, float *r)
+{
+    (void)s1; (void)k; (void)p; (void)q; (void)r;
+    const kctx *cx = CTX(job);
+    for (int64_t j = 0; j < n; ++j)
+        cx->out[c0 + j] = (float)(-s0[j] / sqrt((double)cx->var[c0 + j] + DBN_DARKNET_EPS));
+}
+
+void mean_delta_cpu(const float *restrict delta, const float *restrict variance, int64_t batch,
+                    int64_t filters, int64_t spatial, float *restrict mean_delta, const dbn_exec *exec)
+{
+    kctx ctx = {.out = mean_delta, .var = variance};
+    dbn_job job;
+    dbn_job_init(&job, batch, filters, spatial);
+    job.reduce = DBN_R_SUM2;
+    job.a = delta;
+    job.coef = coef_mean_delta;
+    job.ctx = &ctx;
+    dbn_run(&job, exec);
+}
+
+static void coef_variance_delta(const dbn_job *job, int64_t c0, int64_t n, const double *s0,
+                                const double *s1, float *k, float *p, float *q, float *r)
+{
+    (void)s0; (void)k; (void)p; (void)q; (void)r;
+    const kctx *cx = CTX(job);
+    for (int64_t j = 0; j < n; ++j)
+        cx->out[c0 + j] = (float)(s1[j] * -0.5 * pow((double)cx->var[c0 + j] + DBN_DARKNET_EPS, -1.5));
+}
+
+void variance_delta_cpu(const float *restrict x, const float *restrict delta, const float *restrict mean,
+                        const float *restrict variance, int64_t batch, int64_t filters, int64_t spatial,
+                        float *restrict variance_delta, const dbn_exec *exec)
+{
+    kctx ctx = {.out = variance_delta, .var = variance};
+    dbn_job job;
+    dbn_job_init(&job, batch, filters, spatial);
+    job.reduce = DBN_R_DOT2;    /* s1 = sum delta * (x - mean) */
+    job.shift_mode = DBN_SHIFT_GIVEN;
+    job.shift = mean;
+    job.a = x;
+    job.b = delta;
+    job.coef = coef_variance_delta;
+    job.ctx = &ctx;
+    dbn_run(&job, exec);
+}
+
+/* ---- maps ---------------------------------------------------------------------------------------- */
+
+/* out = (x - mean) / denominator(variance) */
+static void coef_normalize(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                           float *k, float *p, float *q, float *r)
+{
+    (void)s0; (void)s1;
+    const kctx *cx = CTX(job);
+    for (int64_t j = 0; j < n; ++j) {
+        k[j] = cx->mean[c0 + j];
+        p[j] = (float)(1.0 / dbn_denominator(cx->var[c0 + j], cx->eps, cx->eps_in_sqrt));
+        q[j] = 0.0f;
+        r[j] = 0.0f;
     }
 }
 
 void normalize_cpu(float *restrict x, const float *restrict mean, const float *restrict variance,
                    int64_t batch, int64_t filters, int64_t spatial, float eps, int eps_in_sqrt,
-                   int nthreads)
+                   const dbn_exec *exec)
 {
-    (void)nthreads;
-    for (int64_t f = 0; f < filters; ++f) {
-        const double m = mean[f];
-        const double inv = 1.0 / dbn_denominator(variance[f], eps, eps_in_sqrt);
-        for (int64_t b = 0; b < batch; ++b) {
-            float *p = x + (b * filters + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s) p[s] = (float)(((double)p[s] - m) * inv);
-        }
+    kctx ctx = {.mean = mean, .var = variance, .eps = eps, .eps_in_sqrt = eps_in_sqrt};
+    dbn_job job;
+    dbn_job_init(&job, batch, filters, spatial);
+    job.map = DBN_M_AFFINE;
+    job.a = x;
+    job.out = x;
+    job.coef = coef_normalize;
+    job.ctx = &ctx;
+    dbn_run(&job, exec);
+}
+
+/* out = x * coef (scale_bias) */
+static void coef_scale(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                       float *k, float *p, float *q, float *r)
+{
+    (void)s0; (void)s1;
+    for (int64_t j = 0; j < n; ++j) {
+        k[j] = 0.0f;
+        p[j] = CTX(job)->coef[c0 + j];
+        q[j] = 0.0f;
+        r[j] = 0.0f;
     }
 }
 
 void scale_bias(float *restrict output, const float *restrict scales, int64_t batch, int64_t n,
-                int64_t size, int nthreads)
+                int64_t size, const dbn_exec *exec)
 {
-    (void)nthreads;
-    for (int64_t b = 0; b < batch; ++b)
-        for (int64_t f = 0; f < n; ++f) {
-            float *p = output + (b * n + f) * size;
-            const float k = scales[f];
-            for (int64_t s = 0; s < size; ++s) p[s] *= k;
-        }
+    kctx ctx = {.coef = scales};
+    dbn_job job;
+    dbn_job_init(&job, batch, n, size);
+    job.map = DBN_M_AFFINE;
+    job.a = output;
+    job.out = output;
+    job.coef = coef_scale;
+    job.ctx = &ctx;
+    dbn_run(&job, exec);
+}
+
+/* out = x * 1 + coef (add_bias) */
+static void coef_shift(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                       float *k, float *p, float *q, float *r)
+{
+    (void)s0; (void)s1;
+    for (int64_t j = 0; j < n; ++j) {
+        k[j] = 0.0f;
+        p[j] = 1.0f;
+        q[j] = CTX(job)->coef[c0 + j];
+        r[j] = 0.0f;
+    }
 }
 
 void add_bias(float *restrict output, const float *restrict biases, int64_t batch, int64_t n,
-              int64_t size, int nthreads)
+              int64_t size, const dbn_exec *exec)
 {
-    (void)nthreads;
-    for (int64_t b = 0; b < batch; ++b)
-        for (int64_t f = 0; f < n; ++f) {
-            float *p = output + (b * n + f) * size;
-            const float k = biases[f];
-            for (int64_t s = 0; s < size; ++s) p[s] += k;
-        }
+    kctx ctx = {.coef = biases};
+    dbn_job job;
+    dbn_job_init(&job, batch, n, size);
+    job.map = DBN_M_AFFINE;
+    job.a = output;
+    job.out = output;
+    job.coef = coef_shift;
+    job.ctx = &ctx;
+    dbn_run(&job, exec);
 }
 
-void backward_bias(float *restrict bias_updates, const float *restrict delta, int64_t batch, int64_t n,
-                   int64_t size, int nthreads)
+/* delta = delta / denominator(variance) + (x - mean) * 2 variance_delta / N + mean_delta / N */
+static void coef_normalize_delta(const dbn_job *job, int64_t c0, int64_t n, const double *s0,
+                                 const double *s1, float *k, float *p, float *q, float *r)
 {
-    (void)nthreads;
-    for (int64_t f = 0; f < n; ++f) {
-        double sum = 0.0;
-        for (int64_t b = 0; b < batch; ++b) {
-            const float *p = delta + (b * n + f) * size;
-            for (int64_t s = 0; s < size; ++s) sum += p[s];
-        }
-        bias_updates[f] = (float)((double)bias_updates[f] + sum);
-    }
-}
-
-void backward_scale_cpu(const float *restrict x_norm, const float *restrict delta, int64_t batch,
-                        int64_t n, int64_t size, float *restrict scale_updates, int nthreads)
-{
-    (void)nthreads;
-    for (int64_t f = 0; f < n; ++f) {
-        double sum = 0.0;
-        for (int64_t b = 0; b < batch; ++b) {
-            const int64_t o = (b * n + f) * size;
-            for (int64_t s = 0; s < size; ++s) sum += (double)delta[o + s] * (double)x_norm[o + s];
-        }
-        scale_updates[f] = (float)((double)scale_updates[f] + sum);
-    }
-}
-
-void mean_delta_cpu(const float *restrict delta, const float *restrict variance, int64_t batch,
-                    int64_t filters, int64_t spatial, float *restrict mean_delta, int nthreads)
-{
-    (void)nthreads;
-    for (int64_t f = 0; f < filters; ++f) {
-        double sum = 0.0;
-        for (int64_t b = 0; b < batch; ++b) {
-            const float *p = delta + (b * filters + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s) sum += p[s];
-        }
-        mean_delta[f] = (float)(-sum / sqrt((double)variance[f] + DBN_DARKNET_EPS));
-    }
-}
-
-void variance_delta_cpu(const float *restrict x, const float *restrict delta, const float *restrict mean,
-                        const float *restrict variance, int64_t batch, int64_t filters, int64_t spatial,
-                        float *restrict variance_delta, int nthreads)
-{
-    (void)nthreads;
-    for (int64_t f = 0; f < filters; ++f) {
-        const double m = mean[f];
-        double sum = 0.0;
-        for (int64_t b = 0; b < batch; ++b) {
-            const int64_t o = (b * filters + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s) sum += (double)delta[o + s] * ((double)x[o + s] - m);
-        }
-        variance_delta[f] = (float)(sum * -0.5 * pow((double)variance[f] + DBN_DARKNET_EPS, -1.5));
+    (void)s0; (void)s1;
+    const kctx *cx = CTX(job);
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t c = c0 + j;
+        k[j] = cx->mean[c];
+        p[j] = (float)(1.0 / dbn_denominator(cx->var[c], cx->eps, cx->eps_in_sqrt));
+        q[j] = (float)(2.0 * (double)cx->vd[c] / cx->n);
+        r[j] = (float)((double)cx->md[c] / cx->n);
     }
 }
 
 void normalize_delta_cpu(const float *restrict x, const float *restrict mean, const float *restrict variance,
                          const float *restrict mean_delta, const float *restrict variance_delta,
                          int64_t batch, int64_t filters, int64_t spatial, float *restrict delta,
-                         float eps, int eps_in_sqrt, int nthreads)
+                         float eps, int eps_in_sqrt, const dbn_exec *exec)
 {
-    (void)nthreads;
-    const double n = (double)batch * (double)spatial;
-    for (int64_t f = 0; f < filters; ++f) {
-        const double m = mean[f];
-        const double a = 1.0 / dbn_denominator(variance[f], eps, eps_in_sqrt);
-        const double bcoef = 2.0 * (double)variance_delta[f] / n;
-        const double ccoef = (double)mean_delta[f] / n;
-        for (int64_t b = 0; b < batch; ++b) {
-            const int64_t o = (b * filters + f) * spatial;
-            for (int64_t s = 0; s < spatial; ++s)
-                delta[o + s] = (float)((double)delta[o + s] * a + ((double)x[o + s] - m) * bcoef + ccoef);
-        }
-    }
+    kctx ctx = {.mean = mean, .var = variance, .md = mean_delta, .vd = variance_delta,
+                .n = (double)batch * (double)spatial, .eps = eps, .eps_in_sqrt = eps_in_sqrt};
+    dbn_job job;
+    dbn_job_init(&job, batch, filters, spatial);
+    job.map = DBN_M_BWD;
+    job.a = x;
+    job.b = delta;
+    job.out = delta;
+    job.coef = coef_normalize_delta;
+    job.ctx = &ctx;
+    dbn_run(&job, exec);
 }

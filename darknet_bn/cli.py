@@ -1,4 +1,7 @@
-"""The ``darknet-bn`` command line (also ``python -m darknet_bn``)."""
+"""The ``darknet-bn`` command line (also ``python -m darknet_bn``).
+
+Exit codes: 0 success, 1 a failed check, 2 bad arguments or a missing optional package.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,31 @@ from typing import Sequence
 import numpy as np
 
 
+class _Progress:
+    """A progress bar on stderr: tqdm when installed, else a one-line counter."""
+
+    def __init__(self, total: int, desc: str):
+        try:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+        except ImportError:
+            self._bar = None
+        self.total, self.done, self.desc = total, 0, desc
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif sys.stderr.isatty():
+            print(f"\r{self.desc}: {self.done}/{self.total}", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif sys.stderr.isatty():
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     """Print what this build can do, and check one training step against a float64 numpy computation."""
     import darknet_bn
@@ -17,7 +45,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     print(f"darknet_bn {darknet_bn.__version__} on Python {platform.python_version()}, numpy {np.__version__}, "
           f"{platform.machine()}")
-    print(f"OpenMP: {'yes' if kernels.has_openmp() else 'no'}, threads: {kernels.get_num_threads()}")
+    print(f"OpenMP: {'yes' if kernels.has_openmp() else 'no'}, threads: {kernels.get_num_threads()}, "
+          f"instruction set: {kernels.get_isa()}")
     shape = (8, 16, 13, 13)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 3 + 100
     layer = darknet_bn.make_batchnorm_layer(8, 13, 13, 16, flavor="torch")
@@ -30,11 +59,89 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from darknet_bn import bench, kernels
+
+    try:
+        shapes = [bench.parse_shape(s) for s in args.shape] if args.shape else bench.DEFAULT_SHAPES
+    except ValueError as e:
+        return _usage_error(args, str(e))
+    peers = [p for p in (s.strip() for s in args.compare.split(",")) if p] if args.compare else []
+    unknown = [p for p in peers if p not in bench.PEERS]
+    if unknown:
+        return _usage_error(args, f"--compare: unknown peer(s) {', '.join(unknown)}; choose from {', '.join(bench.PEERS)}")
+    notes = []
+    if "torch" in peers:
+        try:
+            import torch
+        except ImportError:
+            peers.remove("torch")
+            notes.append("torch is not installed (pip install torch): not compared")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return _usage_error(args, "--plot needs matplotlib (pip install matplotlib)")
+    if args.threads is not None:
+        if args.threads < 1:
+            return _usage_error(args, f"--threads: expected a count >= 1, got {args.threads}")
+        kernels.set_num_threads(args.threads)
+    threads = kernels.get_num_threads()
+    if "torch" in peers:
+        torch.set_num_threads(threads)
+    if args.repeat is not None and args.repeat < 1:
+        return _usage_error(args, f"--repeat: expected a count >= 1, got {args.repeat}")
+
+    total = sum(len(bench.PASSES) * (args.repeat or bench.default_rounds(s)) for s in shapes)
+    bar = _Progress(total, "bench")
+    try:
+        results = bench.run(shapes, peers, rounds=args.repeat, flavor=args.flavor, progress=bar.update)
+    finally:
+        bar.close()
+    info = bench.machine_info(threads)
+    print(f"darknet-bn bench: flavor {args.flavor}, {threads} thread(s), {info['isa']}, "
+          f"triad bandwidth {min(r.triad_gbs for r in results):.1f}-{max(r.triad_gbs for r in results):.1f} GB/s")
+    print("medians of interleaved rounds; spread = quartiles; backward = layer.backward(layer.delta), in place")
+    for n in notes:
+        print("note:", n)
+    print(bench.format_table(results, peers))
+    if args.json:
+        bench.write_json(args.json, results, info)
+    if args.plot:
+        bench.plot(args.plot, results, peers)
+    return 0
+
+
+def _usage_error(args: argparse.Namespace, message: str) -> int:
+    args.parser.print_usage(sys.stderr)
+    print(f"{args.parser.prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from darknet_bn.flavors import FLAVORS
+
     p = argparse.ArgumentParser(prog="darknet-bn", description="Darknet's batch normalization, fast on the CPU.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     info = sub.add_parser("info", help="build facts and a self-check")
-    info.set_defaults(func=_cmd_info)
+    info.set_defaults(func=_cmd_info, parser=info)
+
+    b = sub.add_parser("bench", help="time the passes against the memory roofline and peers",
+                       description="Time darknet_bn's training forward, inference forward and backward on a "
+                                   "table of shapes (or --shape), interleaved with the peers of --compare, "
+                                   "against a triad bandwidth measured in the same run.")
+    b.add_argument("--shape", action="append", metavar="BxCxHxW", help="a shape to run (repeatable); "
+                   "default: the built-in table")
+    b.add_argument("--threads", type=int, metavar="N", help="threads for darknet_bn and torch (default: "
+                   "OMP_NUM_THREADS or the cores)")
+    b.add_argument("--repeat", type=int, metavar="R", help="rounds per shape and pass (default: 7-21 by size)")
+    b.add_argument("--flavor", default="torch", choices=sorted(FLAVORS), help="the layer's flavor (default: torch)")
+    b.add_argument("--compare", default="plain,torch", metavar="PEERS",
+                   help="comma-separated peers among plain, numpy, torch (default: plain,torch; '' for none)")
+    b.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    b.add_argument("--plot", metavar="FILE.png", help="draw the ratios and roofline fractions (needs matplotlib)")
+    b.set_defaults(func=_cmd_bench, parser=b)
     return p
 
 

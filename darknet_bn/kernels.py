@@ -11,7 +11,7 @@ an output sharing memory with another argument), naming the argument, what was e
 Where Darknet's two forks differ (the eps of ``normalize_cpu`` and ``normalize_delta_cpu``), the
 ``flavor`` keyword picks the variant (see :mod:`darknet_bn.flavors`).
 
-The C calls release the GIL. The number of OpenMP threads they use is :func:`get_num_threads`.
+The C calls release the GIL. The number of OpenMP threads they use is :func:`get_num_threads`; the instruction set, :func:`get_isa`.
 """
 
 from __future__ import annotations
@@ -34,15 +34,19 @@ from .flavors import Flavor, get_flavor
 __all__ = [
     "mean_cpu", "variance_cpu", "normalize_cpu", "scale_bias", "add_bias", "backward_bias",
     "backward_scale_cpu", "mean_delta_cpu", "variance_delta_cpu", "normalize_delta_cpu",
-    "set_num_threads", "get_num_threads", "has_openmp",
+    "set_num_threads", "get_num_threads", "has_openmp", "set_isa", "get_isa", "ISAS",
 ]
 
 _F32 = np.dtype(np.float32)
 _INT64_MAX = 2**63 - 1
 
 # ------------------------------------------------------------------------------------------------
-# Threads. One process-wide setting, passed to every C call (C keeps no state): 0 = OpenMP's default.
-_nthreads = [0]
+# How C runs: one process-wide dbn_exec (threads, instruction set), passed to every call; C keeps no
+# state of its own. Results do not depend on the thread count (the work is split by shape only).
+_exec = ffi.new("dbn_exec *", {"nthreads": 0, "isa": 0})
+
+ISAS = {"baseline": 1, "avx2": 2, "avx512": 3}
+_ISA_NAMES = {v: k for k, v in ISAS.items()}
 
 
 def set_num_threads(n: int | None) -> None:
@@ -51,17 +55,33 @@ def set_num_threads(n: int | None) -> None:
     n = 0 if n is None else _int("n", n)
     if n < 0:
         raise ValueError(f"n: expected a thread count >= 0 (0 = default), got {n}")
-    _nthreads[0] = n
+    _exec.nthreads = min(n, 2**31 - 1)
 
 
 def get_num_threads() -> int:
     """The number of threads the kernels use."""
-    return _nthreads[0] or lib.dbn_max_threads()
+    return (_exec.nthreads or lib.dbn_max_threads()) if has_openmp() else 1
 
 
 def has_openmp() -> bool:
     """Whether the C kernels were built with OpenMP."""
     return bool(lib.dbn_has_openmp())
+
+
+def set_isa(isa: str | None) -> None:
+    """Cap the instruction set the kernels use: ``"avx512"``, ``"avx2"``, ``"baseline"``, or ``None`` for
+    the best this CPU has (the default). A cap above what the CPU has means what the CPU has."""
+    if isa is None:
+        _exec.isa = 0
+    elif isa in ISAS:
+        _exec.isa = ISAS[isa]
+    else:
+        raise ValueError(f"isa: expected one of {sorted(ISAS)} or None, got {isa!r}")
+
+
+def get_isa() -> str:
+    """The instruction set the kernels use now (``"avx512"``, ``"avx2"`` or ``"baseline"``)."""
+    return _ISA_NAMES[lib.dbn_isa_selected(_exec)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -141,7 +161,7 @@ def mean_cpu(x: np.ndarray, batch: int, filters: int, spatial: int, mean: np.nda
     px = _buf("x", x, n, what)
     pm = _buf("mean", mean, f, "filters", True)
     _no_overlap("mean", mean, x=x)
-    lib.mean_cpu(px, b, f, s, pm, _nthreads[0])
+    lib.mean_cpu(px, b, f, s, pm, _exec)
 
 
 def variance_cpu(x: np.ndarray, mean: np.ndarray, batch: int, filters: int, spatial: int,
@@ -157,7 +177,7 @@ def variance_cpu(x: np.ndarray, mean: np.ndarray, batch: int, filters: int, spat
     pm = _buf("mean", mean, f, "filters")
     pv = _buf("variance", variance, f, "filters", True)
     _no_overlap("variance", variance, x=x, mean=mean)
-    lib.variance_cpu(px, pm, b, f, s, pv, _nthreads[0])
+    lib.variance_cpu(px, pm, b, f, s, pv, _exec)
 
 
 def normalize_cpu(x: np.ndarray, mean: np.ndarray, variance: np.ndarray, batch: int, filters: int,
@@ -173,7 +193,7 @@ def normalize_cpu(x: np.ndarray, mean: np.ndarray, variance: np.ndarray, batch: 
     pm = _buf("mean", mean, f, "filters")
     pv = _buf("variance", variance, f, "filters")
     _no_overlap("x", x, mean=mean, variance=variance)
-    lib.normalize_cpu(px, pm, pv, b, f, s, eps, in_sqrt, _nthreads[0])
+    lib.normalize_cpu(px, pm, pv, b, f, s, eps, in_sqrt, _exec)
 
 
 def scale_bias(output: np.ndarray, scales: np.ndarray, batch: int, n: int, size: int) -> None:
@@ -182,7 +202,7 @@ def scale_bias(output: np.ndarray, scales: np.ndarray, batch: int, n: int, size:
     po = _buf("output", output, cnt, what, True)
     ps = _buf("scales", scales, f, "n")
     _no_overlap("output", output, scales=scales)
-    lib.scale_bias(po, ps, b, f, s, _nthreads[0])
+    lib.scale_bias(po, ps, b, f, s, _exec)
 
 
 def add_bias(output: np.ndarray, biases: np.ndarray, batch: int, n: int, size: int) -> None:
@@ -191,7 +211,7 @@ def add_bias(output: np.ndarray, biases: np.ndarray, batch: int, n: int, size: i
     po = _buf("output", output, cnt, what, True)
     pb = _buf("biases", biases, f, "n")
     _no_overlap("output", output, biases=biases)
-    lib.add_bias(po, pb, b, f, s, _nthreads[0])
+    lib.add_bias(po, pb, b, f, s, _exec)
 
 
 def backward_bias(bias_updates: np.ndarray, delta: np.ndarray, batch: int, n: int, size: int) -> None:
@@ -201,7 +221,7 @@ def backward_bias(bias_updates: np.ndarray, delta: np.ndarray, batch: int, n: in
     pu = _buf("bias_updates", bias_updates, f, "n", True)
     pd = _buf("delta", delta, cnt, what)
     _no_overlap("bias_updates", bias_updates, delta=delta)
-    lib.backward_bias(pu, pd, b, f, s, _nthreads[0])
+    lib.backward_bias(pu, pd, b, f, s, _exec)
 
 
 def backward_scale_cpu(x_norm: np.ndarray, delta: np.ndarray, batch: int, n: int, size: int,
@@ -213,7 +233,7 @@ def backward_scale_cpu(x_norm: np.ndarray, delta: np.ndarray, batch: int, n: int
     pd = _buf("delta", delta, cnt, what)
     pu = _buf("scale_updates", scale_updates, f, "n", True)
     _no_overlap("scale_updates", scale_updates, x_norm=x_norm, delta=delta)
-    lib.backward_scale_cpu(px, pd, b, f, s, pu, _nthreads[0])
+    lib.backward_scale_cpu(px, pd, b, f, s, pu, _exec)
 
 
 def mean_delta_cpu(delta: np.ndarray, variance: np.ndarray, batch: int, filters: int, spatial: int,
@@ -225,7 +245,7 @@ def mean_delta_cpu(delta: np.ndarray, variance: np.ndarray, batch: int, filters:
     pv = _buf("variance", variance, f, "filters")
     pm = _buf("mean_delta", mean_delta, f, "filters", True)
     _no_overlap("mean_delta", mean_delta, delta=delta, variance=variance)
-    lib.mean_delta_cpu(pd, pv, b, f, s, pm, _nthreads[0])
+    lib.mean_delta_cpu(pd, pv, b, f, s, pm, _exec)
 
 
 def variance_delta_cpu(x: np.ndarray, delta: np.ndarray, mean: np.ndarray, variance: np.ndarray,
@@ -239,7 +259,7 @@ def variance_delta_cpu(x: np.ndarray, delta: np.ndarray, mean: np.ndarray, varia
     pv = _buf("variance", variance, f, "filters")
     pvd = _buf("variance_delta", variance_delta, f, "filters", True)
     _no_overlap("variance_delta", variance_delta, x=x, delta=delta, mean=mean, variance=variance)
-    lib.variance_delta_cpu(px, pd, pm, pv, b, f, s, pvd, _nthreads[0])
+    lib.variance_delta_cpu(px, pd, pm, pv, b, f, s, pvd, _exec)
 
 
 def normalize_delta_cpu(x: np.ndarray, mean: np.ndarray, variance: np.ndarray, mean_delta: np.ndarray,
@@ -259,4 +279,4 @@ def normalize_delta_cpu(x: np.ndarray, mean: np.ndarray, variance: np.ndarray, m
     pd = _buf("delta", delta, n, what, True)
     _no_overlap("delta", delta, x=x, mean=mean, variance=variance, mean_delta=mean_delta,
                 variance_delta=variance_delta)
-    lib.normalize_delta_cpu(px, pm, pv, pmd, pvd, b, f, s, pd, eps, in_sqrt, _nthreads[0])
+    lib.normalize_delta_cpu(px, pm, pv, pmd, pvd, b, f, s, pd, eps, in_sqrt, _exec)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ._dbn import ffi, lib
 from .flavors import Flavor, get_flavor
-from .kernels import _INT64_MAX, _buf, _int, _nthreads
+from .kernels import _INT64_MAX, _buf, _exec, _int
 
 __all__ = ["Layer", "make_batchnorm_layer"]
 
@@ -88,8 +88,9 @@ class Layer:
     """
 
     __slots__ = ("_batch", "_w", "_h", "_c", "_n", "_count", "_shape", "_flavor", "_cflavor",
-                 "_output", "_delta", "_params", "_x", "_train", "_x_norm", "_x_norm_valid", "_x_copy",
-                 "_p_output", "_p_delta", "_p", "_rows", "__weakref__")
+                 "_output", "_delta", "_params", "_x", "_p_x", "_train", "_x_norm", "_x_norm_valid", "_x_copy",
+                 "_p_output", "_p_delta", "_p", "_rows", "_what", "_view_shape", "_view",
+                 "_a_train", "_a_infer", "_a_bwd", "__weakref__")
 
     def __init__(self, batch: int, w: int, h: int, c: int, flavor: str | Flavor = "pjreddie") -> None:
         batch, w, h, c = (_positive("batch", batch), _positive("w", w), _positive("h", h),
@@ -114,11 +115,25 @@ class Layer:
         self._rows = tuple(self._params)     # the per-channel fields: one view each, made once
         self._p = {name: ffi.from_buffer("float[]", row) for name, row in zip(_PER_CHANNEL, self._rows)}
 
-        self._x: np.ndarray | None = None    # the last forward's input (a reference)
+        self._x: np.ndarray | None = None    # the last forward's input (a reference) ...
+        self._p_x = None                     # ... and its cffi pointer
         self._train = True                   # the mode of the last forward
         self._x_norm: np.ndarray | None = None
         self._x_norm_valid = False
         self._x_copy: np.ndarray | None = None
+        self._what = f"batch*inputs = {batch}*{c * h * w}"
+        self._view_shape, self._view = self._shape, self._output   # the last shape forward returned
+
+        # The arguments of each C call but the per-call arrays, made once: a call is one C call.
+        p, s = self._p, h * w
+        self._a_train = (self._p_output, p["scales"], p["biases"], p["mean"], p["variance"], p["rolling_mean"],
+                         p["rolling_variance"], batch, c, s, self._cflavor, _exec)
+        self._a_infer = (self._p_output, p["scales"], p["biases"], p["rolling_mean"], p["rolling_variance"],
+                         batch, c, s, self._cflavor, _exec)
+        tail = (p["scale_updates"], p["bias_updates"], p["mean_delta"], p["variance_delta"], batch, c, s,
+                self._cflavor)
+        self._a_bwd = {True: (p["scales"], p["mean"], p["variance"]) + tail + (1, _exec),
+                       False: (p["scales"], p["rolling_mean"], p["rolling_variance"]) + tail + (0, _exec)}
 
     # ---------------------------------------------------------------------------------------------
     # Passes
@@ -140,34 +155,36 @@ class Layer:
             TypeError, ValueError: a bad input; ValueError in training mode when batch*h*w = 1 (the
             batch variance is undefined). Nothing is changed when it raises.
         """
-        p_in = _buf("input", input, self._n, f"batch*inputs = {self._batch}*{self._c * self._h * self._w}")
+        p_in = _buf("input", input, self._n, self._what)
+        train = bool(train)
         if train and self._count < 2:
             raise ValueError("train: a training forward needs batch*h*w >= 2 values per channel "
                              f"(the batch variance is undefined), this layer has {self._count}")
-        if np.may_share_memory(input, self._output):
-            if not (p_in == self._p_output):
-                raise ValueError("input: partially overlaps this layer's output buffer")
-            if train:  # the output overwrites its input: keep x for the backward
-                if self._x_copy is None:
-                    self._x_copy = _aligned_zeros(self._n).reshape(self._shape)
-                np.copyto(self._x_copy, self._output)
-                input = self._x_copy
-                p_in = ffi.from_buffer("float[]", input)
+        # An array that owns its memory cannot share it with this layer's buffers; a view might.
+        if input.base is not None:
+            if np.may_share_memory(input, self._delta):
+                raise ValueError("input: shares memory with this layer's delta buffer, which the backward "
+                                 "overwrites while it reads the input")
+            if np.may_share_memory(input, self._output):
+                if not (p_in == self._p_output):
+                    raise ValueError("input: partially overlaps this layer's output buffer")
+                if train:  # the output overwrites its input: keep x for the backward
+                    if self._x_copy is None:
+                        self._x_copy = _aligned_zeros(self._n).reshape(self._shape)
+                    np.copyto(self._x_copy, self._output)
+                    input = self._x_copy
+                    p_in = ffi.from_buffer("float[]", input)
         if train:
-            p = self._p
-            lib.dbn_forward_train(p_in, self._p_output, p["scales"], p["biases"], p["mean"], p["variance"],
-                                  p["rolling_mean"], p["rolling_variance"], self._batch, self._c,
-                                  self._h * self._w, self._cflavor, _nthreads[0])
+            lib.dbn_forward_train(p_in, *self._a_train)
         else:
-            p = self._p
-            lib.dbn_forward_infer(p_in, self._p_output, p["scales"], p["biases"], p["rolling_mean"],
-                                  p["rolling_variance"], self._batch, self._c, self._h * self._w,
-                                  self._cflavor, _nthreads[0])
-        self._x = input
-        self._train = bool(train)
+            lib.dbn_forward_infer(p_in, *self._a_infer)
+        self._x, self._p_x = input, p_in
+        self._train = train
         self._x_norm_valid = False
-        out = self._output
-        return out if input.shape == out.shape else out.reshape(input.shape)
+        shape = input.shape
+        if shape != self._view_shape:
+            self._view_shape, self._view = shape, self._output.reshape(shape)
+        return self._view
 
     def backward(self, net_delta: np.ndarray | None = None) -> np.ndarray:
         """Darknet's ``backward_batchnorm_layer``, from ``delta`` (filled by the caller with the
@@ -194,24 +211,15 @@ class Layer:
             net_delta = np.empty(x.shape, dtype=np.float32)
             p_nd = ffi.from_buffer("float[]", net_delta)
         else:
-            p_nd = _buf("net_delta", net_delta, self._n,
-                        f"batch*inputs = {self._batch}*{self._c * self._h * self._w}", True)
-            if p_nd == self._p_delta and net_delta.size:
-                p_nd = ffi.NULL
-            elif np.may_share_memory(net_delta, self._delta):
-                raise ValueError("net_delta: partially overlaps this layer's delta buffer")
-            if np.may_share_memory(net_delta, x) and net_delta.size:
-                raise ValueError("net_delta: shares memory with the forward's input x, which the backward reads")
-        if np.may_share_memory(x, self._delta):
-            raise ValueError("x: the forward's input shares memory with this layer's delta buffer")
-        p = self._p
-        if self._train:
-            p_mean, p_var = p["mean"], p["variance"]
-        else:
-            p_mean, p_var = p["rolling_mean"], p["rolling_variance"]
-        lib.dbn_backward(ffi.from_buffer("float[]", x), self._p_delta, p_nd, p["scales"], p_mean, p_var,
-                         p["scale_updates"], p["bias_updates"], p["mean_delta"], p["variance_delta"],
-                         self._batch, self._c, self._h * self._w, self._cflavor, self._train, _nthreads[0])
+            p_nd = _buf("net_delta", net_delta, self._n, self._what, True)
+            if p_nd == self._p_delta:
+                p_nd = ffi.NULL               # in place: delta is the input's delta already
+            elif net_delta.base is not None or x.base is not None or net_delta is x:
+                if np.may_share_memory(net_delta, self._delta):
+                    raise ValueError("net_delta: partially overlaps this layer's delta buffer")
+                if np.may_share_memory(net_delta, x):
+                    raise ValueError("net_delta: shares memory with the forward's input x, which the backward reads")
+        lib.dbn_backward(self._p_x, self._p_delta, p_nd, *self._a_bwd[self._train])
         return net_delta
 
     def update(self, learning_rate: float, momentum: float, decay: float, batch: int) -> None:
@@ -258,9 +266,9 @@ class Layer:
         if self._x is not None and not self._x_norm_valid:
             p, fl = self._p, self._flavor
             m, v = (p["mean"], p["variance"]) if self._train else (p["rolling_mean"], p["rolling_variance"])
-            lib.dbn_normalize_into(ffi.from_buffer("float[]", self._x), ffi.from_buffer("float[]", self._x_norm),
+            lib.dbn_normalize_into(self._p_x, ffi.from_buffer("float[]", self._x_norm),
                                    m, v, self._batch, self._c, self._h * self._w, fl.eps, fl.eps_in_sqrt,
-                                   _nthreads[0])
+                                   _exec)
             self._x_norm_valid = True
         return self._x_norm
 

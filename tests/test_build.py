@@ -20,9 +20,9 @@ CC = shutil.which("gcc") or shutil.which("cc")
 
 
 @pytest.mark.skipif(CC is None, reason="no C compiler on PATH")
-@pytest.mark.parametrize("openmp", [False, True], ids=["plain", "openmp"])
-def test_c_sources_compile_clean(openmp, tmp_path):
-    flags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-fPIC"] + (["-fopenmp"] if openmp else [])
+@pytest.mark.parametrize("variant", [[], ["-fopenmp"], ["-DDBN_PORTABLE"]], ids=["plain", "openmp", "portable"])
+def test_c_sources_compile_clean(variant, tmp_path):
+    flags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-fPIC"] + variant
     for src in sorted(CSRC.glob("*.c")):
         r = subprocess.run([CC, *flags, "-I", str(CSRC), "-c", str(src), "-o", str(tmp_path / (src.stem + ".o"))],
                            capture_output=True, text=True)

@@ -1,0 +1,274 @@
+/* driver.c -- plans a job by its shape, picks the engine for the CPU, runs the tasks on the OpenMP team
+ * (see internal.h for the whole story).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define DBN_MIN_PER_THREAD 16384   /* fewer values than this per thread: fewer threads */
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int bytes_per_value)
+{
+    const int64_t n = batch * spatial, total = n * c;   /* values per channel, in all */
+    memset(pl, 0, sizeof *pl);
+    pl->batch = batch;
+    pl->c = c;
+    pl->spatial = spatial;
+    pl->tile = spatial >= DBN_LANE_MIN_SPATIAL ? 1 : max64(1, min64(c, DBN_TILE_MAX / max64(spatial, 1)));
+    pl->ntiles = c > 0 ? ceil_div(c, pl->tile) : 0;
+    pl->expand = spatial < DBN_EXPAND_SPATIAL || (spatial < DBN_LANE_MIN_SPATIAL && c * spatial <= DBN_EXPAND_MAX);
+    pl->flat_chunk = (max64(DBN_CHUNK, ceil_div(total, DBN_MAX_CHUNKS)) + 15) / 16 * 16;
+    pl->nflat = total > 0 ? ceil_div(total, pl->flat_chunk) : 0;
+    pl->chunk = max64(n, 1);             /* grid: whole channels, unless split below */
+    pl->nchunks = 1;
+    if (total <= DBN_SMALL) {
+        pl->fused = 1;                   /* tiny: one phase, no scratch */
+    } else if (bytes_per_value == 0) {
+        pl->fused = 0;                   /* a map alone: flat, in memory order */
+    } else if ((double)bytes_per_value * (double)total > DBN_STREAM_MAX && pl->ntiles >= DBN_FUSED_MIN_TILES) {
+        pl->fused = 1;                   /* beyond the cache: reduce and map each channel group back to back */
+    } else {
+        pl->fused = 0;
+        pl->reduce_flat = pl->tile == 1;
+        if (!pl->reduce_flat && pl->ntiles < DBN_FUSED_MIN_TILES) {   /* few tiles: split their rows */
+            int64_t rows = max64(1, DBN_CHUNK / (pl->tile * spatial));
+            rows = max64(rows, ceil_div(batch, DBN_MAX_CHUNKS));
+            pl->chunk = rows * spatial;
+            pl->nchunks = ceil_div(n, pl->chunk);
+        }
+    }
+    pl->ntasks = pl->ntiles * pl->nchunks;
+}
+
+void dbn_describe_plan(int64_t batch, int64_t c, int64_t spatial, int bytes_per_value, dbn_plan_info *info)
+{
+    dbn_plan pl;
+    dbn_make_plan(&pl, batch, c, spatial, bytes_per_value);
+    info->fused = pl.fused;
+    info->reduce_flat = pl.reduce_flat;
+    info->expand = pl.expand;
+    info->tile = pl.tile;
+    info->ntiles = pl.ntiles;
+    info->nchunks = pl.nchunks;
+    info->nflat = pl.nflat;
+}
+
+void dbn_job_init(dbn_job *job, int64_t batch, int64_t c, int64_t spatial)
+{
+    memset(job, 0, sizeof *job);
+    job->plan.batch = batch;
+    job->plan.c = c;
+    job->plan.spatial = spatial;
+}
+
+void dbn_estimate_shifts(const float *x, int64_t batch, int64_t c, int64_t spatial, int64_t c0, int64_t nc,
+                         float *k)
+{
+    const int64_t per_row = min64(spatial, DBN_SHIFT_SAMPLES);
+    const int64_t rows = min64(batch, ceil_div(DBN_SHIFT_SAMPLES, max64(spatial, 1)));
+    double sum[DBN_TILE_MAX];
+    for (int64_t j0 = 0; j0 < nc; j0 += DBN_TILE_MAX) {
+        const int64_t m = min64(DBN_TILE_MAX, nc - j0);
+        for (int64_t j = 0; j < m; ++j) sum[j] = 0.0;
+        for (int64_t b = 0; b < rows; ++b) {   /* row by row: the tile's values are contiguous */
+            const float *row = x + (b * c + c0 + j0) * spatial;
+            for (int64_t s = 0; s < per_row; ++s)
+                for (int64_t j = 0; j < m; ++j) sum[j] += row[j * spatial + s];
+        }
+        for (int64_t j = 0; j < m; ++j) {
+            const float v = rows * per_row > 0 ? (float)(sum[j] / (double)(rows * per_row)) : 0.0f;
+            k[j0 + j] = isfinite(v) ? v : 0.0f;   /* an Inf or NaN among the samples: shifting by it
+                                                     would lose the others; sums around 0 keep Inf */
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+
+int dbn_isa_available(void)
+{
+#if DBN_MULTI_ISA
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return 3;
+    if (__builtin_cpu_supports("x86-64-v3")) return 2;
+#endif
+    return 1;
+}
+
+int dbn_isa_selected(const dbn_exec *exec)
+{
+    const int avail = dbn_isa_available();
+    const int want = exec ? exec->isa : 0;
+    return want <= 0 || want > avail ? avail : want;
+}
+
+typedef void (*engine_fn)(const dbn_job *, int64_t, int64_t);
+
+static engine_fn engine_for(int isa)
+{
+#if DBN_MULTI_ISA
+    if (isa >= 3) return dbn_run_tasks_avx512;
+    if (isa == 2) return dbn_run_tasks_avx2;
+#else
+    (void)isa;
+#endif
+    return dbn_run_tasks_base;
+}
+
+static int team_size(const dbn_exec *exec, int64_t ntasks, int64_t values)
+{
+#ifdef _OPENMP
+    int64_t n = exec && exec->nthreads > 0 ? exec->nthreads : omp_get_max_threads();
+    n = min64(n, ntasks);
+    n = min64(n, max64(1, values / DBN_MIN_PER_THREAD));
+    return (int)max64(n, 1);
+#else
+    (void)exec; (void)ntasks; (void)values;
+    return 1;
+#endif
+}
+
+/* Tasks [0, ntasks) in contiguous static blocks, one per thread: which thread runs a task never
+ * changes a result. */
+static void run_tasks(engine_fn fn, const dbn_job *job, int64_t ntasks, int nth)
+{
+    if (nth <= 1 || ntasks <= 1) {
+        fn(job, 0, ntasks);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nth)
+    {
+        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int64_t a = ntasks * t / T, b = ntasks * (t + 1) / T;
+        if (a < b) fn(job, a, b);
+    }
+#endif
+}
+
+void dbn_fill_shifts(const dbn_job *job, int64_t c0, int64_t nc, float *k)
+{
+    const dbn_plan *pl = &job->plan;
+    if (job->shift_mode == DBN_SHIFT_ESTIMATE)
+        dbn_estimate_shifts(job->a, pl->batch, pl->c, pl->spatial, c0, nc, k);
+    else
+        for (int64_t j = 0; j < nc; ++j) k[j] = job->shift_mode == DBN_SHIFT_GIVEN ? job->shift[c0 + j] : 0.0f;
+}
+
+/* The fused plan of the same shape on one thread: what runs when the scratch cannot be allocated. */
+static void run_fused_serial(engine_fn fn, dbn_job *job)
+{
+    dbn_plan *pl = &job->plan;
+    pl->fused = 1;
+    pl->chunk = max64(pl->batch * pl->spatial, 1);
+    pl->nchunks = 1;
+    pl->ntasks = pl->ntiles;
+    job->phase = DBN_PHASE_FUSED;
+    fn(job, 0, pl->ntasks);
+}
+
+void dbn_run(dbn_job *job, const dbn_exec *exec)
+{
+    const engine_fn fn = engine_for(dbn_isa_selected(exec));
+    dbn_plan *pl = &job->plan;
+    const int bpv = job->reduce == DBN_R_DOT2 ? 8 : job->reduce == DBN_R_SUM2 ? 4 : 0;
+    if (pl->c == 1) {   /* one channel: its batch*spatial values are contiguous, one long plane */
+        pl->spatial *= pl->batch;
+        pl->batch = pl->batch > 0 ? 1 : 0;
+    }
+    dbn_make_plan(pl, pl->batch, pl->c, pl->spatial, bpv);
+    const int64_t C = pl->c, S = pl->spatial, values = pl->batch * C * S;
+    if (C == 0) return;
+    if (values == 0) {   /* channels without values: sums of nothing, nothing to map */
+        float k[DBN_TILE_MAX], p[DBN_TILE_MAX], q[DBN_TILE_MAX], r[DBN_TILE_MAX];
+        double zero[DBN_TILE_MAX] = {0};
+        for (int64_t c0 = 0; c0 < C; c0 += DBN_TILE_MAX) {
+            const int64_t nc = min64(DBN_TILE_MAX, C - c0);
+            dbn_fill_shifts(job, c0, nc, k);
+            job->coef(job, c0, nc, job->reduce != DBN_R_NONE ? zero : NULL, zero, k, p, q, r);
+        }
+        return;
+    }
+    if (pl->fused) {
+        job->phase = DBN_PHASE_FUSED;
+        run_tasks(fn, job, pl->ntasks, team_size(exec, pl->ntasks, values));
+        return;
+    }
+
+    /* Three phases. Scratch: coefficients [4c] (+ per element [4 c*spatial]), sums [2c] + partials. */
+    const int has_reduce = job->reduce != DBN_R_NONE;
+    const int64_t ncoef = 4 * C + (pl->expand ? 4 * C * S : 0);
+    const int64_t npart = !has_reduce ? 0 : pl->reduce_flat ? pl->nflat * C : pl->ntasks * pl->tile;
+    float *coef = malloc((size_t)ncoef * sizeof *coef);
+    double *sums = malloc((size_t)(2 * C + 2 * npart) * sizeof *sums);
+    if (!coef || !sums) {
+        free(coef);
+        free(sums);
+        run_fused_serial(fn, job);
+        return;
+    }
+    float *kc = coef, *pc = coef + C, *qc = coef + 2 * C, *rc = coef + 3 * C;
+    double *s0 = sums, *s1 = sums + C;
+    job->part0 = sums + 2 * C;
+    job->part1 = sums + 2 * C + npart;
+    dbn_fill_shifts(job, 0, C, kc);
+    if (has_reduce) {
+        job->k = kc;
+        const int64_t ntasks = pl->reduce_flat ? pl->nflat : pl->ntasks;
+        job->phase = pl->reduce_flat ? DBN_PHASE_REDUCE_FLAT : DBN_PHASE_REDUCE_GRID;
+        run_tasks(fn, job, ntasks, team_size(exec, ntasks, values));
+        for (int64_t ch = 0; ch < C; ++ch) s0[ch] = s1[ch] = 0.0;
+        if (pl->reduce_flat) {   /* partials [task][channel], combined in task order */
+            for (int64_t t = 0; t < pl->nflat; ++t)
+                for (int64_t ch = 0; ch < C; ++ch) {
+                    s0[ch] += job->part0[t * C + ch];
+                    s1[ch] += job->part1[t * C + ch];
+                }
+        } else {                 /* partials [task][channel in tile], combined in chunk order */
+            for (int64_t t = 0; t < pl->ntasks; ++t) {
+                const int64_t c0 = (t / pl->nchunks) * pl->tile, nc = min64(pl->tile, C - c0);
+                for (int64_t j = 0; j < nc; ++j) {
+                    s0[c0 + j] += job->part0[t * pl->tile + j];
+                    s1[c0 + j] += job->part1[t * pl->tile + j];
+                }
+            }
+        }
+    }
+    job->coef(job, 0, C, has_reduce ? s0 : NULL, s1, kc, pc, qc, rc);
+    if (job->map != DBN_M_NONE) {
+        if (pl->expand) {        /* per-element coefficients for one row of c*spatial values */
+            float *e = coef + 4 * C;
+            for (int64_t ch = 0; ch < C; ++ch)
+                for (int64_t s = 0; s < S; ++s) {
+                    const int64_t at = ch * S + s;
+                    e[at] = kc[ch];
+                    e[C * S + at] = pc[ch];
+                    e[2 * C * S + at] = qc[ch];
+                    e[3 * C * S + at] = rc[ch];
+                }
+            job->k = e;
+            job->p = e + C * S;
+            job->q = e + 2 * C * S;
+            job->r = e + 3 * C * S;
+        } else {
+            job->k = kc;
+            job->p = pc;
+            job->q = qc;
+            job->r = rc;
+        }
+        job->phase = DBN_PHASE_MAP_FLAT;
+        run_tasks(fn, job, pl->nflat, team_size(exec, pl->nflat, values));
+    }
+    free(coef);
+    free(sums);
+}

@@ -1,0 +1,261 @@
+"""The fast kernels on tensors large enough to take every path of the engine (csrc/driver.c plans by
+shape: fused channel groups, three phases with flat or grid reductions, per-element coefficients,
+non-temporal stores, masked tails), on every instruction set the CPU has and several thread counts:
+against the plain C references (csrc/reference.c) and the float64 reference, and bit for bit against
+themselves across thread counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference as ref
+from conftest import assert_close, make_data
+from darknet_bn import kernels as K
+from darknet_bn import make_batchnorm_layer
+from darknet_bn._dbn import ffi, lib
+
+# (batch, c, h, w), and the plan each is chosen to exercise (checked in test_shapes_take_their_paths)
+BIG = {
+    (4, 9, 500, 401): "lane, fused (beyond the cache), non-temporal stores",
+    (3, 5, 100, 97): "lane, three phases, flat reduction",
+    (1, 3, 1500, 1700): "lane, few channels, flat reduction, long runs",
+    (256, 1000, 5, 5): "block, fused channel groups",
+    (4096, 300, 1, 1): "block, one tile split in row chunks, per-element coefficients",
+    (64, 512, 7, 7): "block, grid reduction, flat map with masked tails",
+    (512, 200, 2, 3): "block, tiny planes, per-element coefficients",
+    (7, 1, 333, 333): "one channel: one long plane",
+}
+ISAS = ["baseline", "avx2", "avx512"]
+
+
+def plan(shape, bytes_per_value):
+    b, c, h, w = shape
+    info = ffi.new("dbn_plan_info *")
+    lib.dbn_describe_plan(b, c, h * w, bytes_per_value, info)
+    return info
+
+
+def test_shapes_take_their_paths():
+    seen = set()
+    for shape in BIG:
+        for bpv in (4, 8):
+            i = plan(shape, bpv)
+            seen.add(("fused" if i.fused else "flat" if i.reduce_flat else "grid", i.tile == 1, bool(i.expand)))
+    assert ("fused", True, False) in seen       # lane groups
+    assert ("fused", False, False) in seen      # block groups
+    assert ("flat", True, False) in seen        # flat reduction
+    assert ("grid", False, True) in seen        # grid reduction, per-element map
+    assert ("grid", False, False) in seen        # grid reduction, per-plane map
+    assert plan((4096, 300, 1, 1), 4).nchunks > 1
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    avail = lib.dbn_isa_available()
+    if K.ISAS[request.param] > avail:
+        pytest.skip(f"this CPU has no {request.param} (best: {[k for k, v in K.ISAS.items() if v == avail][0]})")
+    K.set_isa(request.param)
+    yield request.param
+    K.set_isa(None)
+
+
+_cache: dict = {}
+
+
+def data(shape):
+    """x, dy and the float64 reference of the torch flavor's passes (computed once per shape)."""
+    if shape not in _cache:
+        x = make_data(shape, 3)
+        dy = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+        c = shape[1]
+        sc = np.linspace(0.5, 1.5, c).astype(np.float32)
+        bi = np.linspace(-1, 1, c).astype(np.float32)
+        rm = np.linspace(-0.5, 0.5, c).astype(np.float32)
+        rv = np.linspace(0.5, 2, c).astype(np.float32)
+        fwd = ref.forward(x, sc, bi, rm, rv, shape, "torch", True)
+        inf = ref.forward(x, sc, bi, rm, rv, shape, "torch", False)
+        _cache.clear()
+        _cache[shape] = (x, dy, sc, bi, rm, rv, fwd, inf)
+    return _cache[shape]
+
+
+def _layer(shape, sc, bi, rm, rv):
+    b, c, h, w = shape
+    layer = make_batchnorm_layer(b, w, h, c, flavor="torch")
+    layer.scales[:], layer.biases[:], layer.rolling_mean[:], layer.rolling_variance[:] = sc, bi, rm, rv
+    return layer
+
+
+@pytest.mark.parametrize("shape", list(BIG))
+def test_layer_passes_on_every_isa(shape, isa):
+    x, dy, sc, bi, rm, rv, fwd, inf = data(shape)
+    layer = _layer(shape, sc, bi, rm, rv)
+    layer.forward(x, train=False)
+    assert_close(layer.output, inf["output"], name=f"{isa} infer")
+    layer.forward(x, train=True)
+    assert_close(layer.output, fwd["output"], name=f"{isa} train output")
+    for k in ("mean", "variance", "rolling_mean", "rolling_variance"):
+        assert_close(getattr(layer, k), fwd[k], name=f"{isa} {k}")
+    assert_close(layer.x_norm, fwd["x_norm"], name=f"{isa} x_norm")
+    layer.delta[:] = dy
+    nd = np.empty_like(x)
+    layer.backward(nd)
+    g = ref.backward(x, dy, sc, layer.mean, layer.variance, shape, "torch", True)
+    sigma = np.sqrt(fwd["variance"] + 1e-5)
+    assert_close(nd, g["delta"], scale=np.abs(dy).max() * (sc / sigma).max(), name=f"{isa} input delta")
+    assert np.array_equal(layer.delta, nd)
+    n_per = np.abs(dy).sum(axis=(0, 2, 3)).max()
+    assert_close(layer.bias_updates, g["bias_updates"], scale=n_per, name=f"{isa} bias_updates")
+    assert_close(layer.scale_updates, g["scale_updates"], scale=n_per * np.abs(fwd["x_norm"]).max(),
+                 name=f"{isa} scale_updates")
+
+
+@pytest.mark.parametrize("shape", list(BIG))
+def test_results_do_not_depend_on_thread_count(shape):
+    x, dy, sc, bi, rm, rv, fwd, inf = data(shape)
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            K.set_num_threads(n)
+            layer = _layer(shape, sc, bi, rm, rv)
+            layer.forward(x, train=True)
+            layer.delta[:] = dy
+            layer.backward(layer.delta)
+            runs.append([layer.output.copy(), layer.delta.copy(), layer.mean.copy(), layer.variance.copy(),
+                         layer.scale_updates.copy(), layer.bias_updates.copy()])
+    finally:
+        K.set_num_threads(None)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert np.array_equal(a, b)
+
+
+def _ptr(a):
+    return ffi.from_buffer("float[]", a)
+
+
+@pytest.mark.parametrize("shape", list(BIG))
+def test_named_kernels_match_their_plain_references(shape, isa):
+    """Every fast named kernel against its plain twin in csrc/reference.c."""
+    b, c, h, w = shape
+    s = h * w
+    x, dy, sc, bi, rm, rv, fwd, inf = data(shape)
+    mean = fwd["mean"].astype(np.float32)
+    var = fwd["variance"].astype(np.float32)
+    xs = np.abs(x).max()
+
+    def pair(fast, plain, outs, scale=None, **kw):
+        """Run fast(*args) and plain(*args) on copies of the outputs; compare."""
+        got = [o.copy() for o in outs]
+        exp = [o.copy() for o in outs]
+        fast(got)
+        plain(exp)
+        for gv, ev in zip(got, exp):
+            assert_close(gv, ev, scale=scale, **kw)
+
+    z = lambda n: np.zeros(n, np.float32)
+    pair(lambda o: K.mean_cpu(x, b, c, s, o[0]),
+         lambda o: lib.mean_cpu_ref(_ptr(x), b, c, s, _ptr(o[0]), ffi.NULL), [z(c)], scale=xs, name="mean_cpu")
+    pair(lambda o: K.variance_cpu(x, mean, b, c, s, o[0]),
+         lambda o: lib.variance_cpu_ref(_ptr(x), _ptr(mean), b, c, s, _ptr(o[0]), ffi.NULL), [z(c)],
+         name="variance_cpu")
+    pair(lambda o: K.normalize_cpu(o[0], mean, var, b, c, s, flavor="pjreddie"),
+         lambda o: lib.normalize_cpu_ref(_ptr(o[0]), _ptr(mean), _ptr(var), b, c, s, ref.F32_1e6, 0, ffi.NULL),
+         [x], name="normalize_cpu")
+    pair(lambda o: K.scale_bias(o[0], sc, b, c, s),
+         lambda o: lib.scale_bias_ref(_ptr(o[0]), _ptr(sc), b, c, s, ffi.NULL), [x], rtol=1e-7, name="scale_bias")
+    pair(lambda o: K.add_bias(o[0], bi, b, c, s),
+         lambda o: lib.add_bias_ref(_ptr(o[0]), _ptr(bi), b, c, s, ffi.NULL), [x], rtol=2e-7, name="add_bias")
+    sums = np.abs(dy).sum(axis=(0, 2, 3)).max()
+    pair(lambda o: K.backward_bias(o[0], dy, b, c, s),
+         lambda o: lib.backward_bias_ref(_ptr(o[0]), _ptr(dy), b, c, s, ffi.NULL), [bi], scale=sums,
+         name="backward_bias")
+    pair(lambda o: K.backward_scale_cpu(x, dy, b, c, s, o[0]),
+         lambda o: lib.backward_scale_cpu_ref(_ptr(x), _ptr(dy), b, c, s, _ptr(o[0]), ffi.NULL), [sc],
+         scale=sums * xs, name="backward_scale_cpu")
+    pair(lambda o: K.mean_delta_cpu(dy, var, b, c, s, o[0]),
+         lambda o: lib.mean_delta_cpu_ref(_ptr(dy), _ptr(var), b, c, s, _ptr(o[0]), ffi.NULL), [z(c)],
+         scale=sums / np.sqrt(var.min()), name="mean_delta_cpu")
+    pair(lambda o: K.variance_delta_cpu(x, dy, mean, var, b, c, s, o[0]),
+         lambda o: lib.variance_delta_cpu_ref(_ptr(x), _ptr(dy), _ptr(mean), _ptr(var), b, c, s, _ptr(o[0]),
+                                              ffi.NULL), [z(c)],
+         scale=sums * xs * var.min() ** -1.5, name="variance_delta_cpu")
+    md = np.linspace(-1, 1, c).astype(np.float32)
+    vd = np.linspace(1, -1, c).astype(np.float32)
+    pair(lambda o: K.normalize_delta_cpu(x, mean, var, md, vd, b, c, s, o[0], flavor="alexeyab"),
+         lambda o: lib.normalize_delta_cpu_ref(_ptr(x), _ptr(mean), _ptr(var), _ptr(md), _ptr(vd), b, c, s,
+                                               _ptr(o[0]), ref.F32_1e5, 0, ffi.NULL),
+         [dy], name="normalize_delta_cpu")
+
+
+@pytest.mark.parametrize("offset", [1, 3, 8])
+def test_unaligned_arrays(offset, isa):
+    """Views that start off the vector alignment (the stores peel to alignment; the non-temporal path
+    must not assume it)."""
+    shape = (3, 20, 300, 301)     # 21 MB: the map streams (non-temporal) in every pass
+    b, c, h, w = shape
+    n = b * c * h * w
+    raw = np.empty(n + offset, np.float32)
+    x = raw[offset:].reshape(shape)
+    x[...] = make_data(shape, 9)
+    layer = make_batchnorm_layer(b, w, h, c, flavor="torch")
+    layer.forward(x)
+    e = ref.forward(x, np.ones(c), np.zeros(c), np.zeros(c), np.ones(c), shape, "torch")
+    assert_close(layer.output, e["output"], name="output")
+    rawd = np.empty(n + offset, np.float32)
+    nd = rawd[offset:].reshape(shape)
+    layer.delta[:] = 1.0
+    layer.delta[:, :, 0, :] = -3.0
+    layer.backward(nd)
+    g = ref.backward(x, np.where(np.arange(h)[None, None, :, None] == 0, -3.0, 1.0) * np.ones(shape), np.ones(c),
+                     layer.mean, layer.variance, shape, "torch")
+    assert_close(nd, g["delta"], scale=3.0 / np.sqrt(e["variance"].min() + 1e-5), name="input delta")
+    bias = np.linspace(-1, 1, c).astype(np.float32)
+    y = x.copy()
+    K.add_bias(x, bias, b, c, h * w)           # in place on the unaligned view
+    assert np.array_equal(x, y + bias[None, :, None, None])
+
+
+def test_large_mean_accuracy_fused_layer():
+    """The foundation's accuracy case through the layer's fused training forward (2**22 values of one
+    channel ~ 1000 + N(0,1)): mean, variance and output within 1e-6 relative of float64."""
+    n = 2**22
+    x = (1000.0 + np.random.default_rng(7).standard_normal(n)).astype(np.float32).reshape(1, 1, 1, n)
+    x64 = x.astype(np.float64)
+    layer = make_batchnorm_layer(1, n, 1, 1, flavor="torch")
+    layer.forward(x)
+    assert abs(layer.mean[0] / x64.mean() - 1) < 1e-6
+    assert abs(layer.variance[0] / x64.var() - 1) < 1e-6
+    e = (x64 - x64.mean()) / np.sqrt(x64.var() + 1e-5)
+    assert_close(layer.output, e, rtol=1e-5, name="output")
+
+
+@pytest.mark.parametrize("flavor", ["pjreddie", "alexeyab", "torch"])
+def test_darknet_sequence_references(flavor):
+    """forward_batchnorm_layer_ref / backward_batchnorm_layer_ref (Darknet's sequence of plain kernels,
+    the benchmark's baseline) compute the flavor's passes too."""
+    from darknet_bn.layer import _c_flavor
+    from darknet_bn.flavors import get_flavor
+    shape = (3, 4, 5, 6)
+    b, c, h, w = shape
+    x = make_data(shape, 1)
+    dy = make_data(shape, 2)
+    sc, bi = np.linspace(0.5, 1.5, c).astype(np.float32), np.linspace(-1, 1, c).astype(np.float32)
+    rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
+    out, xs, xn, nd = (np.zeros_like(x) for _ in range(4))
+    mean, var, su, bu, md, vd = (np.zeros(c, np.float32) for _ in range(6))
+    cf = _c_flavor(get_flavor(flavor))
+    lib.forward_batchnorm_layer_ref(_ptr(x), _ptr(out), _ptr(xs), _ptr(xn), _ptr(sc), _ptr(bi), _ptr(mean),
+                                    _ptr(var), _ptr(rm), _ptr(rv), b, c, h * w, cf, 1)
+    e = ref.forward(x, sc, bi, np.zeros(c), np.ones(c), shape, flavor)
+    for got, key in ((out, "output"), (xn, "x_norm"), (mean, "mean"), (var, "variance"), (rm, "rolling_mean"),
+                     (rv, "rolling_variance")):
+        assert_close(got, e[key], name=key)
+    assert np.array_equal(xs, x)
+    delta = dy.copy()
+    lib.backward_batchnorm_layer_ref(_ptr(xs), _ptr(xn), _ptr(delta), _ptr(nd), _ptr(sc), _ptr(mean), _ptr(var),
+                                     _ptr(su), _ptr(bu), _ptr(md), _ptr(vd), b, c, h * w, cf)
+    g = ref.backward(x, dy, sc, mean, var, shape, flavor)
+    assert_close(nd, g["delta"], name="delta")
+    assert_close(md, g["mean_delta"], name="mean_delta")

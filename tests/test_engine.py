@@ -54,7 +54,8 @@ def test_shapes_take_their_paths():
 def isa(request):
     avail = lib.dbn_isa_available()
     if K.ISAS[request.param] > avail:
-        pytest.skip(f"this CPU has no {request.param} (best: {[k for k, v in K.ISAS.items() if v == avail][0]})")
+        best = [k for k, v in K.ISAS.items() if v == avail][0]
+        pytest.skip(f"{request.param} is not available here (this build on this CPU offers up to {best})")
     K.set_isa(request.param)
     yield request.param
     K.set_isa(None)

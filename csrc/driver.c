@@ -17,7 +17,7 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int bytes_per_value)
+void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int bytes_per_value, int has_map)
 {
     const int64_t n = batch * spatial, total = n * c;   /* values per channel, in all */
     memset(pl, 0, sizeof *pl);
@@ -35,7 +35,8 @@ void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int 
         pl->fused = 1;                   /* tiny: one phase, no scratch */
     } else if (bytes_per_value == 0) {
         pl->fused = 0;                   /* a map alone: flat, in memory order */
-    } else if ((double)bytes_per_value * (double)total > DBN_STREAM_MAX && pl->ntiles >= DBN_FUSED_MIN_TILES) {
+    } else if (has_map && (double)bytes_per_value * (double)total > DBN_STREAM_MAX
+               && pl->ntiles >= DBN_FUSED_MIN_TILES) {
         pl->fused = 1;                   /* beyond the cache: reduce and map each channel group back to back */
     } else {
         pl->fused = 0;
@@ -53,7 +54,7 @@ void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int 
 void dbn_describe_plan(int64_t batch, int64_t c, int64_t spatial, int bytes_per_value, dbn_plan_info *info)
 {
     dbn_plan pl;
-    dbn_make_plan(&pl, batch, c, spatial, bytes_per_value);
+    dbn_make_plan(&pl, batch, c, spatial, bytes_per_value, 1);
     info->fused = pl.fused;
     info->reduce_flat = pl.reduce_flat;
     info->expand = pl.expand;
@@ -186,7 +187,7 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
         pl->spatial *= pl->batch;
         pl->batch = pl->batch > 0 ? 1 : 0;
     }
-    dbn_make_plan(pl, pl->batch, pl->c, pl->spatial, bpv);
+    dbn_make_plan(pl, pl->batch, pl->c, pl->spatial, bpv, job->map != DBN_M_NONE);
     const int64_t C = pl->c, S = pl->spatial, values = pl->batch * C * S;
     if (C == 0) return;
     if (values == 0) {   /* channels without values: sums of nothing, nothing to map */

@@ -36,7 +36,8 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
  * Flat tasks cover element ranges [e0, e1) of the whole tensor, in memory order.
  *
  * - fused: grid tasks, one per channel group, each reducing, computing its coefficients and mapping
- *   back to back (the second read comes from cache). For tensors beyond the last-level cache.
+ *   back to back (the second read comes from cache). For passes over tensors beyond the last-level
+ *   cache, and for tiny tensors (no scratch, no second parallel region).
  * - otherwise three phases: reduce (grid tasks, or flat tasks with per-task partial sums per channel),
  *   combine the partial sums in task order, coefficients for all channels, map (flat tasks).
  */
@@ -66,8 +67,9 @@ typedef struct dbn_plan {
     int64_t nflat;      /* flat: number of tasks */
 } dbn_plan;
 
-/* bytes_per_value: what one reduction reads per tensor value (4 for one input, 8 for two). */
-void dbn_make_plan(dbn_plan *plan, int64_t batch, int64_t c, int64_t spatial, int bytes_per_value);
+/* bytes_per_value: what the reduction reads per tensor value (0: none, 4: one input, 8: two);
+ * has_map: whether a map follows (a reduction alone gains nothing from the fused plan). */
+void dbn_make_plan(dbn_plan *plan, int64_t batch, int64_t c, int64_t spatial, int bytes_per_value, int has_map);
 
 /* ---------------------------------------------------------------------------------------------------
  * Job. What a pass asks of the engine. */

@@ -107,15 +107,27 @@ void normalize_delta_cpu(const float *restrict x, const float *restrict mean, co
  * [batch, c, spatial]; every other array: [c].
  */
 
+/* Batch renormalization (Ioffe 2017, arXiv:1702.03275) in a training forward. Per channel, with
+ * sigma_B the batch's denominator (the flavor's) and sigma = denominator(rolling_variance) taken
+ * before the rolling update:
+ *   r = clip(sigma_B / sigma, 1/rmax, rmax),  d = clip((mean - rolling_mean) / sigma, -dmax, dmax),
+ *   x_hat = (x - mean) / sigma_B * r + d,  out = scales * x_hat + biases.
+ * r and d ([c]) are written for the backward, which treats them as constants. rmax = 1, dmax = 0 is
+ * plain batch normalization, bit for bit. */
+typedef struct dbn_renorm {
+    double rmax, dmax;
+    float *r, *d;
+} dbn_renorm;
+
 /* Training forward. Writes mean and variance (the batch variance that normalizes, by the flavor's
  * divisor), updates rolling_mean and rolling_variance (with the unbiased variance) and writes
- * out = scales * (x - mean) / denominator(variance, eps) + biases.
- * Requires batch*spatial >= 2. */
+ * out = scales * (x - mean) / denominator(variance, eps) + biases -- or, with renorm (not NULL),
+ * the renormalized form above. Requires batch*spatial >= 2. */
 void dbn_forward_train(const float *restrict x, float *restrict out, const float *restrict scales,
                        const float *restrict biases, float *restrict mean, float *restrict variance,
                        float *restrict rolling_mean, float *restrict rolling_variance,
                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor,
-                       const dbn_exec *exec);
+                       const dbn_renorm *restrict renorm, const dbn_exec *exec);
 
 /* Inference forward: out = scales * (x - rolling_mean) / denominator(rolling_variance, eps) + biases.
  * out may be x (in place); otherwise the two must not overlap. */
@@ -126,21 +138,58 @@ void dbn_forward_infer(const float *x, float *out, const float *restrict scales,
 
 /* Backward. delta holds the output's delta on entry and the input's delta on return (as Darknet's
  * l.delta); net_delta, when not NULL, receives the input's delta too. mean and variance are the
- * statistics the forward normalized with. train = 1: Darknet's training backward for the flavor
- * (mean_delta, variance_delta written). train = 0: the exact gradient of the inference forward
- * (mean and variance are the rolling statistics, constants: mean_delta = variance_delta = 0).
- * scale_updates += sum delta * x_norm, bias_updates += sum delta, in both modes. */
+ * statistics the forward normalized with; r and d the renormalization's (NULL: plain BN).
+ * train = 1: Darknet's training backward for the flavor (mean_delta, variance_delta written), with
+ * r and d as constants. train = 0: the exact gradient of the inference forward (mean and variance are
+ * the rolling statistics, constants: mean_delta = variance_delta = 0; r and d are ignored).
+ * scale_updates += sum delta * x_hat, bias_updates += sum delta, in both modes. */
 void dbn_backward(const float *restrict x, float *restrict delta, float *restrict net_delta,
                   const float *restrict scales, const float *restrict mean, const float *restrict variance,
+                  const float *restrict r, const float *restrict d,
                   float *restrict scale_updates, float *restrict bias_updates,
                   float *restrict mean_delta, float *restrict variance_delta,
                   int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
                   const dbn_exec *exec);
 
-/* x_norm = (x - mean) / denominator(variance, eps), out of place (the layer's x_norm on demand). */
+/* x_norm = (x - mean) / denominator(variance, eps) * r + d, out of place (the layer's x_norm on
+ * demand); r and d may be NULL (1 and 0). */
 void dbn_normalize_into(const float *restrict x, float *restrict x_norm, const float *restrict mean,
-                        const float *restrict variance, int64_t batch, int64_t c, int64_t spatial,
-                        double eps, int eps_in_sqrt, const dbn_exec *exec);
+                        const float *restrict variance, const float *restrict r, const float *restrict d,
+                        int64_t batch, int64_t c, int64_t spatial, double eps, int eps_in_sqrt,
+                        const dbn_exec *exec);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Synchronized batch normalization (darknet_bn.distributed): the training passes in two halves around
+ * a reduction across processes. Each half is one pass over memory.
+ *
+ * moments [3c]: per channel (count, mean, M2 = sum of squared deviations from the mean), in double --
+ * exact and mergeable (Chan, Golub and LeVeque); dbn_merge_moments is the reduction.
+ * sums [2c]: per channel (sum delta, sum delta * (x - mean)). */
+void dbn_forward_moments(const float *restrict x, int64_t batch, int64_t c, int64_t spatial,
+                         double *restrict moments, const dbn_exec *exec);
+/* a = merge(a, b): the moments of the union of the two sets of values, per channel. */
+void dbn_merge_moments(double *restrict a, const double *restrict b, int64_t c);
+/* The training forward's outputs from the (global) moments: as dbn_forward_train. Requires a count
+ * >= 2 per channel. */
+void dbn_forward_apply(const float *restrict x, float *restrict out, const float *restrict scales,
+                       const float *restrict biases, float *restrict mean, float *restrict variance,
+                       float *restrict rolling_mean, float *restrict rolling_variance,
+                       const double *restrict moments, int64_t batch, int64_t c, int64_t spatial,
+                       const dbn_flavor *restrict flavor, const dbn_renorm *restrict renorm,
+                       const dbn_exec *exec);
+void dbn_backward_sums(const float *restrict x, const float *restrict delta, const float *restrict mean,
+                       int64_t batch, int64_t c, int64_t spatial, double *restrict sums, const dbn_exec *exec);
+/* The training backward from this process's sums (local: scale_updates and bias_updates, this
+ * process's contribution) and the sums over all processes (global, with the global count of values
+ * per channel: mean_delta, variance_delta and the input's delta), as dbn_backward with train = 1. */
+void dbn_backward_apply(const float *restrict x, float *restrict delta, float *restrict net_delta,
+                        const float *restrict scales, const float *restrict mean,
+                        const float *restrict variance, const float *restrict r, const float *restrict d,
+                        const double *restrict local_sums, const double *restrict global_sums, double count,
+                        float *restrict scale_updates, float *restrict bias_updates,
+                        float *restrict mean_delta, float *restrict variance_delta,
+                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor,
+                        const dbn_exec *exec);
 
 /* Darknet's update_batchnorm_layer on [c] arrays, with rate = learning_rate / batch:
  * biases += rate * bias_updates; bias_updates *= momentum; scales += rate * scale_updates;

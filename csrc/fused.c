@@ -4,28 +4,39 @@
  *   out = (x - mean_hi) * alpha + beta'   (mean_hi the float nearest the mean, beta' absorbing the rest),
  * back to back per channel group. Backward: one reduction (sum delta, sum delta*(x - mean)) and one map,
  *   delta_in = delta * A + (x - mean) * B + C.
+ * The per-channel arithmetic lives once, in forward_channel() and backward_channel(); the fused passes
+ * and the halves of synchronized BN differ only in where their sums come from.
  * The derivation of the coefficients is in docs/backward.md; reference.c has plain versions.
  */
 #include "darknet_bn.h"
 #include "internal.h"
 
 #include <math.h>
+#include <stddef.h>
 
 typedef struct {
     const float *scales, *biases;
     float *mean, *variance, *rolling_mean, *rolling_variance;     /* forward (train: written) */
     const float *stat_mean, *stat_var;                            /* backward, infer, x_norm: read */
+    const float *r, *d;                                           /* backward, x_norm: renormalization */
     float *scale_updates, *bias_updates, *mean_delta, *variance_delta;
     const dbn_flavor *fl;
-    double n;                                                     /* values per channel */
+    const dbn_renorm *renorm;                                     /* forward: NULL for plain BN */
+    double *moments;                                              /* forward_moments: written */
+    const double *gmoments;                                       /* forward_apply: read */
+    double *sums;                                                 /* backward_sums: written */
+    const double *lsums, *gsums;                                  /* backward_apply: read */
+    double n;                                                     /* values per channel (global) */
     double eps;
     int eps_in_sqrt, train;
 } fctx;
 
 #define CTX(job) ((const fctx *)(job)->ctx)
 
-/* Map coefficients for y = scale * (x - m) / d + bias with m in double: the float m_hi = (float)m
- * shifts exactly (x - m_hi is exact near the mean), the rest of m goes into the constant term. */
+static inline double clamp(double v, double lo, double hi) { return fmin(fmax(v, lo), hi); }
+
+/* Map coefficients for y = alpha * (x - m) + beta with m in double: the float m_hi = (float)m shifts
+ * exactly (x - m_hi is exact near the mean), the rest of m goes into the constant term. */
 static void affine_coef(double m, double alpha, double beta, float *k, float *p, float *q)
 {
     const float m_hi = (float)m;
@@ -34,54 +45,151 @@ static void affine_coef(double m, double alpha, double beta, float *k, float *p,
     *q = (float)(beta - (m - (double)m_hi) * alpha);
 }
 
+/* One channel of a training forward, from its count, mean and M2: the layer's per-channel outputs
+ * and the map's coefficients. */
+static void forward_channel(const fctx *cx, int64_t c, double n, double m, double m2, float *k, float *p,
+                            float *q)
+{
+    const dbn_flavor *fl = cx->fl;
+    const double mom = fl->momentum;
+    if (m2 < 0.0) m2 = 0.0;   /* rounding of a constant channel */
+    const double var_unbiased = m2 / (n - 1.0);
+    const double var = fl->unbiased ? var_unbiased : m2 / n;
+    const double sigma_b = dbn_denominator(var, fl->eps, fl->eps_in_sqrt);
+    double r = 1.0, d = 0.0;
+    if (cx->renorm) {   /* against the rolling statistics before this batch updates them */
+        const double sigma = dbn_denominator(cx->rolling_variance[c], fl->eps, fl->eps_in_sqrt);
+        const double rmax = cx->renorm->rmax, dmax = cx->renorm->dmax;
+        r = clamp(sigma_b / sigma, 1.0 / rmax, rmax);
+        d = clamp((m - (double)cx->rolling_mean[c]) / sigma, -dmax, dmax);
+        cx->renorm->r[c] = (float)r;
+        cx->renorm->d[c] = (float)d;
+    }
+    cx->mean[c] = (float)m;
+    cx->variance[c] = (float)var;
+    cx->rolling_mean[c] = (float)((1.0 - mom) * (double)cx->rolling_mean[c] + mom * m);
+    cx->rolling_variance[c] = (float)((1.0 - mom) * (double)cx->rolling_variance[c] + mom * var_unbiased);
+    const double scale = cx->scales[c];
+    affine_coef(m, scale * r / sigma_b, (double)cx->biases[c] + scale * d, k, p, q);
+}
+
+/* sums of d = x - k: mean = k + sum d / N, M2 = sum d^2 - (sum d)^2 / N */
 static void coef_forward_train(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
                                float *k, float *p, float *q, float *r)
 {
     const fctx *cx = CTX(job);
-    const dbn_flavor *fl = cx->fl;
-    const double N = cx->n, mom = fl->momentum;
+    const double N = cx->n;
     for (int64_t j = 0; j < n; ++j) {
-        const int64_t c = c0 + j;
-        /* sums of d = x - k: mean = k + sum d / N; M2 = sum d^2 - (sum d)^2 / N */
-        const double m = (double)k[j] + s0[j] / N;
-        double m2 = s1[j] - s0[j] * s0[j] / N;
-        if (m2 < 0.0) m2 = 0.0;   /* rounding of a constant channel */
-        const double var_unbiased = m2 / (N - 1.0);
-        const double var = fl->unbiased ? var_unbiased : m2 / N;
-        cx->mean[c] = (float)m;
-        cx->variance[c] = (float)var;
-        cx->rolling_mean[c] = (float)((1.0 - mom) * (double)cx->rolling_mean[c] + mom * m);
-        cx->rolling_variance[c] = (float)((1.0 - mom) * (double)cx->rolling_variance[c] + mom * var_unbiased);
-        const double alpha = (double)cx->scales[c] / dbn_denominator(var, fl->eps, fl->eps_in_sqrt);
-        affine_coef(m, alpha, cx->biases[c], k + j, p + j, q + j);
+        forward_channel(cx, c0 + j, N, (double)k[j] + s0[j] / N, s1[j] - s0[j] * s0[j] / N, k + j, p + j, q + j);
         r[j] = 0.0f;
     }
+}
+
+static void coef_forward_apply(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                               float *k, float *p, float *q, float *r)
+{
+    (void)s0; (void)s1;
+    const fctx *cx = CTX(job);
+    for (int64_t j = 0; j < n; ++j) {
+        const double *mo = cx->gmoments + 3 * (c0 + j);
+        forward_channel(cx, c0 + j, mo[0], mo[1], mo[2], k + j, p + j, q + j);
+        r[j] = 0.0f;
+    }
+}
+
+static void coef_forward_moments(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                                 float *k, float *p, float *q, float *r)
+{
+    (void)p; (void)q; (void)r;
+    const fctx *cx = CTX(job);
+    const double N = cx->n;
+    for (int64_t j = 0; j < n; ++j) {
+        double *mo = cx->moments + 3 * (c0 + j);
+        const double m2 = s1[j] - s0[j] * s0[j] / N;
+        mo[0] = N;
+        mo[1] = N > 0 ? (double)k[j] + s0[j] / N : 0.0;
+        mo[2] = m2 > 0.0 ? m2 : 0.0;
+    }
+}
+
+static void forward_job(dbn_job *job, const float *x, float *out, int64_t batch, int64_t c, int64_t spatial,
+                        const fctx *ctx)
+{
+    dbn_job_init(job, batch, c, spatial);
+    job->a = x;
+    job->out = out;
+    job->map = out ? DBN_M_AFFINE : DBN_M_NONE;
+    job->ctx = ctx;
+    job->nt = (double)batch * (double)c * (double)spatial * 4.0 > 16.0 * 1024 * 1024;
 }
 
 void dbn_forward_train(const float *restrict x, float *restrict out, const float *restrict scales,
                        const float *restrict biases, float *restrict mean, float *restrict variance,
                        float *restrict rolling_mean, float *restrict rolling_variance,
                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor,
+                       const dbn_renorm *restrict renorm, const dbn_exec *exec)
+{
+    fctx ctx = {.scales = scales, .biases = biases, .mean = mean, .variance = variance,
+                .rolling_mean = rolling_mean, .rolling_variance = rolling_variance, .fl = flavor,
+                .renorm = renorm, .n = (double)batch * (double)spatial};
+    dbn_job job;
+    forward_job(&job, x, out, batch, c, spatial, &ctx);
+    job.reduce = DBN_R_SUM2;
+    job.shift_mode = DBN_SHIFT_ESTIMATE;
+    job.coef = coef_forward_train;
+    dbn_run(&job, exec);
+}
+
+void dbn_forward_moments(const float *restrict x, int64_t batch, int64_t c, int64_t spatial,
+                         double *restrict moments, const dbn_exec *exec)
+{
+    fctx ctx = {.moments = moments, .n = (double)batch * (double)spatial};
+    dbn_job job;
+    forward_job(&job, x, NULL, batch, c, spatial, &ctx);
+    job.reduce = DBN_R_SUM2;
+    job.shift_mode = DBN_SHIFT_ESTIMATE;
+    job.coef = coef_forward_moments;
+    dbn_run(&job, exec);
+}
+
+void dbn_merge_moments(double *restrict a, const double *restrict b, int64_t c)
+{
+    for (int64_t j = 0; j < c; ++j) {
+        double *x = a + 3 * j;
+        const double *y = b + 3 * j;
+        const double n = x[0] + y[0];
+        if (y[0] == 0.0) continue;
+        if (x[0] == 0.0) {
+            x[0] = y[0];
+            x[1] = y[1];
+            x[2] = y[2];
+            continue;
+        }
+        const double delta = y[1] - x[1];
+        x[2] = x[2] + y[2] + delta * delta * (x[0] * y[0] / n);
+        x[1] = x[1] + delta * (y[0] / n);
+        x[0] = n;
+    }
+}
+
+void dbn_forward_apply(const float *restrict x, float *restrict out, const float *restrict scales,
+                       const float *restrict biases, float *restrict mean, float *restrict variance,
+                       float *restrict rolling_mean, float *restrict rolling_variance,
+                       const double *restrict moments, int64_t batch, int64_t c, int64_t spatial,
+                       const dbn_flavor *restrict flavor, const dbn_renorm *restrict renorm,
                        const dbn_exec *exec)
 {
     fctx ctx = {.scales = scales, .biases = biases, .mean = mean, .variance = variance,
                 .rolling_mean = rolling_mean, .rolling_variance = rolling_variance, .fl = flavor,
-                .n = (double)batch * (double)spatial};
+                .renorm = renorm, .gmoments = moments};
     dbn_job job;
-    dbn_job_init(&job, batch, c, spatial);
-    job.reduce = DBN_R_SUM2;
-    job.shift_mode = DBN_SHIFT_ESTIMATE;
-    job.map = DBN_M_AFFINE;
-    job.a = x;
-    job.out = out;
-    job.coef = coef_forward_train;
-    job.ctx = &ctx;
-    job.nt = (double)batch * (double)c * (double)spatial * 4.0 > 16.0 * 1024 * 1024;
+    forward_job(&job, x, out, batch, c, spatial, &ctx);
+    job.coef = coef_forward_apply;
     dbn_run(&job, exec);
 }
 
-/* y = scale * (x - stat_mean) / denominator(stat_var) + bias (inference), or with scale = 1, bias = 0
- * (x_norm) */
+/* y = scale * ((x - stat_mean) / denominator(stat_var) * r + d) + bias: inference (scale, bias; r = 1,
+ * d = 0), or x_norm (scale 1, bias 0; the forward's r and d). */
 static void coef_affine_stats(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
                               float *k, float *p, float *q, float *r)
 {
@@ -89,11 +197,12 @@ static void coef_affine_stats(const dbn_job *job, int64_t c0, int64_t n, const d
     const fctx *cx = CTX(job);
     for (int64_t j = 0; j < n; ++j) {
         const int64_t c = c0 + j;
-        const double d = dbn_denominator(cx->stat_var[c], cx->eps, cx->eps_in_sqrt);
+        const double den = dbn_denominator(cx->stat_var[c], cx->eps, cx->eps_in_sqrt);
         const double scale = cx->scales ? cx->scales[c] : 1.0, bias = cx->biases ? cx->biases[c] : 0.0;
+        const double rr = cx->r ? cx->r[c] : 1.0, dd = cx->d ? cx->d[c] : 0.0;
         k[j] = cx->stat_mean[c];
-        p[j] = (float)(scale / d);
-        q[j] = (float)bias;
+        p[j] = (float)(scale * rr / den);
+        q[j] = (float)(bias + scale * dd);
         r[j] = 0.0f;
     }
 }
@@ -117,10 +226,11 @@ void dbn_forward_infer(const float *x, float *out, const float *restrict scales,
 }
 
 void dbn_normalize_into(const float *restrict x, float *restrict x_norm, const float *restrict mean,
-                        const float *restrict variance, int64_t batch, int64_t c, int64_t spatial,
-                        double eps, int eps_in_sqrt, const dbn_exec *exec)
+                        const float *restrict variance, const float *restrict r, const float *restrict d,
+                        int64_t batch, int64_t c, int64_t spatial, double eps, int eps_in_sqrt,
+                        const dbn_exec *exec)
 {
-    fctx ctx = {.stat_mean = mean, .stat_var = variance, .eps = eps, .eps_in_sqrt = eps_in_sqrt};
+    fctx ctx = {.stat_mean = mean, .stat_var = variance, .r = r, .d = d, .eps = eps, .eps_in_sqrt = eps_in_sqrt};
     dbn_job job;
     dbn_job_init(&job, batch, c, spatial);
     job.map = DBN_M_AFFINE;
@@ -131,62 +241,128 @@ void dbn_normalize_into(const float *restrict x, float *restrict x_norm, const f
     dbn_run(&job, exec);
 }
 
+/* One channel of a backward: from this process's sums (ls1 = sum delta, ls2 = sum delta*(x - mean))
+ * the parameter updates; from the global ones (gs1, gs2, over cx->n values) the statistics' deltas and
+ * the map's coefficients. */
+static void backward_channel(const fctx *cx, int64_t c, double ls1, double ls2, double gs1, double gs2, float *k,
+                             float *p, float *q, float *r)
+{
+    const dbn_flavor *fl = cx->fl;
+    const double N = cx->n;
+    const double var = cx->stat_var[c], scale = cx->scales[c];
+    const double d_fwd = dbn_denominator(var, fl->eps, fl->eps_in_sqrt);
+    const double rr = cx->train && cx->r ? cx->r[c] : 1.0, dd = cx->train && cx->d ? cx->d[c] : 0.0;
+    cx->bias_updates[c] = (float)((double)cx->bias_updates[c] + ls1);
+    cx->scale_updates[c] = (float)((double)cx->scale_updates[c] + (rr * ls2 / d_fwd + dd * ls1));
+    k[0] = cx->stat_mean[c];
+    if (cx->train) {
+        const double se = scale * rr;   /* renormalization scales the normalized input by r */
+        const double vs = var + fl->stat_eps;
+        const double md = -se * gs1 / sqrt(vs);
+        const double vd = se * gs2 * -0.5 * pow(vs, -1.5);
+        cx->mean_delta[c] = (float)md;
+        cx->variance_delta[c] = (float)vd;
+        p[0] = (float)(se / dbn_denominator(var, fl->bwd_eps, fl->bwd_eps_in_sqrt));
+        q[0] = (float)(2.0 * vd / N);
+        r[0] = (float)(md / N);
+    } else {
+        cx->mean_delta[c] = 0.0f;
+        cx->variance_delta[c] = 0.0f;
+        p[0] = (float)(scale / d_fwd);
+        q[0] = 0.0f;
+        r[0] = 0.0f;
+    }
+}
+
 static void coef_backward(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
                           float *k, float *p, float *q, float *r)
 {
     const fctx *cx = CTX(job);
-    const dbn_flavor *fl = cx->fl;
-    const double N = cx->n;
+    for (int64_t j = 0; j < n; ++j) backward_channel(cx, c0 + j, s0[j], s1[j], s0[j], s1[j], k + j, p + j, q + j, r + j);
+}
+
+static void coef_backward_sums(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                               float *k, float *p, float *q, float *r)
+{
+    (void)k; (void)p; (void)q; (void)r;
     for (int64_t j = 0; j < n; ++j) {
-        const int64_t c = c0 + j;
-        const double var = cx->stat_var[c], scale = cx->scales[c];
-        const double sum_d = s0[j], sum_dx = s1[j];     /* sum delta, sum delta*(x - mean) */
-        const double d_fwd = dbn_denominator(var, fl->eps, fl->eps_in_sqrt);
-        cx->bias_updates[c] = (float)((double)cx->bias_updates[c] + sum_d);
-        cx->scale_updates[c] = (float)((double)cx->scale_updates[c] + sum_dx / d_fwd);
-        k[j] = cx->stat_mean[c];
-        if (cx->train) {
-            const double vs = var + fl->stat_eps;
-            const double md = -scale * sum_d / sqrt(vs);
-            const double vd = scale * sum_dx * -0.5 * pow(vs, -1.5);
-            cx->mean_delta[c] = (float)md;
-            cx->variance_delta[c] = (float)vd;
-            p[j] = (float)(scale / dbn_denominator(var, fl->bwd_eps, fl->bwd_eps_in_sqrt));
-            q[j] = (float)(2.0 * vd / N);
-            r[j] = (float)(md / N);
-        } else {
-            cx->mean_delta[c] = 0.0f;
-            cx->variance_delta[c] = 0.0f;
-            p[j] = (float)(scale / d_fwd);
-            q[j] = 0.0f;
-            r[j] = 0.0f;
-        }
+        CTX(job)->sums[2 * (c0 + j)] = s0[j];
+        CTX(job)->sums[2 * (c0 + j) + 1] = s1[j];
     }
+}
+
+static void coef_backward_apply(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                                float *k, float *p, float *q, float *r)
+{
+    (void)s0; (void)s1;
+    const fctx *cx = CTX(job);
+    for (int64_t j = 0; j < n; ++j) {
+        const double *l = cx->lsums + 2 * (c0 + j), *g = cx->gsums + 2 * (c0 + j);
+        backward_channel(cx, c0 + j, l[0], l[1], g[0], g[1], k + j, p + j, q + j, r + j);
+    }
+}
+
+static void backward_job(dbn_job *job, const float *x, const float *delta, float *out, float *out2,
+                         const float *mean, int64_t batch, int64_t c, int64_t spatial, const fctx *ctx)
+{
+    dbn_job_init(job, batch, c, spatial);
+    job->shift_mode = DBN_SHIFT_GIVEN;
+    job->shift = mean;
+    job->map = out ? DBN_M_BWD : DBN_M_NONE;
+    job->a = x;
+    job->b = delta;
+    job->out = out;
+    job->out2 = out2;
+    job->ctx = ctx;
+    job->nt = (double)batch * (double)c * (double)spatial * 4.0 > 8.0 * 1024 * 1024;
 }
 
 void dbn_backward(const float *restrict x, float *restrict delta, float *restrict net_delta,
                   const float *restrict scales, const float *restrict mean, const float *restrict variance,
+                  const float *restrict r, const float *restrict d,
                   float *restrict scale_updates, float *restrict bias_updates,
                   float *restrict mean_delta, float *restrict variance_delta,
                   int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
                   const dbn_exec *exec)
 {
-    fctx ctx = {.scales = scales, .stat_mean = mean, .stat_var = variance, .scale_updates = scale_updates,
-                .bias_updates = bias_updates, .mean_delta = mean_delta, .variance_delta = variance_delta,
-                .fl = flavor, .n = (double)batch * (double)spatial, .train = train};
+    fctx ctx = {.scales = scales, .stat_mean = mean, .stat_var = variance, .r = r, .d = d,
+                .scale_updates = scale_updates, .bias_updates = bias_updates, .mean_delta = mean_delta,
+                .variance_delta = variance_delta, .fl = flavor, .n = (double)batch * (double)spatial,
+                .train = train};
     dbn_job job;
-    dbn_job_init(&job, batch, c, spatial);
+    backward_job(&job, x, delta, delta, net_delta, mean, batch, c, spatial, &ctx);
     job.reduce = DBN_R_DOT2;
-    job.shift_mode = DBN_SHIFT_GIVEN;
-    job.shift = mean;
-    job.map = DBN_M_BWD;
-    job.a = x;
-    job.b = delta;
-    job.out = delta;
-    job.out2 = net_delta;
     job.coef = coef_backward;
-    job.ctx = &ctx;
-    job.nt = (double)batch * (double)c * (double)spatial * 4.0 > 8.0 * 1024 * 1024;
+    dbn_run(&job, exec);
+}
+
+void dbn_backward_sums(const float *restrict x, const float *restrict delta, const float *restrict mean,
+                       int64_t batch, int64_t c, int64_t spatial, double *restrict sums, const dbn_exec *exec)
+{
+    fctx ctx = {.sums = sums};
+    dbn_job job;
+    backward_job(&job, x, delta, NULL, NULL, mean, batch, c, spatial, &ctx);
+    job.reduce = DBN_R_DOT2;
+    job.coef = coef_backward_sums;
+    dbn_run(&job, exec);
+}
+
+void dbn_backward_apply(const float *restrict x, float *restrict delta, float *restrict net_delta,
+                        const float *restrict scales, const float *restrict mean,
+                        const float *restrict variance, const float *restrict r, const float *restrict d,
+                        const double *restrict local_sums, const double *restrict global_sums, double count,
+                        float *restrict scale_updates, float *restrict bias_updates,
+                        float *restrict mean_delta, float *restrict variance_delta,
+                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor,
+                        const dbn_exec *exec)
+{
+    fctx ctx = {.scales = scales, .stat_mean = mean, .stat_var = variance, .r = r, .d = d,
+                .scale_updates = scale_updates, .bias_updates = bias_updates, .mean_delta = mean_delta,
+                .variance_delta = variance_delta, .fl = flavor, .lsums = local_sums, .gsums = global_sums,
+                .n = count, .train = 1};
+    dbn_job job;
+    backward_job(&job, x, delta, delta, net_delta, mean, batch, c, spatial, &ctx);
+    job.coef = coef_backward_apply;
     dbn_run(&job, exec);
 }
 

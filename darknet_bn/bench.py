@@ -42,7 +42,9 @@ DEFAULT_SHAPES = [(1, 16, 416, 416), (8, 32, 208, 208), (16, 128, 52, 52), (32, 
                   (64, 64, 56, 56), (64, 512, 7, 7), (256, 32, 1, 1), (128, 1024, 1, 1),
                   (64, 64, 112, 112)]
 PASSES = ("train", "infer", "backward")
-BYTES_PER_ELEMENT = {"train": 12, "infer": 8, "backward": 20}
+RENORM_PASSES = ("train+renorm", "backward+renorm")   # --renorm: ours with batch renormalization
+BYTES_PER_ELEMENT = {"train": 12, "infer": 8, "backward": 20, "train+renorm": 12, "backward+renorm": 20}
+PEER_PASS = {"train+renorm": "train", "backward+renorm": "backward"}   # peers have no renorm: plain BN
 PEERS = ("plain", "numpy", "torch")
 TRIAD_N = 1 << 24              # 3 arrays of 64 MiB: well beyond the last-level cache
 MIN_SAMPLE_S = 200e-6          # a sample of a tiny pass repeats the call until it lasts this long
@@ -66,15 +68,32 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
 def _ours(shape, flavor: Flavor, x: np.ndarray, dy: np.ndarray):
     b, c, h, w = shape
     layer = Layer(b, w, h, c, flavor)
+    rn = Layer(b, w, h, c, flavor, renorm=True, rmax=3.0, dmax=5.0)
+    # The backward runs in place, call after call, on its own output. So that the values neither shrink
+    # into subnormals (slow) nor grow, each channel's scale makes the backward map norm-preserving
+    # (scale * r / sigma = 1) and the delta starts in the subspace it preserves (zero mean, orthogonal
+    # to x_hat). Values do not change the work otherwise.
+    x64 = x.astype(np.float64).reshape(b, c, h * w)
+    for ly in (layer, rn):
+        ly.rolling_variance[:] = 1.0
+        ly.forward(x, True)
+        sigma = np.sqrt(ly.variance.astype(np.float64) + flavor.eps)
+        ly.scales[:] = sigma / ly.r
+        xhat = (x64 - x64.mean(axis=(0, 2), keepdims=True)) / sigma[None, :, None]
+        g = dy.astype(np.float64).reshape(b, c, h * w)
+        g = g - g.mean(axis=(0, 2), keepdims=True)
+        g = g - xhat * (g * xhat).sum(axis=(0, 2), keepdims=True) / (xhat * xhat).sum(axis=(0, 2), keepdims=True)
+        ly.delta[...] = g.reshape(shape)
+        ly.forward(x, True)
     calls = {
         "train": lambda: layer.forward(x, True),
         "infer": lambda: layer.forward(x, False),
         # delta is consumed in place (layer.backward(layer.delta): one write); its values do not
         # change the work, so the same buffer is reused from call to call.
         "backward": lambda: layer.backward(layer.delta),
+        "train+renorm": lambda: rn.forward(x, True),
+        "backward+renorm": lambda: rn.backward(rn.delta),
     }
-    layer.forward(x, True)
-    layer.delta[...] = dy
     return calls, layer
 
 
@@ -234,8 +253,10 @@ def default_rounds(shape) -> int:
 
 
 def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None, flavor: str | Flavor = "torch",
-        progress: Callable[[int], None] | None = None, triad: Triad | None = None) -> list[Result]:
-    """Time every (shape, pass) for darknet_bn and the peers, interleaved round by round."""
+        progress: Callable[[int], None] | None = None, triad: Triad | None = None,
+        passes: Sequence[str] = PASSES) -> list[Result]:
+    """Time every (shape, pass) for darknet_bn and the peers, interleaved round by round. A pass of
+    RENORM_PASSES times darknet_bn with batch renormalization against the peers' plain pass."""
     fl = get_flavor(flavor)
     triad = triad or Triad()
     results = []
@@ -245,8 +266,9 @@ def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None
         dy = rng.standard_normal(shape, dtype=np.float32)
         impls = {name: MAKERS[name](shape, fl, x, dy)[0] for name in ("ours", *peers)}
         n_rounds = rounds or default_rounds(shape)
-        for p in PASSES:
-            reps = {name: _reps_for(calls[p]) for name, calls in impls.items()}
+        for p in passes:
+            call = {name: calls[p if name == "ours" else PEER_PASS.get(p, p)] for name, calls in impls.items()}
+            reps = {name: _reps_for(f) for name, f in call.items()}
             samples: dict[str, list[float]] = {name: [] for name in impls}
             bw = []
             names = list(impls)
@@ -255,7 +277,7 @@ def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None
                 # over the layer sees), and the order rotates, so no implementation always follows
                 # another (or the triad, which flushes the cache)
                 for name in names[rnd % len(names):] + names[:rnd % len(names)]:
-                    f = impls[name][p]
+                    f = call[name]
                     f()
                     samples[name].append(_time(f, reps[name]))
                 bw.append(triad.sample())
@@ -290,7 +312,7 @@ def format_table(results: list[Result], peers: Sequence[str]) -> str:
     lines.append("peer time / our time, geometric mean over the shapes (above 1: darknet_bn is faster):")
     for p in peers:
         per = ", ".join(f"{ps} {geomean([r.ratio(p) for r in results if r.pass_ == ps]):.2f}"
-                        for ps in PASSES)
+                        for ps in dict.fromkeys(r.pass_ for r in results))
         worst = min(results, key=lambda r: r.ratio(p))
         lines.append(f"  {p:>6}: {per}; lowest {worst.ratio(p):.2f} ({'x'.join(map(str, worst.shape))} {worst.pass_})")
     return "\n".join(lines)
@@ -312,11 +334,12 @@ def plot(path: str, results: list[Result], peers: Sequence[str]) -> None:
     import matplotlib.pyplot as plt
 
     shapes = list(dict.fromkeys(r.shape for r in results))
-    fig, axes = plt.subplots(1, len(PASSES) + 1, figsize=(5 * (len(PASSES) + 1), 0.45 * len(shapes) + 2),
+    passes = list(dict.fromkeys(r.pass_ for r in results))
+    fig, axes = plt.subplots(1, len(passes) + 1, figsize=(5 * (len(passes) + 1), 0.45 * len(shapes) + 2),
                              sharey=True)
     labels = ["x".join(map(str, s)) for s in shapes]
     ys = np.arange(len(shapes))
-    for ax, p in zip(axes, PASSES):
+    for ax, p in zip(axes, passes):
         rs = {r.shape: r for r in results if r.pass_ == p}
         width = 0.8 / max(1, len(peers))
         for i, peer in enumerate(peers):
@@ -328,9 +351,10 @@ def plot(path: str, results: list[Result], peers: Sequence[str]) -> None:
     axes[0].set_yticklabels(labels)
     axes[0].legend()
     ax = axes[-1]
-    for i, p in enumerate(PASSES):
+    height = 0.8 / len(passes)
+    for i, p in enumerate(passes):
         rs = {r.shape: r for r in results if r.pass_ == p}
-        ax.barh(ys + i * 0.27, [rs[s].roofline for s in shapes], height=0.27, label=p)
+        ax.barh(ys + i * height, [rs[s].roofline for s in shapes], height=height, label=p)
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_title("fraction of the triad roofline")
     ax.legend()

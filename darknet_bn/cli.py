@@ -92,16 +92,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.repeat is not None and args.repeat < 1:
         return _usage_error(args, f"--repeat: expected a count >= 1, got {args.repeat}")
 
-    total = sum(len(bench.PASSES) * (args.repeat or bench.default_rounds(s)) for s in shapes)
+    passes = bench.PASSES + (bench.RENORM_PASSES if args.renorm else ())
+    total = sum(len(passes) * (args.repeat or bench.default_rounds(s)) for s in shapes)
     bar = _Progress(total, "bench")
     try:
-        results = bench.run(shapes, peers, rounds=args.repeat, flavor=args.flavor, progress=bar.update)
+        results = bench.run(shapes, peers, rounds=args.repeat, flavor=args.flavor, progress=bar.update,
+                            passes=passes)
     finally:
         bar.close()
     info = bench.machine_info(threads)
     print(f"darknet-bn bench: flavor {args.flavor}, {threads} thread(s), {info['isa']}, "
           f"triad bandwidth {min(r.triad_gbs for r in results):.1f}-{max(r.triad_gbs for r in results):.1f} GB/s")
     print("medians of interleaved rounds; spread = quartiles; backward = layer.backward(layer.delta), in place")
+    if args.renorm:
+        print("+renorm rows: darknet_bn with batch renormalization (rmax 3, dmax 5) against the peers' plain BN")
     for n in notes:
         print("note:", n)
     print(bench.format_table(results, peers))
@@ -139,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--flavor", default="torch", choices=sorted(FLAVORS), help="the layer's flavor (default: torch)")
     b.add_argument("--compare", default="plain,torch", metavar="PEERS",
                    help="comma-separated peers among plain, numpy, torch (default: plain,torch; '' for none)")
+    b.add_argument("--renorm", action="store_true",
+                   help="add rows for the training forward and backward with batch renormalization")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="draw the ratios and roofline fractions (needs matplotlib)")
     b.set_defaults(func=_cmd_bench, parser=b)

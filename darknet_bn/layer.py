@@ -62,7 +62,7 @@ def _number(name: str, v: Any) -> float:
 
 
 _PER_CHANNEL = ("scales", "biases", "scale_updates", "bias_updates", "mean", "variance",
-                "rolling_mean", "rolling_variance", "mean_delta", "variance_delta")
+                "rolling_mean", "rolling_variance", "mean_delta", "variance_delta", "r", "d")
 
 
 class Layer:
@@ -83,6 +83,9 @@ class Layer:
     - ints ``batch, w, h, c, out_w, out_h, out_c, inputs, outputs`` (``inputs = outputs = c*h*w``).
     - ``flavor``: the :class:`~darknet_bn.flavors.Flavor`.
 
+    - ``r``, ``d``: float32 ``(c,)``, batch renormalization's corrections of the last training forward
+      (1 and 0 without renorm); ``renorm``, ``rmax``, ``dmax`` (see :func:`make_batchnorm_layer`).
+
     ``mean`` and ``variance`` are the batch statistics of the last training forward (``variance`` is
     the one that normalized: unbiased for the Darknet flavors, biased for torch).
     """
@@ -90,9 +93,10 @@ class Layer:
     __slots__ = ("_batch", "_w", "_h", "_c", "_n", "_count", "_shape", "_flavor", "_cflavor",
                  "_output", "_delta", "_params", "_x", "_p_x", "_train", "_x_norm", "_x_norm_valid", "_x_copy",
                  "_p_output", "_p_delta", "_p", "_rows", "_what", "_view_shape", "_view",
-                 "_a_train", "_a_infer", "_a_bwd", "__weakref__")
+                 "_a_train", "_a_infer", "_a_bwd", "_renorm", "__weakref__")
 
-    def __init__(self, batch: int, w: int, h: int, c: int, flavor: str | Flavor = "pjreddie") -> None:
+    def __init__(self, batch: int, w: int, h: int, c: int, flavor: str | Flavor = "pjreddie", *,
+                 renorm: bool = False, rmax: float = 3.0, dmax: float = 5.0) -> None:
         batch, w, h, c = (_positive("batch", batch), _positive("w", w), _positive("h", h),
                           _positive("c", c))
         n = batch * c * h * w
@@ -110,6 +114,7 @@ class Layer:
         self._params = np.zeros((len(_PER_CHANNEL), c), dtype=np.float32)
         self._params[_PER_CHANNEL.index("scales")] = 1.0
         self._params[_PER_CHANNEL.index("rolling_variance")] = self._flavor.init_rolling_variance
+        self._params[_PER_CHANNEL.index("r")] = 1.0
         self._p_output = ffi.from_buffer("float[]", self._output)
         self._p_delta = ffi.from_buffer("float[]", self._delta)
         self._rows = tuple(self._params)     # the per-channel fields: one view each, made once
@@ -124,16 +129,25 @@ class Layer:
         self._what = f"batch*inputs = {batch}*{c * h * w}"
         self._view_shape, self._view = self._shape, self._output   # the last shape forward returned
 
+        # Batch renormalization: the C struct (rmax, dmax, where r and d go), or NULL for plain BN.
+        if not isinstance(renorm, (bool, np.bool_)):
+            raise TypeError(f"renorm: expected a bool, got {type(renorm).__name__}")
+        self._renorm = ffi.new("dbn_renorm *", {"r": self._p["r"], "d": self._p["d"]}) if renorm else ffi.NULL
+        if renorm:
+            self.rmax, self.dmax = rmax, dmax
+
         # The arguments of each C call but the per-call arrays, made once: a call is one C call.
         p, s = self._p, h * w
         self._a_train = (self._p_output, p["scales"], p["biases"], p["mean"], p["variance"], p["rolling_mean"],
-                         p["rolling_variance"], batch, c, s, self._cflavor, _exec)
+                         p["rolling_variance"], batch, c, s, self._cflavor, self._renorm, _exec)
         self._a_infer = (self._p_output, p["scales"], p["biases"], p["rolling_mean"], p["rolling_variance"],
                          batch, c, s, self._cflavor, _exec)
         tail = (p["scale_updates"], p["bias_updates"], p["mean_delta"], p["variance_delta"], batch, c, s,
                 self._cflavor)
-        self._a_bwd = {True: (p["scales"], p["mean"], p["variance"]) + tail + (1, _exec),
-                       False: (p["scales"], p["rolling_mean"], p["rolling_variance"]) + tail + (0, _exec)}
+        rd = (p["r"], p["d"]) if renorm else (ffi.NULL, ffi.NULL)
+        self._a_bwd = {True: (p["scales"], p["mean"], p["variance"]) + rd + tail + (1, _exec),
+                       False: (p["scales"], p["rolling_mean"], p["rolling_variance"], ffi.NULL, ffi.NULL) + tail
+                       + (0, _exec)}
 
     # ---------------------------------------------------------------------------------------------
     # Passes
@@ -265,10 +279,13 @@ class Layer:
             self._x_norm = _aligned_zeros(self._n).reshape(self._shape)
         if self._x is not None and not self._x_norm_valid:
             p, fl = self._p, self._flavor
-            m, v = (p["mean"], p["variance"]) if self._train else (p["rolling_mean"], p["rolling_variance"])
-            lib.dbn_normalize_into(self._p_x, ffi.from_buffer("float[]", self._x_norm),
-                                   m, v, self._batch, self._c, self._h * self._w, fl.eps, fl.eps_in_sqrt,
-                                   _exec)
+            if self._train:
+                m, v = p["mean"], p["variance"]
+                r, d = (p["r"], p["d"]) if self._renorm else (ffi.NULL, ffi.NULL)
+            else:
+                m, v, r, d = p["rolling_mean"], p["rolling_variance"], ffi.NULL, ffi.NULL
+            lib.dbn_normalize_into(self._p_x, ffi.from_buffer("float[]", self._x_norm), m, v, r, d, self._batch,
+                                   self._c, self._h * self._w, fl.eps, fl.eps_in_sqrt, _exec)
             self._x_norm_valid = True
         return self._x_norm
 
@@ -283,6 +300,43 @@ class Layer:
     rolling_variance = property(lambda self: self._rows[7], doc="float32 (c,): running variance for inference.")
     mean_delta = property(lambda self: self._rows[8], doc="float32 (c,): delta of the batch mean.")
     variance_delta = property(lambda self: self._rows[9], doc="float32 (c,): delta of the batch variance.")
+    r = property(lambda self: self._rows[10],
+                 doc="float32 (c,): batch renormalization's r of the last training forward (1 without renorm).")
+    d = property(lambda self: self._rows[11],
+                 doc="float32 (c,): batch renormalization's d of the last training forward (0 without renorm).")
+
+    @property
+    def renorm(self) -> bool:
+        """Whether the training forward uses batch renormalization (fixed at creation)."""
+        return bool(self._renorm)
+
+    @property
+    def rmax(self) -> float:
+        """Batch renormalization's bound on r, >= 1 (settable between steps; 1 with dmax 0 is plain BN)."""
+        return self._renorm.rmax if self._renorm else 1.0
+
+    @rmax.setter
+    def rmax(self, value: float) -> None:
+        v = _number("rmax", value)
+        if v < 1.0:
+            raise ValueError(f"rmax: expected a number >= 1, got {v}")
+        if not self._renorm:
+            raise ValueError("rmax: this layer was made without renorm=True")
+        self._renorm.rmax = v
+
+    @property
+    def dmax(self) -> float:
+        """Batch renormalization's bound on |d|, >= 0 (settable between steps)."""
+        return self._renorm.dmax if self._renorm else 0.0
+
+    @dmax.setter
+    def dmax(self, value: float) -> None:
+        v = _number("dmax", value)
+        if v < 0.0:
+            raise ValueError(f"dmax: expected a number >= 0, got {v}")
+        if not self._renorm:
+            raise ValueError("dmax: this layer was made without renorm=True")
+        self._renorm.dmax = v
 
     batch = property(lambda self: self._batch, doc="int: images per batch.")
     w = property(lambda self: self._w, doc="int: width.")
@@ -300,8 +354,15 @@ class Layer:
                 f"flavor={self._flavor.name!r})")
 
 
-def make_batchnorm_layer(batch: int, w: int, h: int, c: int, flavor: str | Flavor = "pjreddie") -> Layer:
+def make_batchnorm_layer(batch: int, w: int, h: int, c: int, flavor: str | Flavor = "pjreddie", *,
+                         renorm: bool = False, rmax: float = 3.0, dmax: float = 5.0) -> Layer:
     """Darknet's ``make_batchnorm_layer(batch, w, h, c)``: a :class:`Layer` for ``batch`` images of
     ``c`` channels of ``h`` x ``w``, following ``flavor`` ("pjreddie", "alexeyab", "torch" or a
-    :class:`~darknet_bn.flavors.Flavor`)."""
-    return Layer(batch, w, h, c, flavor)
+    :class:`~darknet_bn.flavors.Flavor`).
+
+    ``renorm=True`` makes the training forward use batch renormalization (Ioffe 2017): per channel
+    ``r = clip(sigma_B / sigma, 1/rmax, rmax)``, ``d = clip((mu_B - mu) / sigma, -dmax, dmax)`` against the
+    rolling statistics (sigma by the flavor's eps convention), ``x_hat = (x - mu_B) / sigma_B * r + d``;
+    the backward treats r and d as constants; inference is unchanged. ``rmax``/``dmax`` can be changed
+    between steps (``layer.rmax = ...``) for the paper's warm-up schedule (rmax = 1, dmax = 0 is plain BN)."""
+    return Layer(batch, w, h, c, flavor, renorm=renorm, rmax=rmax, dmax=dmax)

@@ -165,3 +165,43 @@ def update(scales, scale_updates, biases, bias_updates, learning_rate, momentum,
     f = lambda a: np.asarray(a, np.float64)
     return (f(scales) + r * f(scale_updates), f(scale_updates) * momentum,
             f(biases) + r * f(bias_updates), f(bias_updates) * momentum)
+
+
+# ------------------------------------------------------------------------------------------------
+# Batch renormalization (Ioffe 2017, arXiv:1702.03275, Algorithm 1), per flavor
+
+def forward_renorm(x, scales, biases, rolling_mean, rolling_variance, shape, flavor, rmax, dmax):
+    """The paper's training forward with the flavor's statistics: sigma_B = the flavor's batch
+    denominator, sigma = the same denominator of the rolling variance (before its update),
+    r = clip(sigma_B/sigma, 1/rmax, rmax), d = clip((mu_B - mu)/sigma, -dmax, dmax),
+    x_hat = (x - mu_B)/sigma_B * r + d. Returns forward()'s dict plus r, d; x_norm is x_hat."""
+    fl = FLAVORS[flavor]
+    e = forward(x, scales, biases, rolling_mean, rolling_variance, shape, flavor, True)
+    sigma_b = denominator(e["variance"], fl["eps"], fl["eps_in_sqrt"])
+    sigma = denominator(rolling_variance, fl["eps"], fl["eps_in_sqrt"])
+    r = np.clip(sigma_b / sigma, 1.0 / rmax, rmax)
+    d = np.clip((e["mean"] - np.asarray(rolling_mean, np.float64)) / sigma, -dmax, dmax)
+    batch, c, h, w = shape
+    x_hat = (_t(x, batch, c, h * w) - _c(e["mean"])) / _c(sigma_b) * _c(r) + _c(d)
+    e.update(r=r, d=d, x_norm=x_hat.reshape(shape),
+             output=(x_hat * _c(scales) + _c(biases)).reshape(shape))
+    return e
+
+
+def backward_renorm(x, delta, scales, mean, variance, r, d, shape, flavor):
+    """The flavor's training backward with r and d constants: the normalized input is scaled by r, so
+    the statistics' deltas see scale*r; scale_updates = sum delta*x_hat."""
+    fl = FLAVORS[flavor]
+    batch, c, h, w = shape
+    s = h * w
+    n = batch * s
+    xt, dt = _t(x, batch, c, s), _t(delta, batch, c, s)
+    x_hat = (xt - _c(mean)) / _c(denominator(variance, fl["eps"], fl["eps_in_sqrt"])) * _c(r) + _c(d)
+    hs = dt * _c(np.asarray(scales, np.float64) * np.asarray(r, np.float64))
+    vs = np.asarray(variance, np.float64) + fl["stat_eps"]
+    mean_delta = -hs.sum(axis=(0, 2)) / np.sqrt(vs)
+    variance_delta = (hs * (xt - _c(mean))).sum(axis=(0, 2)) * -0.5 * vs ** -1.5
+    din = (hs / _c(denominator(variance, fl["bwd_eps"], fl["bwd_eps_in_sqrt"]))
+           + _c(variance_delta) * 2.0 * (xt - _c(mean)) / n + _c(mean_delta) / n)
+    return dict(delta=din.reshape(shape), scale_updates=(dt * x_hat).sum(axis=(0, 2)),
+                bias_updates=dt.sum(axis=(0, 2)), mean_delta=mean_delta, variance_delta=variance_delta)

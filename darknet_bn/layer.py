@@ -169,11 +169,22 @@ class Layer:
             TypeError, ValueError: a bad input; ValueError in training mode when batch*h*w = 1 (the
             batch variance is undefined). Nothing is changed when it raises.
         """
+        input, p_in, train = self._take_input(input, train, self._count)
+        if train:
+            lib.dbn_forward_train(p_in, *self._a_train)
+        else:
+            lib.dbn_forward_infer(p_in, *self._a_infer)
+        return self._forward_done(input, p_in, train)
+
+    def _take_input(self, input: Any, train: Any, count: int):
+        """Check a forward's input (and the count of values per channel a training forward needs);
+        returns (input, its pointer, train as a bool). The input is copied only when it is this layer's
+        own output buffer in a training forward (the output overwrites it, the backward needs it)."""
         p_in = _buf("input", input, self._n, self._what)
         train = bool(train)
-        if train and self._count < 2:
+        if train and count < 2:
             raise ValueError("train: a training forward needs batch*h*w >= 2 values per channel "
-                             f"(the batch variance is undefined), this layer has {self._count}")
+                             f"(the batch variance is undefined), this layer has {count}")
         # An array that owns its memory cannot share it with this layer's buffers; a view might.
         if input.base is not None:
             if np.may_share_memory(input, self._delta):
@@ -188,10 +199,10 @@ class Layer:
                     np.copyto(self._x_copy, self._output)
                     input = self._x_copy
                     p_in = ffi.from_buffer("float[]", input)
-        if train:
-            lib.dbn_forward_train(p_in, *self._a_train)
-        else:
-            lib.dbn_forward_infer(p_in, *self._a_infer)
+        return input, p_in, train
+
+    def _forward_done(self, input: np.ndarray, p_in: Any, train: bool) -> np.ndarray:
+        """Remember the forward's input and mode; return the output viewed in the input's shape."""
         self._x, self._p_x = input, p_in
         self._train = train
         self._x_norm_valid = False
@@ -218,23 +229,27 @@ class Layer:
             net_delta (or the new array, shaped as the last forward's input). ``delta`` holds the same
             values on return.
         """
+        net_delta, p_nd = self._take_net_delta(net_delta)
+        lib.dbn_backward(self._p_x, self._p_delta, p_nd, *self._a_bwd[self._train])
+        return net_delta
+
+    def _take_net_delta(self, net_delta: Any):
+        """Check (or allocate) a backward's net_delta; returns it and its pointer (NULL: in place)."""
         x = self._x
         if x is None:
             raise ValueError("backward: call forward first (the backward needs the forward's input)")
         if net_delta is None:
             net_delta = np.empty(x.shape, dtype=np.float32)
-            p_nd = ffi.from_buffer("float[]", net_delta)
-        else:
-            p_nd = _buf("net_delta", net_delta, self._n, self._what, True)
-            if p_nd == self._p_delta:
-                p_nd = ffi.NULL               # in place: delta is the input's delta already
-            elif net_delta.base is not None or x.base is not None or net_delta is x:
-                if np.may_share_memory(net_delta, self._delta):
-                    raise ValueError("net_delta: partially overlaps this layer's delta buffer")
-                if np.may_share_memory(net_delta, x):
-                    raise ValueError("net_delta: shares memory with the forward's input x, which the backward reads")
-        lib.dbn_backward(self._p_x, self._p_delta, p_nd, *self._a_bwd[self._train])
-        return net_delta
+            return net_delta, ffi.from_buffer("float[]", net_delta)
+        p_nd = _buf("net_delta", net_delta, self._n, self._what, True)
+        if p_nd == self._p_delta:
+            return net_delta, ffi.NULL        # in place: delta is the input's delta already
+        if net_delta.base is not None or x.base is not None or net_delta is x:
+            if np.may_share_memory(net_delta, self._delta):
+                raise ValueError("net_delta: partially overlaps this layer's delta buffer")
+            if np.may_share_memory(net_delta, x):
+                raise ValueError("net_delta: shares memory with the forward's input x, which the backward reads")
+        return net_delta, p_nd
 
     def update(self, learning_rate: float, momentum: float, decay: float, batch: int) -> None:
         """Darknet's ``update_batchnorm_layer`` (SGD with momentum), for every flavor:

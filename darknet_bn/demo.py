@@ -512,6 +512,7 @@ def plot(path: str, result: DemoResult) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     c = result.config
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
@@ -529,9 +530,10 @@ def plot(path: str, result: DemoResult) -> None:
         ax.grid(True, alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 0].legend()
     fig.suptitle(f"digits MLP 64-32-32-10, SGD lr {c.learning_rate:g} momentum {c.momentum:g} decay {c.decay:g}, "
-                 f"batch {c.batch}, seed {c.seed} (inference-mode evaluation)", fontsize=10)
+                 f"batch {c.batch}, seed {c.seed}; evaluated in inference mode after each epoch", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

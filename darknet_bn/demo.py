@@ -390,7 +390,10 @@ class DemoConfig:
 
 @dataclass
 class DemoResult:
-    """Both runs, the training-mode evaluation and the timing."""
+    """Both runs (:class:`RunHistory`), the numbers of images, the training-mode evaluation of the BN
+    network (``train_mode``: batch, val_loss, val_accuracy, and the inference-mode inference_val_loss,
+    inference_val_accuracy of the last epoch) and ``seconds``: the wall time of both trainings and all
+    evaluations (not of loading the data)."""
     config: DemoConfig
     n_train: int
     n_val: int
@@ -551,13 +554,13 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                     "initial weights and batch order: with darknet_bn layers after the hidden linear "
                     "layers and without. Prints per-epoch loss and accuracy (inference mode) for both. "
                     f"Needs scikit-learn (and matplotlib for --plot): {INSTALL_HINT}")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default: {d.epochs})")
-    p.add_argument("--batch", type=int, default=d.batch, help=f"images per batch (default: {d.batch})")
-    p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate",
+    p.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"epochs (default: {d.epochs})")
+    p.add_argument("--batch", type=int, default=d.batch, metavar="B", help=f"images per batch (default: {d.batch})")
+    p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate", metavar="LR",
                    help=f"learning rate (default: {d.learning_rate:g})")
-    p.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default: {d.momentum:g})")
-    p.add_argument("--decay", type=float, default=d.decay, help=f"weight decay (default: {d.decay:g})")
-    p.add_argument("--seed", type=int, default=d.seed,
+    p.add_argument("--momentum", type=float, default=d.momentum, metavar="M", help=f"SGD momentum (default: {d.momentum:g})")
+    p.add_argument("--decay", type=float, default=d.decay, metavar="D", help=f"weight decay (default: {d.decay:g})")
+    p.add_argument("--seed", type=int, default=d.seed, metavar="S",
                    help=f"seed of the initial weights and the batch order (default: {d.seed}); the "
                         f"train/validation split is fixed")
     p.add_argument("--flavor", default=d.flavor, choices=sorted(FLAVORS), help=f"the BN flavor (default: {d.flavor})")
@@ -635,7 +638,7 @@ def main(args: argparse.Namespace | Sequence[str] | None = None, out: TextIO | N
     if args.plot:
         plot(args.plot, result)
         print(f"wrote {args.plot}", file=out)
-    print(f"took {result.seconds:.2f} s", file=out)
+    print(f"training and evaluation took {result.seconds:.2f} s", file=out)
     return 0
 
 

@@ -445,7 +445,7 @@ def test_add_demo_parser_wires_a_subcommand(digits, capsys):
     args = parser.parse_args(["demo", "--epochs", "1", "--json", ""])
     assert args.func is demo.main and args.parser.prog == "darknet-bn demo"
     assert args.func(args) == 0
-    assert "took" in capsys.readouterr().out
+    assert "training and evaluation took" in capsys.readouterr().out
 
 
 def test_missing_scikit_learn_exits_2(monkeypatch, capsys):

@@ -56,7 +56,8 @@ from .layer import Layer
 __all__ = [
     "SPLIT_SEED", "HIDDEN", "DemoConfig", "EpochStats", "RunHistory", "DemoResult", "StepCache", "MLP",
     "load_digits_split", "init_weights", "batch_orders", "train_run", "run_demo", "evaluate",
-    "evaluate_train_mode", "format_table", "train_mode_line", "result_dict", "write_json", "plot", "add_demo_parser", "main",
+    "evaluate_train_mode", "format_table", "train_mode_line", "result_dict", "write_json", "plot",
+    "add_demo_parser", "main",
     "linear_forward", "linear_backward", "relu", "relu_backward", "softmax", "softmax_cross_entropy",
     "softmax_cross_entropy_delta",
 ]
@@ -341,7 +342,13 @@ def evaluate_train_mode(model: MLP, x: np.ndarray, y: np.ndarray, batch: int = 4
     """(mean loss, accuracy) of ``model`` on ``x`` evaluated the wrong way: BN in *training* mode on
     consecutive chunks of about ``batch`` rows (``np.array_split`` into ``len(x) // batch`` chunks, so
     every chunk has at least ``batch`` rows), each normalized with its own batch statistics. The
-    model's rolling statistics are not changed."""
+    model's rolling statistics are not changed.
+
+    Raises:
+        ValueError: ``batch`` < 2 or fewer than 2 rows (a batch variance needs 2 values).
+    """
+    if batch < 2 or len(x) < 2:
+        raise ValueError(f"batch: training mode needs batches of >= 2 rows, got batch={batch} for {len(x)} rows")
     chunks = max(1, len(x) // batch)
     losses, correct = 0.0, 0
     for xs, ys in zip(np.array_split(x, chunks), np.array_split(y, chunks)):
@@ -444,8 +451,8 @@ def run_demo(config: DemoConfig | None = None, data: tuple[np.ndarray, ...] | No
             :class:`StepCache`, the step's image indices) (a progress bar; a test's recorder).
     """
     config = config or DemoConfig()
-    t0 = time.perf_counter()
     x_train, y_train, x_val, y_val = data if data is not None else load_digits_split()
+    t0 = time.perf_counter()
     if len(x_train) < config.batch:
         raise ValueError(f"batch: {config.batch} is more than the {len(x_train)} training images")
     classes = int(max(y_train.max(), y_val.max())) + 1
@@ -558,7 +565,8 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--batch", type=int, default=d.batch, metavar="B", help=f"images per batch (default: {d.batch})")
     p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate", metavar="LR",
                    help=f"learning rate (default: {d.learning_rate:g})")
-    p.add_argument("--momentum", type=float, default=d.momentum, metavar="M", help=f"SGD momentum (default: {d.momentum:g})")
+    p.add_argument("--momentum", type=float, default=d.momentum, metavar="M",
+                   help=f"SGD momentum (default: {d.momentum:g})")
     p.add_argument("--decay", type=float, default=d.decay, metavar="D", help=f"weight decay (default: {d.decay:g})")
     p.add_argument("--seed", type=int, default=d.seed, metavar="S",
                    help=f"seed of the initial weights and the batch order (default: {d.seed}); the "

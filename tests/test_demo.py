@@ -253,6 +253,8 @@ def test_evaluation_uses_rolling_statistics_and_leaves_the_model_alone(flavor):
     assert loss4 == pytest.approx(ref_l / 40, rel=1e-4) and acc4 == ref_c / 40
 
     demo.evaluate_train_mode(model, xv[:39], yv[:39], batch=4)       # uneven: chunks of 4 and 5
+    with pytest.raises(ValueError, match="batch"):
+        demo.evaluate_train_mode(model, xv, yv, batch=1)             # no batch variance of 1 row
     for (i, k), v in state.items():
         assert np.array_equal(getattr(model.bn[i], k), v), (i, k)
 

@@ -129,12 +129,23 @@ void dbn_forward_train(const float *restrict x, float *restrict out, const float
                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor,
                        const dbn_renorm *restrict renorm, const dbn_exec *exec);
 
-/* Inference forward: out = scales * (x - rolling_mean) / denominator(rolling_variance, eps) + biases.
+/* Darknet's element-wise activations (AlexeyAB's src/activations.h), for the fused inference forward:
+ * linear x; leaky x > 0 ? x : .1x; relu x*(x > 0); relu6 min(max(x, 0), 6); logistic 1/(1 + e^-x);
+ * tanh; elu x >= 0 ? x : e^x - 1; selu 1.0507 (x >= 0 ? x : 1.6732 (e^x - 1));
+ * gelu .5x (1 + tanh(.797885x + .035677x^3)); swish x logistic(x); mish x tanh(softplus(x))
+ * (x above 20: x); hard_mish x > 0 ? x : x > -2 ? x^2/2 + x : 0. */
+enum dbn_activation {
+    DBN_ACT_LINEAR = 0, DBN_ACT_LEAKY, DBN_ACT_RELU, DBN_ACT_RELU6, DBN_ACT_LOGISTIC, DBN_ACT_TANH,
+    DBN_ACT_ELU, DBN_ACT_SELU, DBN_ACT_GELU, DBN_ACT_SWISH, DBN_ACT_MISH, DBN_ACT_HARD_MISH
+};
+
+/* Inference forward, in one pass with the activation:
+ * out = act(scales * (x - rolling_mean) / denominator(rolling_variance, eps) + biases).
  * out may be x (in place); otherwise the two must not overlap. */
 void dbn_forward_infer(const float *x, float *out, const float *restrict scales,
                        const float *restrict biases, const float *restrict rolling_mean,
                        const float *restrict rolling_variance, int64_t batch, int64_t c, int64_t spatial,
-                       const dbn_flavor *restrict flavor, const dbn_exec *exec);
+                       const dbn_flavor *restrict flavor, int activation, const dbn_exec *exec);
 
 /* Backward. delta holds the output's delta on entry and the input's delta on return (as Darknet's
  * l.delta); net_delta, when not NULL, receives the input's delta too. mean and variance are the
@@ -259,6 +270,9 @@ void backward_batchnorm_layer_ref(const float *restrict x, const float *restrict
                                   float *restrict scale_updates, float *restrict bias_updates,
                                   float *restrict mean_delta, float *restrict variance_delta, int64_t batch,
                                   int64_t c, int64_t spatial, const dbn_flavor *restrict flavor);
+
+/* Darknet's activations one value at a time (libm), in place over n values: act is a DBN_ACT_*. */
+void dbn_activate_ref(float *x, int64_t n, int act);
 
 /* ---------------------------------------------------------------------------------------------------
  * Memory bandwidth, for the benchmark's roofline: a STREAM-style triad a = b + scalar*c over n floats

@@ -83,6 +83,184 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 #endif
 
 /* ------------------------------------------------------------------------------------------------
+ * Darknet's element-wise activations (AlexeyAB's src/activations.h definitions), on vectors. exp is a
+ * Cephes-style polynomial (about 1 ulp) with two-step scaling, so no libm call sits in a loop; tanh,
+ * elu and selu go through expm1 (no cancellation near 0), mish and gelu through exact identities that
+ * avoid cancellation: tanh(softplus(x)) = n/(n + 2) with n = e^x (e^x + 2), and
+ * 1 + tanh(u) = 2 * logistic(2u). NaN stays NaN wherever Darknet's expression keeps it. */
+
+typedef int32_t vi __attribute__((vector_size(DBN_VBYTES)));
+
+static inline vf vsel(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+static inline vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
+
+static inline vf vexp(vf x)
+{
+    const vi nan = x != x, over = x > 88.72283935546875f, under = x < -104.0f;
+    vf xc = vsel(over | under | nan, vsplat(0.0f), x);
+    const vf t = xc * 1.44269504088896341f;
+    const vf nf = (t + 12582912.0f) - 12582912.0f;            /* round to nearest */
+    const vf r = (xc - nf * 0.693359375f) - nf * -2.12194440e-4f;
+    vf p = vsplat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    vf y = p * (r * r) + r + 1.0f;
+    const vi n = __builtin_convertvector(nf, vi), h = n >> 1;  /* 2^n = 2^h * 2^(n-h): both normal */
+    y = y * (vf)((h + 127) << 23) * (vf)((n - h + 127) << 23);
+    y = vsel(over, vsplat(__builtin_inff()), y);
+    y = vsel(under, vsplat(0.0f), y);
+    return vsel(nan, x, y);
+}
+
+static inline vf vexpm1(vf x)
+{
+    const vf big = vexp(x) - 1.0f;
+    vf p = x * (1.0f / 40320) + (1.0f / 5040);
+    p = p * x + (1.0f / 720);
+    p = p * x + (1.0f / 120);
+    p = p * x + (1.0f / 24);
+    p = p * x + (1.0f / 6);
+    p = p * x + 0.5f;
+    const vf small = p * (x * x) + x;
+    return vsel(vabs(x) < 0.34657359f, small, big);
+}
+
+static inline vf vlogistic(vf x)   /* e^-|x| never overflows: 1/(1 + e) for x >= 0, e/(1 + e) below */
+{
+    const vf e = vexp(-vabs(x)), l = 1.0f / (1.0f + e);
+    return vsel(x >= 0.0f, l, e * l);
+}
+
+static inline vf vtanh(vf x)
+{
+    const vf a = vabs(x);
+    const vf em = vexpm1(2.0f * vsel(a > 9.0f, vsplat(9.0f), a));  /* tanh(9) rounds to 1 */
+    const vf t = em / (em + 2.0f);
+    return (vf)((vi)t | ((vi)x & (int32_t)0x80000000));          /* the sign of x */
+}
+
+static inline vf vact(vf x, int act)
+{
+    switch (act) {
+    case DBN_ACT_LEAKY:   /* (x > 0) ? x : .1x is max(x, .1x), NaN and -0 included */
+#if DBN_X86 && DBN_VBYTES == 64
+        return (vf)_mm512_max_ps((__m512)x, (__m512)(0.1f * x));
+#elif DBN_X86 && DBN_VBYTES == 32
+        return (vf)_mm256_max_ps((__m256)x, (__m256)(0.1f * x));
+#elif DBN_X86 && DBN_VBYTES == 16
+        return (vf)_mm_max_ps((__m128)x, (__m128)(0.1f * x));
+#else
+        return vsel(x > 0.0f, x, 0.1f * x);
+#endif
+    case DBN_ACT_RELU: return x * vsel(x > 0.0f, vsplat(1.0f), vsplat(0.0f));
+    case DBN_ACT_RELU6: {
+        const vf t = vsel(x > 0.0f, x, vsplat(0.0f));
+        return vsel(t < 6.0f, t, vsplat(6.0f));
+    }
+    case DBN_ACT_LOGISTIC: return vlogistic(x);
+    case DBN_ACT_TANH: return vtanh(x);
+    case DBN_ACT_ELU: return vsel(x >= 0.0f, x, vexpm1(x));
+    case DBN_ACT_SELU: return vsel(x >= 0.0f, 1.0507f * x, (1.0507f * 1.6732f) * vexpm1(x));
+    case DBN_ACT_GELU: return x * vlogistic(2.0f * (0.797885f * x + 0.035677f * (x * x * x)));
+    case DBN_ACT_SWISH: return x * vlogistic(x);
+    case DBN_ACT_MISH: {
+        const vf e = vexp(vsel(x > 20.0f, vsplat(0.0f), x));
+        const vf n = e * (e + 2.0f);
+        return vsel(x > 20.0f, x, x * (n / (n + 2.0f)));
+    }
+    case DBN_ACT_HARD_MISH:
+        return vsel(x > 0.0f, x, vsel(x > -2.0f, x * x * 0.5f + x, vsplat(0.0f)));
+    default: return x;
+    }
+}
+
+/* AFFINE then the activation over a run of m values (inference): out = act((a - k)*p + q). A
+ * vector loop; the ragged ends go through the same vector code on a padded copy. */
+static inline void act_partial(const float *a, float *out, int64_t m, vf kv, vf pv, vf qv, int act)
+{
+    float t[NV] = {0};
+    memcpy(t, a, (size_t)m * sizeof *t);
+    vstore(t, vact((vload(t) - kv) * pv + qv, act));
+    memcpy(out, t, (size_t)m * sizeof *t);
+}
+
+#define DBN_INLINE static inline __attribute__((always_inline))
+
+/* Calls `call` with the activation as a constant, so each activation gets its own loop. */
+#define DBN_WITH_ACT(act, call)                                                              \
+    switch (act) {                                                                           \
+    case DBN_ACT_LEAKY: call(DBN_ACT_LEAKY); break;                                          \
+    case DBN_ACT_RELU: call(DBN_ACT_RELU); break;                                            \
+    case DBN_ACT_RELU6: call(DBN_ACT_RELU6); break;                                          \
+    case DBN_ACT_LOGISTIC: call(DBN_ACT_LOGISTIC); break;                                    \
+    case DBN_ACT_TANH: call(DBN_ACT_TANH); break;                                            \
+    case DBN_ACT_ELU: call(DBN_ACT_ELU); break;                                              \
+    case DBN_ACT_SELU: call(DBN_ACT_SELU); break;                                            \
+    case DBN_ACT_GELU: call(DBN_ACT_GELU); break;                                            \
+    case DBN_ACT_SWISH: call(DBN_ACT_SWISH); break;                                          \
+    case DBN_ACT_MISH: call(DBN_ACT_MISH); break;                                            \
+    case DBN_ACT_HARD_MISH: call(DBN_ACT_HARD_MISH); break;                                  \
+    default: call(DBN_ACT_LINEAR); break;                                                    \
+    }
+
+DBN_INLINE void run_affine_act_k(const float *a, float *out, int64_t m, float k, float p, float q, int act, int nt)
+{
+    const vf kv = vsplat(k), pv = vsplat(p), qv = vsplat(q);
+    int64_t j = 0;
+    if (m >= DBN_PEEL_MIN && !aligned_v(out)) {
+        j = (int64_t)((DBN_VBYTES - (uintptr_t)out % DBN_VBYTES) / 4);
+        act_partial(a, out, j, kv, pv, qv, act);
+    }
+    if (nt && aligned_v(out + j))
+        for (; j + NV <= m; j += NV) vstream(out + j, vact((vload(a + j) - kv) * pv + qv, act));
+    else
+        for (; j + NV <= m; j += NV) vstore(out + j, vact((vload(a + j) - kv) * pv + qv, act));
+#if DBN_HAS_MASKED_TAIL
+    float *const out2 = NULL;
+#define TAIL_B(mk) ((vf){0})
+    if (j < m) MASKED_TAIL(vact((xa - kv) * pv + qv, act));
+#undef TAIL_B
+#endif
+    if (j < m) act_partial(a + j, out + j, m - j, kv, pv, qv, act);
+}
+
+static void run_affine_act(const float *a, float *out, int64_t m, float k, float p, float q, int act, int nt)
+{
+#define CALL(A) run_affine_act_k(a, out, m, k, p, q, A, nt)
+    DBN_WITH_ACT(act, CALL)
+#undef CALL
+}
+
+/* The same with per-element coefficients. */
+DBN_INLINE void run_affine_x_act_k(const float *a, float *out, int64_t m, const float *k, const float *p,
+                                   const float *q, int act)
+{
+    int64_t j = 0;
+    for (; j + NV <= m; j += NV)
+        vstore(out + j, vact((vload(a + j) - vload(k + j)) * vload(p + j) + vload(q + j), act));
+    if (j < m) {
+        float t[4][NV] = {{0}};
+        memcpy(t[0], a + j, (size_t)(m - j) * sizeof(float));
+        memcpy(t[1], k + j, (size_t)(m - j) * sizeof(float));
+        memcpy(t[2], p + j, (size_t)(m - j) * sizeof(float));
+        memcpy(t[3], q + j, (size_t)(m - j) * sizeof(float));
+        vstore(t[0], vact((vload(t[0]) - vload(t[1])) * vload(t[2]) + vload(t[3]), act));
+        memcpy(out + j, t[0], (size_t)(m - j) * sizeof(float));
+    }
+}
+
+static void run_affine_x_act(const float *a, float *out, int64_t m, const float *k, const float *p, const float *q,
+                             int act)
+{
+#define CALL(A) run_affine_x_act_k(a, out, m, k, p, q, A)
+    DBN_WITH_ACT(act, CALL)
+#undef CALL
+}
+
+/* ------------------------------------------------------------------------------------------------
  * Lane mode: one channel, its values [i0, i1) in runs of at most `spatial` contiguous floats. */
 
 typedef struct {
@@ -257,9 +435,9 @@ static inline void run_bwd(const float *a, const float *b, float *out, float *ou
 }
 
 /* Two rows (a and a + rs) of m values with the same per-element coefficients: one coefficient load
- * serves both (short rows: the coefficients are the traffic). */
-static inline void run_x2(int bwd, const float *a, const float *b, float *out, float *out2, int64_t rs, int64_t m,
-                          const float *k, const float *p, const float *q, const float *r)
+ * serves both (short rows: the coefficients are the traffic). act: the activation (AFFINE only). */
+DBN_INLINE void run_x2_k(int bwd, int act, const float *a, const float *b, float *out, float *out2, int64_t rs,
+                         int64_t m, const float *k, const float *p, const float *q, const float *r)
 {
     int64_t j = 0;
     for (; j + NV <= m; j += NV) {
@@ -272,6 +450,10 @@ static inline void run_x2(int bwd, const float *a, const float *b, float *out, f
         } else {
             y0 = (vload(a + j) - kk) * pp + qq;
             y1 = (vload(a + rs + j) - kk) * pp + qq;
+            if (act) {
+                y0 = vact(y0, act);
+                y1 = vact(y1, act);
+            }
         }
         vstore(out + j, y0);
         vstore(out + rs + j, y1);
@@ -279,6 +461,18 @@ static inline void run_x2(int bwd, const float *a, const float *b, float *out, f
             vstore(out2 + j, y0);
             vstore(out2 + rs + j, y1);
         }
+    }
+    if (j < m && act) {   /* the ragged end through the same vector code, padded */
+        for (int64_t o = 0; o <= rs; o += rs) {
+            float t[4][NV] = {{0}};
+            memcpy(t[0], a + o + j, (size_t)(m - j) * sizeof(float));
+            memcpy(t[1], k + j, (size_t)(m - j) * sizeof(float));
+            memcpy(t[2], p + j, (size_t)(m - j) * sizeof(float));
+            memcpy(t[3], q + j, (size_t)(m - j) * sizeof(float));
+            vstore(t[0], vact((vload(t[0]) - vload(t[1])) * vload(t[2]) + vload(t[3]), act));
+            memcpy(out + o + j, t[0], (size_t)(m - j) * sizeof(float));
+        }
+        return;
     }
     for (; j < m; ++j)
         for (int64_t o = 0; o <= rs; o += rs) {
@@ -288,6 +482,18 @@ static inline void run_x2(int bwd, const float *a, const float *b, float *out, f
         }
 }
 
+static void run_x2(int bwd, int act, const float *a, const float *b, float *out, float *out2, int64_t rs, int64_t m,
+                   const float *k, const float *p, const float *q, const float *r)
+{
+    if (bwd) {
+        run_x2_k(1, 0, a, b, out, out2, rs, m, k, p, q, r);
+        return;
+    }
+#define CALL(A) run_x2_k(0, A, a, b, out, out2, rs, m, k, p, q, r)
+    DBN_WITH_ACT(act, CALL)
+#undef CALL
+}
+
 static void map_lane(const dbn_job *job, int64_t ch, int64_t i0, int64_t i1, float k, float p, float q, float r)
 {
     const int64_t C = job->plan.c, S = job->plan.spatial;
@@ -295,7 +501,9 @@ static void map_lane(const dbn_job *job, int64_t ch, int64_t i0, int64_t i1, flo
         const int64_t bi = i / S, s = i % S, m = min64(S - s, i1 - i);
         const int64_t off = (bi * C + ch) * S + s;
         float *o2 = job->out2 ? job->out2 + off : NULL;
-        if (job->map == DBN_M_AFFINE)
+        if (job->act)
+            run_affine_act(job->a + off, job->out + off, m, k, p, q, job->act, job->nt);
+        else if (job->map == DBN_M_AFFINE)
             run_affine(job->a + off, job->out + off, o2, m, k, p, q, job->nt);
         else
             run_bwd(job->a + off, job->b + off, job->out + off, o2, m, k, p, q, r, job->nt);
@@ -386,7 +594,9 @@ static void map_block(const dbn_job *job, int64_t c0, int64_t nc, int64_t r0, in
             for (int64_t j = 0; j < nc; ++j) {
                 const int64_t off = (bi * C + c0 + j) * S;
                 float *o2 = job->out2 ? job->out2 + off : NULL;
-                if (job->map == DBN_M_AFFINE)
+                if (job->act)
+                    run_affine_act(job->a + off, job->out + off, S, k[j], p[j], q[j], job->act, job->nt);
+                else if (job->map == DBN_M_AFFINE)
                     run_affine(job->a + off, job->out + off, o2, S, k[j], p[j], q[j], job->nt);
                 else
                     run_bwd(job->a + off, job->b + off, job->out + off, o2, S, k[j], p[j], q[j], r[j], job->nt);
@@ -406,8 +616,13 @@ static void map_block(const dbn_job *job, int64_t c0, int64_t nc, int64_t r0, in
         const float *a = job->a + off;
         float *out = job->out + off, *out2 = job->out2 ? job->out2 + off : NULL;
         if (bi + 1 < r1) {
-            run_x2(job->map == DBN_M_BWD, a, job->b ? job->b + off : NULL, out, out2, C * S, L, kv, pv, qv, rv);
+            run_x2(job->map == DBN_M_BWD, job->act, a, job->b ? job->b + off : NULL, out, out2, C * S, L, kv, pv, qv,
+                   rv);
             ++bi;
+            continue;
+        }
+        if (job->act) {   /* the last row, alone */
+            run_affine_x_act(a, out, L, kv, pv, qv, job->act);
             continue;
         }
         if (job->map == DBN_M_AFFINE) {
@@ -477,10 +692,40 @@ static inline void run_bwd_x(const float *a, const float *b, float *out, float *
     }
 }
 
+/* map_flat with an activation, specialized per activation (AFFINE, inference). */
+DBN_INLINE void map_flat_act_k(const dbn_job *job, int64_t e0, int64_t e1, int act)
+{
+    const int64_t C = job->plan.c, S = job->plan.spatial, row = C * S;
+    for (int64_t e = e0; e < e1;) {
+        int64_t m;
+        if (job->plan.expand) {
+            const int64_t o = e % row;
+            if (o == 0 && row <= DBN_EXPAND_MAX && e + 2 * row <= e1) {
+                m = 2 * row;
+                run_x2_k(0, act, job->a + e, NULL, job->out + e, NULL, row, row, job->k, job->p, job->q, NULL);
+            } else {
+                m = min64(row - o, e1 - e);
+                run_affine_x_act_k(job->a + e, job->out + e, m, job->k + o, job->p + o, job->q + o, act);
+            }
+        } else {
+            const int64_t s = e % S, ch = (e / S) % C;
+            m = min64(S - s, e1 - e);
+            run_affine_act_k(job->a + e, job->out + e, m, job->k[ch], job->p[ch], job->q[ch], act, job->nt);
+        }
+        e += m;
+    }
+}
+
 static void map_flat(const dbn_job *job, int64_t e0, int64_t e1)
 {
     const int64_t C = job->plan.c, S = job->plan.spatial, row = C * S;
     const int bwd = job->map == DBN_M_BWD;
+    if (job->act) {
+#define CALL(A) map_flat_act_k(job, e0, e1, A)
+        DBN_WITH_ACT(job->act, CALL)
+#undef CALL
+        return;
+    }
     for (int64_t e = e0; e < e1;) {
         float *o2 = job->out2 ? job->out2 + e : NULL;
         int64_t m;
@@ -488,7 +733,7 @@ static void map_flat(const dbn_job *job, int64_t e0, int64_t e1)
             const int64_t o = e % row;
             if (o == 0 && row <= DBN_EXPAND_MAX && e + 2 * row <= e1) {
                 m = 2 * row;
-                run_x2(bwd, job->a + e, bwd ? job->b + e : NULL, job->out + e, o2, row, row, job->k, job->p, job->q,
+                run_x2(bwd, 0, job->a + e, bwd ? job->b + e : NULL, job->out + e, o2, row, row, job->k, job->p, job->q,
                        job->r);
                 e += m;
                 continue;

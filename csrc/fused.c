@@ -210,13 +210,14 @@ static void coef_affine_stats(const dbn_job *job, int64_t c0, int64_t n, const d
 void dbn_forward_infer(const float *x, float *out, const float *restrict scales,
                        const float *restrict biases, const float *restrict rolling_mean,
                        const float *restrict rolling_variance, int64_t batch, int64_t c, int64_t spatial,
-                       const dbn_flavor *restrict flavor, const dbn_exec *exec)
+                       const dbn_flavor *restrict flavor, int activation, const dbn_exec *exec)
 {
     fctx ctx = {.scales = scales, .biases = biases, .stat_mean = rolling_mean, .stat_var = rolling_variance,
                 .eps = flavor->eps, .eps_in_sqrt = flavor->eps_in_sqrt};
     dbn_job job;
     dbn_job_init(&job, batch, c, spatial);
     job.map = DBN_M_AFFINE;
+    job.act = activation;
     job.a = x;
     job.out = out;
     job.coef = coef_affine_stats;

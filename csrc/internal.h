@@ -101,6 +101,7 @@ typedef struct dbn_job {
     double *part0, *part1;       /* partial sums: grid [ntasks*tile], flat [nflat*c] */
     float *k, *p, *q, *r;        /* coefficients [c]; with plan.expand, [c*spatial] per element */
     int nt;                      /* non-temporal stores for the outputs */
+    int act;                     /* AFFINE maps: the activation applied to each output (DBN_ACT_*) */
 } dbn_job;
 
 /* Run tasks [t0, t1) of a job (engine.h, one per instruction set). */

@@ -343,3 +343,28 @@ void backward_batchnorm_layer_ref(const float *restrict x, const float *restrict
                             (float)flavor->bwd_eps, flavor->bwd_eps_in_sqrt, NULL);
     if (net_delta) copy_ref(delta, net_delta, batch * c * spatial);
 }
+
+/* Darknet's activations (AlexeyAB's src/activations.h), one value at a time with libm, in place over n
+ * values: the plain reference of the fused inference forward's activation (act: DBN_ACT_*). */
+void dbn_activate_ref(float *x, int64_t n, int act)
+{
+    for (int64_t i = 0; i < n; ++i) {
+        const float v = x[i];
+        float y = v;
+        switch (act) {
+        case DBN_ACT_LEAKY: y = v > 0 ? v : .1f * v; break;
+        case DBN_ACT_RELU: y = v * (v > 0); break;
+        case DBN_ACT_RELU6: { const float t = v > 0 ? v : 0; y = t < 6 ? t : 6; } break;
+        case DBN_ACT_LOGISTIC: y = 1.f / (1.f + expf(-v)); break;
+        case DBN_ACT_TANH: y = tanhf(v); break;
+        case DBN_ACT_ELU: y = v >= 0 ? v : expm1f(v); break;
+        case DBN_ACT_SELU: y = v >= 0 ? 1.0507f * v : 1.0507f * 1.6732f * expm1f(v); break;
+        case DBN_ACT_GELU: y = (float)(0.5 * v * (1 + tanh(0.797885 * v + 0.035677 * (double)v * v * v))); break;
+        case DBN_ACT_SWISH: y = v / (1.f + expf(-v)); break;
+        case DBN_ACT_MISH: y = v > 20 ? v : v * tanhf(v < -20 ? expf(v) : log1pf(expf(v))); break;
+        case DBN_ACT_HARD_MISH: y = v > 0 ? v : v > -2 ? v * v / 2 + v : 0; break;
+        default: break;
+        }
+        x[i] = y;
+    }
+}

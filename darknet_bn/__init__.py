@@ -7,9 +7,9 @@
 
 from .flavors import FLAVORS, Flavor, get_flavor, torch_flavor
 from .kernels import get_num_threads, has_openmp, set_num_threads
-from .layer import Layer, make_batchnorm_layer
+from .layer import ACTIVATIONS, Layer, make_batchnorm_layer
 
 __version__ = "0.1.0"
 
-__all__ = ["Layer", "make_batchnorm_layer", "Flavor", "FLAVORS", "get_flavor", "torch_flavor",
+__all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS", "Flavor", "FLAVORS", "get_flavor", "torch_flavor",
            "set_num_threads", "get_num_threads", "has_openmp", "__version__"]

@@ -41,9 +41,10 @@ from .layer import Layer, _c_flavor
 DEFAULT_SHAPES = [(1, 16, 416, 416), (8, 32, 208, 208), (16, 128, 52, 52), (32, 256, 26, 26),
                   (64, 64, 56, 56), (64, 512, 7, 7), (256, 32, 1, 1), (128, 1024, 1, 1),
                   (64, 64, 112, 112)]
-PASSES = ("train", "infer", "backward")
+PASSES = ("train", "infer", "infer+leaky", "backward")   # infer+leaky: BN and Darknet's leaky in one pass
 RENORM_PASSES = ("train+renorm", "backward+renorm")   # --renorm: ours with batch renormalization
-BYTES_PER_ELEMENT = {"train": 12, "infer": 8, "backward": 20, "train+renorm": 12, "backward+renorm": 20}
+BYTES_PER_ELEMENT = {"train": 12, "infer": 8, "infer+leaky": 8, "backward": 20, "train+renorm": 12,
+                     "backward+renorm": 20}
 PEER_PASS = {"train+renorm": "train", "backward+renorm": "backward"}   # peers have no renorm: plain BN
 PEERS = ("plain", "numpy", "torch")
 TRIAD_N = 1 << 24              # 3 arrays of 64 MiB: well beyond the last-level cache
@@ -88,6 +89,7 @@ def _ours(shape, flavor: Flavor, x: np.ndarray, dy: np.ndarray):
     calls = {
         "train": lambda: layer.forward(x, True),
         "infer": lambda: layer.forward(x, False),
+        "infer+leaky": lambda: layer.forward(x, False, "leaky"),
         # delta is consumed in place (layer.backward(layer.delta): one write); its values do not
         # change the work, so the same buffer is reused from call to call.
         "backward": lambda: layer.backward(layer.delta),
@@ -114,10 +116,14 @@ def _plain(shape, flavor: Flavor, x: np.ndarray, dy: np.ndarray):
     def forward(train):
         lib.forward_batchnorm_layer_ref(px, p["out"], p["x"], p["x_norm"], ps, pb, p["mean"], p["var"], p["rm"],
                                         p["rv"], b, c, s, cf, train)
+    def infer_leaky():   # Darknet: the BN, then activate_array over the output
+        forward(0)
+        lib.dbn_activate_ref(p["out"], b * c * s, lib.DBN_ACT_LEAKY)
     forward(1)
     return {
         "train": lambda: forward(1),
         "infer": lambda: forward(0),
+        "infer+leaky": infer_leaky,
         "backward": lambda: lib.backward_batchnorm_layer_ref(p["x"], p["x_norm"], pd, p["net_delta"], ps, p["mean"],
                                                              p["var"], p["su"], p["bu"], p["md"], p["vd"],
                                                              b, c, s, cf),
@@ -140,6 +146,10 @@ def _numpy(shape, flavor: Flavor, x: np.ndarray, dy: np.ndarray):
     def infer():
         return (x - rm) / np.sqrt(rv + eps) * g + beta
 
+    def infer_leaky():
+        y = infer()
+        return np.where(y > 0, y, np.float32(0.1) * y)
+
     m = x.mean(axis=axes, keepdims=True)
     inv = 1 / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
 
@@ -148,7 +158,7 @@ def _numpy(shape, flavor: Flavor, x: np.ndarray, dy: np.ndarray):
         dg = dy * g
         return inv * (dg - dg.mean(axis=axes, keepdims=True) - xhat * (dg * xhat).mean(axis=axes, keepdims=True))
 
-    return {"train": train, "infer": infer, "backward": backward}, None
+    return {"train": train, "infer": infer, "infer+leaky": infer_leaky, "backward": backward}, None
 
 
 def _torch(shape, flavor: Flavor, x: np.ndarray, dy: np.ndarray):
@@ -168,6 +178,9 @@ def _torch(shape, flavor: Flavor, x: np.ndarray, dy: np.ndarray):
 
         def infer():
             return F.batch_norm(xt, rm, rv, wt, bt, training=False, momentum=mom, eps=eps)
+
+        def infer_leaky():
+            return F.leaky_relu(infer(), 0.1)
     y = F.batch_norm(xg, rm, rv, wt, bt, training=True, momentum=mom, eps=eps)
 
     def backward():
@@ -178,7 +191,8 @@ def _torch(shape, flavor: Flavor, x: np.ndarray, dy: np.ndarray):
             with torch.no_grad():
                 return f()
         return g
-    return {"train": no_grad(train), "infer": no_grad(infer), "backward": backward}, None
+    return {"train": no_grad(train), "infer": no_grad(infer), "infer+leaky": no_grad(infer_leaky),
+            "backward": backward}, None
 
 
 MAKERS = {"ours": _ours, "plain": _plain, "numpy": _numpy, "torch": _torch}
@@ -315,6 +329,12 @@ def format_table(results: list[Result], peers: Sequence[str]) -> str:
                         for ps in dict.fromkeys(r.pass_ for r in results))
         worst = min(results, key=lambda r: r.ratio(p))
         lines.append(f"  {p:>6}: {per}; lowest {worst.ratio(p):.2f} ({'x'.join(map(str, worst.shape))} {worst.pass_})")
+    plain_inf = {r.shape: r.ours_ms for r in results if r.pass_ == "infer"}
+    fused = [(r.ours_ms / plain_inf[r.shape], r.shape) for r in results if r.pass_ == "infer+leaky" and r.shape in plain_inf]
+    if fused:
+        worst = max(fused)
+        lines.append(f"BN+leaky in one pass / BN alone (ours, inference): geometric mean {geomean([f for f, _ in fused]):.2f}, "
+                     f"highest {worst[0]:.2f} ({'x'.join(map(str, worst[1]))})")
     return "\n".join(lines)
 
 

@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="draw the ratios and roofline fractions (needs matplotlib)")
     b.set_defaults(func=_cmd_bench, parser=b)
+
+    from darknet_bn.demo import add_demo_parser
+    add_demo_parser(sub)
     return p
 
 

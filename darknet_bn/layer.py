@@ -21,7 +21,7 @@ from ._dbn import ffi, lib
 from .flavors import Flavor, get_flavor
 from .kernels import _INT64_MAX, _buf, _exec, _int
 
-__all__ = ["Layer", "make_batchnorm_layer"]
+__all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS"]
 
 _C_FLAVORS: dict[Flavor, Any] = {}
 
@@ -59,6 +59,20 @@ def _number(name: str, v: Any) -> float:
     if not math.isfinite(v):
         raise ValueError(f"{name}: expected a finite number, got {v}")
     return v
+
+
+#: Darknet's activations that the inference forward can apply in the same pass (csrc/darknet_bn.h).
+ACTIVATIONS = {name: i for i, name in enumerate(
+    ("linear", "leaky", "relu", "relu6", "logistic", "tanh", "elu", "selu", "gelu", "swish", "mish", "hard_mish"))}
+
+
+def _activation(name: Any) -> int:
+    if not isinstance(name, str):
+        raise TypeError(f"activation: expected a str (one of {', '.join(ACTIVATIONS)}), got {type(name).__name__}")
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {name!r}") from None
 
 
 _PER_CHANNEL = ("scales", "biases", "scale_updates", "bias_updates", "mean", "variance",
@@ -141,7 +155,7 @@ class Layer:
         self._a_train = (self._p_output, p["scales"], p["biases"], p["mean"], p["variance"], p["rolling_mean"],
                          p["rolling_variance"], batch, c, s, self._cflavor, self._renorm, _exec)
         self._a_infer = (self._p_output, p["scales"], p["biases"], p["rolling_mean"], p["rolling_variance"],
-                         batch, c, s, self._cflavor, _exec)
+                         batch, c, s, self._cflavor)
         tail = (p["scale_updates"], p["bias_updates"], p["mean_delta"], p["variance_delta"], batch, c, s,
                 self._cflavor)
         rd = (p["r"], p["d"]) if renorm else (ffi.NULL, ffi.NULL)
@@ -152,7 +166,7 @@ class Layer:
     # ---------------------------------------------------------------------------------------------
     # Passes
 
-    def forward(self, input: np.ndarray, train: bool = True) -> np.ndarray:
+    def forward(self, input: np.ndarray, train: bool = True, activation: str | None = None) -> np.ndarray:
         """Darknet's ``forward_batchnorm_layer``.
 
         Args:
@@ -160,6 +174,9 @@ class Layer:
                 reference as ``x`` for the backward; not copied and not modified.
             train: training mode (batch statistics; updates ``mean``, ``variance`` and the rolling
                 statistics) or inference mode (rolling statistics; changes nothing but ``output``).
+            activation: inference only: Darknet's activation applied in the same pass (``"leaky"``,
+                ``"relu"``, ``"mish"``, ... -- see :data:`ACTIVATIONS`; ``None``/``"linear"``: none).
+                ``output`` then holds the activated values. For in place, pass ``layer.output`` as input.
 
         Returns:
             ``output`` (the layer's own buffer, overwritten by the next forward), viewed in the shape
@@ -169,11 +186,15 @@ class Layer:
             TypeError, ValueError: a bad input; ValueError in training mode when batch*h*w = 1 (the
             batch variance is undefined). Nothing is changed when it raises.
         """
+        act = 0 if activation is None else _activation(activation)
+        if act and train:
+            raise ValueError(f"activation: fused with the inference forward only (train=False), got {activation!r} "
+                             "with train=True")
         input, p_in, train = self._take_input(input, train, self._count)
         if train:
             lib.dbn_forward_train(p_in, *self._a_train)
         else:
-            lib.dbn_forward_infer(p_in, *self._a_infer)
+            lib.dbn_forward_infer(p_in, *self._a_infer, act, _exec)
         return self._forward_done(input, p_in, train)
 
     def _take_input(self, input: Any, train: Any, count: int):

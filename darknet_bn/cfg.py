@@ -77,14 +77,16 @@ def fork_of(flavor: object) -> str:
     """The Darknet fork whose file rules a flavor follows: ``"pjreddie"`` for the pjreddie flavor (or
     the fork names themselves), ``"alexeyab"`` for ``"alexeyab"``, ``"torch"`` and any other
     :class:`~darknet_bn.flavors.Flavor` (PyTorch models are converted from AlexeyAB's Darknet)."""
-    name = getattr(flavor, "name", flavor)
+    if isinstance(flavor, str):
+        if flavor == "pjreddie":
+            return "pjreddie"
+        if flavor == "alexeyab" or flavor == "torch":
+            return "alexeyab"
+        raise ValueError(f"flavor: expected 'pjreddie', 'alexeyab' or 'torch', got {flavor!r}")
+    name = getattr(flavor, "name", None)
     if not isinstance(name, str):
         raise TypeError(f"flavor: expected a str or a Flavor, got {type(flavor).__name__}")
-    if name == "pjreddie":
-        return "pjreddie"
-    if name == "alexeyab" or name.startswith("torch"):
-        return "alexeyab"
-    raise ValueError(f"flavor: expected 'pjreddie', 'alexeyab' or 'torch', got {name!r}")
+    return "pjreddie" if name == "pjreddie" else "alexeyab"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -212,7 +212,8 @@ class Network:
         layers: one :class:`DarknetLayer` per section after ``[net]``.
         bn_layers: the :class:`BNLayer` entries, in file order.
         header: the loaded file's :class:`~darknet_bn.weights.WeightsHeader` (``None`` without weights).
-        weights_file: the loaded file's name, or ``None``.
+        weights_file: the loaded file's name, or ``None``; weights_trailing: bytes after its last array
+            (0 unless ``allow_trailing``).
         warnings: the cfg's warnings, then the network's.
     """
 
@@ -228,6 +229,7 @@ class Network:
         self.warnings: list[str] = warnings
         self.header: WeightsHeader | None = None
         self.weights_file: str | None = None
+        self.weights_trailing = 0
         self.bn_layers: list[BNLayer] = list(self._bn_entries())
 
     def __repr__(self) -> str:

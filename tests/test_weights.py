@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import DATA
 from darknet_bn.network import load_network
@@ -184,6 +186,25 @@ def test_trailing_bytes_are_an_error_unless_allowed(extra, tmp_path):
     out = tmp_path / "o.weights"
     net.save_weights(out)
     assert out.read_bytes() == src.read_bytes()  # the trailing bytes are not Darknet's: not written
+
+
+_SMALL_SRC = (WEIGHTS / "pjreddie" / "bn_small" / "bn_small.weights").read_bytes()
+
+
+@settings(max_examples=300, deadline=None)
+@given(head=st.binary(min_size=0, max_size=24), cut=st.integers(0, len(_SMALL_SRC)), junk=st.binary(max_size=12),
+       flavor=st.sampled_from(["pjreddie", "alexeyab"]))
+def test_corrupted_files_raise_only_darknet_weights_error(head, cut, junk, flavor, tmp_path_factory):
+    """Any header bytes, any length, any tail: the file loads or raises DarknetWeightsError."""
+    p = tmp_path_factory.mktemp("w") / "c.weights"
+    p.write_bytes(head + _SMALL_SRC[len(head):cut] + junk)
+    cfg = cfg_for("pjreddie", "bn_small")
+    try:
+        net = load_network(cfg, p, flavor=flavor)
+    except DarknetWeightsError as e:
+        assert str(e).startswith(str(p))
+        return
+    assert net.weights_bytes() == p.stat().st_size
 
 
 # -- headers -------------------------------------------------------------------------------------

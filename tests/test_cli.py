@@ -36,14 +36,27 @@ def test_bench_small_run_with_json(tmp_path, capsys):
     assert data["machine"]["threads"] == 1
     rows = data["results"]
     assert {(tuple(r["shape"]), r["pass"]) for r in rows} == {
-        (s, p) for s in ((2, 3, 4, 5), (8, 16, 1, 1)) for p in ("train", "infer", "backward")}
+        (s, p) for s in ((2, 3, 4, 5), (8, 16, 1, 1)) for p in ("train", "infer", "infer+leaky", "backward")}
     for r in rows:
         assert r["median_ms"]["ours"] > 0 and r["median_ms"]["plain"] > 0 and r["median_ms"]["numpy"] > 0
         assert r["q1_ms"]["ours"] <= r["median_ms"]["ours"] <= r["q3_ms"]["ours"]
-        assert r["triad_gbs"] > 0 and r["bytes_min"] == {"train": 12, "infer": 8, "backward": 20}[r["pass"]] * (
+        assert r["triad_gbs"] > 0 and r["bytes_min"] == {"train": 12, "infer": 8, "infer+leaky": 8, "backward": 20}[r["pass"]] * (
             2 * 3 * 4 * 5 if r["shape"][0] == 2 else 8 * 16)
         assert r["ratios"]["plain"] == pytest.approx(r["median_ms"]["plain"] / r["median_ms"]["ours"])
     kernels.set_num_threads(None)
+
+
+def test_bench_renorm_rows(capsys):
+    code, out, _ = run(["bench", "--shape", "4x3x5x5", "--repeat", "2", "--compare", "plain", "--renorm"], capsys)
+    assert code == 0
+    assert "train+renorm" in out and "backward+renorm" in out
+
+
+def test_demo_command_is_wired(capsys):
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install 'darknet_bn[demo]')")
+    code, out, _ = run(["demo", "--epochs", "1", "--json", ""], capsys)
+    assert code == 0
+    assert "training mode on 4-image batches" in out
 
 
 def test_bench_torch_peer_or_note(capsys):

@@ -62,6 +62,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from darknet_bn import bench, kernels
 
+    if args.cfg is not None:
+        from darknet_bn.cli_files import cmd_bench_cfg
+        return cmd_bench_cfg(args)
+
     try:
         shapes = [bench.parse_shape(s) for s in args.shape] if args.shape else bench.DEFAULT_SHAPES
     except ValueError as e:
@@ -149,8 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", metavar="FILE.png", help="draw the ratios and roofline fractions (needs matplotlib)")
     b.set_defaults(func=_cmd_bench, parser=b)
 
+    from darknet_bn.cli_files import add_bench_cfg_arguments, add_layers_parser
     from darknet_bn.demo import add_demo_parser
-    add_demo_parser(sub)
+    add_bench_cfg_arguments(b)      # bench --cfg CFG [--weights W] [--batch B]: every BN layer of a network
+    add_layers_parser(sub)          # layers CFG [--weights W] [--flavor F]
+    add_demo_parser(sub)            # demo
     return p
 
 

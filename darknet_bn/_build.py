@@ -8,6 +8,9 @@ Environment switches, read at build time:
 - ``DARKNET_BN_OPENMP=0``: build without OpenMP (default: with it, when the compiler supports it).
 - ``DARKNET_BN_PORTABLE=1``: plain C only -- the baseline engine, no intrinsics, no AVX2/AVX-512
   engines (what a non-x86 machine builds anyway; CI builds it on x86 to test that path).
+- ``DARKNET_BN_SANITIZE=1``: AddressSanitizer and UndefinedBehaviorSanitizer (``-fsanitize=address,undefined``,
+  any report aborts). Python must then run with the sanitizer runtime preloaded, e.g.
+  ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 pytest`` (see README, "Reliability").
 - ``DARKNET_BN_CFLAGS``: extra compiler flags, appended last.
 """
 
@@ -31,6 +34,9 @@ HEADER = CSRC / "darknet_bn.h"
 # it keeps IEEE semantics (NaN, Inf, subnormals), unlike -ffast-math, which is never used.
 BASE_CFLAGS = ["-std=c11", "-O3", "-ffp-contract=fast", "-fno-math-errno", "-fvisibility=hidden",
                "-Wall", "-Wextra"]
+
+
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
 
 
 def cdef_from_header(text: str) -> str:
@@ -75,7 +81,8 @@ def _source(name: str) -> str:
 def make_builder() -> FFI:
     omp = _openmp_flags()
     portable = ["-DDBN_PORTABLE"] if os.environ.get("DARKNET_BN_PORTABLE", "0") == "1" else []
-    cflags = BASE_CFLAGS + omp + portable + shlex.split(os.environ.get("DARKNET_BN_CFLAGS", ""))
+    sanitize = SANITIZE_FLAGS if os.environ.get("DARKNET_BN_SANITIZE", "0") == "1" else []
+    cflags = BASE_CFLAGS + omp + portable + sanitize + shlex.split(os.environ.get("DARKNET_BN_CFLAGS", ""))
     builder = FFI()
     builder.cdef(cdef_from_header(HEADER.read_text()))
     builder.set_source(
@@ -84,7 +91,7 @@ def make_builder() -> FFI:
         sources=[_source(p.name) for p in sorted(CSRC.glob("*.c"))],
         include_dirs=[str(CSRC)],
         extra_compile_args=cflags,
-        extra_link_args=omp,
+        extra_link_args=omp + sanitize,
         libraries=["m"] if sys.platform.startswith("linux") else [],
     )
     return builder

@@ -59,6 +59,21 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow (a tensor of more than 2**31 elements: 8 GiB)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow are deselected (not skipped) unless --run-slow: .ci/run runs them apart."""
+    if config.getoption("--run-slow"):
+        return
+    keep = [item for item in items if "slow" not in item.keywords]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if "slow" in item.keywords])
+        items[:] = keep
+
+
 def pytest_sessionfinish(session, exitstatus):
     """With DARKNET_BN_NO_SKIPS=1 (set by .ci/run) a skipped test fails the run: CI installs every
     optional peer, so a skip there means something is missing."""

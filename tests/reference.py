@@ -49,8 +49,10 @@ def mean_cpu(x, batch, filters, spatial):
 
 
 def variance_cpu(x, mean, batch, filters, spatial):
+    """The unbiased variance: undefined (NaN) for fewer than 2 values."""
     d = _t(x, batch, filters, spatial) - _c(mean)
-    return (d * d).sum(axis=(0, 2)) / (batch * spatial - 1)
+    n = batch * spatial
+    return (d * d).sum(axis=(0, 2)) / (n - 1) if n > 1 else np.full(filters, np.nan)
 
 
 def normalize_cpu(x, mean, variance, batch, filters, spatial, eps, in_sqrt):

@@ -1,0 +1,730 @@
+"""Batch normalization folded into the weights of a Darknet network (``darknet-bn fold``).
+
+Inference batch normalization is a per-channel affine map. For output channel ``k`` of a convolutional
+or connected layer whose BN uses the rolling statistics,
+
+    ``y[k] = scale[k] * (z[k] - rolling_mean[k]) / s[k] + bias[k]``
+
+where ``z`` is the layer's output before BN and ``s[k]`` the flavor's inference denominator
+(:func:`inference_denominator`: pjreddie ``sqrt(rolling_variance) + 1e-6``, alexeyab and torch
+``sqrt(rolling_variance + 1e-5)``, read from the :class:`~darknet_bn.flavors.Flavor`'s ``eps`` and
+``eps_in_sqrt`` fields, never hard-coded here). ``z[k]`` is linear in filter ``k``'s weights, so with
+``a[k] = scale[k] / s[k]``:
+
+    ``w'[k] = a[k] * w[k]``,   ``b'[k] = bias[k] - a[k] * rolling_mean[k]``
+
+and the layer without BN computes the same ``y`` (before its activation). Everything is computed in
+float64 and rounded once to float32. A filter is ``weights[k]`` in Darknet's memory layout whatever the
+layer's groups, dilation or stride (``(n, c/groups, size, size)``), and a connected layer's row ``k``
+(``(outputs, inputs)``; files with transposed connected weights are transposed by
+:mod:`darknet_bn.network` on reading and back on writing), so all those cases are the same code.
+
+A standalone ``[batchnorm]`` section is merged into the convolutional/connected layer right before it
+when that is exact: that layer's activation is ``linear``, its output is read by nothing else (no
+``[route]``, ``[shortcut]``... names it), and nothing else happens between the two (no antialiasing
+blur, coordconv). Its bias then enters too: ``b' = a * (b - rolling_mean) + bias``. A chain
+(conv -> [batchnorm] -> [batchnorm]) merges in one pass. A merged ``[batchnorm]`` section is removed
+from the cfg and the layer references after it (``layers=``, ``from=``, ``share_index=``,
+``embedding_layer=``, ``yolo_layer=``) are renumbered; a reference to the removed layer now names the
+layer that absorbed it, which outputs the same values.
+
+Layers are left as they are, and reported with the reason, when folding would not be exact or would
+not survive a save: ``dontload``/``dontloadscales``/``numload``/``dontsave``, weights tied across
+filters (AlexeyAB's ``sway``/``rotate``/``stretch``/``stretch_sway``), weights shared by
+``share_index`` with a layer whose BN differs, non-finite parameters, a denominator that is not a
+positive finite number, folded values that overflow float32, and binary (``xnor``/``binary``) filters
+where a negative factor meets a zero weight (binarization commutes with a per-filter factor
+otherwise). The inner layers of ``rnn``/``gru``/``lstm``/``crnn`` share one ``batch_normalize`` key:
+they are folded all together or not at all.
+
+The folded cfg is the original text with the ``batch_normalize`` lines (and AlexeyAB's ``cbn``) of
+the folded layers and the merged ``[batchnorm]`` sections removed; every other line -- comments,
+blank lines, line endings -- is kept. The ``.weights`` file keeps the original header. Folding a folded
+network changes nothing.
+
+API: :func:`fold_network` (a new :class:`~darknet_bn.network.Network`, the original untouched, and a
+:class:`FoldReport`), :func:`save_folded`, :func:`fold_files`; command line: :func:`add_fold_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .cfg import CfgFile, DarknetCfgError, c_atoi, fork_of, parse_cfg_file, parse_cfg_text
+from .flavors import Flavor, get_flavor
+from .network import DarknetLayer, Network, load_network
+from .weights import DarknetWeightsError
+
+__all__ = ["fold_network", "fold_files", "save_folded", "FoldReport", "FoldedBN", "KeptBN",
+           "inference_denominator", "bn_affine", "add_fold_parser", "cmd_fold"]
+
+PROG = "darknet-bn"
+
+_RECURRENT = ("rnn", "gru", "lstm", "crnn")
+_BN_PARAMS = ("scales", "biases", "rolling_mean", "rolling_variance")
+# Layer references in a cfg, per fork: section type -> (key, a comma-separated list?, "absent" value).
+# As the fork's parser reads them (see darknet_bn.network): route layers= and AlexeyAB's shortcut from=
+# are lists (atoi of each piece); the others are one atoi of the value.
+_REF_KEYS = {
+    "pjreddie": {"route": (("layers", True, None),), "shortcut": (("from", False, None),)},
+    "alexeyab": {"route": (("layers", True, None),), "shortcut": (("from", True, None),),
+                 "scale_channels": (("from", False, None),), "sam": (("from", False, None),),
+                 "yolo": (("embedding_layer", False, 999999),), "contrastive": (("yolo_layer", False, None),),
+                 "convolutional": (("share_index", False, -1000000000),)},
+}
+_TIED = ("sway", "rotate", "stretch", "stretch_sway")  # AlexeyAB: weights transformed across filters
+_WS = " \t\r"  # what Darknet's strip removes from a line (besides '\n', which ends it)
+_C_SPACE = " \t\n\v\f\r"  # what C's atoi skips before a number
+_INT_PREFIX = re.compile(r"[+-]?[0-9]+")
+# The cfg text of the networks fold_network made, so that folding them again keeps their comments.
+_FOLDED_TEXT: "weakref.WeakKeyDictionary[Network, str]" = weakref.WeakKeyDictionary()
+
+
+# ================================================================================================
+# The math
+
+def inference_denominator(rolling_variance: np.ndarray, flavor: str | Flavor) -> np.ndarray:
+    """The flavor's inference BN denominator ``s``, float64, shape of ``rolling_variance``:
+    ``sqrt(rv + flavor.eps)`` when ``flavor.eps_in_sqrt`` (alexeyab, torch), else ``sqrt(rv) +
+    flavor.eps`` (pjreddie). Negative variances give NaN (no warning)."""
+    fl = get_flavor(flavor)
+    rv = np.asarray(rolling_variance, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(rv + fl.eps) if fl.eps_in_sqrt else np.sqrt(rv) + fl.eps
+
+
+def bn_affine(scales: np.ndarray, biases: np.ndarray, rolling_mean: np.ndarray, rolling_variance: np.ndarray,
+              flavor: str | Flavor) -> tuple[np.ndarray, np.ndarray]:
+    """Inference BN as ``y = a * z + c`` per channel: ``a = scales / s``, ``c = biases - a * rolling_mean``
+    (float64 arrays of shape (channels,); ``s`` from :func:`inference_denominator`). The inputs are
+    float32 or float64 arrays of one shape (channels,)."""
+    arrs = [np.asarray(v, dtype=np.float64).reshape(-1) for v in (scales, biases, rolling_mean, rolling_variance)]
+    if len({a.size for a in arrs}) != 1:
+        raise ValueError(f"bn_affine: the arrays differ in size ({', '.join(str(a.size) for a in arrs)})")
+    sc, bi, mu, rv = arrs
+    s = inference_denominator(rv, flavor)
+    with np.errstate(all="ignore"):
+        a = sc / s
+        return a, bi - a * mu
+
+
+# ================================================================================================
+# The report
+
+@dataclass(frozen=True)
+class FoldedBN:
+    """A batch normalization that was folded.
+
+    Attributes:
+        index, type, part: the BN layer in the original network (``part`` names the inner layer of a
+            recurrent layer, else ``None``); ``type`` ``"batchnorm"`` for a merged ``[batchnorm]``.
+        into: the original index of the layer whose weights absorbed it (``index`` for a layer's own
+            BN; the ``share_index`` source for a layer sharing its weights).
+        new_index: that layer's index in the folded network.
+    """
+
+    index: int
+    type: str
+    part: str | None
+    into: int
+    new_index: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.index} {self.type}" + (f".{self.part}" if self.part else "")
+
+
+@dataclass(frozen=True)
+class KeptBN:
+    """A batch normalization left in place: the BN layer (``index``, ``type``, ``part`` as in
+    :class:`FoldedBN`), its index in the folded network and the reason, in words."""
+
+    index: int
+    type: str
+    part: str | None
+    new_index: int
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.index} {self.type}" + (f".{self.part}" if self.part else "")
+
+
+@dataclass(frozen=True)
+class FoldReport:
+    """What :func:`fold_network` did.
+
+    Attributes:
+        flavor: the flavor whose denominator was used.
+        folded: the BN layers folded (:class:`FoldedBN`), in network order.
+        kept: the BN layers left in place (:class:`KeptBN`), with reasons.
+        removed: original indices of the ``[batchnorm]`` sections merged and removed from the cfg.
+        index_map: original layer index -> folded network index (a removed ``[batchnorm]`` maps to the
+            layer that absorbed it).
+        cfg_text: the folded cfg (str; bytes are Latin-1, as :mod:`darknet_bn.cfg` reads them).
+        comments_kept: False when the original cfg text was not available and the cfg was written from
+            the parsed options (``key=value`` lines, no comments).
+    """
+
+    flavor: Flavor
+    folded: tuple
+    kept: tuple
+    removed: tuple
+    index_map: tuple
+    cfg_text: str
+    comments_kept: bool
+
+    def denominator_text(self) -> str:
+        fl = self.flavor
+        return (f"sqrt(rolling_variance + {fl.eps:.3g})" if fl.eps_in_sqrt
+                else f"sqrt(rolling_variance) + {fl.eps:.3g}")
+
+    def summary(self) -> str:
+        """A few lines of text: counts, the denominator, each BN layer kept and why."""
+        kinds: dict = {}
+        for f in self.folded:
+            k = "[batchnorm] merged" if f.type == "batchnorm" else (
+                f"{f.type} inner layer" if f.part else f.type)
+            kinds[k] = kinds.get(k, 0) + 1
+        total = len(self.folded) + len(self.kept)
+        what = ", ".join(f"{v} {k}" for k, v in kinds.items()) or "none"
+        lines = [f"folded {len(self.folded)} of {total} BN layers ({what}) with the {self.flavor.name} flavor, "
+                 f"s = {self.denominator_text()}"]
+        if self.removed:
+            lines.append(f"removed {len(self.removed)} [batchnorm] section(s): layers "
+                         f"{', '.join(map(str, self.removed))} (later layer references renumbered)")
+        for k in self.kept:
+            lines.append(f"kept layer {k.name}: {k.reason}")
+        if not self.comments_kept:
+            lines.append("note: the original cfg text was not available: the cfg is written from its parsed options "
+                         "(comments not kept)")
+        return "\n".join(lines)
+
+
+# ================================================================================================
+# Folding
+
+def _array(host: DarknetLayer, name: str, init_rv: float) -> np.ndarray:
+    """host's array without creating it on the host (the original network stays untouched)."""
+    a = host.arrays.get(name)
+    if a is None:
+        fill = {"scales": 1.0, "rolling_variance": init_rv}.get(name, 0.0)
+        a = np.full(host.array_shape(name), fill, dtype=np.float32)
+    return a
+
+
+class _Affine:
+    """A layer's weights and biases in float64 while BNs are folded into it (per output channel)."""
+
+    def __init__(self, w: np.ndarray, b: np.ndarray | None, binary: bool) -> None:
+        self.w0 = w
+        self.w = np.asarray(w, dtype=np.float64).reshape(w.shape[0], -1)
+        self.b = None if b is None else np.asarray(b, dtype=np.float64).reshape(-1)
+        self.binary = binary
+        self.w32: np.ndarray | None = None
+        self.b32: np.ndarray | None = None
+
+    def fold(self, a: np.ndarray, c: np.ndarray, params: tuple, fl: Flavor) -> str | None:
+        """y = a * (w x + b) + c (b absent: a layer's own BN, whose bias is in c). Returns None when done,
+        else why not (the state is then unchanged)."""
+        if not all(np.all(np.isfinite(np.asarray(p, dtype=np.float64))) for p in params) or \
+                not np.all(np.isfinite(self.w)) or (self.b is not None and not np.all(np.isfinite(self.b))):
+            return "non-finite values in its weights, biases or BN parameters"
+        s = inference_denominator(params[3], fl)
+        bad = np.flatnonzero(~(np.isfinite(s) & (s > 0)))
+        if bad.size:
+            k = int(bad[0])
+            return (f"rolling_variance[{k}] = {float(params[3].reshape(-1)[k]):.9g} gives the denominator s = "
+                    f"{float(s[k]):.9g}, not a positive finite number")
+        if a.size != self.w.shape[0]:
+            raise ValueError(f"the BN has {a.size} channels, the layer {self.w.shape[0]} outputs")
+        with np.errstate(all="ignore"):
+            w = self.w * a[:, None]
+            b = c if self.b is None else a * self.b + c
+            w32, b32 = w.astype(np.float32), b.astype(np.float32)
+        bad = np.flatnonzero(~(np.all(np.isfinite(w32), axis=1) & np.isfinite(b32)))
+        if bad.size:
+            return f"the folded weights or bias of channel {int(bad[0])} overflow float32"
+        if self.binary:
+            zero = self.w == 0
+            flips = np.flatnonzero((a < 0) & np.any(zero, axis=1))
+            if flips.size:
+                return (f"binary weights: channel {int(flips[0])} has a negative factor and a weight equal to 0, "
+                        "whose binarized sign would change")
+            if np.any((w32 == 0) != zero):
+                return "binary weights: a folded weight underflows to 0, whose binarized sign would change"
+        self.w, self.b, self.w32, self.b32 = w, b, w32, b32
+        return None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.w32.reshape(self.w0.shape), self.b32
+
+
+def _readers(net: Network) -> dict:
+    """layer index -> the later layers that read its output by reference (not as the next layer)."""
+    out: dict = {}
+    for lyr in net.layers:
+        refs = set(lyr.input_layers)
+        emb = lyr.extras.get("embedding_layer")
+        if emb is not None:
+            refs.add(emb)
+        for r in refs:
+            out.setdefault(r, []).append(lyr.index)
+    return out
+
+
+def _source_text(net: Network, cfg_text: str | bytes | None) -> tuple[str, bool]:
+    """The cfg text the network was built from (str, Latin-1), and whether it is the original text."""
+    fl = net.flavor
+
+    def same(text: str) -> bool:
+        try:
+            other = parse_cfg_text(text, net.name, flavor=fl)
+        except DarknetCfgError:
+            return False
+        return _structure(other) == _structure(net.cfg)
+
+    if cfg_text is not None:
+        if isinstance(cfg_text, (bytes, bytearray, memoryview)):
+            cfg_text = bytes(cfg_text).decode("latin-1")
+        if not isinstance(cfg_text, str):
+            raise TypeError(f"cfg_text: expected str or bytes, got {type(cfg_text).__name__}")
+        if not same(cfg_text):
+            raise ValueError("cfg_text: not the cfg this network was built from (its sections or options differ)")
+        return cfg_text, True
+    text = _FOLDED_TEXT.get(net)
+    if text is not None and same(text):
+        return text, True
+    name = net.cfg.name
+    if isinstance(name, str) and os.path.isfile(name):
+        try:
+            with open(name, "rb") as f:
+                text = f.read().decode("latin-1")
+        except OSError:
+            text = None
+        if text is not None and same(text):
+            return text, True
+    lines = []
+    for sec in [net.cfg.net] + net.cfg.sections:
+        lines.append(sec.header)
+        lines.extend(f"{o.key}={o.value}" for o in sec.options)
+        lines.append("")
+    return "\n".join(lines), False
+
+
+def _structure(cfg: CfgFile) -> list:
+    return [(s.header, [(o.key, o.value) for o in s.options]) for s in [cfg.net] + cfg.sections]
+
+
+def fold_network(net: Network, *, flavor: str | Flavor | None = None,
+                 cfg_text: str | bytes | None = None) -> tuple[Network, FoldReport]:
+    """Fold the network's batch normalizations into its convolutional and connected layers.
+
+    Args:
+        net: a :class:`~darknet_bn.network.Network` (normally loaded with weights; without, Darknet's
+            initial values are folded). Not modified.
+        flavor: whose inference denominator to use (default: the network's). It must follow the same
+            fork's file rules as the network (pjreddie; or alexeyab/torch/any other Flavor).
+        cfg_text: the cfg text the network was built from, to keep its comments; default: for a
+            network made by this function its folded cfg, else the file ``net.cfg.name`` when it still
+            holds that cfg, else the cfg is written from its parsed options (``report.comments_kept``
+            is then False).
+
+    Returns:
+        ``(folded, report)``: a new :class:`~darknet_bn.network.Network` built from the folded cfg
+        (``report.cfg_text``) whose arrays are float32 copies -- the folded weights and biases where BN
+        was folded, the original values elsewhere -- and with the original's ``.weights`` header; and a
+        :class:`FoldReport`. ``save_folded(folded, report, cfg_path, weights_path)`` writes both files.
+
+    Raises:
+        TypeError: ``net`` is not a Network.
+        ValueError: a flavor of the other fork; ``cfg_text`` that is not the network's cfg.
+    """
+    if not isinstance(net, Network):
+        raise TypeError(f"net: expected a darknet_bn Network, got {type(net).__name__}")
+    fl = net.flavor if flavor is None else get_flavor(flavor)
+    if fork_of(fl) != net.fork:
+        raise ValueError(f"flavor {fl.name!r} follows {fork_of(fl)}'s Darknet rules, the network was loaded by "
+                         f"{net.fork}'s: load it with that flavor")
+    text, original = _source_text(net, cfg_text)
+    cfg = parse_cfg_text(text, net.name, flavor=fl)  # line numbers of this text; same sections as net.cfg
+    init_rv = net.flavor.init_rolling_variance
+    layers = net.layers
+    readers = _readers(net)
+    sharers: dict = {}
+    for lyr in layers:
+        src = lyr.extras.get("share_index")
+        if src is not None:
+            sharers.setdefault(src, []).append(lyr.index)
+
+    def opt_int(i: int, key: str) -> int:
+        o = cfg.sections[i].find(key)
+        return c_atoi(o.value)[0] if o is not None else 0
+
+    def activation(i: int) -> str:
+        return cfg.sections[i].get_str("activation", "logistic")
+
+    def binary(i: int) -> bool:
+        return bool(opt_int(i, "xnor") or (opt_int(i, "binary") and layers[i].type == "convolutional"))
+
+    def unmodifiable(lyr: DarknetLayer) -> str | None:
+        """Why this layer's weights must not change, or None."""
+        e = lyr.extras
+        if e.get("dontload"):
+            return "dontload=1: its parameters are not read from the weights file"
+        if e.get("dontloadscales"):
+            return "dontloadscales=1: its BN parameters are not read from the weights file"
+        if e.get("numload"):
+            return f"numload={e['numload']}: only part of its parameters are read from the weights file"
+        if e.get("dontsave"):
+            return "dontsave=1: its parameters are not written to the weights file"
+        if lyr.type == "convolutional" and net.fork == "alexeyab":
+            tied = [k for k in _TIED if opt_int(lyr.index, k)]
+            if tied:
+                return f"{tied[0]}=1: its weights are tied across filters"
+        return None
+
+    affines: dict = {}          # (index, part) -> _Affine with the folded arrays
+    drop_bn: set = set()        # layers whose batch_normalize lines go
+    removed: dict = {}          # [batchnorm] index -> the layer that absorbed it
+    folded: list = []           # (index, type, part, into)
+    kept: list = []             # (index, type, part, reason)
+
+    def own_bn(host: DarknetLayer, i: int) -> tuple[_Affine | None, str | None]:
+        params = tuple(_array(host, n, init_rv) for n in _BN_PARAMS)
+        a, c = bn_affine(*params, fl)
+        aff = _Affine(_array(host, "weights", init_rv), None, binary(i))
+        why = aff.fold(a, c, params, fl)
+        return (None, why) if why else (aff, None)
+
+    head: _Affine | None = None    # the layer that may absorb the [batchnorm] after it
+    head_index = -1
+    chain_last = -1                # the last layer of head's chain (head or a merged [batchnorm])
+    head_why = "there is no layer before it"
+
+    for lyr in layers:
+        i, t = lyr.index, lyr.type
+        if t == "batchnorm":
+            why = head_why if (head is None or chain_last != i - 1) else None
+            if why is None and readers.get(i - 1):
+                why = (f"the output of layer {i - 1} before it is also read by layer(s) "
+                       f"{', '.join(map(str, sorted(readers[i - 1])))}")
+            if why is None:
+                params = tuple(_array(lyr, n, init_rv) for n in _BN_PARAMS)
+                a, c = bn_affine(*params, fl)
+                why = head.fold(a, c, params, fl)
+                if why is not None:
+                    why = f"merging it into layer {head_index}: {why}"
+            if why is None:
+                removed[i] = head_index
+                folded.append((i, t, None, head_index))
+                chain_last = i
+            else:
+                kept.append((i, t, None, why))
+                head, head_why = None, f"layer {i} before it is a [batchnorm] left in place"
+            continue
+        head, head_index, chain_last = None, i, i
+        if t in ("convolutional", "connected"):
+            why = unmodifiable(lyr)
+            src = lyr.extras.get("share_index")
+            if src is not None:  # AlexeyAB shares weights, biases and BN arrays with layer src
+                if lyr.batch_normalize:
+                    if src in drop_bn:
+                        drop_bn.add(i)
+                        folded.append((i, t, None, src))
+                    else:
+                        kept.append((i, t, None, f"it shares the weights of layer {src}, whose batch normalization "
+                                                  "is not folded"))
+                head_why = f"layer {i} before it shares the weights of layer {src} (share_index)"
+                continue
+            mismatch = [j for j in sharers.get(i, []) if bool(layers[j].batch_normalize) != bool(lyr.batch_normalize)]
+            if lyr.batch_normalize:
+                aff = None
+                if why is None and mismatch:
+                    why = f"layer {mismatch[0]} shares its weights (share_index) without batch normalization"
+                if why is None:
+                    aff, why = own_bn(lyr, i)
+                if aff is None:
+                    kept.append((i, t, None, why))
+                    head_why = f"the batch normalization of layer {i} before it is left in place"
+                    continue
+                affines[(i, None)] = aff
+                drop_bn.add(i)
+                folded.append((i, t, None, i))
+            if why is not None:
+                head_why = f"layer {i} before it cannot be changed: {why}"
+            elif sharers.get(i):
+                head_why = f"layer {i} before it shares its weights with layer(s) {', '.join(map(str, sharers[i]))}"
+            elif activation(i) != "linear":
+                head_why = f"layer {i} before it has activation={activation(i)}, not linear"
+            elif t == "convolutional" and net.fork == "alexeyab" and \
+                    any(opt_int(i, k) for k in ("antialiasing", "coordconv", "bin_output")):
+                k = next(k for k in ("antialiasing", "coordconv", "bin_output") if opt_int(i, k))
+                head_why = f"layer {i} before it has {k}=1, which changes its output after the activation"
+            else:
+                head = affines.get((i, None))
+                if head is None:
+                    head = _Affine(_array(lyr, "weights", init_rv), _array(lyr, "biases", init_rv), binary(i))
+                    affines[(i, None)] = head
+        else:
+            head_why = f"layer {i} before it is a {t} layer, not convolutional or connected"
+            if t in _RECURRENT and lyr.batch_normalize:
+                why = unmodifiable(lyr)
+                parts = {}
+                for pname, part in lyr.parts.items():
+                    if why is not None:
+                        break
+                    aff, pwhy = own_bn(part, i)
+                    if aff is None:
+                        why = f"its inner layers share one batch_normalize key, and {pname} cannot be folded: {pwhy}"
+                    parts[pname] = aff
+                for pname in lyr.parts:
+                    if why is None:
+                        affines[(i, pname)] = parts[pname]
+                        folded.append((i, t, pname, i))
+                    else:
+                        kept.append((i, t, pname, why))
+                if why is None:
+                    drop_bn.add(i)
+
+    # drop the heads that absorbed nothing
+    affines = {k: v for k, v in affines.items() if v.w32 is not None}
+    index_map, n = [], 0
+    for lyr in layers:
+        if lyr.index in removed:
+            index_map.append(index_map[removed[lyr.index]])
+        else:
+            index_map.append(n)
+            n += 1
+    new_text = _edit_cfg(text, cfg, drop_bn, removed, index_map)
+    new_cfg = parse_cfg_text(new_text, f"{net.name} (folded)", flavor=fl)
+    batch = net.batch if net.time_steps == 1 else None
+    new = load_network(new_cfg, batch=batch, flavor=fl)
+    _fill(net, new, affines, removed, index_map)
+    new.header = net.header
+    _FOLDED_TEXT[new] = new_text
+    report = FoldReport(
+        flavor=fl,
+        folded=tuple(FoldedBN(i, t, p, into, index_map[into]) for i, t, p, into in folded),
+        kept=tuple(KeptBN(i, t, p, index_map[i], why) for i, t, p, why in kept),
+        removed=tuple(sorted(removed)), index_map=tuple(index_map), cfg_text=new_text, comments_kept=original)
+    return new, report
+
+
+def _fill(net: Network, new: Network, affines: dict, removed: dict, index_map: list) -> None:
+    """Copy the arrays into the folded network (folded weights and biases where BN was folded)."""
+    if len(new.layers) != len(net.layers) - len(removed):
+        raise RuntimeError(f"internal error: the folded cfg has {len(new.layers)} layers, expected "
+                           f"{len(net.layers) - len(removed)}")
+    for lyr in net.layers:
+        if lyr.index in removed:
+            continue
+        nl = new.layers[index_map[lyr.index]]
+        if nl.type != lyr.type:
+            raise RuntimeError(f"internal error: layer {lyr.index} ({lyr.type}) became {nl.type}")
+        if lyr.extras.get("share_index") is not None:
+            continue  # its arrays are its source's (one dict in both networks)
+        for pname, oh, nh in [(None, lyr, nl)] + [(p, lyr.parts[p], nl.parts[p]) for p in lyr.parts]:
+            aff = affines.get((lyr.index, pname))
+            for name in nh.array_names():
+                if aff is not None and name in ("weights", "biases"):
+                    w, b = aff.arrays()
+                    a = w if name == "weights" else b
+                else:
+                    a = oh.arrays.get(name)
+                    if a is None:
+                        continue  # never loaded: the folded network takes Darknet's initial value too
+                    a = np.array(a, dtype=np.float32, copy=True)
+                nh.arrays[name] = np.ascontiguousarray(a, dtype=np.float32).reshape(nh.array_shape(name))
+
+
+# ================================================================================================
+# The cfg text
+
+def _blank(raw: str) -> bool:
+    nul = raw.find("\0")
+    if nul >= 0:
+        raw = raw[:nul]
+    return not raw.strip(_WS)
+
+
+def _edit_cfg(text: str, cfg: CfgFile, drop_bn: set, removed: dict, index_map: list) -> str:
+    """The cfg text with batch_normalize (and AlexeyAB's cbn) lines of ``drop_bn`` and the sections of
+    ``removed`` taken out, and the layer references renumbered by ``index_map``."""
+    raw = text.split("\n")  # line k of Darknet's reading is raw[k - 1] (cfg._lines splits the same way)
+    gone: set = set()
+    for i in drop_bn:
+        sec = cfg.sections[i]
+        keys = {"batch_normalize"}
+        if cfg.fork == "alexeyab" and sec.type == "convolutional":
+            keys.add("cbn")
+        gone.update(o.line for o in sec.options if o.key in keys)
+    for i in removed:
+        sec = cfg.sections[i]
+        last = max([o.line for o in sec.options], default=sec.line)
+        gone.update(range(sec.line, last + 1))
+        if sec.line == 1 or _blank(raw[sec.line - 2]):  # and the blank lines after it
+            stop = len(raw) - 1 if raw[-1] == "" else len(raw)  # a final "" is the last line's '\n'
+            k = last + 1
+            while k <= stop and _blank(raw[k - 1]):
+                gone.add(k)
+                k += 1
+    refs = _REF_KEYS[cfg.fork]
+    for j, sec in enumerate(cfg.sections):
+        if j in removed:
+            continue
+        for key, is_list, absent in refs.get(sec.type, ()):
+            o = sec.find(key)
+            if o is None or o.line in gone:
+                continue
+            if absent is not None and c_atoi(o.value)[0] == absent:
+                continue
+
+            def resolve(v: int, j: int = j) -> int:
+                idx = v + j if v < 0 else v
+                if not 0 <= idx < len(index_map):
+                    return v  # not a valid reference (the network would not have loaded): leave it
+                return index_map[idx] - index_map[j] if v < 0 else index_map[idx]
+
+            raw[o.line - 1] = _rewrite_refs(raw[o.line - 1], is_list, resolve)
+    return "\n".join(r for k, r in enumerate(raw, 1) if k not in gone)
+
+
+def _rewrite_refs(line: str, is_list: bool, resolve: Callable[[int], int]) -> str:
+    """``line`` (a raw ``key=value`` line) with the integer each value piece starts with (as C's atoi
+    reads it) replaced by ``resolve(value)``; spacing and whatever follows a number are kept."""
+    nul = line.find("\0")
+    tail = ""
+    if nul >= 0:
+        line, tail = line[:nul], line[nul:]
+    eq = line.index("=")
+    pieces = line[eq + 1:].split(",")
+    for k, piece in enumerate(pieces if is_list else pieces[:1]):
+        pos = [p for p, ch in enumerate(piece) if ch not in _WS]  # raw positions of what Darknet keeps
+        stripped = "".join(piece[p] for p in pos)
+        v, _ = c_atoi(stripped)
+        nv = resolve(v)
+        if nv == v:
+            continue
+        off = len(stripped) - len(stripped.lstrip(_C_SPACE))
+        m = _INT_PREFIX.match(stripped, off)
+        n = m.end() - off if m else 0
+        if n:
+            start, end = pos[off], pos[off + n - 1] + 1
+        else:
+            start = end = pos[off] if off < len(pos) else len(piece)
+        pieces[k] = piece[:start] + str(nv) + piece[end:]
+    return line[:eq + 1] + ",".join(pieces) + tail
+
+
+# ================================================================================================
+# Files
+
+def save_folded(net: Network, report: FoldReport, cfg_path: str | os.PathLike,
+                weights_path: str | os.PathLike) -> int:
+    """Write the folded cfg (``report.cfg_text``, Latin-1 bytes as read) and ``net``'s ``.weights``
+    (its header: the original file's). Returns the bytes of the weights file."""
+    data = report.cfg_text.encode("latin-1")
+    with open(cfg_path, "wb") as f:
+        f.write(data)
+    return net.save_weights(weights_path)
+
+
+def fold_files(cfg: str | os.PathLike, weights: str | os.PathLike, out_cfg: str | os.PathLike,
+               out_weights: str | os.PathLike, *, flavor: str | Flavor = "pjreddie",
+               allow_trailing: bool = False, verify: bool = True) -> FoldReport:
+    """Fold a Darknet model on disk: read ``cfg`` and ``weights`` by the flavor's fork rules, fold with
+    its denominator, write ``out_cfg`` and ``out_weights``. With ``verify``, the written files are
+    loaded back and every array compared bit for bit (RuntimeError if they differ).
+
+    Raises:
+        DarknetCfgError, DarknetWeightsError: a bad cfg, weights that do not match it.
+        OSError: a file that cannot be read or written.
+        ValueError: an output path that is one of the inputs.
+    """
+    fl = get_flavor(flavor)
+    for out in (out_cfg, out_weights):
+        for src in (cfg, weights):
+            if os.path.exists(out) and os.path.exists(src) and os.path.samefile(out, src):
+                raise ValueError(f"{os.fspath(out)}: the output would overwrite the input {os.fspath(src)}")
+    if os.path.abspath(out_cfg) == os.path.abspath(out_weights):
+        raise ValueError(f"{os.fspath(out_cfg)}: the folded cfg and weights need two different files")
+    with open(cfg, "rb") as f:
+        text = f.read()
+    parsed = parse_cfg_text(text, os.fspath(cfg), flavor=fl)
+    net = load_network(parsed, weights, flavor=fl, allow_trailing=allow_trailing)
+    new, report = fold_network(net, flavor=fl, cfg_text=text)
+    save_folded(new, report, out_cfg, out_weights)
+    if verify:
+        back = load_network(parse_cfg_file(out_cfg, flavor=fl), out_weights, flavor=fl)
+        for a, b in zip(new.layers, back.layers):
+            for ha, hb in [(a, b)] + [(a.parts[p], b.parts[p]) for p in a.parts]:
+                for name in ha.array_names():
+                    if ha.arrays.get(name) is None and hb.arrays.get(name) is None:
+                        continue
+                    if not np.array_equal(ha.array(name).view(np.uint32), hb.array(name).view(np.uint32)):
+                        raise RuntimeError(f"{os.fspath(out_weights)}: layer {a.index} {name} differs after loading "
+                                           "the written files back")
+    return report
+
+
+# ================================================================================================
+# Command line
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def cmd_fold(args: argparse.Namespace) -> int:
+    """``darknet-bn fold``: 0 on success; 2 on a missing file, a bad cfg, mismatched weights, or an
+    output that would overwrite an input; 1 if the written files do not load back identical."""
+    try:
+        report = fold_files(args.cfg, args.weights, args.out_cfg, args.out_weights, flavor=args.flavor,
+                            allow_trailing=args.allow_trailing)
+    except (DarknetCfgError, DarknetWeightsError) as e:
+        return _error(str(e))
+    except OSError as e:
+        name = e.filename if e.filename is not None else args.cfg
+        return _error(f"cannot read or write {name}: {e.strerror or e}")
+    except RuntimeError as e:
+        print(f"{PROG}: check failed: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        return _error(str(e))
+    print(report.summary())
+    print(f"wrote {args.out_cfg} and {args.out_weights}")
+    return 0
+
+
+def add_fold_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``darknet-bn fold CFG WEIGHTS --out-cfg F --out-weights G [--flavor F]``
+    (``func=cmd_fold``, ``parser`` set)."""
+    from .flavors import FLAVORS
+
+    p = subparsers.add_parser(
+        "fold", help="fold batch normalization into the weights of a Darknet model",
+        description="Fold every batch normalization of a Darknet model into the weights and biases of its "
+                    "convolutional and connected layers (w' = w*scale/s, b' = bias - scale*rolling_mean/s, s the "
+                    "flavor's inference denominator; float64, stored float32), merge [batchnorm] sections into the "
+                    "layer before them where that is exact, and write a cfg and a .weights file that Darknet and "
+                    "darknet_bn load as a plain network. BN layers that cannot be folded exactly are left in place "
+                    "and listed.")
+    p.add_argument("cfg", metavar="CFG", help="the .cfg file")
+    p.add_argument("weights", metavar="WEIGHTS", help="its .weights file")
+    p.add_argument("--out-cfg", required=True, metavar="F", help="the folded .cfg to write")
+    p.add_argument("--out-weights", required=True, metavar="G", help="the folded .weights to write")
+    p.add_argument("--flavor", default="pjreddie", choices=sorted(FLAVORS),
+                   help="pjreddie: pjreddie's Darknet (s = sqrt(rv) + 1e-6); alexeyab, torch: AlexeyAB's "
+                        "(s = sqrt(rv + 1e-5)); also the fork whose file rules are followed (default: pjreddie)")
+    p.add_argument("--allow-trailing", action="store_true", help="accept bytes after the last array of WEIGHTS")
+    p.set_defaults(func=cmd_fold, parser=p)
+    return p

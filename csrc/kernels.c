@@ -8,6 +8,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stddef.h>
 
 typedef struct {
     float *out;              /* the per-channel output */
@@ -22,6 +23,37 @@ typedef struct {
 
 #define CTX(job) ((const kctx *)(job)->ctx)
 
+/* A reduction of a (and b) around a shift; coef writes the kernel's per-channel output. */
+static void reduce(const float *a, const float *b, int kind, int shift_mode, const float *shift, int64_t batch,
+                   int64_t c, int64_t spatial, dbn_coef_fn coef, const kctx *ctx, const dbn_exec *exec)
+{
+    dbn_job job;
+    dbn_job_init(&job, batch, c, spatial);
+    job.reduce = kind;
+    job.shift_mode = shift_mode;
+    job.shift = shift;
+    job.a = a;
+    job.b = b;
+    job.coef = coef;
+    job.ctx = ctx;
+    dbn_run(&job, exec);
+}
+
+/* A map into out (which may be a or b: in place); coef gives the per-channel coefficients. */
+static void map(const float *a, const float *b, float *out, int kind, int64_t batch, int64_t c, int64_t spatial,
+                dbn_coef_fn coef, const kctx *ctx, const dbn_exec *exec)
+{
+    dbn_job job;
+    dbn_job_init(&job, batch, c, spatial);
+    job.map = kind;
+    job.a = a;
+    job.b = b;
+    job.out = out;
+    job.coef = coef;
+    job.ctx = ctx;
+    dbn_run(&job, exec);
+}
+
 /* ---- reductions ---------------------------------------------------------------------------------- */
 
 static void coef_mean(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
@@ -35,14 +67,7 @@ void mean_cpu(const float *restrict x, int64_t batch, int64_t filters, int64_t s
               float *restrict mean, const dbn_exec *exec)
 {
     kctx ctx = {.out = mean, .n = (double)batch * (double)spatial};
-    dbn_job job;
-    dbn_job_init(&job, batch, filters, spatial);
-    job.reduce = DBN_R_SUM2;
-    job.shift_mode = DBN_SHIFT_ESTIMATE;
-    job.a = x;
-    job.coef = coef_mean;
-    job.ctx = &ctx;
-    dbn_run(&job, exec);
+    reduce(x, NULL, DBN_R_SUM2, DBN_SHIFT_ESTIMATE, NULL, batch, filters, spatial, coef_mean, &ctx, exec);
 }
 
 static void coef_variance(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
@@ -57,15 +82,7 @@ void variance_cpu(const float *restrict x, const float *restrict mean, int64_t b
                   int64_t spatial, float *restrict variance, const dbn_exec *exec)
 {
     kctx ctx = {.out = variance, .n = (double)batch * (double)spatial};
-    dbn_job job;
-    dbn_job_init(&job, batch, filters, spatial);
-    job.reduce = DBN_R_SUM2;
-    job.shift_mode = DBN_SHIFT_GIVEN;   /* sum (x - mean)^2 around the given mean, as Darknet */
-    job.shift = mean;
-    job.a = x;
-    job.coef = coef_variance;
-    job.ctx = &ctx;
-    dbn_run(&job, exec);
+    reduce(x, NULL, DBN_R_SUM2, DBN_SHIFT_GIVEN, mean, batch, filters, spatial, coef_variance, &ctx, exec);
 }
 
 /* out += s0 (backward_bias) */
@@ -80,13 +97,7 @@ void backward_bias(float *restrict bias_updates, const float *restrict delta, in
                    int64_t size, const dbn_exec *exec)
 {
     kctx ctx = {.out = bias_updates};
-    dbn_job job;
-    dbn_job_init(&job, batch, n, size);
-    job.reduce = DBN_R_SUM2;
-    job.a = delta;
-    job.coef = coef_add_s0;
-    job.ctx = &ctx;
-    dbn_run(&job, exec);
+    reduce(delta, NULL, DBN_R_SUM2, DBN_SHIFT_ZERO, NULL, batch, n, size, coef_add_s0, &ctx, exec);
 }
 
 /* out += s1 (backward_scale_cpu) */
@@ -101,14 +112,7 @@ void backward_scale_cpu(const float *restrict x_norm, const float *restrict delt
                         int64_t n, int64_t size, float *restrict scale_updates, const dbn_exec *exec)
 {
     kctx ctx = {.out = scale_updates};
-    dbn_job job;
-    dbn_job_init(&job, batch, n, size);
-    job.reduce = DBN_R_DOT2;    /* s1 = sum delta * (x_norm - 0) */
-    job.a = x_norm;
-    job.b = delta;
-    job.coef = coef_add_s1;
-    job.ctx = &ctx;
-    dbn_run(&job, exec);
+    reduce(x_norm, delta, DBN_R_DOT2, DBN_SHIFT_ZERO, NULL, batch, n, size, coef_add_s1, &ctx, exec);
 }
 
 static void coef_mean_delta(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
@@ -124,13 +128,7 @@ void mean_delta_cpu(const float *restrict delta, const float *restrict variance,
                     int64_t filters, int64_t spatial, float *restrict mean_delta, const dbn_exec *exec)
 {
     kctx ctx = {.out = mean_delta, .var = variance};
-    dbn_job job;
-    dbn_job_init(&job, batch, filters, spatial);
-    job.reduce = DBN_R_SUM2;
-    job.a = delta;
-    job.coef = coef_mean_delta;
-    job.ctx = &ctx;
-    dbn_run(&job, exec);
+    reduce(delta, NULL, DBN_R_SUM2, DBN_SHIFT_ZERO, NULL, batch, filters, spatial, coef_mean_delta, &ctx, exec);
 }
 
 static void coef_variance_delta(const dbn_job *job, int64_t c0, int64_t n, const double *s0,
@@ -147,16 +145,7 @@ void variance_delta_cpu(const float *restrict x, const float *restrict delta, co
                         float *restrict variance_delta, const dbn_exec *exec)
 {
     kctx ctx = {.out = variance_delta, .var = variance};
-    dbn_job job;
-    dbn_job_init(&job, batch, filters, spatial);
-    job.reduce = DBN_R_DOT2;    /* s1 = sum delta * (x - mean) */
-    job.shift_mode = DBN_SHIFT_GIVEN;
-    job.shift = mean;
-    job.a = x;
-    job.b = delta;
-    job.coef = coef_variance_delta;
-    job.ctx = &ctx;
-    dbn_run(&job, exec);
+    reduce(x, delta, DBN_R_DOT2, DBN_SHIFT_GIVEN, mean, batch, filters, spatial, coef_variance_delta, &ctx, exec);
 }
 
 /* ---- maps ---------------------------------------------------------------------------------------- */
@@ -180,14 +169,7 @@ void normalize_cpu(float *restrict x, const float *restrict mean, const float *r
                    const dbn_exec *exec)
 {
     kctx ctx = {.mean = mean, .var = variance, .eps = eps, .eps_in_sqrt = eps_in_sqrt};
-    dbn_job job;
-    dbn_job_init(&job, batch, filters, spatial);
-    job.map = DBN_M_AFFINE;
-    job.a = x;
-    job.out = x;
-    job.coef = coef_normalize;
-    job.ctx = &ctx;
-    dbn_run(&job, exec);
+    map(x, NULL, x, DBN_M_AFFINE, batch, filters, spatial, coef_normalize, &ctx, exec);
 }
 
 /* out = x * coef (scale_bias) */
@@ -207,14 +189,7 @@ void scale_bias(float *restrict output, const float *restrict scales, int64_t ba
                 int64_t size, const dbn_exec *exec)
 {
     kctx ctx = {.coef = scales};
-    dbn_job job;
-    dbn_job_init(&job, batch, n, size);
-    job.map = DBN_M_AFFINE;
-    job.a = output;
-    job.out = output;
-    job.coef = coef_scale;
-    job.ctx = &ctx;
-    dbn_run(&job, exec);
+    map(output, NULL, output, DBN_M_AFFINE, batch, n, size, coef_scale, &ctx, exec);
 }
 
 /* out = x * 1 + coef (add_bias) */
@@ -234,14 +209,7 @@ void add_bias(float *restrict output, const float *restrict biases, int64_t batc
               int64_t size, const dbn_exec *exec)
 {
     kctx ctx = {.coef = biases};
-    dbn_job job;
-    dbn_job_init(&job, batch, n, size);
-    job.map = DBN_M_AFFINE;
-    job.a = output;
-    job.out = output;
-    job.coef = coef_shift;
-    job.ctx = &ctx;
-    dbn_run(&job, exec);
+    map(output, NULL, output, DBN_M_AFFINE, batch, n, size, coef_shift, &ctx, exec);
 }
 
 /* delta = delta / denominator(variance) + (x - mean) * 2 variance_delta / N + mean_delta / N */
@@ -266,13 +234,5 @@ void normalize_delta_cpu(const float *restrict x, const float *restrict mean, co
 {
     kctx ctx = {.mean = mean, .var = variance, .md = mean_delta, .vd = variance_delta,
                 .n = (double)batch * (double)spatial, .eps = eps, .eps_in_sqrt = eps_in_sqrt};
-    dbn_job job;
-    dbn_job_init(&job, batch, filters, spatial);
-    job.map = DBN_M_BWD;
-    job.a = x;
-    job.b = delta;
-    job.out = delta;
-    job.coef = coef_normalize_delta;
-    job.ctx = &ctx;
-    dbn_run(&job, exec);
+    map(x, delta, delta, DBN_M_BWD, batch, filters, spatial, coef_normalize_delta, &ctx, exec);
 }

@@ -26,7 +26,6 @@ import json
 import math
 import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence

@@ -60,7 +60,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from darknet_bn import bench, kernels
+    from darknet_bn import bench
 
     if args.cfg is not None:
         from darknet_bn.cli_files import cmd_bench_cfg
@@ -70,32 +70,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         shapes = [bench.parse_shape(s) for s in args.shape] if args.shape else bench.DEFAULT_SHAPES
     except ValueError as e:
         return _usage_error(args, str(e))
-    peers = [p for p in (s.strip() for s in args.compare.split(",")) if p] if args.compare else []
-    unknown = [p for p in peers if p not in bench.PEERS]
-    if unknown:
-        return _usage_error(args, f"--compare: unknown peer(s) {', '.join(unknown)}; choose from {', '.join(bench.PEERS)}")
-    notes = []
-    if "torch" in peers:
-        try:
-            import torch
-        except ImportError:
-            peers.remove("torch")
-            notes.append("torch is not installed (pip install torch): not compared")
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            return _usage_error(args, "--plot needs matplotlib (pip install matplotlib)")
-    if args.threads is not None:
-        if args.threads < 1:
-            return _usage_error(args, f"--threads: expected a count >= 1, got {args.threads}")
-        kernels.set_num_threads(args.threads)
-    threads = kernels.get_num_threads()
-    if "torch" in peers:
-        torch.set_num_threads(threads)
-    if args.repeat is not None and args.repeat < 1:
-        return _usage_error(args, f"--repeat: expected a count >= 1, got {args.repeat}")
-
+    try:
+        peers, notes, threads = bench_options(args)
+    except ValueError as e:
+        return _usage_error(args, str(e))
     passes = bench.PASSES + (bench.RENORM_PASSES if args.renorm else ())
     total = sum(len(passes) * (args.repeat or bench.default_rounds(s)) for s in shapes)
     bar = _Progress(total, "bench")
@@ -118,6 +96,41 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         bench.plot(args.plot, results, peers)
     return 0
+
+
+def bench_options(args: argparse.Namespace) -> tuple[list[str], list[str], int]:
+    """Check and apply the options every bench shares (``--threads``, ``--repeat``, ``--compare``,
+    ``--plot``): returns (peers, notes for the output, the thread count now set). torch, when asked for
+    and not installed, is dropped with a note. Raises ValueError with the message for a bad option."""
+    from darknet_bn import bench, kernels
+
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected a count >= 1, got {args.threads}")
+    if args.repeat is not None and args.repeat < 1:
+        raise ValueError(f"--repeat: expected a count >= 1, got {args.repeat}")
+    peers = [p for p in (s.strip() for s in (args.compare or "").split(",")) if p]
+    unknown = [p for p in peers if p not in bench.PEERS]
+    if unknown:
+        raise ValueError(f"--compare: unknown peer(s) {', '.join(unknown)}; choose from {', '.join(bench.PEERS)}")
+    notes = []
+    torch = None
+    if "torch" in peers:
+        try:
+            import torch
+        except ImportError:
+            peers.remove("torch")
+            notes.append("torch is not installed (pip install torch): not compared")
+    if getattr(args, "plot", None):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot needs matplotlib (pip install matplotlib)") from None
+    if args.threads is not None:
+        kernels.set_num_threads(args.threads)
+    threads = kernels.get_num_threads()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    return peers, notes, threads
 
 
 def _usage_error(args: argparse.Namespace, message: str) -> int:

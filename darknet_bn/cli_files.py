@@ -274,32 +274,17 @@ def cmd_bench_cfg(args: argparse.Namespace) -> int:
     """``darknet-bn bench --cfg``: reads ``cfg, weights, batch, flavor, threads, repeat, compare, json,
     plot`` (and ``shape``, ``renorm`` when present) from ``args``; 2 on bad arguments, a missing file, a
     bad cfg or mismatched weights."""
-    from . import bench, kernels
+    from . import bench
+    from .cli import _Progress, bench_options
 
     if getattr(args, "shape", None):
         return _error("--shape and --cfg exclude each other")
     if args.batch is not None and args.batch < 1:
         return _error(f"--batch: expected a count >= 1, got {args.batch}")
-    if args.threads is not None and args.threads < 1:
-        return _error(f"--threads: expected a count >= 1, got {args.threads}")
-    if args.repeat is not None and args.repeat < 1:
-        return _error(f"--repeat: expected a count >= 1, got {args.repeat}")
-    peers = [p for p in (s.strip() for s in (args.compare or "").split(",")) if p]
-    unknown = [p for p in peers if p not in bench.PEERS]
-    if unknown:
-        return _error(f"--compare: unknown peer(s) {', '.join(unknown)}; choose from {', '.join(bench.PEERS)}")
-    notes = []
-    if "torch" in peers:
-        try:
-            import torch
-        except ImportError:
-            peers.remove("torch")
-            notes.append("torch is not installed (pip install torch): not compared")
-    if getattr(args, "plot", None):
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            return _error("--plot needs matplotlib (pip install matplotlib)")
+    try:
+        peers, notes, threads = bench_options(args)
+    except ValueError as e:
+        return _error(str(e))
     net = load_or_error(args.cfg, args.weights, args.batch, args.flavor)
     if isinstance(net, int):
         return net
@@ -308,28 +293,16 @@ def cmd_bench_cfg(args: argparse.Namespace) -> int:
     if not any(bn.batch * bn.h * bn.w >= 2 for bn in net.bn_layers):
         return _error(f"{net.name}: every BN layer has batch*h*w = 1 at batch {net.batch}, where a training forward "
                       "is undefined; use --batch 2 or more")
-    if args.threads is not None:
-        kernels.set_num_threads(args.threads)
-    threads = kernels.get_num_threads()
-    if "torch" in peers:
-        torch.set_num_threads(threads)
     passes = tuple(bench.PASSES) + (tuple(getattr(bench, "RENORM_PASSES", ())) if getattr(args, "renorm", False)
                                     else ())
     shapes = list(dict.fromkeys(bn.shape for bn in net.bn_layers if bn.batch * bn.h * bn.w >= 2))
     total = sum(len(passes) * (args.repeat or bench.default_rounds(s)) for s in shapes)
-    done = [0]
-
-    def progress(n: int) -> None:
-        done[0] += n
-        if sys.stderr.isatty():
-            print(f"\rbench: {done[0]}/{total}", end="", file=sys.stderr, flush=True)
-
+    bar = _Progress(total, "bench --cfg")
     try:
         res = bench_cfg(net.cfg, batch=net.batch, flavor=args.flavor, repeat=args.repeat, peers=peers,
-                        passes=passes, progress=progress)
+                        passes=passes, progress=bar.update)
     finally:
-        if sys.stderr.isatty():
-            print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
+        bar.close()
     info = bench.machine_info(threads)
     print(f"darknet-bn bench --cfg: {_summary(net)}")
     print(f"flavor {args.flavor}, {threads} thread(s), {info['isa']}, triad bandwidth "

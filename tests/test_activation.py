@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import reference as ref
 from conftest import SHAPES, assert_close, make_data
 from darknet_bn import ACTIVATIONS, Flavor, make_batchnorm_layer
 from darknet_bn import kernels as K

@@ -440,6 +440,9 @@ def fold_network(net: Network, *, flavor: str | Flavor | None = None,
                     if src in drop_bn:
                         drop_bn.add(i)
                         folded.append((i, t, None, src))
+                    elif not layers[src].batch_normalize:
+                        kept.append((i, t, None, f"it shares the weights of layer {src}, which has no batch "
+                                                  "normalization"))
                     else:
                         kept.append((i, t, None, f"it shares the weights of layer {src}, whose batch normalization "
                                                   "is not folded"))

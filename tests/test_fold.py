@@ -444,30 +444,32 @@ def test_oracle_cfgs_with_darknets_weights(fork, name, flavor, tmp_path):
         assert folded.bn_layers == [] and "batch_normalize" not in report.cfg_text
 
 
-def test_bn_small_against_darknet_layer(tmp_path):
-    """The same on bn_small through darknet_bn's own float32 inference BN (Layer.forward)."""
-    for fork, flavor in (("pjreddie", "pjreddie"), ("alexeyab", "alexeyab"), ("alexeyab", "torch")):
-        net = load_network(ORACLE / "bn_small.cfg", EXPECTED_W / fork / "bn_small" / "bn_small.weights",
-                           flavor=flavor)
-        folded, report = fold_network(net)
-        rng = np.random.default_rng(5)
-        conv, new = net.layers[0], folded.layers[0]
-        x = rng.normal(size=(3, 3, 8, 8)).astype(np.float32)
-        g = geometry(conv)
-        z = ref_conv(x, conv.weights, out_h=8, out_w=8, **g).astype(np.float32)
-        lyr = Layer(3, 8, 8, 4, flavor)
+@pytest.mark.parametrize("fork,name,flavor", WEIGHT_CASES, ids=["-".join(c) for c in WEIGHT_CASES])
+def test_oracle_cfgs_against_darknet_bn_layer(fork, name, flavor):
+    """The same through darknet_bn's own float32 inference BN: for every folded layer, Layer.forward(conv
+    output, train=False) -- the BN the folded weights replace -- equals the folded layer's output."""
+    net = load_network(ORACLE / f"{name}.cfg", EXPECTED_W / fork / name / f"{name}.weights", flavor=flavor)
+    folded, report = fold_network(net)
+    rng = np.random.default_rng(5)
+    batch = 2
+    for bn in net.bn_layers:
+        if bn.type == "batchnorm":
+            continue
+        lyr, new = net.layers[bn.index], folded.layers[report.index_map[bn.index]]
+        if lyr.type == "convolutional":
+            x = rng.normal(size=(batch, lyr.c, lyr.h, lyr.w)).astype(np.float32)
+            kw = dict(out_h=lyr.out_h, out_w=lyr.out_w, **geometry(lyr))
+            z = ref_conv(x, lyr.weights, **kw).astype(np.float32)
+            got = ref_conv(x, new.weights, **kw) + new.biases.reshape(1, -1, 1, 1)
+        else:
+            x = rng.normal(size=(batch, lyr.inputs)).astype(np.float32)
+            z = ref_connected(x, lyr.weights).astype(np.float32)
+            got = ref_connected(x, new.weights) + new.biases
+        layer = Layer(batch, bn.w, bn.h, bn.c, flavor)
         for k in BN_NAMES:
-            getattr(lyr, k)[:] = getattr(net.bn_layers[0], k)
-        want = lyr.forward(z, train=False).astype(np.float64)
-        got = ref_conv(x, new.weights, out_h=8, out_w=8, **g) + new.biases.reshape(1, -1, 1, 1)
-        assert_close(got, want, rtol=1e-5, name=f"bn_small conv, {flavor}")
-        fc, nfc = net.layers[3], folded.layers[3]
-        xf = rng.normal(size=(3, 64)).astype(np.float32)
-        lyr = Layer(3, 1, 1, 10, flavor)
-        for k in BN_NAMES:
-            getattr(lyr, k)[:] = getattr(net.bn_layers[2], k)
-        want = lyr.forward(ref_connected(xf, fc.weights).astype(np.float32), train=False).astype(np.float64)
-        assert_close(ref_connected(xf, nfc.weights) + nfc.biases, want, rtol=1e-5, name=f"bn_small connected, {flavor}")
+            getattr(layer, k)[:] = getattr(bn, k)
+        want = layer.forward(np.ascontiguousarray(z), train=False).astype(np.float64)
+        assert_close(got, want.reshape(got.shape), rtol=1e-5, name=f"{name} layer {bn.index} ({flavor})")
 
 
 # ================================================================================================
@@ -750,13 +752,33 @@ def test_kept_batchnorm_sections(text, reason):
     check_fold(net, folded, report, "pjreddie")
 
 
-def test_kept_share_index_mismatch():
-    text = ("[net]\nbatch=1\nwidth=5\nheight=5\nchannels=3\n\n[convolutional]\nbatch_normalize=1\nfilters=3\n"
-            "size=1\nactivation=linear\n\n[convolutional]\nshare_index=0\nfilters=3\nsize=1\nactivation=linear\n")
+@pytest.mark.parametrize("bn0,bn1,reason", [
+    (1, 0, "layer 1 shares its weights (share_index) without batch normalization"),
+    (0, 1, "it shares the weights of layer 0, which has no batch normalization"),
+])
+def test_kept_share_index_mismatch(bn0, bn1, reason):
+    text = (f"[net]\nbatch=1\nwidth=5\nheight=5\nchannels=3\n\n[convolutional]\nbatch_normalize={bn0}\nfilters=3\n"
+            f"size=1\nactivation=linear\n\n[convolutional]\nbatch_normalize={bn1}\nshare_index=0\nfilters=3\nsize=1\n"
+            "activation=linear\n")
     net = _one(text, "alexeyab")
     folded, report = fold_network(net)
-    assert report.folded == ()
-    assert "layer 1 shares its weights (share_index) without batch normalization" in report.kept[0].reason
+    assert report.folded == () and [k.reason for k in report.kept] == [reason]
+    assert snapshot(folded) == snapshot(net)
+
+
+def test_flipped_convolution(tmp_path):
+    """flipped=1: the file holds the filters transposed; folding works on Darknet's memory layout and the
+    folded file is flipped too."""
+    net = _one(CONV + "batch_normalize=1\nflipped=1\nactivation=leaky\n", "pjreddie")
+    src = tmp_path / "flipped.weights"
+    net.save_weights(src)
+    net = load_network(CONV + "batch_normalize=1\nflipped=1\nactivation=leaky\n", src)
+    folded, report, n = fold_and_check_all(net, "pjreddie", tmp_path)
+    assert n == 1 and "flipped=1" in report.cfg_text
+    out = tmp_path / "f.weights"
+    folded.save_weights(out)
+    raw = np.fromfile(out, dtype="<f4", offset=20)
+    assert np.array_equal(raw[3:].reshape(18, 3).T, folded.layers[0].weights.reshape(3, 18))
 
 
 def test_recurrent_all_or_nothing():

@@ -634,11 +634,28 @@ def _rewrite_refs(line: str, is_list: bool, resolve: Callable[[int], int]) -> st
 def save_folded(net: Network, report: FoldReport, cfg_path: str | os.PathLike,
                 weights_path: str | os.PathLike) -> int:
     """Write the folded cfg (``report.cfg_text``, Latin-1 bytes as read) and ``net``'s ``.weights``
-    (its header: the original file's). Returns the bytes of the weights file."""
+    (its header: the original file's). Both are written to temporary files next to their targets and
+    renamed once both are complete, so an error leaves neither half-written. Returns the bytes of the
+    weights file. Raises OSError when a file cannot be written."""
     data = report.cfg_text.encode("latin-1")
-    with open(cfg_path, "wb") as f:
-        f.write(data)
-    return net.save_weights(weights_path)
+    tmp_cfg = f"{os.fspath(cfg_path)}.{os.getpid()}.tmp"
+    tmp_w = f"{os.fspath(weights_path)}.{os.getpid()}.tmp"
+    target = cfg_path
+    try:
+        with open(tmp_cfg, "wb") as f:
+            f.write(data)
+        target = weights_path
+        n = net.save_weights(tmp_w)
+        os.replace(tmp_w, weights_path)
+        target = cfg_path
+        os.replace(tmp_cfg, cfg_path)
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror, os.fspath(target)) from e
+    finally:
+        for t in (tmp_cfg, tmp_w):
+            if os.path.exists(t):
+                os.remove(t)
+    return n
 
 
 def fold_files(cfg: str | os.PathLike, weights: str | os.PathLike, out_cfg: str | os.PathLike,
@@ -697,7 +714,9 @@ def cmd_fold(args: argparse.Namespace) -> int:
         return _error(str(e))
     except OSError as e:
         name = e.filename if e.filename is not None else args.cfg
-        return _error(f"cannot read or write {name}: {e.strerror or e}")
+        outs = {os.fspath(args.out_cfg), os.fspath(args.out_weights)}
+        verb = "write" if os.fspath(name) in outs else "read"
+        return _error(f"cannot {verb} {name}: {e.strerror or e}")
     except RuntimeError as e:
         print(f"{PROG}: check failed: {e}", file=sys.stderr)
         return 1

@@ -897,7 +897,7 @@ def test_cli_flavors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("what", ["missing cfg", "missing weights", "bad cfg", "short weights", "overwrite input",
-                                  "same outputs"])
+                                  "same outputs", "unwritable output"])
 def test_cli_errors(what, tmp_path, capsys):
     cfg = ORACLE / "bn_small.cfg"
     weights = EXPECTED_W / "pjreddie" / "bn_small" / "bn_small.weights"
@@ -918,12 +918,19 @@ def test_cli_errors(what, tmp_path, capsys):
         cfg, out_cfg = local, local
     elif what == "same outputs":
         out_w = out_cfg
+    elif what == "unwritable output":
+        out_w = tmp_path / "no such dir" / "o.weights"
     before = cfg.read_bytes() if cfg.exists() else None
     code, out, err = run(["fold", cfg, weights, "--out-cfg", out_cfg, "--out-weights", out_w], capsys)
     assert code == 2 and out == ""
     assert err.startswith("darknet-bn: error: ") and err.count("\n") == 1, err
+    if what.startswith("missing"):
+        assert f"cannot read {weights if what == 'missing weights' else cfg}: No such file" in err
+    if what == "unwritable output":
+        assert f"cannot write {out_w}" in err
     if what != "overwrite input":
-        assert not out_w.exists() or what == "same outputs"
+        assert not out_w.exists() and (not out_cfg.exists() or what == "same outputs")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     if before is not None:
         assert cfg.read_bytes() == before
 

@@ -608,7 +608,7 @@ def conv_cases(draw):
     return text, flavor, draw(st.integers(0, 2**32 - 1)), draw(st.sampled_from([0.0, 0.3]))
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=conv_cases())
 def test_random_convolutions(case, tmp_path_factory):
     text, flavor, seed, rv_zero = case
@@ -629,7 +629,7 @@ def connected_cases(draw):
     return text, flavor, draw(st.integers(0, 2**32 - 1)), draw(st.booleans())
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=connected_cases())
 def test_random_connected_layers(case, tmp_path_factory):
     """Also through a file whose connected weights are stored transposed (major > 1000): the folded file

@@ -225,16 +225,25 @@ class _Affine:
     """A layer's weights and biases in float64 while BNs are folded into it (per output channel)."""
 
     def __init__(self, w: np.ndarray, b: np.ndarray | None, binary: bool) -> None:
-        self.w0 = w
-        self.w = np.asarray(w, dtype=np.float64).reshape(w.shape[0], -1)
-        self.b = None if b is None else np.asarray(b, dtype=np.float64).reshape(-1)
+        self.w0, self.b0 = w, b
+        self.w: np.ndarray | None = None  # float64 (n, rest), made on the first fold, dropped by release()
+        self.b: np.ndarray | None = None
         self.binary = binary
         self.w32: np.ndarray | None = None
         self.b32: np.ndarray | None = None
 
+    def release(self) -> None:
+        """Drop the float64 copies (no more folds into this layer)."""
+        self.w = self.b = None
+
     def fold(self, a: np.ndarray, c: np.ndarray, params: tuple, fl: Flavor) -> str | None:
         """y = a * (w x + b) + c (b absent: a layer's own BN, whose bias is in c). Returns None when done,
         else why not (the state is then unchanged)."""
+        if self.w is None:
+            if self.w32 is not None:
+                raise RuntimeError("internal error: folding into a released layer")
+            self.w = np.asarray(self.w0, dtype=np.float64).reshape(self.w0.shape[0], -1)
+            self.b = None if self.b0 is None else np.asarray(self.b0, dtype=np.float64).reshape(-1)
         if not all(np.all(np.isfinite(np.asarray(p, dtype=np.float64))) for p in params) or \
                 not np.all(np.isfinite(self.w)) or (self.b is not None and not np.all(np.isfinite(self.b))):
             return "non-finite values in its weights, biases or BN parameters"
@@ -429,8 +438,12 @@ def fold_network(net: Network, *, flavor: str | Flavor | None = None,
                 chain_last = i
             else:
                 kept.append((i, t, None, why))
+                if head is not None:
+                    head.release()
                 head, head_why = None, f"layer {i} before it is a [batchnorm] left in place"
             continue
+        if head is not None:
+            head.release()
         head, head_index, chain_last = None, i, i
         if t in ("convolutional", "connected"):
             why = unmodifiable(lyr)
@@ -477,6 +490,9 @@ def fold_network(net: Network, *, flavor: str | Flavor | None = None,
                 if head is None:
                     head = _Affine(_array(lyr, "weights", init_rv), _array(lyr, "biases", init_rv), binary(i))
                     affines[(i, None)] = head
+            own = affines.get((i, None))
+            if own is not None and own is not head:
+                own.release()
         else:
             head_why = f"layer {i} before it is a {t} layer, not convolutional or connected"
             if t in _RECURRENT and lyr.batch_normalize:
@@ -488,6 +504,8 @@ def fold_network(net: Network, *, flavor: str | Flavor | None = None,
                     aff, pwhy = own_bn(part, i)
                     if aff is None:
                         why = f"its inner layers share one batch_normalize key, and {pname} cannot be folded: {pwhy}"
+                    else:
+                        aff.release()
                     parts[pname] = aff
                 for pname in lyr.parts:
                     if why is None:

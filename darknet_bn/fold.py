@@ -38,8 +38,9 @@ otherwise). The inner layers of ``rnn``/``gru``/``lstm``/``crnn`` share one ``ba
 they are folded all together or not at all.
 
 The folded cfg is the original text with the ``batch_normalize`` lines (and AlexeyAB's ``cbn``) of
-the folded layers and the merged ``[batchnorm]`` sections removed; every other line -- comments,
-blank lines, line endings -- is kept. The ``.weights`` file keeps the original header. Folding a folded
+the folded layers and the merged ``[batchnorm]`` sections (with the blank lines after them) removed,
+and the references after them renumbered; every other line -- comments, blank lines, line endings --
+is kept. The ``.weights`` file keeps the original header. Folding a folded
 network changes nothing.
 
 API: :func:`fold_network` (a new :class:`~darknet_bn.network.Network`, the original untouched, and a

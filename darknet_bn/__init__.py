@@ -8,6 +8,7 @@
 
 from .cfg import DarknetCfgError, parse_cfg
 from .flavors import FLAVORS, Flavor, get_flavor, torch_flavor
+from .fold import FoldReport, fold_files, fold_network, save_folded
 from .kernels import get_num_threads, has_openmp, set_num_threads
 from .layer import ACTIVATIONS, Layer, make_batchnorm_layer
 from .network import BNLayer, DarknetLayer, Network, load_network
@@ -16,5 +17,6 @@ from .weights import DarknetWeightsError, WeightsHeader
 __version__ = "0.1.0"
 
 __all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS", "load_network", "Network", "DarknetLayer", "BNLayer",
-           "DarknetCfgError", "DarknetWeightsError", "WeightsHeader", "parse_cfg", "Flavor", "FLAVORS", "get_flavor", "torch_flavor",
+           "DarknetCfgError", "DarknetWeightsError", "WeightsHeader", "parse_cfg",
+           "fold_network", "save_folded", "fold_files", "FoldReport", "Flavor", "FLAVORS", "get_flavor", "torch_flavor",
            "set_num_threads", "get_num_threads", "has_openmp", "__version__"]

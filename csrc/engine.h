@@ -692,25 +692,50 @@ static inline void run_bwd_x(const float *a, const float *b, float *out, float *
     }
 }
 
+/* Where a flat position e falls: its offset in its plane (s) and its channel (ch). Runs never cross a
+ * plane, so the next run's position follows without a division. */
+typedef struct {
+    int64_t s, ch;
+} flatpos;
+
+static inline flatpos flat_at(int64_t e, int64_t S, int64_t C)
+{
+    const flatpos p = {e % S, (e / S) % C};
+    return p;
+}
+
+static inline void flat_advance(flatpos *p, int64_t m, int64_t S, int64_t C)
+{
+    p->s += m;
+    if (p->s == S) {
+        p->s = 0;
+        if (++p->ch == C) p->ch = 0;
+    }
+}
+
 /* map_flat with an activation, specialized per activation (AFFINE, inference). */
 DBN_INLINE void map_flat_act_k(const dbn_job *job, int64_t e0, int64_t e1, int act)
 {
     const int64_t C = job->plan.c, S = job->plan.spatial, row = C * S;
-    for (int64_t e = e0; e < e1;) {
-        int64_t m;
-        if (job->plan.expand) {
-            const int64_t o = e % row;
-            if (o == 0 && row <= DBN_EXPAND_MAX && e + 2 * row <= e1) {
-                m = 2 * row;
-                run_x2_k(0, act, job->a + e, NULL, job->out + e, NULL, row, row, job->k, job->p, job->q, NULL);
-            } else {
-                m = min64(row - o, e1 - e);
-                run_affine_x_act_k(job->a + e, job->out + e, m, job->k + o, job->p + o, job->q + o, act);
-            }
-        } else {
-            const int64_t s = e % S, ch = (e / S) % C;
-            m = min64(S - s, e1 - e);
+    if (!job->plan.expand) {
+        flatpos at = flat_at(e0, S, C);
+        for (int64_t e = e0; e < e1;) {
+            const int64_t m = min64(S - at.s, e1 - e), ch = at.ch;
             run_affine_act_k(job->a + e, job->out + e, m, job->k[ch], job->p[ch], job->q[ch], act, job->nt);
+            e += m;
+            flat_advance(&at, m, S, C);
+        }
+        return;
+    }
+    for (int64_t e = e0; e < e1;) {
+        const int64_t o = e % row;
+        int64_t m;
+        if (o == 0 && row <= DBN_EXPAND_MAX && e + 2 * row <= e1) {
+            m = 2 * row;
+            run_x2_k(0, act, job->a + e, NULL, job->out + e, NULL, row, row, job->k, job->p, job->q, NULL);
+        } else {
+            m = min64(row - o, e1 - e);
+            run_affine_x_act_k(job->a + e, job->out + e, m, job->k + o, job->p + o, job->q + o, act);
         }
         e += m;
     }
@@ -726,32 +751,36 @@ static void map_flat(const dbn_job *job, int64_t e0, int64_t e1)
 #undef CALL
         return;
     }
-    for (int64_t e = e0; e < e1;) {
+    if (!job->plan.expand) {
+        flatpos at = flat_at(e0, S, C);
+        for (int64_t e = e0; e < e1;) {
+            float *o2 = job->out2 ? job->out2 + e : NULL;
+            const int64_t m = min64(S - at.s, e1 - e), ch = at.ch;
+            if (bwd)
+                run_bwd(job->a + e, job->b + e, job->out + e, o2, m, job->k[ch], job->p[ch], job->q[ch],
+                        job->r[ch], job->nt);
+            else
+                run_affine(job->a + e, job->out + e, o2, m, job->k[ch], job->p[ch], job->q[ch], job->nt);
+            e += m;
+            flat_advance(&at, m, S, C);
+        }
+        return;
+    }
+    for (int64_t e = e0; e < e1;) {   /* per-element coefficients, row by row (two at once when whole) */
         float *o2 = job->out2 ? job->out2 + e : NULL;
+        const int64_t o = e % row;
         int64_t m;
-        if (job->plan.expand) {
-            const int64_t o = e % row;
-            if (o == 0 && row <= DBN_EXPAND_MAX && e + 2 * row <= e1) {
-                m = 2 * row;
-                run_x2(bwd, 0, job->a + e, bwd ? job->b + e : NULL, job->out + e, o2, row, row, job->k, job->p, job->q,
-                       job->r);
-                e += m;
-                continue;
-            }
+        if (o == 0 && row <= DBN_EXPAND_MAX && e + 2 * row <= e1) {
+            m = 2 * row;
+            run_x2(bwd, 0, job->a + e, bwd ? job->b + e : NULL, job->out + e, o2, row, row, job->k, job->p, job->q,
+                   job->r);
+        } else {
             m = min64(row - o, e1 - e);
             if (bwd)
                 run_bwd_x(job->a + e, job->b + e, job->out + e, o2, m, job->k + o, job->p + o, job->q + o,
                           job->r + o, job->nt);
             else
                 run_affine_x(job->a + e, job->out + e, o2, m, job->k + o, job->p + o, job->q + o, job->nt);
-        } else {
-            const int64_t s = e % S, ch = (e / S) % C;
-            m = min64(S - s, e1 - e);
-            if (bwd)
-                run_bwd(job->a + e, job->b + e, job->out + e, o2, m, job->k[ch], job->p[ch], job->q[ch],
-                        job->r[ch], job->nt);
-            else
-                run_affine(job->a + e, job->out + e, o2, m, job->k[ch], job->p[ch], job->q[ch], job->nt);
         }
         e += m;
     }
@@ -762,8 +791,9 @@ static void map_flat(const dbn_job *job, int64_t e0, int64_t e1)
 static void reduce_flat(const dbn_job *job, int64_t e0, int64_t e1, const float *k, double *s0, double *s1)
 {
     const int64_t C = job->plan.c, S = job->plan.spatial;
+    flatpos at = flat_at(e0, S, C);
     for (int64_t e = e0; e < e1;) {
-        const int64_t s = e % S, ch = (e / S) % C, m = min64(S - s, e1 - e);
+        const int64_t ch = at.ch, m = min64(S - at.s, e1 - e);
         lanes L;
         lanes_init(&L);
         if (job->reduce == DBN_R_SUM2)
@@ -774,6 +804,7 @@ static void reduce_flat(const dbn_job *job, int64_t e0, int64_t e1, const float 
         s0[ch] += vd_sum(&L.d0) + L.t0;
         s1[ch] += vd_sum(&L.d1) + L.t1;
         e += m;
+        flat_advance(&at, m, S, C);
     }
 }
 

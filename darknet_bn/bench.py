@@ -262,7 +262,7 @@ def _reps_for(f: Callable[[], object]) -> int:
 
 def default_rounds(shape) -> int:
     n = math.prod(shape)
-    return 7 if n > 20_000_000 else 11 if n > 2_000_000 else 21
+    return 5 if n > 20_000_000 else 9 if n > 2_000_000 else 15
 
 
 def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None, flavor: str | Flavor = "torch",

@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the built-in table")
     b.add_argument("--threads", type=int, metavar="N", help="threads for darknet_bn and torch (default: "
                    "OMP_NUM_THREADS or the cores)")
-    b.add_argument("--repeat", type=int, metavar="R", help="rounds per shape and pass (default: 7-21 by size)")
+    b.add_argument("--repeat", type=int, metavar="R", help="rounds per shape and pass (default: 5-15 by size)")
     b.add_argument("--flavor", default="torch", choices=sorted(FLAVORS), help="the layer's flavor (default: torch)")
     b.add_argument("--compare", default="plain,torch", metavar="PEERS",
                    help="comma-separated peers among plain, numpy, torch (default: plain,torch; '' for none)")

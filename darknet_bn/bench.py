@@ -383,3 +383,4 @@ def plot(path: str, results: list[Result], peers: Sequence[str]) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -359,7 +359,8 @@ static inline void run_affine(const float *a, float *out, float *out2, int64_t m
     const vf kv = vsplat(k), pv = vsplat(p), qv = vsplat(q);
     int64_t j = 0;
     if (m >= DBN_PEEL_MIN)
-        for (; !aligned_v(out + j); ++j) {   /* aligned stores: a split store costs two */
+        for (; j < m && !aligned_v(out + j); ++j) {   /* aligned stores (a split store costs two); bounded:
+                                                          * a pointer that is not 4-byte aligned never aligns */
             float y = (a[j] - k) * p + q;
             out[j] = y;
             if (out2) out2[j] = y;
@@ -400,7 +401,7 @@ static inline void run_bwd(const float *a, const float *b, float *out, float *ou
     const vf kv = vsplat(k), pv = vsplat(p), qv = vsplat(q), rv = vsplat(r);
     int64_t j = 0;
     if (m >= DBN_PEEL_MIN)
-        for (; !aligned_v(out + j); ++j) {
+        for (; j < m && !aligned_v(out + j); ++j) {
             float y = b[j] * p + ((a[j] - k) * q + r);
             out[j] = y;
             if (out2) out2[j] = y;

@@ -6,7 +6,7 @@
 - :func:`load_network`: a Darknet .cfg (and .weights) -> layers with Darknet's sizes, BN layers as Layers.
 """
 
-from .cfg import DarknetCfgError, parse_cfg
+from .cfg import DarknetCfgError, DarknetCfgWarning, detect_fork, parse_cfg
 from .flavors import FLAVORS, Flavor, get_flavor, torch_flavor
 from .fold import FoldReport, fold_files, fold_network, save_folded
 from .kernels import get_num_threads, has_openmp, set_num_threads
@@ -17,6 +17,6 @@ from .weights import DarknetWeightsError, WeightsHeader
 __version__ = "0.1.0"
 
 __all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS", "load_network", "Network", "DarknetLayer", "BNLayer",
-           "DarknetCfgError", "DarknetWeightsError", "WeightsHeader", "parse_cfg",
+           "DarknetCfgError", "DarknetCfgWarning", "detect_fork", "DarknetWeightsError", "WeightsHeader", "parse_cfg",
            "fold_network", "save_folded", "fold_files", "FoldReport", "Flavor", "FLAVORS", "get_flavor", "torch_flavor",
            "set_num_threads", "get_num_threads", "has_openmp", "__version__"]

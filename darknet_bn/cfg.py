@@ -24,8 +24,17 @@ with a NULL value), an empty key, a section type the fork does not know (Darknet
 layer), a first section that is not ``[net]``/``[network]``, no section at all, an integer that does
 not fit in a C ``int``.
 
-Keys the fork's parser never reads for that section type are reported as warnings (Darknet prints
-``Unused field``), in :attr:`CfgFile.warnings`.
+Which fork's rules: an explicit ``fork=`` or ``flavor=`` chooses them. Without either, they are
+detected from the file (:func:`detect_fork`): a section type, a key or a value that only AlexeyAB's
+parser reads (:data:`ALEXEYAB_ONLY_SECTIONS`, :data:`ALEXEYAB_ONLY_KEYS`, :data:`ALEXEYAB_ONLY_VALUES`,
+derived from the two forks' ``src/parser.c`` and ``src/activations.c``) means AlexeyAB's rules; a cfg with
+none of them is read by pjreddie's rules (both forks then build the same sizes). :attr:`CfgFile.rules`
+says which rules were used and why.
+
+Keys the fork's parser never reads for that section type, and repeated keys (Darknet reads the first),
+are ignored by Darknet (it prints ``Unused field``); they are reported as a
+:class:`DarknetCfgWarning` naming file, line and key (``warn=True``, the default), and listed in
+:attr:`CfgFile.ignored` and :attr:`CfgFile.warnings`.
 
 Path or text: :func:`parse_cfg` takes a :class:`pathlib.Path` (or any ``os.PathLike``), ``bytes``
 (the file's content) or a ``str``. A ``str`` containing a line break (``\\n`` or ``\\r``) is the cfg
@@ -38,11 +47,13 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings as _warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Union
 
 __all__ = [
-    "DarknetCfgError", "Option", "Section", "CfgFile", "parse_cfg", "parse_cfg_text", "parse_cfg_file",
+    "DarknetCfgError", "DarknetCfgWarning", "IgnoredKey", "detect_fork", "ALEXEYAB_ONLY_SECTIONS",
+    "ALEXEYAB_ONLY_KEYS", "ALEXEYAB_ONLY_VALUES", "Option", "Section", "CfgFile", "parse_cfg", "parse_cfg_text", "parse_cfg_file",
     "FORKS", "fork_of", "section_type", "known_keys", "c_atoi", "c_atof", "INT_MAX", "INT_MIN",
 ]
 
@@ -71,6 +82,34 @@ class DarknetCfgError(ValueError):
         self.problem = problem
         where = f"{file}:{line}" if line is not None else file
         super().__init__(f"{where}: {problem}")
+
+
+class DarknetCfgWarning(UserWarning):
+    """A cfg key the chosen fork's Darknet ignores (it prints ``Unused field``): a key its parser never
+    reads in that section type, or a repeated key (Darknet reads the first occurrence).
+
+    Attributes:
+        file: the file's name; line: the key's 1-based line; key: the key; section: the header
+        (``"[route]"``).
+    """
+
+    def __init__(self, message: str, file: str = "<text>", line: int | None = None, key: str | None = None,
+                 section: str | None = None) -> None:
+        super().__init__(message)
+        self.file, self.line, self.key, self.section = file, line, key, section
+
+
+@dataclass(frozen=True)
+class IgnoredKey:
+    """One key Darknet ignores: where it is, and why (``"unread"`` or ``"repeated"``)."""
+
+    file: str
+    line: int
+    section: str
+    key: str
+    value: str
+    why: str
+    message: str
 
 
 def fork_of(flavor: object) -> str:
@@ -309,6 +348,96 @@ def known_keys(layer_type: str, fork: str) -> frozenset:
     return keys | (_PJ_COMMON if fork == "pjreddie" else _AB_COMMON)
 
 
+
+# ------------------------------------------------------------------------------------------------
+# What only AlexeyAB's parser reads: the evidence that a cfg is written for AlexeyAB's Darknet.
+# Derived from the tables above (the parse_* of both forks' src/parser.c) and from get_activation
+# (src/activations.c) and get_policy (src/parser.c) of both forks.
+
+# Section headers only AlexeyAB's string_to_layer_type knows ([sam], [scale_channels], [implicit], ...).
+ALEXEYAB_ONLY_SECTIONS = frozenset(h for h in _SECTION_TYPES["alexeyab"] if h not in _SECTION_TYPES["pjreddie"])
+
+# Keys pjreddie's parser ignores but its own cfgs carry (an older pjreddie parser read them): no evidence.
+# pjreddie's cfg/rnn.cfg and rnn.train.cfg set [rnn] hidden=.
+_PJREDDIE_LEGACY_KEYS = {"[rnn]": frozenset({"hidden"})}
+
+
+def _alexeyab_only_keys() -> dict:
+    out = {}
+    for header, ab_type in _SECTION_TYPES["alexeyab"].items():
+        pj_type = _SECTION_TYPES["pjreddie"].get(header)
+        if pj_type is None:
+            continue
+        only = known_keys(ab_type, "alexeyab") - known_keys(pj_type, "pjreddie")
+        only -= _PJREDDIE_LEGACY_KEYS.get(header, frozenset())
+        if only:
+            out[header] = frozenset(only)
+    return out
+
+
+# Per section header both forks know: the keys only AlexeyAB's parser reads there (route groups= and
+# group_id=, convolutional stride_x=/dilation=/antialiasing=, the [yolo] loss options, [net] mosaic=, ...).
+ALEXEYAB_ONLY_KEYS: dict = _alexeyab_only_keys()
+
+_PJ_ACTIVATIONS = frozenset("logistic loggy relu elu selu relie plse hardtan lhtan linear ramp leaky tanh stair".split())
+_AB_ACTIVATIONS = _PJ_ACTIVATIONS | frozenset(
+    "swish mish hard_mish normalize_channels normalize_channels_softmax normalize_channels_softmax_maxval relu6 gelu "
+    "revleaky".split())
+# Values only AlexeyAB's Darknet knows, per key (pjreddie's get_activation falls back to relu and its
+# get_policy to constant, silently changing the network).
+ALEXEYAB_ONLY_VALUES: dict = {
+    "activation": _AB_ACTIVATIONS - _PJ_ACTIVATIONS,
+    "policy": frozenset({"sgdr"}),
+}
+
+_FORK_NAMES = {"pjreddie": "pjreddie's", "alexeyab": "AlexeyAB's"}
+
+
+def _evidence(raw: list) -> list:
+    """(line, what) for every AlexeyAB-only section, key or value of raw sections, in file order."""
+    out = []
+    for header, hline, options in raw:
+        if header in ALEXEYAB_ONLY_SECTIONS:
+            out.append((hline, f"section {header}"))
+            continue
+        only = ALEXEYAB_ONLY_KEYS.get(header, frozenset())
+        known = header in _SECTION_TYPES["pjreddie"]
+        for key, value, line in options:
+            if key in only:
+                out.append((line, f"{header} {key}="))
+            elif known and value in ALEXEYAB_ONLY_VALUES.get(key, ()) and \
+                    (key != "policy" or _SECTION_TYPES["pjreddie"][header] == "network"):
+                out.append((line, f"{header} {key}={value}"))
+    return out
+
+
+def _detect(raw: list) -> tuple[str, str]:
+    ev = _evidence(raw)
+    if ev:
+        line, what = ev[0]
+        more = f" (and {len(ev) - 1} more)" if len(ev) > 1 else ""
+        return "alexeyab", (f"AlexeyAB's rules, detected: line {line}: {what} is read only by AlexeyAB's "
+                            f"Darknet{more}")
+    return "pjreddie", ("pjreddie's rules, detected: no section, key or value that only AlexeyAB's Darknet reads")
+
+
+def detect_fork(source: CfgSource) -> tuple[str, str]:
+    """The fork whose rules read a cfg by default, and why.
+
+    Args:
+        source: a path, ``bytes`` or cfg text, as :func:`parse_cfg` takes.
+
+    Returns:
+        ``(fork, reason)``: ``"alexeyab"`` when the cfg has a section, key or value only AlexeyAB's parser
+        reads (:data:`ALEXEYAB_ONLY_SECTIONS`, :data:`ALEXEYAB_ONLY_KEYS`, :data:`ALEXEYAB_ONLY_VALUES`),
+        else ``"pjreddie"``; ``reason`` names the first line that decided.
+
+    Raises:
+        DarknetCfgError: a cfg Darknet cannot read at all; OSError: an unreadable file.
+    """
+    text, name = _source_text(source)
+    return _detect(_raw_sections(text, name))
+
 # ------------------------------------------------------------------------------------------------
 # The parsed file
 
@@ -387,14 +516,19 @@ class Section:
 @dataclass
 class CfgFile:
     """A parsed cfg: its name, the fork whose rules read it, ``net`` (the ``[net]`` section),
-    ``sections`` (the layer sections after it, in order) and ``warnings`` (strings naming file and
-    line: repeated keys, keys the fork does not read, lossy numbers)."""
+    ``sections`` (the layer sections after it, in order), ``warnings`` (strings naming file and
+    line: repeated keys, keys the fork does not read, lossy numbers), ``rules`` (which fork's rules and
+    why: asked for, or the line that decided the detection) and ``ignored`` (the keys the fork ignores,
+    as :class:`IgnoredKey`, in line order)."""
 
     name: str
     fork: str
     net: Section
     sections: list[Section]
     warnings: list[str]
+    rules: str = ""
+    ignored: list = field(default_factory=list)
+
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -409,98 +543,157 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
         yield i, raw.replace(" ", "").replace("\t", "").replace("\r", "")
 
 
-def parse_cfg_text(text: str | bytes, name: str = "<text>", *, flavor: object = "pjreddie") -> CfgFile:
-    """Parse cfg text (``str``, or ``bytes`` decoded as Latin-1, byte for byte) by the rules of the
-    flavor's fork (see :func:`fork_of`); ``name`` is used in messages.
-
-    Raises:
-        DarknetCfgError: see the module docstring.
-    """
-    fork = fork_of(flavor)
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        text = bytes(text).decode("latin-1")
-    if not isinstance(text, str):
-        raise TypeError(f"cfg text: expected str or bytes, got {type(text).__name__}")
-    sections: list[Section] = []
-    warnings: list[str] = []
-    current: Section | None = None
+def _raw_sections(text: str, name: str) -> list:
+    """read_cfg + read_option, fork-independent: [(header, line, [(key, value, line)...])...]."""
+    raw: list = []
+    current = None
     for no, line in _lines(text):
         if not line or line[0] in "#;":
             continue
         if line[0] == "[":
-            ltype = section_type(line, fork)
-            if ltype is None:
-                other = [f for f in FORKS if f != fork and section_type(line, f) is not None]
-                hint = f" (it is {other[0]}'s; choose that flavor)" if other else ""
-                raise DarknetCfgError(name, no, f"unknown section type {line} for {fork}'s Darknet{hint}")
-            current = Section(line, ltype, no, file=name, warnings=warnings)
-            sections.append(current)
+            current = (line, no, [])
+            raw.append(current)
             continue
         eq = line.find("=")
         if current is None:
             raise DarknetCfgError(name, no, f"{line!r} comes before any section (Darknet crashes on it); "
                                             "the file must start with [net]")
         if eq < 0:
-            raise DarknetCfgError(name, no, f"{current.header}: line {line!r} has no '=' (expected key=value)")
+            raise DarknetCfgError(name, no, f"{current[0]}: line {line!r} has no '=' (expected key=value)")
         if eq == len(line) - 1:
-            raise DarknetCfgError(name, no, f"{current.header}: {line!r} has no value (Darknet drops the line)")
+            raise DarknetCfgError(name, no, f"{current[0]}: {line!r} has no value (Darknet drops the line)")
         if eq == 0:
-            raise DarknetCfgError(name, no, f"{current.header}: {line!r} has no key before '='")
-        key, value = line[:eq], line[eq + 1:]
-        first = current.find(key)
-        if first is not None:
-            warnings.append(f"{name}:{no}: {current.header} {key}={value} repeats the key of line {first.line}; "
-                            f"Darknet uses the first ({key}={first.value}) and ignores this one")
-        current.options.append(Option(key, value, no))
-    if not sections:
+            raise DarknetCfgError(name, no, f"{current[0]}: {line!r} has no key before '='")
+        current[2].append((line[:eq], line[eq + 1:], no))
+    if not raw:
         raise DarknetCfgError(name, None, "no sections: a cfg starts with [net] and lists layers after it")
+    return raw
+
+
+def _as_text(text: str | bytes) -> str:
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text).decode("latin-1")
+    if not isinstance(text, str):
+        raise TypeError(f"cfg text: expected str or bytes, got {type(text).__name__}")
+    return text
+
+
+def _read_file(path: str | os.PathLike) -> tuple[str, str]:
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        return f.read().decode("latin-1"), str(path)
+
+
+def _source_text(source: CfgSource) -> tuple[str, str]:
+    """(text, name) of a path, bytes or text (see parse_cfg)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _as_text(source), "<text>"
+    if isinstance(source, str):
+        if "\n" in source or "\r" in source:
+            return source, "<text>"
+        return _read_file(source)
+    if isinstance(source, os.PathLike):
+        return _read_file(source)
+    raise TypeError(f"cfg: expected a path, a str or bytes, got {type(source).__name__}")
+
+
+def _choose(raw: list, flavor: object, fork: str | None) -> tuple[str, str]:
+    """The fork whose rules read the file, and why: fork=, else flavor=, else detected."""
+    if fork is not None:
+        if fork not in FORKS:
+            raise ValueError(f"fork: expected 'pjreddie', 'alexeyab' or None, got {fork!r}")
+        return fork, f"{_FORK_NAMES[fork]} rules, as asked (fork={fork!r})"
+    if flavor is not None:
+        f = fork_of(flavor)
+        name = flavor if isinstance(flavor, str) else getattr(flavor, "name", "?")
+        return f, f"{_FORK_NAMES[f]} rules, as asked (flavor {name!r})"
+    return _detect(raw)
+
+
+def parse_cfg_text(text: str | bytes, name: str = "<text>", *, flavor: object = None, fork: str | None = None,
+                   warn: bool = True) -> CfgFile:
+    """Parse cfg text (``str``, or ``bytes`` decoded as Latin-1, byte for byte); ``name`` is used in
+    messages.
+
+    Args:
+        fork: ``"pjreddie"`` or ``"alexeyab"``: whose rules read the file. ``None``: the flavor's fork
+            (see :func:`fork_of`), or without a flavor the fork detected from the file (:func:`detect_fork`).
+        flavor: a flavor name or :class:`~darknet_bn.flavors.Flavor`, or ``None``.
+        warn: emit a :class:`DarknetCfgWarning` per key the chosen fork ignores.
+
+    Raises:
+        DarknetCfgError: see the module docstring.
+    """
+    text = _as_text(text)
+    raw = _raw_sections(text, name)
+    fork, rules = _choose(raw, flavor, fork)
+    sections: list[Section] = []
+    warnings: list[str] = []
+    ignored: list[IgnoredKey] = []
+    fname = _FORK_NAMES[fork]
+    for header, hline, options in raw:
+        ltype = section_type(header, fork)
+        if ltype is None:
+            other = [f for f in FORKS if f != fork and section_type(header, f) is not None]
+            hint = f" (it is {other[0]}'s; choose that fork)" if other else ""
+            raise DarknetCfgError(name, hline, f"unknown section type {header} for {fname} Darknet{hint}")
+        sec = Section(header, ltype, hline, file=name, warnings=warnings)
+        keys = known_keys(ltype, fork)
+        other_keys = known_keys(section_type(header, "alexeyab"), "alexeyab") \
+            if fork == "pjreddie" and section_type(header, "alexeyab") else frozenset()
+        for key, value, line in options:
+            first = sec.find(key)
+            if first is not None:
+                msg = (f"{name}:{line}: {header} {key}={value} repeats the key of line {first.line}; "
+                       f"Darknet uses the first ({key}={first.value}) and ignores this one")
+                ignored.append(IgnoredKey(name, line, header, key, value, "repeated", msg))
+            elif key not in keys:
+                hint = " (AlexeyAB's Darknet reads it)" if key in other_keys else ""
+                msg = (f"{name}:{line}: {header} {key}={value}: {fname} Darknet does not read '{key}' in a "
+                       f"{header} section, it is ignored (Darknet: 'Unused field'){hint}")
+                ignored.append(IgnoredKey(name, line, header, key, value, "unread", msg))
+            sec.options.append(Option(key, value, line))
+        sections.append(sec)
     net = sections[0]
     if net.type != "network":
         raise DarknetCfgError(name, net.line, f"the first section is {net.header}; it must be [net] or [network]")
-    for s in sections:
-        keys = known_keys(s.type, fork)
-        seen: set[str] = set()
-        for o in s.options:
-            if o.key in seen:
-                continue
-            seen.add(o.key)
-            if o.key not in keys:
-                warnings.append(f"{name}:{o.line}: {s.header} {o.key}={o.value}: {fork}'s Darknet does not read "
-                                f"'{o.key}' in a {s.header} section (ignored)")
-    return CfgFile(name, fork, net, sections[1:], warnings)
+    ignored.sort(key=lambda k: k.line)
+    warnings.extend(k.message for k in ignored)
+    if warn:
+        for k in ignored:
+            _warnings.warn(DarknetCfgWarning(k.message, k.file, k.line, k.key, k.section), stacklevel=3)
+    return CfgFile(name, fork, net, sections[1:], warnings, rules, ignored)
 
 
-def parse_cfg_file(path: str | os.PathLike, *, flavor: object = "pjreddie") -> CfgFile:
-    """Parse the cfg file at ``path`` (read as bytes, Latin-1). An unreadable file raises ``OSError``."""
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        data = f.read()
-    return parse_cfg_text(data, str(path), flavor=flavor)
+def parse_cfg_file(path: str | os.PathLike, *, flavor: object = None, fork: str | None = None,
+                   warn: bool = True) -> CfgFile:
+    """Parse the cfg file at ``path`` (read as bytes, Latin-1; see :func:`parse_cfg_text` for the
+    arguments). An unreadable file raises ``OSError``."""
+    text, name = _read_file(path)
+    return parse_cfg_text(text, name, flavor=flavor, fork=fork, warn=warn)
 
 
-def parse_cfg(source: CfgSource | CfgFile, *, flavor: object = "pjreddie") -> CfgFile:
+def parse_cfg(source: CfgSource | CfgFile, *, flavor: object = None, fork: str | None = None,
+              warn: bool = True) -> CfgFile:
     """Parse a cfg given as a path or as text.
 
     Args:
         source: a :class:`pathlib.Path`/``os.PathLike`` (a file), ``bytes`` (a file's content), a
             ``str`` containing ``\\n`` or ``\\r`` (cfg text) or any other ``str`` (a file path). A
-            :class:`CfgFile` is returned as it is (when parsed by the same fork).
-        flavor: ``"pjreddie"`` (pjreddie's rules) or ``"alexeyab"``/``"torch"`` (AlexeyAB's).
+            :class:`CfgFile` is returned as it is (when parsed by the fork asked for, if one is).
+        flavor: ``"pjreddie"`` (pjreddie's rules) or ``"alexeyab"``/``"torch"`` (AlexeyAB's), or ``None``.
+        fork: ``"pjreddie"``/``"alexeyab"`` (wins over ``flavor``), or ``None``. With neither, the rules
+            are detected from the file (:func:`detect_fork`); :attr:`CfgFile.rules` says which and why.
+        warn: emit a :class:`DarknetCfgWarning` per key the chosen fork ignores.
 
     Raises:
         DarknetCfgError: a cfg Darknet cannot read (see the module docstring).
         OSError: the file cannot be read.
     """
     if isinstance(source, CfgFile):
-        if source.fork != fork_of(flavor):
-            raise ValueError(f"cfg {source.name} was parsed by {source.fork}'s rules, not {fork_of(flavor)}'s")
+        want = fork if fork is not None else (fork_of(flavor) if flavor is not None else None)
+        if want is not None and source.fork != want:
+            raise ValueError(f"cfg {source.name} was parsed by {source.fork}'s rules, not {want}'s")
         return source
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return parse_cfg_text(source, flavor=flavor)
-    if isinstance(source, str):
-        if "\n" in source or "\r" in source:
-            return parse_cfg_text(source, flavor=flavor)
-        return parse_cfg_file(source, flavor=flavor)
-    if isinstance(source, os.PathLike):
-        return parse_cfg_file(source, flavor=flavor)
-    raise TypeError(f"cfg: expected a path, a str or bytes, got {type(source).__name__}")
+    text, name = _source_text(source)
+    return parse_cfg_text(text, name, flavor=flavor, fork=fork, warn=warn)

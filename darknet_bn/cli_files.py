@@ -1,10 +1,15 @@
 """The command-line side of Darknet's files: ``darknet-bn layers`` and ``darknet-bn bench --cfg``.
 
-- ``darknet-bn layers CFG [--weights W] [--flavor F] [--batch B]``: the layer table in the spirit of
-  Darknet's printout (index, type, filters, size/stride, input -> output), BN layers marked, and with
-  weights the mean |scales| and mean rolling_variance of each BN layer.
-- ``darknet-bn bench --cfg CFG [--batch B]``: times darknet_bn's passes on every BN layer of the
+- ``darknet-bn layers CFG [--weights W] [--flavor F] [--fork K] [--batch B]``: the layer table in the
+  spirit of Darknet's printout (index, type, filters, size/stride, input -> output), each layer's own
+  ``batch_normalize`` flag, the inner layers of recurrent layers as sub-rows with theirs, BN layers
+  marked, and with weights the mean |scales| and mean rolling_variance of each BN layer. The header says
+  whose rules read the cfg and why; every key those rules ignore is listed (``ignored:`` lines).
+- ``darknet-bn bench --cfg CFG [--batch B] [--fork K]``: times darknet_bn's passes on every BN layer of the
   network (each distinct shape once, with :func:`darknet_bn.bench.run`), per layer and in total.
+
+Whose rules read the cfg: ``--fork`` if given, else ``--flavor``'s fork if given, else the fork detected
+from the cfg (:func:`darknet_bn.cfg.detect_fork`).
 
 A missing file, a bad cfg or a weights file that does not match prints one line on stderr and returns
 exit code 2. The functions here are wired into ``darknet_bn.cli`` (see :func:`add_layers_parser`,
@@ -16,12 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .cfg import DarknetCfgError
+from .cfg import FORKS, DarknetCfgError, DarknetCfgWarning
 from .network import BNLayer, DarknetLayer, Network, load_network
 from .weights import DarknetWeightsError
 
@@ -37,12 +43,15 @@ def _error(message: str) -> int:
     return 2
 
 
-def load_or_error(cfg: str, weights: str | None, batch: int | None, flavor: str,
-                  allow_trailing: bool = False) -> Network | int:
+def load_or_error(cfg: str, weights: str | None, batch: int | None, flavor: str | None,
+                  allow_trailing: bool = False, fork: str | None = None) -> Network | int:
     """:func:`~darknet_bn.network.load_network`, or the exit code 2 after one line on stderr when a file
-    is missing or unreadable, the cfg is bad or the weights do not match."""
+    is missing or unreadable, the cfg is bad or the weights do not match. The ignored keys are not
+    emitted as Python warnings here (the commands print them as lines)."""
     try:
-        return load_network(cfg, weights, batch=batch, flavor=flavor, allow_trailing=allow_trailing)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DarknetCfgWarning)
+            return load_network(cfg, weights, batch=batch, flavor=flavor, fork=fork, allow_trailing=allow_trailing)
     except (DarknetCfgError, DarknetWeightsError) as e:
         return _error(str(e))
     except OSError as e:
@@ -87,30 +96,45 @@ def _io(layer: DarknetLayer) -> str:
 
 
 def format_layers(net: Network) -> str:
-    """The network's layer table as text (see ``darknet-bn layers``)."""
+    """The network's layer table as text (see ``darknet-bn layers``): per layer its index, type, filters,
+    size/stride, input -> output, ``bnf`` (its own ``batch_normalize`` flag, as Darknet stores it) and
+    ``BN`` (``bn`` where a batch normalization runs: a ``[batchnorm]``, a convolutional or connected layer
+    with the flag). The inner layers of recurrent layers follow as sub-rows (``.input_layer``, ``.uf``...)
+    with their own flag and mark."""
     with_w = net.header is not None
-    head = f"{'layer':>5}  {'type':<15} {'filters':>9}  {'size/strd':<13} {'input':>16}    {'output':<16} BN"
+    head = (f"{'layer':>5}  {'type':<15} {'filters':>9}  {'size/strd':<13} {'input':>16}    {'output':<16} "
+            f"{'bnf':>3} BN")
     if with_w:
         head += f"  {'mean|scales|':>12} {'mean(rolling_var)':>17}"
     lines = [head]
     bn_of: dict = {}
     for bn in net.bn_layers:
-        bn_of.setdefault(bn.index, []).append(bn)
-    for layer in net.layers:
-        bns = bn_of.get(layer.index, [])
-        mark = ("bn" if not bns[0].part else f"bn x{len(bns)}") if bns else ""
-        line = f"{layer.index:5d}  {layer.type:<15} {_filters(layer):>9}  {_size(layer):<13} {_io(layer)} {mark:<2}"
-        if with_w and bns:
-            sc = np.concatenate([np.abs(b.scales) for b in bns]).astype(np.float64)
-            rv = np.concatenate([np.asarray(b.rolling_variance) for b in bns]).astype(np.float64)
+        bn_of[(bn.index, bn.part)] = bn
+
+    def row(label: str, kind: str, layer: DarknetLayer, key: tuple) -> str:
+        bn = bn_of.get(key)
+        line = (f"{label:>5}  {kind:<15} {_filters(layer):>9}  {_size(layer):<13} {_io(layer)} "
+                f"{layer.batch_normalize:>3} {'bn' if bn else '':<2}")
+        if with_w and bn is not None:
+            sc = np.abs(np.asarray(bn.scales, dtype=np.float64))
+            rv = np.asarray(bn.rolling_variance, dtype=np.float64)
             line += f"  {sc.mean():12.4g} {rv.mean():17.4g}"
-        lines.append(line.rstrip())
+        return line.rstrip()
+
+    for layer in net.layers:
+        lines.append(row(f"{layer.index}", layer.type, layer, (layer.index, None)))
+        for pname, part in layer.parts.items():
+            lines.append(row("", f" .{pname}", part, (layer.index, pname)))
     return "\n".join(lines)
 
 
+def format_ignored(net: Network) -> list:
+    """One line per key the network's fork ignores (file:line: section key=value: why)."""
+    return [f"ignored: {k.message}" for k in net.cfg.ignored]
+
+
 def _summary(net: Network) -> str:
-    fork = "pjreddie's" if net.fork == "pjreddie" else "AlexeyAB's"
-    s = (f"{net.name}: {fork} Darknet rules, input {net.w}x{net.h}x{net.c}, batch {net.batch}, "
+    s = (f"{net.name}: {net.rules}; input {net.w}x{net.h}x{net.c}, batch {net.batch}, "
          f"{len(net.layers)} layers, {len(net.bn_layers)} BN layers")
     if net.header is not None:
         hd = net.header
@@ -123,17 +147,21 @@ def cmd_layers(args: argparse.Namespace) -> int:
     """``darknet-bn layers``: print the table; 2 on a missing file, a bad cfg or mismatched weights."""
     if args.batch is not None and args.batch < 1:
         return _error(f"--batch: expected a count >= 1, got {args.batch}")
-    net = load_or_error(args.cfg, args.weights, args.batch, args.flavor, args.allow_trailing)
+    net = load_or_error(args.cfg, args.weights, args.batch, args.flavor, args.allow_trailing, args.fork)
     if isinstance(net, int):
         return net
-    print(_summary(net))
+    print(_summary(net) + f"; BN flavor {net.flavor.name}")
     print(format_layers(net))
-    if net.warnings:
+    ignored = format_ignored(net)
+    for line in ignored:
+        print(line)
+    others = [w for w in net.warnings if w not in {k.message for k in net.cfg.ignored}]
+    if others:
         if args.warnings:
-            for w in net.warnings:
+            for w in others:
                 print(f"warning: {w}", file=sys.stderr)
         else:
-            print(f"{len(net.warnings)} warning(s) about the cfg (--warnings lists them)", file=sys.stderr)
+            print(f"{len(others)} other warning(s) about the cfg (--warnings lists them)", file=sys.stderr)
     return 0
 
 
@@ -148,11 +176,17 @@ def add_layers_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                     "layers; with --weights, each BN layer's mean |scales| and mean rolling_variance.")
     p.add_argument("cfg", metavar="CFG", help="the .cfg file")
     p.add_argument("--weights", metavar="W", help="a .weights file for the cfg")
-    p.add_argument("--flavor", default="pjreddie", choices=sorted(FLAVORS),
-                   help="pjreddie: pjreddie's Darknet rules; alexeyab, torch: AlexeyAB's (default: pjreddie)")
+    p.add_argument("--flavor", default=None, choices=sorted(FLAVORS),
+                   help="the BN layers' flavor; without --fork also whose rules read the cfg (pjreddie: "
+                        "pjreddie's Darknet; alexeyab, torch: AlexeyAB's). Default: the rules detected from the cfg "
+                        "(a section, key or value only AlexeyAB's Darknet reads means AlexeyAB's, else pjreddie's) "
+                        "and that fork's flavor")
+    p.add_argument("--fork", default=None, choices=FORKS,
+                   help="whose rules read the cfg (wins over --flavor; default: --flavor's fork, else detected)")
     p.add_argument("--batch", type=int, metavar="B", default=1, help="batch size (default: 1)")
     p.add_argument("--allow-trailing", action="store_true", help="accept bytes after the last array of W")
-    p.add_argument("--warnings", action="store_true", help="list the cfg's warnings on stderr")
+    p.add_argument("--warnings", action="store_true", help="list the cfg's other warnings (lossy numbers...) on "
+                   "stderr; the ignored keys are always listed")
     p.set_defaults(func=cmd_layers, parser=p)
     return p
 
@@ -184,16 +218,20 @@ class CfgBench:
         return sum(self.layer_ms(bn, pass_, impl) for bn in self.timed)
 
 
-def bench_cfg(cfg: str, *, batch: int = 1, flavor: str = "torch", weights: str | None = None,
+def bench_cfg(cfg: str, *, batch: int = 1, flavor: str | None = None, weights: str | None = None,
               threads: int | None = None, repeat: int | None = None, peers: Sequence[str] = (),
-              passes: Sequence[str] | None = None, progress: Callable[[int], None] | None = None) -> CfgBench:
+              passes: Sequence[str] | None = None, progress: Callable[[int], None] | None = None,
+              fork: str | None = None) -> CfgBench:
     """Time darknet_bn (and ``peers``) on every BN layer of a cfg's network.
 
     Args:
         cfg: the .cfg (path or text); weights: an optional .weights file (the values do not change the
             timings; it is checked against the cfg).
-        batch: images per batch; flavor: the BN flavor timed, whose fork's rules read the cfg
-            (``"torch"`` and ``"alexeyab"`` -> AlexeyAB's, ``"pjreddie"`` -> pjreddie's).
+        batch: images per batch; flavor: the BN flavor timed (``None``: ``"torch"``); given, also whose
+            rules read the cfg when ``fork`` is not (``"torch"``, ``"alexeyab"`` -> AlexeyAB's,
+            ``"pjreddie"`` -> pjreddie's).
+        fork: whose rules read the cfg; with neither ``fork`` nor ``flavor`` they are detected from the
+            cfg (:func:`darknet_bn.cfg.detect_fork`).
         threads: darknet_bn's threads (``None``: unchanged); repeat: rounds per shape and pass
             (``None``: bench's default by size); peers: among ``darknet_bn.bench.PEERS``; passes:
             default ``darknet_bn.bench.PASSES``.
@@ -207,7 +245,8 @@ def bench_cfg(cfg: str, *, batch: int = 1, flavor: str = "torch", weights: str |
     """
     from . import bench, kernels
 
-    net = load_network(cfg, weights, batch=batch, flavor=flavor)
+    net = load_network(cfg, weights, batch=batch, flavor=flavor, fork=fork)
+    flavor = flavor if flavor is not None else "torch"
     if not net.bn_layers:
         raise ValueError(f"{net.name}: the network has no batch-normalization layer to time")
     timed = [bn for bn in net.bn_layers if bn.batch * bn.h * bn.w >= 2]
@@ -261,11 +300,29 @@ def format_bench_cfg(res: CfgBench) -> str:
     return "\n".join(lines)
 
 
+class _DefaultFlavor(str):
+    """The bench parser's default ``--flavor`` ("torch"), told apart from an explicit ``--flavor torch``."""
+
+
+_DEFAULT_FLAVOR = _DefaultFlavor("torch")
+
+
+def _flavor_given(args: argparse.Namespace) -> str | None:
+    f = getattr(args, "flavor", None)
+    return None if f is None or f is _DEFAULT_FLAVOR else str(f)
+
+
 def add_bench_cfg_arguments(bench_parser: argparse.ArgumentParser) -> None:
-    """Add ``--cfg CFG``, ``--weights W`` and ``--batch B`` to the ``darknet-bn bench`` parser."""
+    """Add ``--cfg CFG``, ``--weights W``, ``--batch B`` and ``--fork K`` to the ``darknet-bn bench``
+    parser (its ``--flavor`` default stays ``"torch"``, marked so that ``--cfg`` can tell it was not
+    given)."""
+    bench_parser.set_defaults(flavor=_DEFAULT_FLAVOR)
     bench_parser.add_argument("--cfg", metavar="CFG", help="time every BN layer of this Darknet .cfg's network "
-                              "instead of the shape table (its rules: pjreddie's for --flavor pjreddie, else "
-                              "AlexeyAB's)")
+                              "instead of the shape table (its rules: --fork, else --flavor's fork when given, "
+                              "else detected from the cfg)")
+    bench_parser.add_argument("--fork", default=None, choices=FORKS,
+                              help="with --cfg: whose rules read the cfg (default: --flavor's fork when given, "
+                                   "else detected from the cfg)")
     bench_parser.add_argument("--weights", metavar="W", help="with --cfg: a .weights file checked against the cfg")
     bench_parser.add_argument("--batch", type=int, default=1, metavar="B", help="with --cfg: batch size (default 1)")
 
@@ -285,9 +342,11 @@ def cmd_bench_cfg(args: argparse.Namespace) -> int:
         peers, notes, threads = bench_options(args)
     except ValueError as e:
         return _error(str(e))
-    net = load_or_error(args.cfg, args.weights, args.batch, args.flavor)
+    flavor = _flavor_given(args)
+    net = load_or_error(args.cfg, args.weights, args.batch, flavor, fork=getattr(args, "fork", None))
     if isinstance(net, int):
         return net
+    flavor = flavor or "torch"
     if not net.bn_layers:
         return _error(f"{net.name}: the network has no batch-normalization layer to time")
     if not any(bn.batch * bn.h * bn.w >= 2 for bn in net.bn_layers):
@@ -299,19 +358,22 @@ def cmd_bench_cfg(args: argparse.Namespace) -> int:
     total = sum(len(passes) * (args.repeat or bench.default_rounds(s)) for s in shapes)
     bar = _Progress(total, "bench --cfg")
     try:
-        res = bench_cfg(net.cfg, batch=net.batch, flavor=args.flavor, repeat=args.repeat, peers=peers,
+        res = bench_cfg(net.cfg, batch=net.batch, flavor=flavor, fork=net.fork, repeat=args.repeat, peers=peers,
                         passes=passes, progress=bar.update)
     finally:
         bar.close()
     info = bench.machine_info(threads)
     print(f"darknet-bn bench --cfg: {_summary(net)}")
-    print(f"flavor {args.flavor}, {threads} thread(s), {info['isa']}, triad bandwidth "
+    for line in format_ignored(net):
+        print(line)
+    print(f"flavor {flavor} timed, {threads} thread(s), {info['isa']}, triad bandwidth "
           f"{min(r.triad_gbs for r in res.results):.1f}-{max(r.triad_gbs for r in res.results):.1f} GB/s")
     for n in notes:
         print("note:", n)
     print(format_bench_cfg(res))
     if getattr(args, "json", None):
-        data = {"machine": info, "cfg": net.name, "fork": net.fork, "batch": net.batch,
+        data = {"machine": info, "cfg": net.name, "fork": net.fork, "rules": net.rules, "flavor": flavor,
+                "batch": net.batch,
                 "layers": [{"index": bn.index, "type": bn.type, "part": bn.part, "shape": list(bn.shape),
                             "median_ms": {p: {impl: res.layer_ms(bn, p, impl) for impl in ["ours", *peers]}
                                           for p in passes}} for bn in res.timed],

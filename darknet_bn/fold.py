@@ -53,13 +53,15 @@ import argparse
 import os
 import re
 import sys
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from .cfg import CfgFile, DarknetCfgError, c_atoi, fork_of, parse_cfg_file, parse_cfg_text
+from .cfg import (CfgFile, DarknetCfgError, DarknetCfgWarning, c_atoi, detect_fork, fork_of, parse_cfg_file,
+                  parse_cfg_text)
 from .flavors import Flavor, get_flavor
 from .network import DarknetLayer, Network, load_network
 from .weights import DarknetWeightsError
@@ -69,7 +71,7 @@ __all__ = ["fold_network", "fold_files", "save_folded", "FoldReport", "FoldedBN"
 
 PROG = "darknet-bn"
 
-_RECURRENT = ("rnn", "gru", "lstm", "crnn")
+_RECURRENT = ("rnn", "gru", "lstm", "crnn", "conv_lstm")
 _BN_PARAMS = ("scales", "biases", "rolling_mean", "rolling_variance")
 # Layer references in a cfg, per fork: section type -> (key, a comma-separated list?, "absent" value).
 # As the fork's parser reads them (see darknet_bn.network): route layers= and AlexeyAB's shortcut from=
@@ -297,7 +299,7 @@ def _source_text(net: Network, cfg_text: str | bytes | None) -> tuple[str, bool]
 
     def same(text: str) -> bool:
         try:
-            other = parse_cfg_text(text, net.name, flavor=fl)
+            other = parse_cfg_text(text, net.name, fork=net.fork, warn=False)
         except DarknetCfgError:
             return False
         return _structure(other) == _structure(net.cfg)
@@ -365,7 +367,7 @@ def fold_network(net: Network, *, flavor: str | Flavor | None = None,
         raise ValueError(f"flavor {fl.name!r} follows {fork_of(fl)}'s Darknet rules, the network was loaded by "
                          f"{net.fork}'s: load it with that flavor")
     text, original = _source_text(net, cfg_text)
-    cfg = parse_cfg_text(text, net.name, flavor=fl)  # line numbers of this text; same sections as net.cfg
+    cfg = parse_cfg_text(text, net.name, fork=net.fork, warn=False)  # line numbers of this text; same sections
     init_rv = net.flavor.init_rolling_variance
     layers = net.layers
     readers = _readers(net)
@@ -496,7 +498,8 @@ def fold_network(net: Network, *, flavor: str | Flavor | None = None,
                 own.release()
         else:
             head_why = f"layer {i} before it is a {t} layer, not convolutional or connected"
-            if t in _RECURRENT and lyr.batch_normalize:
+            # the inner layers carry the BN (make_rnn_layer/make_crnn_layer leave the outer flag at 0)
+            if t in _RECURRENT and any(p.batch_normalize for p in lyr.parts.values()):
                 why = unmodifiable(lyr)
                 parts = {}
                 for pname, part in lyr.parts.items():
@@ -527,7 +530,7 @@ def fold_network(net: Network, *, flavor: str | Flavor | None = None,
             index_map.append(n)
             n += 1
     new_text = _edit_cfg(text, cfg, drop_bn, removed, index_map)
-    new_cfg = parse_cfg_text(new_text, f"{net.name} (folded)", flavor=fl)
+    new_cfg = parse_cfg_text(new_text, f"{net.name} (folded)", fork=net.fork, warn=False)
     batch = net.batch if net.time_steps == 1 else None
     new = load_network(new_cfg, batch=batch, flavor=fl)
     _fill(net, new, affines, removed, index_map)
@@ -678,10 +681,12 @@ def save_folded(net: Network, report: FoldReport, cfg_path: str | os.PathLike,
 
 
 def fold_files(cfg: str | os.PathLike, weights: str | os.PathLike, out_cfg: str | os.PathLike,
-               out_weights: str | os.PathLike, *, flavor: str | Flavor = "pjreddie",
+               out_weights: str | os.PathLike, *, flavor: str | Flavor | None = None,
                allow_trailing: bool = False, verify: bool = True) -> FoldReport:
-    """Fold a Darknet model on disk: read ``cfg`` and ``weights`` by the flavor's fork rules, fold with
-    its denominator, write ``out_cfg`` and ``out_weights``. With ``verify``, the written files are
+    """Fold a Darknet model on disk: read ``cfg`` and ``weights`` by the flavor's fork rules (``flavor=None``:
+    the rules detected from the cfg, see :func:`darknet_bn.cfg.detect_fork`, and that fork's flavor), fold
+    with its denominator, write ``out_cfg`` and ``out_weights``. Keys the fork ignores give a
+    :class:`~darknet_bn.cfg.DarknetCfgWarning` (once, for the input cfg). With ``verify``, the written files are
     loaded back and every array compared bit for bit (RuntimeError if they differ).
 
     Raises:
@@ -689,7 +694,6 @@ def fold_files(cfg: str | os.PathLike, weights: str | os.PathLike, out_cfg: str 
         OSError: a file that cannot be read or written.
         ValueError: an output path that is one of the inputs.
     """
-    fl = get_flavor(flavor)
     for out in (out_cfg, out_weights):
         for src in (cfg, weights):
             if os.path.exists(out) and os.path.exists(src) and os.path.samefile(out, src):
@@ -698,12 +702,13 @@ def fold_files(cfg: str | os.PathLike, weights: str | os.PathLike, out_cfg: str 
         raise ValueError(f"{os.fspath(out_cfg)}: the folded cfg and weights need two different files")
     with open(cfg, "rb") as f:
         text = f.read()
-    parsed = parse_cfg_text(text, os.fspath(cfg), flavor=fl)
+    parsed = parse_cfg_text(text, os.fspath(cfg), flavor=flavor)
+    fl = get_flavor(flavor if flavor is not None else parsed.fork)
     net = load_network(parsed, weights, flavor=fl, allow_trailing=allow_trailing)
     new, report = fold_network(net, flavor=fl, cfg_text=text)
     save_folded(new, report, out_cfg, out_weights)
     if verify:
-        back = load_network(parse_cfg_file(out_cfg, flavor=fl), out_weights, flavor=fl)
+        back = load_network(parse_cfg_file(out_cfg, fork=net.fork, warn=False), out_weights, flavor=fl)
         for a, b in zip(new.layers, back.layers):
             for ha, hb in [(a, b)] + [(a.parts[p], b.parts[p]) for p in a.parts]:
                 for name in ha.array_names():
@@ -727,8 +732,10 @@ def cmd_fold(args: argparse.Namespace) -> int:
     """``darknet-bn fold``: 0 on success; 2 on a missing file, a bad cfg, mismatched weights, or an
     output that would overwrite an input; 1 if the written files do not load back identical."""
     try:
-        report = fold_files(args.cfg, args.weights, args.out_cfg, args.out_weights, flavor=args.flavor,
-                            allow_trailing=args.allow_trailing)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DarknetCfgWarning)
+            report = fold_files(args.cfg, args.weights, args.out_cfg, args.out_weights, flavor=args.flavor,
+                                allow_trailing=args.allow_trailing)
     except (DarknetCfgError, DarknetWeightsError) as e:
         return _error(str(e))
     except OSError as e:
@@ -742,6 +749,15 @@ def cmd_fold(args: argparse.Namespace) -> int:
     except ValueError as e:
         return _error(str(e))
     print(report.summary())
+    if args.flavor is None:
+        print(f"{args.cfg}: {detect_fork(args.cfg)[1]}")
+    else:
+        print(f"{args.cfg}: {fork_of(args.flavor)}'s rules, as asked (flavor {args.flavor!r})")
+    for w in caught:
+        if isinstance(w.message, DarknetCfgWarning):
+            print(f"ignored: {w.message}")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"wrote {args.out_cfg} and {args.out_weights}")
     return 0
 
@@ -763,9 +779,11 @@ def add_fold_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("weights", metavar="WEIGHTS", help="its .weights file")
     p.add_argument("--out-cfg", required=True, metavar="F", help="the folded .cfg to write")
     p.add_argument("--out-weights", required=True, metavar="G", help="the folded .weights to write")
-    p.add_argument("--flavor", default="pjreddie", choices=sorted(FLAVORS),
+    p.add_argument("--flavor", default=None, choices=sorted(FLAVORS),
                    help="pjreddie: pjreddie's Darknet (s = sqrt(rv) + 1e-6); alexeyab, torch: AlexeyAB's "
-                        "(s = sqrt(rv + 1e-5)); also the fork whose file rules are followed (default: pjreddie)")
+                        "(s = sqrt(rv + 1e-5)); also the fork whose file rules are followed. Default: the fork "
+                        "detected from the cfg (a section, key or value only AlexeyAB's Darknet reads means "
+                        "AlexeyAB's, else pjreddie's) and its flavor")
     p.add_argument("--allow-trailing", action="store_true", help="accept bytes after the last array of WEIGHTS")
     p.set_defaults(func=cmd_fold, parser=p)
     return p

@@ -1,8 +1,11 @@
 """A Darknet network from its ``.cfg`` (and ``.weights``): the layers' sizes as each fork builds them,
 the batch-normalization layers with their trained parameters, and the weights written back.
 
-``load_network(cfg, weights=None, *, batch=1, flavor="pjreddie")`` follows the fork the flavor picks
-(``"pjreddie"`` -> pjreddie's Darknet, ``"alexeyab"`` and ``"torch"`` -> AlexeyAB's): its section
+``load_network(cfg, weights=None, *, batch=1, flavor=None, fork=None)`` follows one fork's rules:
+``fork=`` if given, else the flavor's (``"pjreddie"`` -> pjreddie's Darknet, ``"alexeyab"`` and
+``"torch"`` -> AlexeyAB's), else the fork detected from the cfg (a section, key or value only AlexeyAB's
+parser reads means AlexeyAB's; see :func:`darknet_bn.cfg.detect_fork`); ``Network.rules`` says which and
+why. It follows that fork's section
 types, the keys it reads, its ``make_*_layer`` size formulas and its ``.weights`` layout. Where the
 fork's own parser crashes on a cfg while *building* layers (a division by zero, a failed assert, an
 out-of-range layer reference), :class:`~darknet_bn.cfg.DarknetCfgError` is raised naming the line.
@@ -39,7 +42,7 @@ SUPPORTED_TYPES = {
     "alexeyab": frozenset("convolutional connected batchnorm maxpool local_avgpool avgpool route shortcut "
                           "scale_channels sam upsample reorg reorg_old yolo gaussian_yolo region detection "
                           "cost softmax contrastive dropout crop local normalization active empty implicit "
-                          "rnn gru lstm crnn".split()),
+                          "rnn gru lstm crnn conv_lstm".split()),
 }
 
 _BN_ARRAYS = ("scales", "rolling_mean", "rolling_variance")
@@ -59,8 +62,11 @@ class DarknetLayer:
         n, size, stride, pad, groups: convolutional layers only (filters, kernel, stride, padding in
             pixels, groups); ``None`` otherwise. stride_x, stride_y, dilation: AlexeyAB's convolutional.
         input_layers: the layers a route/shortcut/scale_channels/sam/... reads (absolute indices).
-        parts: the inner layers of ``rnn``/``gru``/``lstm``/``crnn`` by Darknet's names
-            (``"input_layer"``, ``"uz"``...), each a :class:`DarknetLayer` (connected or convolutional).
+        parts: the inner layers of ``rnn``/``gru``/``lstm``/``crnn``/``conv_lstm`` by Darknet's names
+            (``"input_layer"``, ``"uz"``...), each a :class:`DarknetLayer` (connected or convolutional)
+            with its own ``batch_normalize``: the inner layers carry the batch normalization. The outer
+            layer's own flag is Darknet's: 0 for ``rnn`` and ``crnn`` (make_rnn_layer/make_crnn_layer
+            never set it), the cfg's value for ``gru``, ``lstm`` and ``conv_lstm``.
         arrays: the parameters, float32, in Darknet's memory layout: ``biases`` (n,) or (outputs,);
             ``weights`` (n, c/groups, size, size) for convolutional, (outputs, inputs) for connected;
             ``scales``, ``rolling_mean``, ``rolling_variance`` (n,) with batch normalization. Filled
@@ -205,7 +211,8 @@ class Network:
     Attributes:
         cfg: the parsed :class:`~darknet_bn.cfg.CfgFile`; name: its name.
         flavor: the :class:`~darknet_bn.flavors.Flavor` of the BN layers; fork: ``"pjreddie"`` or
-            ``"alexeyab"``, whose file rules are followed.
+            ``"alexeyab"``, whose file rules are followed; rules: which and why (asked for, or the line
+            of the cfg that decided the detection).
         batch: the batch every layer sees; time_steps: the recurrent layers' steps (1 when a batch is
             given, as AlexeyAB's ``load_network_custom``).
         w, h, c, inputs: the ``[net]`` input.
@@ -223,6 +230,7 @@ class Network:
         self.name = cfg.name
         self.flavor = flavor
         self.fork = cfg.fork
+        self.rules = cfg.rules
         self.batch, self.time_steps = batch, time_steps
         self.w, self.h, self.c, self.inputs = w, h, c, inputs
         self.layers: list[DarknetLayer] = layers
@@ -283,6 +291,11 @@ class Network:
         elif t in ("rnn", "gru", "lstm"):
             for part in lyr.parts.values():
                 yield from self._connected_arrays(part, False)
+        elif t == "conv_lstm":  # AlexeyAB's load_weights: [vf vi vo if peephole] wf [wi wg wo] uf ui ug uo
+            order = ("vf", "vi", "vo", "wf", "wi", "wg", "wo", "uf", "ui", "ug", "uo")
+            for name in order:
+                if name in lyr.parts:
+                    yield from self._conv_arrays(lyr.parts[name], False, write, 0)
 
     def _conv_arrays(self, lyr: DarknetLayer, skip_scales: bool, write: bool, numload: int) -> Iterator[tuple]:
         n = lyr.n if (write or not numload) else numload
@@ -1012,7 +1025,8 @@ class _Builder:
     # recurrent -----------------------------------------------------------------------------------
     def _recurrent(self, sec: Section, p: dict, index: int, type_: str, parts: list, out_sizes: bool) -> DarknetLayer:
         bn = sec.get_int("batch_normalize", 0)
-        lyr = self._new(sec, index, type_, batch_normalize=bn, inputs=p["inputs"])
+        # make_rnn_layer (both forks) leaves l.batch_normalize at 0; make_gru_layer and make_lstm_layer set it
+        lyr = self._new(sec, index, type_, batch_normalize=0 if type_ == "rnn" else bn, inputs=p["inputs"])
         for name, nin, nout in parts:
             lyr.parts[name] = self._check(self.connected(sec, index, nin, nout, bn), sec)
         lyr.outputs = parts[-1][2] if type_ == "rnn" else parts[0][2]
@@ -1063,7 +1077,8 @@ class _Builder:
             q = {"h": p["h"], "w": p["w"], "c": p["c"]}
             kw = dict(size=size, stride_x=stride, stride_y=stride, padding=padding, groups=groups, bn=bn,
                       dilation=dilation, xnor=xnor)
-        lyr = self._new(sec, index, "crnn", batch_normalize=bn, w=q["w"], h=q["h"], c=q["c"])
+        # make_crnn_layer (both forks) leaves l.batch_normalize at 0: only the inner convolutions carry it
+        lyr = self._new(sec, index, "crnn", batch_normalize=0, w=q["w"], h=q["h"], c=q["c"])
         parts = {}
         for name, cin, nout in (("input_layer", q["c"], hid_f), ("self_layer", hid_f, hid_f),
                                 ("output_layer", hid_f, out_f)):
@@ -1081,6 +1096,47 @@ class _Builder:
                 raise sec.error(f"its convolutions give {parts['input_layer'].out_w}x{parts['input_layer'].out_h} "
                                 f"from {q['w']}x{q['h']}: the hidden state does not keep its size (Darknet asserts); "
                                 "use pad=1 and stride=1")
+        return lyr
+
+    def _conv_lstm(self, sec: Section, p: dict, index: int) -> DarknetLayer:
+        """AlexeyAB's parse_conv_lstm + make_conv_lstm_layer: convolutions uf ui ug uo (c -> output),
+        wf wi wg wo (output -> output; with bottleneck=1 only wf, from 2*output), vf vi vo with
+        peephole=1; the outer layer keeps the input size, batch_normalize, and uo's output size."""
+        g = sec.get_int
+        size, stride, dilation = g("size", 3), g("stride", 1), g("dilation", 1)
+        pad, padding = g("pad", 0), g("padding", 0)
+        if pad:
+            padding = _cdiv(size, 2, sec, "size/2")
+        out_f, groups = g("output", 1), g("groups", 1)
+        bn, xnor = g("batch_normalize", 0), g("xnor", 0)
+        peephole, bottleneck = g("peephole", 0), g("bottleneck", 0)
+        h, w, c = p["h"], p["w"], p["c"]
+        kw = dict(size=size, stride_x=stride, stride_y=stride, padding=padding, groups=groups, bn=bn,
+                  dilation=dilation, xnor=xnor)
+        parts = {}
+        for name in ("uf", "ui", "ug", "uo"):
+            parts[name] = self._check(self.conv(sec, p, index, n=out_f, **kw), sec)
+        hidden = {"h": h, "w": w, "c": out_f}
+        if bottleneck:
+            parts["wf"] = self._check(self.conv(sec, dict(hidden, c=_int(2 * out_f, sec, "2*output")), index,
+                                                n=out_f, **kw), sec)
+        else:
+            for name in ("wf", "wi", "wg", "wo"):
+                parts[name] = self._check(self.conv(sec, hidden, index, n=out_f, **kw), sec)
+        if peephole:
+            for name in ("vf", "vi", "vo"):
+                parts[name] = self._check(self.conv(sec, hidden, index, n=out_f, **kw), sec)
+        uo = parts["uo"]
+        lyr = self._new(sec, index, "conv_lstm", batch_normalize=bn, w=w, h=h, c=c, out_w=uo.out_w, out_h=uo.out_h,
+                        out_c=out_f)
+        lyr.inputs = _mul(sec, "inputs", w, h, c)
+        lyr.outputs = uo.outputs
+        lyr.parts = parts
+        if (uo.out_w, uo.out_h) != (w, h):  # Darknet builds it (its asserts compare w* with u*, equal here)
+            self.warnings.append(f"{sec.file}:{sec.line}: {sec.header} layer {index}: its convolutions give "
+                                 f"{uo.out_w}x{uo.out_h} from {w}x{h}, but Darknet's forward feeds the "
+                                 f"{uo.out_w}x{uo.out_h} state to convolutions built for {w}x{h} (it reads past "
+                                 "the state); use pad=1 and stride=1")
         return lyr
 
 
@@ -1123,7 +1179,7 @@ def _net_options(cfg: CfgFile, batch: int | None, warnings: list) -> tuple:
 
 
 def load_network(cfg: str | bytes | os.PathLike | CfgFile, weights: str | os.PathLike | None = None, *,
-                 batch: int | None = 1, flavor: str | Flavor = "pjreddie",
+                 batch: int | None = 1, flavor: str | Flavor | None = None, fork: str | None = None,
                  allow_trailing: bool = False) -> Network:
     """Build a Darknet network from a cfg (and fill it from a ``.weights`` file).
 
@@ -1133,8 +1189,15 @@ def load_network(cfg: str | bytes | os.PathLike | CfgFile, weights: str | os.Pat
         weights: a ``.weights`` file, or ``None`` (Darknet's initial values where parameters are needed).
         batch: images per batch (>= 1) every layer sees, as Darknet's ``load_network_custom`` (time
             steps 1); ``None``: the cfg's own, ``batch/subdivisions*time_steps``.
-        flavor: ``"pjreddie"`` (pjreddie's Darknet rules), ``"alexeyab"`` or ``"torch"`` (AlexeyAB's
-            rules), or a :class:`~darknet_bn.flavors.Flavor`; also the flavor of the BN layers.
+        flavor: the flavor of the BN layers, ``"pjreddie"``, ``"alexeyab"``, ``"torch"`` or a
+            :class:`~darknet_bn.flavors.Flavor`; without ``fork``, also whose rules read the cfg
+            (pjreddie's for ``"pjreddie"``, else AlexeyAB's). ``None``: the flavor of the fork whose rules
+            are used.
+        fork: ``"pjreddie"`` or ``"alexeyab"``: whose rules read the cfg (wins over ``flavor``).
+            With neither, the fork is detected from the cfg: a section, key or value only AlexeyAB's
+            parser reads means AlexeyAB's rules, else pjreddie's (:func:`darknet_bn.cfg.detect_fork`).
+            ``Network.rules`` says which and why. Keys the fork ignores give a
+            :class:`~darknet_bn.cfg.DarknetCfgWarning` naming file, line and key.
         allow_trailing: accept bytes after the last array of the weights file.
 
     Returns:
@@ -1145,8 +1208,8 @@ def load_network(cfg: str | bytes | os.PathLike | CfgFile, weights: str | os.Pat
         DarknetWeightsError: a weights file that does not match the cfg.
         OSError: a file that cannot be read.
     """
-    fl = get_flavor(flavor)
-    cfgf = parse_cfg(cfg, flavor=fl)
+    cfgf = parse_cfg(cfg, flavor=flavor, fork=fork)
+    fl = get_flavor(flavor if flavor is not None else cfgf.fork)
     warnings = list(cfgf.warnings)
     nb, ts, w, h, c, inputs = _net_options(cfgf, batch, warnings)
     if not cfgf.sections:

@@ -57,8 +57,9 @@ def test_layers_prints_darknets_sizes(fork, name, capsys):
     lines = out.splitlines()
     rows = _table_rows(fork, name)
     assert f"{len(rows)} layers" in lines[0]
-    body = lines[2:]
+    body = [ln for ln in lines[2:] if not ln.startswith("ignored: ")]
     assert len(body) == len(rows)
+    assert (f"{fork}'s rules, as asked" if fork == "pjreddie" else "AlexeyAB's rules, as asked") in lines[0]
     for line, (index, typ, bn, w, h, c, ow, oh, oc) in zip(body, rows):
         assert line.split()[:2] == [str(index), typ]
         if typ == "connected":  # as Darknet prints it: inputs -> outputs
@@ -85,9 +86,15 @@ def test_layers_with_weights_prints_bn_statistics(capsys):
 
 
 def test_layers_recurrent_and_warnings(capsys):
+    """The outer rnn layer's own flag is 0 (make_rnn_layer never sets it); its three inner connected
+    layers follow as sub-rows, each with batch_normalize 1 and a BN mark."""
     code, out, err = run(["layers", DATA / "cfg" / "alexeyab" / "rnn.cfg", "--flavor", "alexeyab"], capsys)
     assert code == 0
-    assert out.splitlines()[2].split()[:2] == ["0", "rnn"] and out.splitlines()[2].endswith("bn x3")
+    lines = out.splitlines()
+    assert lines[1].split()[-2:] == ["bnf", "BN"]
+    assert lines[2].split()[:2] == ["0", "rnn"] and lines[2].split()[-1] == "0"
+    assert [ln.split()[0] for ln in lines[3:6]] == [".input_layer", ".self_layer", ".output_layer"]
+    assert all(ln.split()[-2:] == ["1", "bn"] for ln in lines[3:6])
     assert err.count("\n") == 1 and "warning(s)" in err
     code, out, err = run(["layers", DATA / "cfg" / "alexeyab" / "rnn.cfg", "--flavor", "alexeyab", "--warnings"],
                          capsys)
@@ -141,7 +148,7 @@ def test_bench_cfg_per_layer_and_total(tmp_path, capsys):
     code, out, err = run(["bench", "--cfg", BN_SMALL_CFG, "--batch", "2", "--repeat", "2", "--compare", "plain",
                           "--threads", "1", "--flavor", "pjreddie", "--json", js], capsys)
     assert code == 0, err
-    assert "pjreddie's Darknet rules" in out and "batch 2" in out
+    assert "pjreddie's rules, as asked (flavor 'pjreddie')" in out and "batch 2" in out
     rows = [ln for ln in out.splitlines() if ln[:1].isdigit()]
     assert [r.split()[:3] for r in rows] == [["0", "convolutional", "2x4x8x8"], ["1", "batchnorm", "2x4x8x8"],
                                              ["3", "connected", "2x10x1x1"], ["4", "batchnorm", "2x10x1x1"]]

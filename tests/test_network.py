@@ -320,7 +320,6 @@ NET = "[net]\nwidth=8\nheight=8\nchannels=3\n"
      "assert"),
     ("[contrastive]\n", "alexeyab", "yolo_layer"),
     ("[deconvolutional]\nfilters=2\n", "pjreddie", "not supported"),
-    ("[conv_lstm]\noutput=2\n", "alexeyab", "not supported"),
 ])
 def test_darknet_crashes_become_errors(body, flavor, words):
     with pytest.raises(DarknetCfgError) as e:

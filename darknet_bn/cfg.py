@@ -660,9 +660,24 @@ def parse_cfg_text(text: str | bytes, name: str = "<text>", *, flavor: object = 
     ignored.sort(key=lambda k: k.line)
     warnings.extend(k.message for k in ignored)
     if warn:
+        level = _caller_level()
         for k in ignored:
-            _warnings.warn(DarknetCfgWarning(k.message, k.file, k.line, k.key, k.section), stacklevel=3)
+            _warnings.warn(DarknetCfgWarning(k.message, k.file, k.line, k.key, k.section), stacklevel=level)
     return CfgFile(name, fork, net, sections[1:], warnings, rules, ignored)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_level() -> int:
+    """warnings.warn's stacklevel of the first frame outside darknet_bn (the user's call)."""
+    import sys
+
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def parse_cfg_file(path: str | os.PathLike, *, flavor: object = None, fork: str | None = None,

@@ -11,9 +11,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import DATA
-from darknet_bn.cfg import (CfgFile, DarknetCfgError, c_atof, c_atoi, fork_of, known_keys, parse_cfg,
-                            parse_cfg_file, parse_cfg_text, section_type)
+from darknet_bn.cfg import (ALEXEYAB_ONLY_KEYS, ALEXEYAB_ONLY_SECTIONS, ALEXEYAB_ONLY_VALUES, CfgFile,
+                            DarknetCfgError, DarknetCfgWarning, c_atof, c_atoi, detect_fork, fork_of, known_keys,
+                            parse_cfg, parse_cfg_file, parse_cfg_text, section_type)
 from darknet_bn.network import load_network
+
+# Loading every shared cfg by each fork's rules reports the keys that fork ignores; the tests that check
+# those warnings catch them with pytest.warns (which sees them regardless of this filter).
+pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.cfg.DarknetCfgWarning")
+
 
 NET = "[net]\nbatch=1\nwidth=8\nheight=8\nchannels=3\n"
 
@@ -323,3 +329,122 @@ def test_path_helper_reads_a_real_file():
     c = parse_cfg(p)
     assert [s.type for s in c.sections] == ["convolutional", "batchnorm", "maxpool", "connected", "batchnorm",
                                             "connected"]
+
+
+# -- the fork detected from the cfg, and the keys it ignores, as Python warnings ----------------------
+
+def test_unknown_key_warns_with_file_line_and_key(tmp_path):
+    p = tmp_path / "typo.cfg"
+    p.write_text(NET + "[convolutional]\nfilters=4\nsize=3\nbatch_normalise=1\n")
+    with pytest.warns(DarknetCfgWarning) as rec:
+        net = load_network(p)
+    (w,) = [r.message for r in rec]
+    assert isinstance(w, DarknetCfgWarning) and issubclass(DarknetCfgWarning, UserWarning)
+    assert (w.file, w.line, w.key, w.section) == (str(p), 9, "batch_normalise", "[convolutional]")
+    assert str(w).startswith(f"{p}:9: [convolutional] batch_normalise=1:") and "'batch_normalise'" in str(w)
+    assert net.layers[0].batch_normalize == 0  # the misspelled key is not read: no BN, as in Darknet
+    assert [k.key for k in net.cfg.ignored] == ["batch_normalise"]
+    import darknet_bn
+    assert darknet_bn.DarknetCfgWarning is DarknetCfgWarning
+
+
+def test_repeated_key_warns():
+    with pytest.warns(DarknetCfgWarning, match=r"t.cfg:6: \[net\] channels=1 repeats the key of line 5"):
+        parse_cfg_text(NET + "channels=1\n[connected]\n", "t.cfg")
+
+
+def test_warn_false_is_quiet_and_keeps_the_list(recwarn):
+    c = parse_cfg_text(NET + "[connected]\nouptut=3\n", "t.cfg", warn=False)
+    assert not [w for w in recwarn if issubclass(w.category, DarknetCfgWarning)]
+    assert [(k.line, k.key, k.why) for k in c.ignored] == [(7, "ouptut", "unread")]
+
+
+# What each fork's parser never reads, in the shared cfgs (checked by hand against parse_net_options,
+# parse_rnn and parse_yolo of both forks' src/parser.c): pjreddie's parse_net_options reads no "seen";
+# pjreddie's parse_rnn no "hidden"; AlexeyAB's parse_net_options no "max_epochs", its parse_yolo no
+# "beta1" nor "uc_normalizer" (only parse_gaussian_yolo reads that); and the keys written twice.
+EXPECTED_IGNORED = {
+    "alexeyab/Gaussian_yolov3_BDD.cfg": {("[net]", "max_epochs", "unread")},
+    "alexeyab/efficientnet-lite3.cfg": {("[net]", "decay", "repeated"), ("[net]", "momentum", "repeated")},
+    "alexeyab/efficientnet_b0.cfg": {("[net]", "decay", "repeated"), ("[net]", "momentum", "repeated")},
+    "alexeyab/rnn.cfg": {("[rnn]", "hidden", "unread")},
+    "alexeyab/rnn.train.cfg": {("[rnn]", "hidden", "unread")},
+    "alexeyab/writing.cfg": {("[net]", "seen", "unread")},
+    "alexeyab/yolo9000.cfg": {("[net]", "batch", "repeated"), ("[net]", "subdivisions", "repeated")},
+    "alexeyab/yolov3-openimages.cfg": {("[net]", "batch", "repeated"), ("[net]", "subdivisions", "repeated")},
+    "alexeyab/yolov4-sam-mish-csp-reorg-bfm.cfg": {("[yolo]", "beta1", "unread"), ("[yolo]", "uc_normalizer", "unread")},
+    "pjreddie/rnn.cfg": {("[rnn]", "hidden", "unread")},
+    "pjreddie/rnn.train.cfg": {("[rnn]", "hidden", "unread")},
+    "pjreddie/writing.cfg": {("[net]", "seen", "unread")},
+    "pjreddie/yolo9000.cfg": {("[net]", "batch", "repeated"), ("[net]", "subdivisions", "repeated")},
+    "pjreddie/yolov3-openimages.cfg": {("[net]", "batch", "repeated"), ("[net]", "subdivisions", "repeated")},
+}
+
+
+def test_no_false_warnings_on_the_shared_cfgs():
+    """Default rules on every shared cfg: the ignored keys are exactly the ones Darknet ignores."""
+    cfgs = sorted((DATA / "cfg").rglob("*.cfg"))
+    assert len(cfgs) >= 140
+    got = {}
+    for p in cfgs:
+        c = parse_cfg(p, warn=False)
+        keys = {(k.section, k.key, k.why) for k in c.ignored}
+        if keys:
+            got[p.relative_to(DATA / "cfg").as_posix()] = keys
+        for k in c.ignored:  # never a key the chosen fork reads
+            if k.why == "unread":
+                assert k.key not in known_keys(section_type(k.section, c.fork), c.fork)
+    assert got == EXPECTED_IGNORED
+
+
+@pytest.mark.parametrize("body,line,what", [
+    ("[route]\nlayers=-1\ngroups=2\ngroup_id=1\n", 10, "[route] groups="),
+    ("[sam]\nfrom=-1\n", 8, "section [sam]"),
+    ("[scale_channels]\nfrom=-1\n", 8, "section [scale_channels]"),
+    ("[implicit]\n", 8, "section [implicit]"),
+    ("[convolutional]\nfilters=2\nactivation=mish\n", 10, "[convolutional] activation=mish"),
+    ("[convolutional]\nfilters=2\nstride_x=2\n", 10, "[convolutional] stride_x="),
+    ("[maxpool]\nmaxpool_depth=1\n", 9, "[maxpool] maxpool_depth="),
+    ("[yolo]\niou_loss=ciou\n", 9, "[yolo] iou_loss="),
+])
+def test_alexeyab_only_content_picks_alexeyabs_rules(body, line, what):
+    text = NET + "[convolutional]\nfilters=4\n" + body
+    fork, why = detect_fork(text)
+    assert fork == "alexeyab" and f"line {line}: {what} is read only by AlexeyAB's" in why, why
+    assert parse_cfg_text(text, warn=False).rules == why
+
+
+def test_net_policy_sgdr_and_pjreddie_content():
+    assert detect_fork(NET + "policy=sgdr\n[connected]\n")[0] == "alexeyab"
+    assert detect_fork(NET + "policy=steps\nsteps=1\nscales=1\n[connected]\n")[0] == "pjreddie"
+    # a section only pjreddie knows, or [rnn] hidden= (which pjreddie's own rnn.cfg carries): pjreddie
+    assert detect_fork(NET + "[l2norm]\n")[0] == "pjreddie"
+    assert detect_fork(NET + "[rnn]\noutput=4\nhidden=4\n")[0] == "pjreddie"
+    fork, why = detect_fork(NET + "[convolutional]\nactivation=leaky\n")
+    assert fork == "pjreddie" and "no section, key or value" in why
+
+
+def test_alexeyab_only_sets_come_from_the_key_tables():
+    assert {"[sam]", "[scale_channels]", "[implicit]", "[Gaussian_yolo]", "[conv_lstm]", "[reorg3d]"} <= \
+        ALEXEYAB_ONLY_SECTIONS
+    assert not ALEXEYAB_ONLY_SECTIONS & {"[route]", "[reorg]", "[convolutional]", "[yolo]"}
+    assert {"groups", "group_id"} <= ALEXEYAB_ONLY_KEYS["[route]"] and "layers" not in ALEXEYAB_ONLY_KEYS["[route]"]
+    assert {"mosaic", "letter_box", "ema_alpha"} <= ALEXEYAB_ONLY_KEYS["[net]"]
+    assert "hidden" not in ALEXEYAB_ONLY_KEYS["[rnn]"]
+    for header, keys in ALEXEYAB_ONLY_KEYS.items():
+        assert not keys & known_keys(section_type(header, "pjreddie"), "pjreddie"), header
+    assert {"mish", "swish", "hard_mish", "relu6", "gelu"} <= ALEXEYAB_ONLY_VALUES["activation"]
+    assert not {"leaky", "linear", "logistic", "relu", "tanh"} & ALEXEYAB_ONLY_VALUES["activation"]
+
+
+def test_explicit_fork_or_flavor_wins():
+    text = NET + "[convolutional]\nfilters=4\nactivation=mish\n"
+    assert parse_cfg_text(text, warn=False).fork == "alexeyab"
+    assert parse_cfg_text(text, flavor="pjreddie", warn=False).fork == "pjreddie"
+    assert parse_cfg_text(text, fork="pjreddie", flavor="torch", warn=False).fork == "pjreddie"
+    c = parse_cfg_text(text, fork="pjreddie", warn=False)
+    assert c.rules == "pjreddie's rules, as asked (fork='pjreddie')"
+    with pytest.raises(ValueError, match="fork"):
+        parse_cfg_text(text, fork="darknet")
+    with pytest.raises(ValueError, match="parsed by alexeyab's rules"):
+        parse_cfg(parse_cfg_text(text, warn=False), fork="pjreddie")

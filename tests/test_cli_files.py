@@ -13,6 +13,11 @@ import pytest
 from conftest import DATA
 from darknet_bn import cli, cli_files
 
+# Loading every shared cfg by each fork's rules reports the keys that fork ignores; the tests that check
+# those warnings catch them with pytest.warns (which sees them regardless of this filter).
+pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.cfg.DarknetCfgWarning")
+
+
 PJ_SMALL = DATA / "expected" / "weights" / "pjreddie" / "bn_small"
 BN_SMALL_CFG = DATA / "cfg" / "oracle" / "bn_small.cfg"
 
@@ -206,3 +211,56 @@ def test_load_or_error_returns_the_network():
     net = cli_files.load_or_error(str(BN_SMALL_CFG), str(PJ_SMALL / "bn_small.weights"), 1, "pjreddie")
     assert not isinstance(net, int) and len(net.bn_layers) == 4
     assert isinstance(Path(net.weights_file), Path)
+
+
+# -- the default rules: detected from the cfg; ignored keys listed ------------------------------------
+
+def test_layers_default_rules_follow_the_cfg(capsys):
+    """The issue's case: yolov4-tiny by default has Darknet's (AlexeyAB's) 32 channels at route layer 3
+    (tests/data/darknet/expected/tables/alexeyab/yolov4-tiny.txt), and the header says why."""
+    code, out, err = run(["layers", DATA / "cfg" / "alexeyab" / "yolov4-tiny.cfg"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "AlexeyAB's rules, detected: line 60: [route] groups= is read only by AlexeyAB's Darknet" in lines[0]
+    assert "BN flavor alexeyab" in lines[0]
+    route = next(ln for ln in lines[2:] if ln.split()[:2] == ["3", "route"])
+    assert " 104 x 104 x  32 ->  104 x 104 x  32" in route
+    code, out, err = run(["layers", DATA / "cfg" / "pjreddie" / "yolov3-tiny.cfg"], capsys)
+    assert code == 0 and "pjreddie's rules, detected: no section, key or value" in out.splitlines()[0]
+    # an explicit flavor or fork wins
+    code, out, err = run(["layers", DATA / "cfg" / "alexeyab" / "yolov4-tiny.cfg", "--fork", "pjreddie"], capsys)
+    assert code == 0 and "pjreddie's rules, as asked (fork='pjreddie')" in out
+    assert "ignored: " in out and "[route] groups=2: pjreddie's Darknet does not read 'groups'" in out
+
+
+def test_layers_lists_every_ignored_key(tmp_path, capsys):
+    cfg = tmp_path / "typo.cfg"
+    cfg.write_text(BN_SMALL_CFG.read_text().replace("[maxpool]\n", "[maxpool]\nstrde=2\n", 1))
+    code, out, err = run(["layers", cfg], capsys)
+    assert code == 0, err
+    line = next(ln for ln in cfg.read_text().splitlines() if ln == "strde=2")
+    no = cfg.read_text().splitlines().index(line) + 1
+    ignored = [ln for ln in out.splitlines() if ln.startswith("ignored: ")]
+    assert ignored == [f"ignored: {cfg}:{no}: [maxpool] strde=2: pjreddie's Darknet does not read 'strde' in a "
+                       "[maxpool] section, it is ignored (Darknet: 'Unused field')"]
+    assert "DarknetCfgWarning" not in err
+
+
+def test_bench_cfg_default_rules_follow_the_cfg(tmp_path, capsys):
+    js = tmp_path / "b.json"
+    cfg = DATA / "cfg" / "oracle" / "yolov4-tiny-mini.cfg"
+    code, out, err = run(["bench", "--cfg", cfg, "--batch", "1", "--repeat", "1", "--compare", "", "--threads", "1",
+                          "--json", js], capsys)
+    assert code == 0, err
+    assert "AlexeyAB's rules, detected: line 60" in out and "flavor torch timed" in out
+    data = json.loads(js.read_text())
+    assert data["fork"] == "alexeyab" and data["flavor"] == "torch"
+    # every BN layer timed has the shape of AlexeyAB's own table (batch, out_c, out_h, out_w)
+    want = [(i, [1, oc, oh, ow]) for i, typ, bn, w, h, c, ow, oh, oc in _table_rows("alexeyab", "yolov4-tiny-mini")
+            if bn == 1]
+    assert [(ly["index"], ly["shape"]) for ly in data["layers"]] == want and len(want) == 19
+    code, out, err = run(["bench", "--cfg", cfg, "--repeat", "1", "--compare", "", "--threads", "1", "--flavor",
+                          "pjreddie"], capsys)
+    assert code == 0 and "pjreddie's rules, as asked (flavor 'pjreddie')" in out and "ignored: " in out
+    res = cli_files.bench_cfg(cfg, repeat=1, passes=("train",))
+    assert res.net.fork == "alexeyab"

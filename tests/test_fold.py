@@ -26,12 +26,17 @@ from hypothesis import strategies as st
 
 from conftest import DATA, assert_close
 from darknet_bn import Layer
-from darknet_bn.cfg import DarknetCfgError, fork_of
+from darknet_bn.cfg import DarknetCfgError, DarknetCfgWarning, fork_of
 from darknet_bn.flavors import torch_flavor
 from darknet_bn.fold import (FoldedBN, FoldReport, add_fold_parser, bn_affine, cmd_fold, fold_files, fold_network,
                              inference_denominator, save_folded)
 from darknet_bn.network import Network, load_network
-from darknet_bn.weights import WeightsHeader, seen_bytes
+from darknet_bn.weights import DarknetWeightsError, WeightsHeader, seen_bytes
+
+# Loading every shared cfg by each fork's rules reports the keys that fork ignores; the tests that check
+# those warnings catch them with pytest.warns (which sees them regardless of this filter).
+pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.cfg.DarknetCfgWarning")
+
 
 CASES = Path(__file__).resolve().parent / "data" / "fold_cases"
 ORACLE = DATA / "cfg" / "oracle"
@@ -962,3 +967,43 @@ def test_cfg_errors_name_the_file(tmp_path):
     bad.write_text("[net]\nwidth=4\n")
     with pytest.raises(DarknetCfgError):
         fold_files(bad, tmp_path / "w", tmp_path / "a", tmp_path / "b")
+
+
+# -- the default rules: detected from the cfg (AlexeyAB-only content -> AlexeyAB's rules and flavor) ----
+
+def _random_weights(cfg, path, fork):
+    net = load_network(cfg, fork=fork)
+    rng = np.random.default_rng(7)
+    for lyr in net.layers:
+        for host in [lyr] + list(lyr.parts.values()):
+            for name in host.array_names():
+                a = rng.standard_normal(host.array_shape(name)).astype(np.float32)
+                host.arrays[name] = np.abs(a) + 0.5 if name == "rolling_variance" else a
+    net.save_weights(path)
+
+
+def test_fold_files_default_rules_follow_the_cfg(tmp_path):
+    cfg = ORACLE / "yolov4-tiny-mini.cfg"  # [route] groups=/group_id=: AlexeyAB's
+    w = tmp_path / "m.weights"
+    _random_weights(cfg, w, "alexeyab")
+    report = fold_files(cfg, w, tmp_path / "f.cfg", tmp_path / "f.weights")
+    assert report.flavor.name == "alexeyab"
+    back = load_network(tmp_path / "f.cfg", tmp_path / "f.weights")
+    assert back.fork == "alexeyab" and back.layers[3].out_c == load_network(cfg).layers[3].out_c == 2
+    # an explicit flavor still wins: pjreddie's rules mis-size the route (as pjreddie's Darknet does), so
+    # the convolutions after it need more weights than the file has
+    with pytest.warns(DarknetCfgWarning, match="groups"):
+        with pytest.raises(DarknetWeightsError):
+            fold_files(cfg, w, tmp_path / "g.cfg", tmp_path / "g.weights", flavor="pjreddie")
+
+
+def test_cli_fold_says_the_rules_and_lists_ignored_keys(tmp_path, capsys):
+    cfg = tmp_path / "m.cfg"
+    cfg.write_text((ORACLE / "yolov4-tiny-mini.cfg").read_text().replace("[net]\n", "[net]\nfoo_bar=3\n", 1))
+    w = tmp_path / "m.weights"
+    _random_weights(cfg, w, "alexeyab")
+    code, out, err = run(["fold", cfg, w, "--out-cfg", tmp_path / "f.cfg", "--out-weights", tmp_path / "f.weights"],
+                         capsys)
+    assert code == 0, err
+    assert "with the alexeyab flavor" in out and "AlexeyAB's rules, detected: line 61: [route] groups=" in out
+    assert f"ignored: {cfg}:2: [net] foo_bar=3:" in out and "DarknetCfgWarning" not in err

@@ -11,8 +11,13 @@ import pytest
 
 from conftest import DATA
 from darknet_bn import Layer
-from darknet_bn.cfg import DarknetCfgError
+from darknet_bn.cfg import DarknetCfgError, DarknetCfgWarning, detect_fork
 from darknet_bn.network import BNLayer, Network, load_network
+
+# Loading every shared cfg by each fork's rules reports the keys that fork ignores; the tests that check
+# those warnings catch them with pytest.warns (which sees them regardless of this filter).
+pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.cfg.DarknetCfgWarning")
+
 
 TABLES = DATA / "expected" / "tables"
 SIZE_FIELDS = ("w", "h", "c", "out_w", "out_h", "out_c")
@@ -357,3 +362,175 @@ def test_route_trailing_comma_is_layer_zero():
     net = load_network(NET + "[convolutional]\nfilters=4\nsize=1\n[convolutional]\nfilters=2\nsize=1\n"
                              "[route]\nlayers=-1,\n")
     assert net.layers[2].input_layers == (1, 0) and net.layers[2].out_c == 6
+
+
+# -- the default rules: detected from the cfg --------------------------------------------------------
+
+def _compare(rows, net, skip=()):
+    compared = 0
+    for row, layer in zip(rows, net.layers):
+        got = layer.row()
+        for key, want in row.items():
+            if (key in SIZE_FIELDS and want == 0) or (row["type"], key) in skip or key in skip:
+                continue
+            assert got[key] == want, f"{net.name} layer {row['index']} ({row['type']}): {key} = {got[key]}, " \
+                                     f"Darknet built {want}"
+            compared += 1
+    return compared
+
+
+AB_TABLES = sorted((TABLES / "alexeyab").glob("*.txt"))
+PJ_TABLES = sorted((TABLES / "pjreddie").glob("*.txt"))
+
+
+@pytest.mark.parametrize("table", AB_TABLES, ids=[p.stem for p in AB_TABLES])
+def test_default_loading_gives_alexeyabs_tables(table):
+    """No flavor, no fork: every AlexeyAB table of the shared data. A cfg with AlexeyAB-only content is
+    read by AlexeyAB's rules and equals AlexeyAB's table field for field. A cfg with none is read by
+    pjreddie's rules: it equals pjreddie's table (the data has one for each of them) and AlexeyAB's in
+    every field pjreddie's layers have (not AlexeyAB's stride_x/stride_y/dilation, which must then be the
+    plain stride and 1, nor the input size AlexeyAB's route stores and pjreddie's leaves 0)."""
+    head, rows = read_table(table)
+    cfg = cfg_for("alexeyab", table.stem)
+    net = load_network(cfg, batch=int(head["net_batch"]))
+    assert len(net.layers) == len(rows)
+    if net.fork == "alexeyab":
+        assert "AlexeyAB's rules, detected: line" in net.rules
+        assert _compare(rows, net) >= 8 * len(rows)
+        return
+    assert table.stem in {"bn_small", "xyolo.test", "yolov3-tiny", "yolov3-tiny-mini"}, net.rules
+    assert net.rules.startswith("pjreddie's rules, detected: no section")
+    pj_head, pj_rows = read_table(TABLES / "pjreddie" / table.name)
+    assert _compare(pj_rows, net) >= 8 * len(rows)
+    assert _compare(rows, net, skip=("stride_x", "stride_y", "dilation", ("route", "w"), ("route", "h"),
+                                     ("route", "c"))) >= 8 * len(rows)
+    for row in rows:
+        if row["type"] == "convolutional":
+            assert row["stride_x"] == row["stride_y"] == row["stride"] and row["dilation"] == 1
+
+
+@pytest.mark.parametrize("table", PJ_TABLES, ids=[p.stem for p in PJ_TABLES])
+def test_default_loading_gives_pjreddies_tables(table):
+    head, rows = read_table(table)
+    cfg = cfg_for("pjreddie", table.stem)
+    net = load_network(cfg, batch=int(head["net_batch"]))
+    assert net.fork == "pjreddie" and net.flavor.name == "pjreddie"
+    assert _compare(rows, net) >= 8 * len(rows)
+
+
+def test_yolov4_tiny_default_is_alexeyabs_route():
+    """The issue's case: route layer 3 (groups=2, group_id=1) has Darknet's 32 channels by default."""
+    net = load_network(DATA / "cfg" / "alexeyab" / "yolov4-tiny.cfg")
+    assert net.fork == "alexeyab" and net.flavor.name == "alexeyab"
+    assert "line 60: [route] groups=" in net.rules
+    assert (net.layers[3].type, net.layers[3].out_c) == ("route", 32)
+    # an explicit flavor still wins, with the ignored keys warned about
+    with pytest.warns(DarknetCfgWarning) as rec:
+        pj = load_network(DATA / "cfg" / "alexeyab" / "yolov4-tiny.cfg", flavor="pjreddie")
+    assert pj.fork == "pjreddie" and pj.layers[3].out_c == 64 and "as asked (flavor 'pjreddie')" in pj.rules
+    assert any(w.message.key == "groups" and w.message.line == 60 for w in rec)
+    assert load_network(DATA / "cfg" / "alexeyab" / "yolov4-tiny.cfg", fork="pjreddie", flavor="torch").fork == \
+        "pjreddie"
+
+
+def test_every_pjreddie_cfg_is_read_by_pjreddies_rules():
+    cfgs = sorted((DATA / "cfg" / "pjreddie").glob("*.cfg"))
+    assert len(cfgs) == 45
+    for p in cfgs:
+        assert detect_fork(p)[0] == "pjreddie", (p, detect_fork(p))
+
+
+def _sizes(net):
+    return [(lyr.type.replace("reorg_old", "reorg"), lyr.out_w, lyr.out_h, lyr.out_c, lyr.outputs)
+            for lyr in net.layers]
+
+
+def test_alexeyab_cfgs_read_by_pjreddies_rules_build_alexeyabs_sizes():
+    """Every AlexeyAB cfg the detection leaves to pjreddie's rules builds the same output sizes by both
+    forks' rules (where both build it): nothing is lost by the default. The recurrent layers, whose
+    sizes pjreddie's Darknet never sets, are compared by their outputs only."""
+    cfgs = sorted((DATA / "cfg" / "alexeyab").rglob("*.cfg"))
+    pj = [p for p in cfgs if detect_fork(p)[0] == "pjreddie"]
+    assert 40 <= len(pj) < len(cfgs)
+    both = 0
+    for p in pj:
+        try:
+            a = load_network(p, fork="alexeyab")
+        except DarknetCfgError:
+            assert p.stem in ALEXEYAB_SHORTCUT_ASSERTS, p
+            continue
+        b = load_network(p)
+        assert b.fork == "pjreddie"
+        for la, lb in zip(_sizes(a), _sizes(b)):
+            if la[0] in ("rnn", "gru", "lstm", "crnn"):
+                la, lb = (la[0], la[4]), (lb[0], lb[4])
+            assert la == lb, (p.name, la, lb)
+        both += 1
+    assert both >= 35
+
+
+# -- recurrent layers: their own batch_normalize, and the inner layers' ------------------------------
+# From make_rnn_layer, make_crnn_layer, make_gru_layer, make_lstm_layer (both forks' src/*_layer.c) and
+# AlexeyAB's make_conv_lstm_layer: rnn and crnn never set l.batch_normalize (0); gru, lstm and
+# conv_lstm set it to the cfg's batch_normalize; every inner layer gets it.
+
+REC_NET = "[net]\nwidth=6\nheight=5\nchannels=2\n"
+REC = {
+    "rnn": "[rnn]\noutput=4\nhidden=3\nbatch_normalize=1\n",
+    "gru": "[gru]\noutput=4\nbatch_normalize=1\n",
+    "lstm": "[lstm]\noutput=4\nbatch_normalize=1\n",
+    "crnn": "[crnn]\noutput=4\nhidden=3\noutput_filters=4\nhidden_filters=3\nbatch_normalize=1\npad=1\n",
+    "conv_lstm": "[conv_lstm]\noutput=4\nbatch_normalize=1\npad=1\n",
+}
+REC_FLAG = {"rnn": 0, "crnn": 0, "gru": 1, "lstm": 1, "conv_lstm": 1}
+REC_PARTS = {
+    ("rnn", "pjreddie"): 3, ("rnn", "alexeyab"): 3, ("gru", "pjreddie"): 6, ("gru", "alexeyab"): 6,
+    ("lstm", "pjreddie"): 8, ("lstm", "alexeyab"): 8, ("crnn", "pjreddie"): 3, ("crnn", "alexeyab"): 3,
+    ("conv_lstm", "alexeyab"): 8,
+}
+
+
+@pytest.mark.parametrize("type_,fork", sorted(REC_PARTS))
+def test_recurrent_batch_normalize_is_darknets(type_, fork):
+    with pytest.warns(DarknetCfgWarning) if fork == "pjreddie" and type_ in ("rnn", "crnn") else _nothing():
+        net = load_network(REC_NET + REC[type_], fork=fork)
+    lyr = net.layers[0]
+    assert lyr.type == type_ and lyr.batch_normalize == REC_FLAG[type_]
+    assert lyr.row()["batch_normalize"] == REC_FLAG[type_]
+    assert len(lyr.parts) == REC_PARTS[(type_, fork)]
+    assert all(p.batch_normalize == 1 for p in lyr.parts.values())
+    assert [(b.index, b.part) for b in net.bn_layers] == [(0, name) for name in lyr.parts]
+    off = load_network(REC_NET + REC[type_].replace("batch_normalize=1", "batch_normalize=0"), fork=fork)
+    assert off.layers[0].batch_normalize == 0 and not off.bn_layers
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_conv_lstm_sizes_and_weights_from_alexeyabs_source():
+    """make_conv_lstm_layer: uf ui ug uo convolve the c input channels to output filters, wf wi wg wo
+    the output filters to themselves (with bottleneck=1 only wf, from 2*output), vf vi vo only with
+    peephole=1; the outer layer keeps the input size, out_w/out_h of uo, out_c = output; load_weights
+    reads [vf vi vo] wf [wi wg wo] uf ui ug uo, each as a convolution (biases, BN arrays, weights)."""
+    text = "[net]\nwidth=9\nheight=7\nchannels=3\n[conv_lstm]\noutput=5\nsize=3\npad=1\nbatch_normalize=1\n"
+    net = load_network(text)
+    assert net.fork == "alexeyab" and "section [conv_lstm]" in net.rules
+    lyr = net.layers[0]
+    assert (lyr.w, lyr.h, lyr.c, lyr.out_w, lyr.out_h, lyr.out_c) == (9, 7, 3, 9, 7, 5)
+    assert (lyr.inputs, lyr.outputs) == (9 * 7 * 3, 9 * 7 * 5)
+    assert list(lyr.parts) == ["uf", "ui", "ug", "uo", "wf", "wi", "wg", "wo"]
+    assert [(p.c, p.n, p.size, p.pad) for p in lyr.parts.values()] == [(3, 5, 3, 1)] * 4 + [(5, 5, 3, 1)] * 4
+    names = [s.name for s in net.weights_layout()]
+    assert names[:5] == ["wf.biases", "wf.scales", "wf.rolling_mean", "wf.rolling_variance", "wf.weights"]
+    assert [n.split(".")[0] for n in names[::5]] == ["wf", "wi", "wg", "wo", "uf", "ui", "ug", "uo"]
+    assert sum(s.count for s in net.weights_layout()) == 4 * (5 * 4 + 5 * 3 * 9) + 4 * (5 * 4 + 5 * 5 * 9)
+    peep = load_network(text + "peephole=1\nbottleneck=1\n").layers[0]
+    assert list(peep.parts) == ["uf", "ui", "ug", "uo", "wf", "vf", "vi", "vo"]
+    assert peep.parts["wf"].c == 10
+    assert [s.name.split(".")[0] for s in load_network(text + "peephole=1\nbottleneck=1\n").weights_layout()][::5] \
+        == ["vf", "vi", "vo", "wf", "uf", "ui", "ug", "uo"]

@@ -295,7 +295,6 @@ def _readers(net: Network) -> dict:
 
 def _source_text(net: Network, cfg_text: str | bytes | None) -> tuple[str, bool]:
     """The cfg text the network was built from (str, Latin-1), and whether it is the original text."""
-    fl = net.flavor
 
     def same(text: str) -> bool:
         try:

@@ -104,7 +104,7 @@ class SyncLayer(Layer):
             return super().forward(input, False)
         c = self.c
         try:
-            input, p_in, _ = self._take_input(input, True, 2, keep_x=True)   # the count: checked globally below
+            input, p_in, _, _ = self._take_input(input, True, 2, keep_x=True)   # the count: checked globally below
             lib.dbn_forward_moments(p_in, self.batch, c, self.h * self.w, self._p_lmom, _exec)
             self._lmom[3 * c:] = 0.0
             failure = None

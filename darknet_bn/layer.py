@@ -106,7 +106,7 @@ class Layer:
     """
 
     __slots__ = ("_batch", "_w", "_h", "_c", "_n", "_count", "_shape", "_flavor", "_cflavor",
-                 "_output", "_delta", "_params", "_x", "_p_x", "_train", "_x_norm", "_x_norm_valid", "_x_copy", "_x_bufs",
+                 "_output", "_delta", "_params", "_x", "_p_x", "_train", "_x_norm", "_x_norm_valid", "_x_copy", "_x_bufs", "_x_lost",
                  "_p_output", "_p_delta", "_p", "_rows", "_what", "_view_shape", "_view",
                  "_a_train", "_a_infer", "_a_bwd", "_renorm", "__weakref__")
 
@@ -138,6 +138,7 @@ class Layer:
         self._x: np.ndarray | None = None    # the last forward's input (a reference) ...
         self._p_x = None                     # ... and its cffi pointer
         self._train = True                   # the mode of the last forward
+        self._x_lost = False                 # the last forward: inference in place on output (x is gone)
         self._x_norm: np.ndarray | None = None
         self._x_norm_valid = False
         self._x_copy: np.ndarray | None = None   # what x shows before the first forward (zeros)
@@ -182,7 +183,8 @@ class Layer:
                 statistics) or inference mode (rolling statistics; changes nothing but ``output``).
             activation: inference only: Darknet's activation applied in the same pass (``"leaky"``,
                 ``"relu"``, ``"mish"``, ... -- see :data:`ACTIVATIONS`; ``None``/``"linear"``: none).
-                ``output`` then holds the activated values. For in place, pass ``layer.output`` as input.
+                ``output`` then holds the activated values. For in place, pass ``layer.output`` as input
+                (in inference that overwrites the input: :meth:`backward` and ``x_norm`` then raise).
 
         Returns:
             ``output`` (the layer's own buffer, overwritten by the next forward), viewed in the shape
@@ -196,16 +198,17 @@ class Layer:
         if act and train:
             raise ValueError(f"activation: fused with the inference forward only (train=False), got {activation!r} "
                              "with train=True")
-        input, p_in, train = self._take_input(input, train, self._count)
+        input, p_in, train, lost = self._take_input(input, train, self._count)
         if train:
             lib.dbn_forward_train(p_in, *self._a_train)
         else:
             lib.dbn_forward_infer(p_in, *self._a_infer, act, _exec)
-        return self._forward_done(input, p_in, train)
+        return self._forward_done(input, p_in, train, lost)
 
     def _take_input(self, input: Any, train: Any, count: int, keep_x: bool = False):
         """Check a forward's input (and the count of values per channel a training forward needs);
-        returns (the input as x, its pointer, train as a bool).
+        returns (the input as x, its pointer, train as a bool, whether it is an inference in place on
+        output: x is then overwritten by the pass).
 
         A native, aligned, C-contiguous float32 array is used in place (it is only read). It is copied
         once into a buffer of this layer when it is float32 but byte-swapped, misaligned or not
@@ -224,7 +227,7 @@ class Layer:
             raise ValueError("train: a training forward needs batch*h*w >= 2 values per channel "
                              f"(the batch variance is undefined), this layer has {count}")
         if not fast:
-            return self._copy_input(input, input, keep_x) + (train,)
+            return self._copy_input(input, input, keep_x) + (train, False)
         p_in = ffi.from_buffer("float[]", input)
         # An array that owns its memory cannot share it with this layer's buffers; a view might.
         if input.base is not None:
@@ -235,8 +238,9 @@ class Layer:
                 if not (p_in == self._p_output):
                     raise ValueError("input: partially overlaps this layer's output buffer")
                 if train:  # the output overwrites its input: keep x for the backward
-                    return self._copy_input(self._output, input, keep_x) + (train,)
-        return input, p_in, train
+                    return self._copy_input(self._output, input, keep_x) + (train, False)
+                return input, p_in, train, True   # inference in place: no copy, x is overwritten
+        return input, p_in, train, False
 
     def _copy_input(self, src: np.ndarray, like: np.ndarray, keep_x: bool):
         """Copy src (n float32 values, any byte order or layout) into one of this layer's aligned buffers
@@ -255,10 +259,11 @@ class Layer:
         np.copyto(view, src.reshape(like.shape))
         return view, ffi.from_buffer("float[]", buf)
 
-    def _forward_done(self, input: np.ndarray, p_in: Any, train: bool) -> np.ndarray:
+    def _forward_done(self, input: np.ndarray, p_in: Any, train: bool, lost: bool = False) -> np.ndarray:
         """Remember the forward's input and mode; return the output viewed in the input's shape."""
         self._x, self._p_x = input, p_in
         self._train = train
+        self._x_lost = lost
         self._x_norm_valid = False
         shape = input.shape
         if shape != self._view_shape:
@@ -294,6 +299,9 @@ class Layer:
         x = self._x
         if x is None:
             raise ValueError("backward: call forward first (the backward needs the forward's input)")
+        if self._x_lost:
+            raise ValueError("backward: the last forward was an inference forward in place on output, which "
+                             "overwrote its input; the backward needs that input (pass it in another array)")
         if net_delta is None:
             net_delta = np.empty(x.shape, dtype=np.float32)
             return net_delta, ffi.from_buffer("float[]", net_delta)
@@ -335,7 +343,8 @@ class Layer:
     @property
     def x(self) -> np.ndarray:
         """float32 (batch, c, h, w): the last forward's input (a view of it, not a copy; zeros before
-        the first forward)."""
+        the first forward). After an inference forward in place on ``output``, it is ``output``: the
+        input was overwritten (``x_norm`` and :meth:`backward` then raise ValueError)."""
         if self._x is None:
             if self._x_copy is None:
                 self._x_copy = _aligned_zeros(self._n).reshape(self._shape)
@@ -345,7 +354,11 @@ class Layer:
     @property
     def x_norm(self) -> np.ndarray:
         """float32 (batch, c, h, w): the last forward's normalized input, computed on first read
-        (into a buffer allocated on the first read ever; zeros before the first forward)."""
+        (into a buffer allocated on the first read ever; zeros before the first forward). ValueError
+        after an inference forward in place on ``output`` (its input was overwritten)."""
+        if self._x_lost:
+            raise ValueError("x_norm: the last forward was an inference forward in place on output, which "
+                             "overwrote its input")
         if self._x_norm is None:
             self._x_norm = _aligned_zeros(self._n).reshape(self._shape)
         if self._x is not None and not self._x_norm_valid:

@@ -324,8 +324,11 @@ class Memory:
             mask = np.zeros(len(buf), bool)
             for a in written:
                 if self.where.get(id(a)) == i:
-                    base = now.ctypes.data
-                    idx = (a.ctypes.data - base) + np.indices(a.shape).reshape(a.ndim, -1).T @ np.array(a.strides)
+                    off = a.ctypes.data - now.ctypes.data
+                    if a.flags.c_contiguous:
+                        mask[off:off + a.nbytes] = True
+                        continue
+                    idx = off + np.indices(a.shape).reshape(a.ndim, -1).T @ np.array(a.strides)
                     for k in range(4):
                         mask[idx + k] = True
             diff = now != np.frombuffer(old, np.uint8)
@@ -559,7 +562,7 @@ def _forward_round(layer, shape, mem, rng, data, train, big):
     else:
         inp = mem.make(x, layout)
     act = None
-    if not train and isinstance(layer, Layer) and type(layer) is Layer:
+    if not train and type(layer) is Layer:   # SyncLayer.forward has no activation
         act = data.draw(st.sampled_from([None] + list(ACTIVATIONS)), label="activation")
     with np.errstate(invalid="ignore"):
         xin = np.array(inp, np.float64).reshape(shape)       # the values the forward must see

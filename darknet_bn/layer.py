@@ -106,7 +106,8 @@ class Layer:
     """
 
     __slots__ = ("_batch", "_w", "_h", "_c", "_n", "_count", "_shape", "_flavor", "_cflavor",
-                 "_output", "_delta", "_params", "_x", "_p_x", "_train", "_x_norm", "_x_norm_valid", "_x_copy", "_x_bufs", "_x_lost",
+                 "_output", "_delta", "_params", "_x", "_p_x", "_train", "_x_norm", "_x_norm_valid", "_x_copy",
+                 "_x_bufs", "_x_lost",
                  "_p_output", "_p_delta", "_p", "_rows", "_what", "_view_shape", "_view",
                  "_a_train", "_a_infer", "_a_bwd", "_renorm", "__weakref__")
 
@@ -250,7 +251,8 @@ class Layer:
         for i, b in enumerate(self._x_bufs):
             if b is None:
                 b = self._x_bufs[i] = _aligned_zeros(self._n).reshape(self._shape)
-            if not (np.may_share_memory(b, src) or (keep_x and self._x is not None and np.may_share_memory(b, self._x))):
+            holds_x = keep_x and self._x is not None and np.may_share_memory(b, self._x)
+            if not (holds_x or np.may_share_memory(b, src)):
                 buf = b
                 break
         if buf is None:   # src is a view of one buffer, x lives in the other: a third, not kept

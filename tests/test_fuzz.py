@@ -288,7 +288,8 @@ class Memory:
         n, shape = v.size, v.shape
         dtype = SWAPPED if layout == "big_endian" else np.dtype(np.float32)
         buf, start = self._buffer(8 * n if layout == "strided" else 4 * n)
-        start += {"offset4": 4 * int(self.rng.integers(1, 16)), "misaligned": int(self.rng.integers(1, 4))}.get(layout, 0)
+        if layout in ("offset4", "misaligned"):   # 4..60 bytes off a vector boundary, or 1..3 off a float
+            start += 4 * int(self.rng.integers(1, 16)) if layout == "offset4" else int(self.rng.integers(1, 4))
         if layout == "strided":
             a = np.frombuffer(buf, dtype, count=2 * n, offset=start)[::2].reshape(shape)
         elif layout == "reversed":
@@ -375,8 +376,10 @@ def _kernel_refs():
         "variance_cpu": lambda a, b, f, s: (ref.variance_cpu(a[0], a[1], b, f, s),
                                             ((t(a[0], b, f, s) - c(a[1])) ** 2).max(axis=(0, 2))),
         "normalize_cpu": lambda a, b, f, s: (ref.normalize_cpu(a[0], a[1], a[2], b, f, s, eps, in_sqrt),
-                                             (np.abs(t(a[0], b, f, s)) + np.abs(c(a[1]))) / c(ref.denominator(a[2], eps, in_sqrt))),
-        "scale_bias": lambda a, b, f, s: (ref.scale_bias(a[0], a[1], b, f, s), np.abs(ref.scale_bias(a[0], a[1], b, f, s))),
+                                             (np.abs(t(a[0], b, f, s)) + np.abs(c(a[1])))
+                                             / c(ref.denominator(a[2], eps, in_sqrt))),
+        "scale_bias": lambda a, b, f, s: (ref.scale_bias(a[0], a[1], b, f, s),
+                                          np.abs(ref.scale_bias(a[0], a[1], b, f, s))),
         "add_bias": lambda a, b, f, s: (ref.add_bias(a[0], a[1], b, f, s), np.abs(t(a[0], b, f, s)) + np.abs(c(a[1]))),
         "backward_bias": lambda a, b, f, s: (ref.backward_bias(a[0], a[1], b, f, s),
                                              np.abs(a[0]) + np.abs(t(a[1], b, f, s)).sum(axis=(0, 2))),
@@ -386,7 +389,8 @@ def _kernel_refs():
                                               np.abs(t(a[0], b, f, s)).sum(axis=(0, 2)) / np.sqrt(a[1] + ref.F32_1e5)),
         "variance_delta_cpu": lambda a, b, f, s: (
             ref.variance_delta_cpu(a[0], a[1], a[2], a[3], b, f, s),
-            np.abs(t(a[1], b, f, s) * (t(a[0], b, f, s) - c(a[2]))).sum(axis=(0, 2)) * 0.5 * (a[3] + ref.F32_1e5) ** -1.5),
+            np.abs(t(a[1], b, f, s) * (t(a[0], b, f, s) - c(a[2]))).sum(axis=(0, 2))
+            * 0.5 * (a[3] + ref.F32_1e5) ** -1.5),
         "normalize_delta_cpu": lambda a, b, f, s: (
             ref.normalize_delta_cpu(a[0], a[1], a[2], a[3], a[4], b, f, s, a[8], beps, bin_sqrt),
             np.abs(t(a[8], b, f, s)) / c(ref.denominator(a[2], beps, bin_sqrt))
@@ -673,7 +677,8 @@ def _backward_round(layer, shape, mem, rng, data, fwd):
     assert_close(got, g["delta"], scale=scale, name=f"input delta ({layout})")
     assert np.array_equal(layer.delta, np.asarray(got).reshape(shape))
     gs = np.abs(dy).sum(axis=(0, 2, 3))
-    assert_close(layer.bias_updates, before["bias_updates"] + g["bias_updates"], scale=gs.max() + 3, name="bias_updates")
+    assert_close(layer.bias_updates, before["bias_updates"] + g["bias_updates"], scale=gs.max() + 3,
+                 name="bias_updates")
     xs = np.abs(g["scale_updates"]).max() + (gs * np.abs(fwd["x"] - mean[None, :, None, None]).max(axis=(0, 2, 3))
                                              / sigma).max() * max(1.0, np.abs(before["r"]).max()) + 3
     assert_close(layer.scale_updates, before["scale_updates"] + g["scale_updates"], scale=xs, name="scale_updates")

@@ -210,8 +210,9 @@ DBN_INLINE void run_affine_act_k(const float *a, float *out, int64_t m, float k,
 {
     const vf kv = vsplat(k), pv = vsplat(p), qv = vsplat(q);
     int64_t j = 0;
-    if (m >= DBN_PEEL_MIN && !aligned_v(out)) {
-        j = (int64_t)((DBN_VBYTES - (uintptr_t)out % DBN_VBYTES) / 4);
+    if (m >= DBN_PEEL_MIN && !aligned_v(out)) {   /* at most NV - 1 values, and never past m: a pointer
+                                                    * that is not 4-byte aligned does not align here */
+        j = min64((int64_t)((DBN_VBYTES - (uintptr_t)out % DBN_VBYTES) / 4), m);
         act_partial(a, out, j, kv, pv, qv, act);
     }
     if (nt && aligned_v(out + j))
@@ -654,10 +655,10 @@ static inline void run_affine_x(const float *a, float *out, float *out2, int64_t
         out[j] = y;
         if (out2) out2[j] = y;
     }
-    const int both = out2 && aligned_v(out2 + j);
+    const int both = out2 && aligned_v(out2 + j), ntv = nt && aligned_v(out + j);   /* streams: aligned only */
     for (; j + NV <= m; j += NV) {
         vf y = (vload(a + j) - vload(k + j)) * vload(p + j) + vload(q + j);
-        if (nt) vstream(out + j, y); else vstore(out + j, y);
+        if (ntv) vstream(out + j, y); else vstore(out + j, y);
         if (out2) {
             if (nt && both) vstream(out2 + j, y); else vstore(out2 + j, y);
         }
@@ -678,10 +679,10 @@ static inline void run_bwd_x(const float *a, const float *b, float *out, float *
         out[j] = y;
         if (out2) out2[j] = y;
     }
-    const int both = out2 && aligned_v(out2 + j);
+    const int both = out2 && aligned_v(out2 + j), ntv = nt && aligned_v(out + j);
     for (; j + NV <= m; j += NV) {
         vf y = vload(b + j) * vload(p + j) + ((vload(a + j) - vload(k + j)) * vload(q + j) + vload(r + j));
-        if (nt) vstream(out + j, y); else vstore(out + j, y);
+        if (ntv) vstream(out + j, y); else vstore(out + j, y);
         if (out2) {
             if (nt && both) vstream(out2 + j, y); else vstore(out2 + j, y);
         }

@@ -97,12 +97,14 @@ class SyncLayer(Layer):
     def forward(self, input: np.ndarray, train: bool = True) -> np.ndarray:
         """Darknet's forward with the whole batch's statistics (training; one Allreduce), or plain
         inference (no communication). A collective call in training mode: every process must call it.
-        See :meth:`Layer.forward` for the arguments."""
+        See :meth:`Layer.forward` for the arguments: the same input checks, and a float32 input that is
+        byte-swapped, misaligned or not C-contiguous is copied once into a buffer of this layer (a
+        buffer other than the last forward's ``x``, which stays intact when the pass raises)."""
         if not train:
             return super().forward(input, False)
         c = self.c
         try:
-            input, p_in, _ = self._take_input(input, True, 2)   # the count is checked globally below
+            input, p_in, _, _ = self._take_input(input, True, 2, keep_x=True)   # the count: checked globally below
             lib.dbn_forward_moments(p_in, self.batch, c, self.h * self.w, self._p_lmom, _exec)
             self._lmom[3 * c:] = 0.0
             failure = None
@@ -129,7 +131,9 @@ class SyncLayer(Layer):
     def backward(self, net_delta: np.ndarray | None = None) -> np.ndarray:
         """Darknet's backward with the whole batch's sums (after a training forward; one Allreduce), or
         the local inference gradient (no communication). ``scale_updates``/``bias_updates`` receive this
-        process's contribution. A collective call after a training forward. See :meth:`Layer.backward`."""
+        process's contribution. A collective call after a training forward. See :meth:`Layer.backward`
+        (``net_delta`` is written: one that is not native float32, aligned, C-contiguous and writable
+        raises on every process, never copied)."""
         if not self._train:
             return super().backward(net_delta)
         c = self.c

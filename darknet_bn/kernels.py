@@ -1,12 +1,15 @@
 """Darknet's batch-normalization kernels on numpy arrays: the Python face of ``csrc/``.
 
 Every function takes Darknet's arguments in Darknet's order and writes its outputs into the arrays
-given: no copies. Tensors are float32, C-contiguous, NCHW: a tensor argument holds
+given: no copies. Tensors are float32 (native byte order), C-contiguous, aligned (address % 4 == 0), NCHW:
+a tensor argument holds
 ``batch*filters*spatial`` elements (any shape), element ``(b, f, s)`` at flat index
 ``(b*filters + f)*spatial + s`` with ``spatial = h*w``; per-channel arguments hold ``filters`` elements.
 Arguments are checked before C runs: anything else raises ``TypeError`` (not an ndarray, not float32,
-not an int) or ``ValueError`` (wrong size, negative size, not C-contiguous, read-only where written,
-an output sharing memory with another argument), naming the argument, what was expected and what came.
+byte-swapped float32, not an int) or ``ValueError`` (wrong size, negative size, not C-contiguous, not
+aligned -- e.g. ``np.frombuffer(buf, np.float32, offset=1)`` --, read-only where written, an output sharing
+memory with another argument), naming the argument, what was expected and what came. Nothing is copied
+to make an argument fit: ``a.copy()`` gives a native, aligned, C-contiguous array.
 
 Where Darknet's two forks differ (the eps of ``normalize_cpu`` and ``normalize_delta_cpu``), the
 ``flavor`` keyword picks the variant (see :mod:`darknet_bn.flavors`).
@@ -109,21 +112,27 @@ def _explain(name: str, a: Any, n: int, what: str, writable: bool) -> None:
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray of float32, got {type(a).__name__}")
     if a.dtype != _F32:
-        raise TypeError(f"{name}: expected dtype float32 (native byte order), got {a.dtype.str} ({a.dtype})")
+        swapped = a.dtype.kind == "f" and a.dtype.itemsize == 4
+        raise TypeError(f"{name}: expected dtype float32 (native byte order), got {a.dtype.str} ({a.dtype})"
+                        + (", byte-swapped (a.astype(np.float32) makes a native copy)" if swapped else ""))
     if a.size != n:
         raise ValueError(f"{name}: expected {n} float32 elements ({what}), got {a.size} (shape {a.shape})")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array, got strides {a.strides} for shape {a.shape}"
                          " (np.ascontiguousarray makes a contiguous copy)")
+    if not a.flags.aligned:
+        raise ValueError(f"{name}: expected an aligned float32 array (address % 4 == 0), got address offset "
+                         f"{a.ctypes.data % 4} (a.copy() makes an aligned copy)")
     if writable and not a.flags.writeable:
         raise ValueError(f"{name}: this argument is written, but the array is read-only")
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _buf(name: str, a: Any, n: int, what: str, writable: bool = False):
-    """A cffi ``float[]`` over a's memory (no copy), after checking a holds n float32 values in C order."""
-    if (isinstance(a, np.ndarray) and a.dtype == _F32 and a.size == n and a.flags.c_contiguous
-            and (a.flags.writeable or not writable)):
+    """A cffi ``float[]`` over a's memory (no copy), after checking a holds n native float32 values in C
+    order at an address C may hold as a ``float *`` (4-byte aligned: anything else is undefined behaviour)."""
+    if (isinstance(a, np.ndarray) and a.dtype == _F32 and a.size == n and (fl := a.flags).c_contiguous
+            and fl.aligned and (fl.writeable or not writable)):
         return ffi.from_buffer("float[]", a)
     _explain(name, a, n, what, writable)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ._dbn import ffi, lib
 from .flavors import Flavor, get_flavor
-from .kernels import _INT64_MAX, _buf, _exec, _int
+from .kernels import _F32, _INT64_MAX, _buf, _exec, _explain, _int
 
 __all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS"]
 
@@ -88,7 +88,8 @@ class Layer:
       with the output's delta; after it, ``delta`` holds the input's delta (as Darknet's ``l.delta``).
     - ``x``: the input of the last forward, ``(batch, c, h, w)``. **Not a copy**: it is a view of the
       array passed to :meth:`forward` (PyTorch saves its input the same way), so that array must not be
-      changed before :meth:`backward`. (Only when the input shares memory with ``output`` is it copied.)
+      changed before :meth:`backward`. (It is a copy only when the input was ``output`` itself in a
+      training forward, or was byte-swapped, misaligned or not C-contiguous: see :meth:`forward`.)
     - ``x_norm``: the normalized input of the last forward, ``(batch, c, h, w)``, computed from ``x``
       and the statistics that forward used when first read after it (no cost when never read).
     - ``scales`` (init 1), ``biases`` (0), ``scale_updates``, ``bias_updates``, ``mean``, ``variance``,
@@ -106,6 +107,7 @@ class Layer:
 
     __slots__ = ("_batch", "_w", "_h", "_c", "_n", "_count", "_shape", "_flavor", "_cflavor",
                  "_output", "_delta", "_params", "_x", "_p_x", "_train", "_x_norm", "_x_norm_valid", "_x_copy",
+                 "_x_bufs", "_x_lost",
                  "_p_output", "_p_delta", "_p", "_rows", "_what", "_view_shape", "_view",
                  "_a_train", "_a_infer", "_a_bwd", "_renorm", "__weakref__")
 
@@ -137,9 +139,11 @@ class Layer:
         self._x: np.ndarray | None = None    # the last forward's input (a reference) ...
         self._p_x = None                     # ... and its cffi pointer
         self._train = True                   # the mode of the last forward
+        self._x_lost = False                 # the last forward: inference in place on output (x is gone)
         self._x_norm: np.ndarray | None = None
         self._x_norm_valid = False
-        self._x_copy: np.ndarray | None = None
+        self._x_copy: np.ndarray | None = None   # what x shows before the first forward (zeros)
+        self._x_bufs: list = [None, None]        # where a forward's input is copied when it must be
         self._what = f"batch*inputs = {batch}*{c * h * w}"
         self._view_shape, self._view = self._shape, self._output   # the last shape forward returned
 
@@ -170,13 +174,18 @@ class Layer:
         """Darknet's ``forward_batchnorm_layer``.
 
         Args:
-            input: float32, C-contiguous, ``batch*inputs`` values in NCHW order (any shape). Kept by
-                reference as ``x`` for the backward; not copied and not modified.
+            input: float32, ``batch*inputs`` values in NCHW order (any shape; its logical C order).
+                Never modified. A native-byte-order, aligned (address % 4 == 0), C-contiguous array --
+                read-only or not -- is used in place: kept by reference as ``x`` for the backward, no
+                copy. A float32 array that is byte-swapped (``'>f4'``), misaligned or not C-contiguous
+                (Fortran order, strided) is **copied once** into a buffer of this layer, which is then
+                ``x``. Other dtypes raise TypeError (no silent conversion).
             train: training mode (batch statistics; updates ``mean``, ``variance`` and the rolling
                 statistics) or inference mode (rolling statistics; changes nothing but ``output``).
             activation: inference only: Darknet's activation applied in the same pass (``"leaky"``,
                 ``"relu"``, ``"mish"``, ... -- see :data:`ACTIVATIONS`; ``None``/``"linear"``: none).
-                ``output`` then holds the activated values. For in place, pass ``layer.output`` as input.
+                ``output`` then holds the activated values. For in place, pass ``layer.output`` as input
+                (in inference that overwrites the input: :meth:`backward` and ``x_norm`` then raise).
 
         Returns:
             ``output`` (the layer's own buffer, overwritten by the next forward), viewed in the shape
@@ -190,22 +199,37 @@ class Layer:
         if act and train:
             raise ValueError(f"activation: fused with the inference forward only (train=False), got {activation!r} "
                              "with train=True")
-        input, p_in, train = self._take_input(input, train, self._count)
+        input, p_in, train, lost = self._take_input(input, train, self._count)
         if train:
             lib.dbn_forward_train(p_in, *self._a_train)
         else:
             lib.dbn_forward_infer(p_in, *self._a_infer, act, _exec)
-        return self._forward_done(input, p_in, train)
+        return self._forward_done(input, p_in, train, lost)
 
-    def _take_input(self, input: Any, train: Any, count: int):
+    def _take_input(self, input: Any, train: Any, count: int, keep_x: bool = False):
         """Check a forward's input (and the count of values per channel a training forward needs);
-        returns (input, its pointer, train as a bool). The input is copied only when it is this layer's
-        own output buffer in a training forward (the output overwrites it, the backward needs it)."""
-        p_in = _buf("input", input, self._n, self._what)
+        returns (the input as x, its pointer, train as a bool, whether it is an inference in place on
+        output: x is then overwritten by the pass).
+
+        A native, aligned, C-contiguous float32 array is used in place (it is only read). It is copied
+        once into a buffer of this layer when it is float32 but byte-swapped, misaligned or not
+        C-contiguous (C may not read it as a ``float *``), and when it is this layer's own output buffer
+        in a training forward (the output overwrites it, the backward needs it). keep_x: the copy must
+        leave the last forward's x intact (for a caller that may still raise after this returns)."""
+        n = self._n
+        fast = (isinstance(input, np.ndarray) and input.dtype == _F32 and input.size == n
+                and (fl := input.flags).c_contiguous and fl.aligned)
+        if not fast:   # float32 in any byte order and layout can be copied; anything else raises
+            f32 = isinstance(input, np.ndarray) and input.dtype.kind == "f" and input.dtype.itemsize == 4
+            if not f32 or input.size != n:
+                _explain("input", input.view(_F32) if f32 else input, n, self._what, False)
         train = bool(train)
         if train and count < 2:
             raise ValueError("train: a training forward needs batch*h*w >= 2 values per channel "
                              f"(the batch variance is undefined), this layer has {count}")
+        if not fast:
+            return self._copy_input(input, input, keep_x) + (train, False)
+        p_in = ffi.from_buffer("float[]", input)
         # An array that owns its memory cannot share it with this layer's buffers; a view might.
         if input.base is not None:
             if np.may_share_memory(input, self._delta):
@@ -215,17 +239,33 @@ class Layer:
                 if not (p_in == self._p_output):
                     raise ValueError("input: partially overlaps this layer's output buffer")
                 if train:  # the output overwrites its input: keep x for the backward
-                    if self._x_copy is None:
-                        self._x_copy = _aligned_zeros(self._n).reshape(self._shape)
-                    np.copyto(self._x_copy, self._output)
-                    input = self._x_copy
-                    p_in = ffi.from_buffer("float[]", input)
-        return input, p_in, train
+                    return self._copy_input(self._output, input, keep_x) + (train, False)
+                return input, p_in, train, True   # inference in place: no copy, x is overwritten
+        return input, p_in, train, False
 
-    def _forward_done(self, input: np.ndarray, p_in: Any, train: bool) -> np.ndarray:
+    def _copy_input(self, src: np.ndarray, like: np.ndarray, keep_x: bool):
+        """Copy src (n float32 values, any byte order or layout) into one of this layer's aligned buffers
+        that shares no memory with src (nor, with keep_x, with the last forward's x); returns the copy
+        in like's shape and its pointer."""
+        buf = None
+        for i, b in enumerate(self._x_bufs):
+            if b is None:
+                b = self._x_bufs[i] = _aligned_zeros(self._n).reshape(self._shape)
+            holds_x = keep_x and self._x is not None and np.may_share_memory(b, self._x)
+            if not (holds_x or np.may_share_memory(b, src)):
+                buf = b
+                break
+        if buf is None:   # src is a view of one buffer, x lives in the other: a third, not kept
+            buf = _aligned_zeros(self._n).reshape(self._shape)
+        view = buf.reshape(like.shape)
+        np.copyto(view, src.reshape(like.shape))
+        return view, ffi.from_buffer("float[]", buf)
+
+    def _forward_done(self, input: np.ndarray, p_in: Any, train: bool, lost: bool = False) -> np.ndarray:
         """Remember the forward's input and mode; return the output viewed in the input's shape."""
         self._x, self._p_x = input, p_in
         self._train = train
+        self._x_lost = lost
         self._x_norm_valid = False
         shape = input.shape
         if shape != self._view_shape:
@@ -242,9 +282,11 @@ class Layer:
         ``bias_updates`` (``bias_updates`` in every flavor, even where AlexeyAB's CPU code does not).
 
         Args:
-            net_delta: float32, C-contiguous, ``batch*inputs`` values: receives the input's delta
-                (Darknet's copy into ``net.delta``). ``None``: a new array is allocated. Passing
-                ``layer.delta`` itself computes in place with no second write (the fastest form).
+            net_delta: float32 (native byte order), C-contiguous, aligned, writable, ``batch*inputs``
+                values: receives the input's delta (Darknet's copy into ``net.delta``); an array that is
+                not so raises ValueError/TypeError (it is written: never silently copied). ``None``: a
+                new array is allocated. Passing ``layer.delta`` itself computes in place with no second
+                write (the fastest form).
 
         Returns:
             net_delta (or the new array, shaped as the last forward's input). ``delta`` holds the same
@@ -259,6 +301,9 @@ class Layer:
         x = self._x
         if x is None:
             raise ValueError("backward: call forward first (the backward needs the forward's input)")
+        if self._x_lost:
+            raise ValueError("backward: the last forward was an inference forward in place on output, which "
+                             "overwrote its input; the backward needs that input (pass it in another array)")
         if net_delta is None:
             net_delta = np.empty(x.shape, dtype=np.float32)
             return net_delta, ffi.from_buffer("float[]", net_delta)
@@ -300,7 +345,8 @@ class Layer:
     @property
     def x(self) -> np.ndarray:
         """float32 (batch, c, h, w): the last forward's input (a view of it, not a copy; zeros before
-        the first forward)."""
+        the first forward). After an inference forward in place on ``output``, it is ``output``: the
+        input was overwritten (``x_norm`` and :meth:`backward` then raise ValueError)."""
         if self._x is None:
             if self._x_copy is None:
                 self._x_copy = _aligned_zeros(self._n).reshape(self._shape)
@@ -310,7 +356,11 @@ class Layer:
     @property
     def x_norm(self) -> np.ndarray:
         """float32 (batch, c, h, w): the last forward's normalized input, computed on first read
-        (into a buffer allocated on the first read ever; zeros before the first forward)."""
+        (into a buffer allocated on the first read ever; zeros before the first forward). ValueError
+        after an inference forward in place on ``output`` (its input was overwritten)."""
+        if self._x_lost:
+            raise ValueError("x_norm: the last forward was an inference forward in place on output, which "
+                             "overwrote its input")
         if self._x_norm is None:
             self._x_norm = _aligned_zeros(self._n).reshape(self._shape)
         if self._x is not None and not self._x_norm_valid:

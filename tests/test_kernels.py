@@ -273,3 +273,39 @@ def test_threads_setting():
     finally:
         K.set_num_threads(None)
     assert K.get_num_threads() == n0
+
+
+# ------------------------------------------------------------------------------------------------
+# Misaligned memory (issue 12): a float* that is not 4-byte aligned is undefined in C, and the
+# engine's store-alignment peel loops never met an aligned address: the process crashed.
+
+def test_issue_12_misaligned_array_raises():
+    """The issue's snippet, exactly: a ValueError naming the argument (add_bias calls it ``output``,
+    Darknet's name) and its address offset, instead of SIGSEGV; nothing written."""
+    x = np.frombuffer(bytearray(4 * 4000 + 8), np.float32, count=4000, offset=1)   # x.flags.aligned is False
+    with pytest.raises(ValueError, match=r"^output: expected an aligned float32 array \(address % 4 == 0\), "
+                                         r"got address offset 1"):
+        K.add_bias(x, np.ones(4, np.float32), 1, 4, 1000)                           # SIGSEGV
+    assert not x.any()
+
+
+@pytest.mark.parametrize("offset", [1, 2, 3])
+def test_misaligned_input_named_x(offset):
+    """The same array as the argument named x (mean_cpu), at each offset: ValueError naming x."""
+    raw = bytearray(4 * 4000 + 8)
+    x = np.frombuffer(raw, np.float32, count=4000, offset=offset)
+    mean = np.full(4, 7, np.float32)
+    with pytest.raises(ValueError, match=rf"^x: expected an aligned float32 array \(address % 4 == 0\), "
+                                         rf"got address offset {offset}"):
+        K.mean_cpu(x, 1, 4, 1000, mean)
+    assert (mean == 7).all() and not any(raw)
+
+
+def test_aligned_to_4_but_not_to_a_vector_is_fine():
+    """4-byte aligned but 4..60 bytes off every vector boundary: accepted, right (the peel loops)."""
+    raw = np.zeros(4000 + 32, np.float32)
+    for k in range(1, 16):
+        x = raw[k:k + 4000]
+        x[:] = np.arange(4000, dtype=np.float32)
+        K.add_bias(x, np.arange(4, dtype=np.float32), 1, 4, 1000)
+        assert np.array_equal(x, np.arange(4000) + np.repeat(np.arange(4), 1000))

@@ -194,7 +194,8 @@ def test_n_equal_one_training_raises_and_changes_nothing():
 @pytest.mark.parametrize("bad, exc", [
     (np.zeros((2, 3, 4, 4), np.float64), TypeError),
     (np.zeros(95, np.float32), ValueError),
-    (np.zeros((2, 3, 4, 8), np.float32)[..., ::2], ValueError),
+    (np.zeros((2, 3, 4, 8), np.float32)[..., ::3], ValueError),   # strided, and 72 values, not 96
+    (np.zeros(95, ">f4"), ValueError),                            # byte-swapped: copyable, but 95 values
     ([0.0] * 96, TypeError),
     (None, TypeError),
 ])
@@ -204,6 +205,114 @@ def test_forward_bad_input(bad, exc):
     with pytest.raises(exc, match="input"):
         layer.forward(bad)
     assert np.array_equal(layer.output, before)
+
+
+def _misaligned(a, offset):
+    """A copy of a at `offset` bytes past an aligned address (np.frombuffer over a bytearray)."""
+    raw = np.frombuffer(bytearray(a.nbytes + 64), np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    out = np.frombuffer(raw.data, a.dtype, count=a.size, offset=start).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def _read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+ODD_INPUTS = {  # each: a float32 array that C cannot take in place, and whether forward copies it
+    "big_endian": lambda x: x.astype(">f4"),
+    "fortran": lambda x: np.asfortranarray(x),
+    "strided": lambda x: np.repeat(x.reshape(-1), 2)[::2].reshape(x.shape),
+    "misaligned_1": lambda x: _misaligned(x, 1),
+    "misaligned_2": lambda x: _misaligned(x, 2),
+    "misaligned_3": lambda x: _misaligned(x, 3),
+    "transposed": lambda x: np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2),
+}
+
+
+@pytest.mark.parametrize("how", list(ODD_INPUTS))
+@pytest.mark.parametrize("train", [True, False])
+def test_forward_copies_an_odd_float32_input_once(how, train):
+    """A float32 input that is byte-swapped, misaligned or not C-contiguous is copied once into the
+    layer (x is then that copy, aligned, native, C-contiguous): the same outputs and backward as the
+    plain array, against the reference; the odd array itself is not changed."""
+    shape = (3, 4, 5, 7)
+    x = make_data(shape, 5)
+    odd = ODD_INPUTS[how](x)
+    assert np.array_equal(odd, x) and not (odd.dtype == np.float32 and odd.flags.c_contiguous and odd.flags.aligned)
+    before = odd.tobytes()
+    layer = _layer_with_params(shape, "alexeyab", 3)
+    p0 = {k: getattr(layer, k).copy() for k in ("scales", "biases", "rolling_mean", "rolling_variance")}
+    out = layer.forward(odd, train=train)
+    assert out.shape == odd.shape and odd.tobytes() == before
+    e = ref.forward(x, p0["scales"], p0["biases"], p0["rolling_mean"], p0["rolling_variance"], shape, "alexeyab", train)
+    assert_close(layer.output, e["output"], name="output")
+    assert not np.shares_memory(layer.x, odd)
+    assert layer.x.dtype == np.float32 and layer.x.flags.c_contiguous and layer.x.flags.aligned
+    assert np.array_equal(layer.x, x)
+    dy = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    layer.delta[:] = dy
+    got = layer.backward()
+    g = ref.backward(x, dy, p0["scales"], layer.mean if train else p0["rolling_mean"],
+                     layer.variance if train else p0["rolling_variance"], shape, "alexeyab", train)
+    assert_close(got, g["delta"], rtol=1e-4, name="input delta")
+    assert odd.tobytes() == before
+
+
+def test_forward_odd_input_that_is_a_view_of_the_layers_buffers():
+    """Non-contiguous views of output and delta are copied before C runs, so they are right (not a
+    partial overlap); the copy never lands in the memory of the input itself."""
+    shape = (2, 3, 4, 4)
+    layer = _layer_with_params(shape, "pjreddie", 1)
+    x = make_data(shape, 2)
+    layer.output[:] = x
+    p0 = {k: getattr(layer, k).copy() for k in ("scales", "biases", "rolling_mean", "rolling_variance")}
+    view = layer.output.transpose(0, 1, 3, 2)   # 96 values of output, not C-contiguous
+    want = ref.forward(view.copy(), p0["scales"], p0["biases"], p0["rolling_mean"], p0["rolling_variance"], shape,
+                       "pjreddie", True)
+    xt = view.copy()
+    layer.forward(view, train=True)
+    assert_close(layer.output.reshape(-1), want["output"].reshape(-1), name="output")
+    assert np.array_equal(layer.x.reshape(-1), xt.reshape(-1))
+    # feeding the layer its own (copied) x in an odd form again: copied into the other buffer
+    again = layer.x.transpose(0, 1, 3, 2)
+    want2 = ref.forward(again.copy(), layer.scales, layer.biases, layer.rolling_mean, layer.rolling_variance,
+                        shape, "pjreddie", False)
+    expect_x = again.copy()
+    layer.forward(again, train=False)
+    assert np.array_equal(layer.x.reshape(-1), expect_x.reshape(-1))
+    assert_close(layer.output.reshape(-1), want2["output"].reshape(-1), name="output again")
+
+
+def test_forward_read_only_input_is_used_in_place():
+    shape = (2, 3, 4, 4)
+    layer = make_batchnorm_layer(2, 4, 4, 3)
+    x = _read_only(make_data(shape, 3))
+    layer.forward(x)
+    assert np.shares_memory(layer.x, x)
+
+
+@pytest.mark.parametrize("offset", [1, 2, 3])
+def test_backward_misaligned_or_swapped_net_delta_raises(offset):
+    """net_delta is written: a misaligned, byte-swapped or Fortran-ordered one raises, naming it, and is
+    never silently copied (the caller's array would not receive the result)."""
+    layer = make_batchnorm_layer(2, 4, 4, 3)
+    layer.forward(make_data((2, 3, 4, 4), 1))
+    layer.delta[:] = 1.0
+    before = (layer.delta.copy(), layer.scale_updates.copy(), layer.bias_updates.copy())
+    nd = _misaligned(np.zeros((2, 3, 4, 4), np.float32), offset)
+    with pytest.raises(ValueError, match=r"^net_delta: expected an aligned float32 array \(address % 4 == 0\), "
+                                         rf"got address offset {offset}"):
+        layer.backward(nd)
+    with pytest.raises(TypeError, match="^net_delta: .*byte-swapped"):
+        layer.backward(np.zeros((2, 3, 4, 4), ">f4"))
+    with pytest.raises(ValueError, match="^net_delta: expected a C-contiguous"):
+        layer.backward(np.zeros((2, 3, 4, 4), np.float32, order="F"))
+    for a, b in zip(before, (layer.delta, layer.scale_updates, layer.bias_updates)):
+        assert np.array_equal(a, b)
+    assert not nd.any()
 
 
 def test_backward_errors():

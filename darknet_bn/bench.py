@@ -1,17 +1,33 @@
 """``darknet-bn bench``: how fast darknet_bn's passes are, against the memory roofline and against peers.
 
-For each shape and pass (training forward, inference forward, backward) it times darknet_bn's
-``Layer`` as users call it, and each peer in the same rounds (interleaved: round r runs every
-implementation once, in an order that rotates from round to round, so a slow moment of the machine
-hits all of them). Each timed sample follows one untimed call of the same implementation: the state
-a loop over the layer sees (tensors that fit the last-level cache are in it). Peers:
+For each shape and pass (training forward, inference forward, inference + leaky, backward) it times
+darknet_bn's ``Layer`` as users call it, and each peer in the same rounds (interleaved: round r runs
+every implementation once, in an order that rotates from round to round, so a slow moment of the
+machine hits all of them). Each timed sample follows one untimed call of the same implementation: the
+state a loop over the layer sees (tensors that fit the last-level cache are in it). Each pass runs in
+the state users call it in: the backward rows time the training backward, after a training forward
+(one untimed training forward before the row's rounds; backward calls do not change the mode).
+
+Peers (``PEERS``; by default every installed one of ``DEFAULT_PEERS``), each called the fastest way
+its documentation offers, with the same thread count, on the same input and parameters:
 
 - ``plain``: Darknet's layer code structure -- forward_batchnorm_layer / backward_batchnorm_layer as
   Darknet writes them, a sequence of the plain kernels with Darknet's copies -- on darknet_bn's plain
   reference kernels (csrc/reference.c: one channel at a time, double sums, one thread);
 - ``numpy``: a straightforward numpy implementation of the same math;
-- ``torch``: ``torch.nn.functional.batch_norm`` (training forward; autograd's backward of it), with
-  the same thread count, allocating its outputs as it does for its users.
+- ``torch``: ``torch.nn.functional.batch_norm``, allocating its outputs as it does for its users
+  (the backward: autograd's, of a training forward);
+- ``torch-out``: ``torch.ops.aten.native_batch_norm.out`` / ``native_batch_norm_backward.out`` into
+  preallocated outputs;
+- ``ort``: ONNX Runtime, a one-node BatchNormalization model, io_binding to a preallocated output
+  (inference passes only);
+- ``openvino``: OpenVINO with f32 inference precision forced and shared-memory tensors (inference
+  passes only);
+- ``jax``: ``jax.jit`` functions compiled before the timing, outputs into donated buffers.
+
+Before a peer is timed on a shape, each pass it offers runs once and is compared with ours; a peer
+whose output differs beyond float32 rounding (``CHECK_RTOL``), or that fails, is reported and not
+timed in that row.
 
 The roofline: each pass must move at least 12 (training forward: read x twice, write y), 8 (inference)
 or 20 (backward: read x and delta twice, write the input's delta) bytes per element; the bandwidth is a

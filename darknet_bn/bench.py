@@ -900,11 +900,9 @@ def plot(path: str, results: list[Result], peers: Sequence[str]) -> None:
     for ax, p in zip(axes, passes):
         rs = {r.shape: r for r in results if r.pass_ == p}
         for i, peer in enumerate(peers):
-            vals = [rs[s].ratio(peer) for s in shapes]
-            if all(v != v for v in vals):
-                ax.barh([], [], label=peer)   # keeps the colour per peer the same in every panel
-                continue
-            ax.barh(ys + i * width, [v if v == v else 0 for v in vals], height=width, label=peer)
+            vals = [rs[s].ratio(peer) for s in shapes]   # NaN (not timed): no bar
+            ax.barh(ys + i * width, [v if v == v else 0 for v in vals], height=width, label=peer,
+                    color=f"C{i % 10}")
         ax.axvline(1.0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_title(f"{p}: peer time / darknet_bn time")
@@ -915,7 +913,7 @@ def plot(path: str, results: list[Result], peers: Sequence[str]) -> None:
     height = 0.8 / len(passes)
     for i, p in enumerate(passes):
         rs = {r.shape: r for r in results if r.pass_ == p}
-        ax.barh(ys + i * height, [rs[s].roofline for s in shapes], height=height, label=p)
+        ax.barh(ys + i * height, [rs[s].roofline for s in shapes], height=height, label=p, color=f"C{i % 10}")
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_title("fraction of the triad roofline")
     ax.legend(fontsize="small")

@@ -60,6 +60,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    import time
+
     from darknet_bn import bench
 
     if args.cfg is not None:
@@ -67,25 +69,36 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return cmd_bench_cfg(args)
 
     try:
-        shapes = [bench.parse_shape(s) for s in args.shape] if args.shape else bench.DEFAULT_SHAPES
+        shapes = [bench.parse_shape(s) for s in args.shape] if args.shape else list(bench.DEFAULT_SHAPES)
     except ValueError as e:
         return _usage_error(args, str(e))
     try:
         peers, notes, threads = bench_options(args)
     except ValueError as e:
         return _usage_error(args, str(e))
+    if args.large:
+        shapes += [s for s in bench.LARGE_SHAPES if s not in shapes]
     passes = bench.PASSES + (bench.RENORM_PASSES if args.renorm else ())
     total = sum(len(passes) * (args.repeat or bench.default_rounds(s)) for s in shapes)
+    budget = None if args.repeat else (args.budget or bench.DEFAULT_BUDGET_S)
+    info = bench.machine_info(threads, peers)
     bar = _Progress(total, "bench")
+    start = time.perf_counter()
     try:
         results = bench.run(shapes, peers, rounds=args.repeat, flavor=args.flavor, progress=bar.update,
-                            passes=passes)
+                            passes=passes, budget_s=budget)
     finally:
         bar.close()
-    info = bench.machine_info(threads)
-    print(f"darknet-bn bench: flavor {args.flavor}, {threads} thread(s), {info['isa']}, "
-          f"triad bandwidth {min(r.triad_gbs for r in results):.1f}-{max(r.triad_gbs for r in results):.1f} GB/s")
-    print("medians of interleaved rounds; spread = quartiles; backward = layer.backward(layer.delta), in place")
+    elapsed = time.perf_counter() - start
+    info["elapsed_s"] = elapsed
+    print(f"darknet-bn bench: {bench.describe_cpu(info)}")
+    print(f"flavor {args.flavor}, {threads} thread(s) for every implementation, {info['isa']}, "
+          f"triad bandwidth {min(r.triad_gbs for r in results):.1f}-{max(r.triad_gbs for r in results):.1f} GB/s, "
+          f"{elapsed:.0f} s")
+    if peers:
+        print("peers: " + "; ".join(f"{p} ({v})" for p, v in info["peers"].items()))
+    print("medians of interleaved rounds; spread = quartiles; backward = layer.backward(layer.delta), in place, "
+          "after a training forward")
     if args.renorm:
         print("+renorm rows: darknet_bn with batch renormalization (rmax 3, dmax 5) against the peers' plain BN")
     for n in notes:
@@ -100,36 +113,53 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def bench_options(args: argparse.Namespace) -> tuple[list[str], list[str], int]:
     """Check and apply the options every bench shares (``--threads``, ``--repeat``, ``--compare``,
-    ``--plot``): returns (peers, notes for the output, the thread count now set). torch, when asked for
-    and not installed, is dropped with a note. Raises ValueError with the message for a bad option."""
+    ``--plot``): returns (peers, notes for the output, the thread count now set). The default peers
+    are ``bench.DEFAULT_PEERS``, each when installed; a peer whose package is not installed is dropped
+    with a note. With ``--cfg`` (which sums every pass per peer), peers that do not offer every pass
+    are dropped with a note. Raises ValueError with the message for a bad option."""
     from darknet_bn import bench, kernels
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads: expected a count >= 1, got {args.threads}")
     if args.repeat is not None and args.repeat < 1:
         raise ValueError(f"--repeat: expected a count >= 1, got {args.repeat}")
-    peers = [p for p in (s.strip() for s in (args.compare or "").split(",")) if p]
+    budget = getattr(args, "budget", None)
+    if budget is not None and not budget > 0:
+        raise ValueError(f"--budget: expected seconds > 0, got {budget}")
+    compare = getattr(args, "compare", None)
+    default = compare is None
+    peers = list(bench.DEFAULT_PEERS) if default else [p for p in (s.strip() for s in compare.split(",")) if p]
     unknown = [p for p in peers if p not in bench.PEERS]
     if unknown:
         raise ValueError(f"--compare: unknown peer(s) {', '.join(unknown)}; choose from {', '.join(bench.PEERS)}")
+    peers = list(dict.fromkeys(peers))
     notes = []
-    torch = None
-    if "torch" in peers:
-        try:
-            import torch
-        except ImportError:
-            peers.remove("torch")
-            notes.append("torch is not installed (pip install torch): not compared")
+    missing = [p for p in peers if not bench.available(p)]
+    for p in missing:
+        peers.remove(p)
+        notes.append(f"{p} is not installed ({bench.PEER_INSTALL[p]}): not compared")
+    if getattr(args, "cfg", None) is not None:
+        for p in [p for p in peers if not all(bench.offers(p, q) for q in bench.PASSES)]:
+            peers.remove(p)
+            notes.append(f"{p} offers only some passes (bench --cfg sums every pass): not compared")
     if getattr(args, "plot", None):
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ValueError("--plot needs matplotlib (pip install matplotlib)") from None
+    torch = None
+    if any(p in ("torch", "torch-out") for p in peers):
+        import torch   # before the other peers' libraries (one libgomp for torch and darknet_bn)
     if args.threads is not None:
         kernels.set_num_threads(args.threads)
     threads = kernels.get_num_threads()
     if torch is not None:
         torch.set_num_threads(threads)
+    if "jax" in peers:
+        import os
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if threads != cores:
+            notes.append(f"jax runs on XLA's own thread pool (one thread per core), not {threads}")
     return peers, notes, threads
 
 
@@ -154,12 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "against a triad bandwidth measured in the same run.")
     b.add_argument("--shape", action="append", metavar="BxCxHxW", help="a shape to run (repeatable); "
                    "default: the built-in table")
-    b.add_argument("--threads", type=int, metavar="N", help="threads for darknet_bn and torch (default: "
-                   "OMP_NUM_THREADS or the cores)")
+    b.add_argument("--threads", type=int, metavar="N", help="threads for darknet_bn and every peer "
+                   "(default: OMP_NUM_THREADS or the cores)")
     b.add_argument("--repeat", type=int, metavar="R", help="rounds per shape and pass (default: 5-15 by size)")
     b.add_argument("--flavor", default="torch", choices=sorted(FLAVORS), help="the layer's flavor (default: torch)")
-    b.add_argument("--compare", default="plain,torch", metavar="PEERS",
-                   help="comma-separated peers among plain, numpy, torch (default: plain,torch; '' for none)")
+    b.add_argument("--compare", default=None, metavar="PEERS",
+                   help="comma-separated peers among plain, numpy, torch, torch-out, ort, openvino, jax (default: "
+                        "every installed one of torch, torch-out, ort, openvino, jax; '' for none)")
+    b.add_argument("--budget", type=float, default=None, metavar="S",
+                   help="seconds the whole run aims at, setup included (default 40: under a minute); each row "
+                        "gets 3 rounds or more, 5-15 at most by size; ignored with --repeat")
+    b.add_argument("--large", action="store_true", help="add 64x64x112x112 (205 MB per tensor) to the shapes")
     b.add_argument("--renorm", action="store_true",
                    help="add rows for the training forward and backward with batch renormalization")
     b.add_argument("--json", metavar="FILE", help="write the results as JSON")

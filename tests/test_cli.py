@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from darknet_bn import cli, kernels
+from darknet_bn import bench, cli, kernels
 
 
 def run(argv, capsys):
@@ -59,14 +59,52 @@ def test_demo_command_is_wired(capsys):
     assert "training mode on 4-image batches" in out
 
 
-def test_bench_torch_peer_or_note(capsys):
-    code, out, _ = run(["bench", "--shape", "2x3x4x5", "--repeat", "2", "--compare", "torch"], capsys)
+@pytest.mark.parametrize("peer", ["torch", "torch-out", "ort", "openvino", "jax"])
+def test_bench_peer_or_note(peer, capsys):
+    """An installed peer gets a column; a missing one a note saying how to install it."""
+    if bench.available(peer):
+        from test_bench_peers import skip_unless_usable
+        skip_unless_usable(peer)
+    code, out, _ = run(["bench", "--shape", "2x3x4x5", "--repeat", "2", "--compare", peer], capsys)
     assert code == 0
-    try:
-        import torch  # noqa: F401
-        assert "x torch" in out
-    except ImportError:
-        assert "torch is not installed" in out
+    if bench.available(peer):
+        assert f"x {peer}" in out and "NOT TIMED" not in out
+        assert "checked against ours before timing" in out
+    else:
+        assert f"{peer} is not installed (pip install" in out
+
+
+def test_bench_default_peers_are_the_installed_ones(monkeypatch, tmp_path, capsys):
+    real_available = bench.available
+    monkeypatch.setattr(bench, "available", lambda p: p in ("torch", "torch-out") and real_available(p))
+    real = bench.run
+    seen = {}
+
+    def fake_run(shapes, peers, **kw):
+        seen["peers"] = list(peers)
+        return real(shapes, [p for p in peers if p == "numpy"], **kw)   # time nothing heavy
+    monkeypatch.setattr(bench, "run", fake_run)
+    path = tmp_path / "r.json"
+    code, out, _ = run(["bench", "--shape", "2x3x4x5", "--repeat", "2", "--json", str(path)], capsys)
+    assert code == 0
+    expected = [p for p in ("torch", "torch-out") if real_available(p)]
+    assert seen["peers"] == expected
+    for p in ("ort", "openvino", "jax"):
+        assert f"note: {p} is not installed" in out
+    data = json.loads(path.read_text())
+    m = data["machine"]
+    assert m["cpu"] == bench.cpu_info()["cpu"] and m["cores"] >= 1 and isinstance(m["caches"], dict)
+    assert m["elapsed_s"] > 0 and set(m["peers"]) == set(expected)
+    assert f"{m['cores']} core(s)" in out.splitlines()[0]
+
+
+def test_bench_cfg_keeps_only_peers_with_every_pass(monkeypatch):
+    import argparse
+    monkeypatch.setattr(bench, "available", lambda p: True)
+    args = argparse.Namespace(threads=None, repeat=None, compare="plain,ort,openvino", plot=None, cfg="x.cfg")
+    peers, notes, _ = cli.bench_options(args)
+    assert peers == ["plain"]
+    assert any("ort offers only some passes" in n for n in notes)
 
 
 def test_bench_plot(tmp_path, capsys):
@@ -85,6 +123,8 @@ def test_bench_plot(tmp_path, capsys):
     (["bench", "--compare", "caffe"], "unknown peer"),
     (["bench", "--threads", "0"], "--threads"),
     (["bench", "--repeat", "0"], "--repeat"),
+    (["bench", "--budget", "0"], "--budget"),
+    (["bench", "--compare", "torch,pytorch"], "unknown peer"),
     (["bench", "--flavor", "caffe"], "invalid choice"),
     (["bench", "--threads", "two"], "invalid int"),
     (["nonsense"], "invalid choice"),

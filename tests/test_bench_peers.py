@@ -1,0 +1,167 @@
+"""darknet_bn.bench: every row times what it names, in the state users call it; each peer computes the
+same BN as ours (checked against a float64 reference written from the math here), and a peer whose
+numbers differ is reported, not timed."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from conftest import assert_close
+from darknet_bn import bench, kernels
+
+SHAPE = (4, 3, 5, 6)
+EPS = 1e-5
+
+
+def _reference64(s: bench.Setup) -> dict:
+    """PyTorch's BN math in float64, from the formulas: training forward, inference forward (the
+    running statistics), inference + leaky, and the training backward of dy (the gradient of the
+    training forward w.r.t. x)."""
+    x, dy = s.x.astype(np.float64), s.dy.astype(np.float64)
+    col = lambda v: np.asarray(v, np.float64).reshape(1, -1, 1, 1)   # noqa: E731
+    ax = (0, 2, 3)
+    m, v = x.mean(axis=ax, keepdims=True), x.var(axis=ax, keepdims=True)
+    xhat = (x - m) / np.sqrt(v + EPS)
+    y_infer = (x - col(s.rm)) / np.sqrt(col(s.rv) + EPS) * col(s.gamma) + col(s.beta)
+    g = dy * col(s.gamma)
+    dx = (g - g.mean(axis=ax, keepdims=True) - xhat * (g * xhat).mean(axis=ax, keepdims=True)) / np.sqrt(v + EPS)
+    return {"train": xhat * col(s.gamma) + col(s.beta), "infer": y_infer,
+            "infer+leaky": np.where(y_infer > 0, y_infer, 0.1 * y_infer), "backward": dx}
+
+
+def _setup(shape=SHAPE) -> bench.Setup:
+    x, dy = bench._data(shape)
+    return bench.Setup(shape, bench.get_flavor("torch"), x, dy, *bench._params(shape[1]),
+                       threads=kernels.get_num_threads(), passes=bench.PASSES)
+
+
+def _installed(peer: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in bench.PEER_MODULES.get(peer, ()))
+
+
+def skip_unless_usable(peer: str) -> None:
+    """Skip (with the reason) when the peer is not installed, or cannot load in this process."""
+    if not _installed(peer):
+        pytest.skip(f"{peer} is not installed ({bench.PEER_INSTALL[peer]})")
+    if peer == "openvino" and "libasan" in os.environ.get("LD_PRELOAD", ""):
+        pytest.skip("OpenVINO's TBB dlopens libtbbbind with RTLD_DEEPBIND, which the AddressSanitizer runtime "
+                    "rejects (google/sanitizers#611): not under the sanitizer stage")
+
+
+PEERS = ["numpy", "torch", "torch-out", "ort", "openvino", "jax"]
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_each_peer_computes_the_same_bn(peer):
+    """Each pass a peer offers gives the float64 reference's numbers (float32 rounding), and it offers
+    exactly the passes the bench says."""
+    skip_unless_usable(peer)
+    s = _setup()
+    impl = bench.MAKERS[peer](s)
+    ref = _reference64(s)
+    assert set(impl.calls) == {p for p in bench.PASSES if bench.offers(peer, p)}
+    assert set(impl.outputs) == set(impl.calls)
+    for p in impl.calls:
+        assert_close(impl.outputs[p](), ref[p], rtol=2e-5, name=f"{peer} {p}")
+
+
+def test_ours_reference_matches_the_math():
+    s = _setup()
+    ref = bench._reference(s, bench.PASSES)
+    for p, want in _reference64(s).items():
+        got, top = ref[p]
+        assert_close(got, want, rtol=2e-5, name=p)
+        assert top == pytest.approx(float(np.abs(got).max()))
+
+
+class _SpyLayer(bench.Layer):
+    """A Layer that records, for every backward, whether the last forward of that layer trained."""
+    log: list = []
+
+    def forward(self, input, train=True, activation=None):
+        self.last_train = bool(train)
+        return super().forward(input, train, activation)
+
+    def backward(self, net_delta=None):
+        _SpyLayer.log.append(("backward", self.renorm, self.last_train))
+        return super().backward(net_delta)
+
+
+def test_every_backward_row_times_the_training_backward(monkeypatch):
+    """The timed backward follows a training forward (the old pass order train, infer, infer+leaky,
+    backward timed the inference-mode backward), with and without renorm, whatever the peers."""
+    _SpyLayer.log = []
+    monkeypatch.setattr(bench, "Layer", _SpyLayer)
+    passes = bench.PASSES + bench.RENORM_PASSES
+    results = bench.run([SHAPE], ["numpy"], rounds=2, passes=passes)
+    assert [r.pass_ for r in results] == list(passes)
+    calls = _SpyLayer.log
+    assert {renorm for _, renorm, _ in calls} == {False, True}    # both layers' backwards ran
+    assert all(train for _, _, train in calls), "a backward ran after an inference forward"
+    # the training backward leaves the batch statistics' deltas it computed (the inference one zeroes them)
+    layer = _SpyLayer(*SHAPE[:1], SHAPE[3], SHAPE[2], SHAPE[1], "torch")
+    x, dy = bench._data(SHAPE)
+    layer.forward(x, True)
+    layer.delta[...] = dy
+    layer.backward(layer.delta)
+    assert np.any(layer.mean_delta != 0) and np.any(layer.variance_delta != 0)
+
+
+def test_a_peer_that_differs_is_reported_not_timed(monkeypatch):
+    real = bench.MAKERS["numpy"]
+
+    def wrong(s):
+        impl = real(s)
+        f = impl.calls["infer"]
+        impl.calls["infer"] = impl.outputs["infer"] = lambda: f() * np.float32(1.01)
+        return impl
+    monkeypatch.setitem(bench.MAKERS, "numpy", wrong)
+    results = {r.pass_: r for r in bench.run([SHAPE], ["numpy"], rounds=2)}
+    assert "numpy" not in results["infer"].median_ms
+    assert "differs from ours" in results["infer"].not_timed["numpy"]
+    assert results["infer"].ratio("numpy") != results["infer"].ratio("numpy")   # NaN
+    for p in ("train", "infer+leaky", "backward"):
+        assert "numpy" in results[p].median_ms and results[p].check_error["numpy"] < 1e-5
+    text = bench.format_table(list(results.values()), ["numpy"])
+    assert "NOT TIMED: numpy on 4x3x5x6 infer: differs from ours" in text
+
+
+def test_a_peer_that_fails_to_set_up_is_reported(monkeypatch):
+    def broken(s):
+        raise RuntimeError("no such device")
+    monkeypatch.setitem(bench.MAKERS, "numpy", broken)
+    results = bench.run([SHAPE], ["numpy"], rounds=2)
+    assert all("numpy" not in r.median_ms for r in results)
+    assert all(r.not_timed["numpy"] == "failed to set up: RuntimeError: no such device" for r in results)
+
+
+def test_budget_gives_every_row_min_rounds_and_progress_sums():
+    done = []
+    shapes = [(2, 3, 4, 5), (8, 16, 1, 1)]
+    results = bench.run(shapes, ["numpy"], budget_s=1e-3, progress=done.append)
+    assert all(r.rounds == bench.MIN_ROUNDS for r in results)
+    assert sum(done) == sum(len(bench.PASSES) * bench.default_rounds(s) for s in shapes)
+    results = bench.run(shapes[:1], [], budget_s=1e4)
+    assert all(r.rounds == bench.default_rounds(shapes[0]) for r in results)
+
+
+def test_cpu_info_names_the_cpu_and_its_caches():
+    info = bench.cpu_info()
+    assert info["cores"] >= 1 and info["logical_cpus"] >= info["cores"]
+    import glob
+    import platform
+    if platform.system() == "Linux":
+        assert info["cpu"]
+        sysfs = {}
+        for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+            level, kind, size = (open(f"{d}/{k}").read().strip() for k in ("level", "type", "size"))
+            if kind != "Instruction":
+                sysfs[f"L{level}{'d' if kind == 'Data' else ''}"] = size
+        if sysfs:
+            assert info["caches"] == sysfs
+        assert "L3" in info["caches"] or not sysfs
+    assert info["cpu"] in bench.describe_cpu(info) or info["cpu"] is None

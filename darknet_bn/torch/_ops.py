@@ -122,7 +122,7 @@ def batch_norm_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], m
     c = _c(x)
     mean, var = mean.contiguous(), var.contiguous()
     gi, gw, gb = _backward(grad_out, xin, weight, mean.data_ptr(), var.data_ptr(), b, c, s, eps, training)
-    return gi, gw.clone(), gb.clone()
+    return gi, gw, gb
 
 
 @batch_norm_backward.register_fake

@@ -106,6 +106,7 @@ def _chan_ok(t: Optional[Tensor], c: int) -> bool:
 
 _ONES: dict = {}
 _ZEROS: dict = {}
+_SCRATCH: dict = {}
 
 
 def _ones_ptr(c: int) -> int:
@@ -122,20 +123,33 @@ def _zeros_ptr(c: int) -> int:
     return t.data_ptr()
 
 
+def _scratch_ptr(c: int) -> int:
+    """4*c floats that the C passes write and nobody reads (statistics nobody asked for, the
+    backward's mean_delta/variance_delta): shared by every call with this c, even concurrent ones --
+    whatever ends up in them is never used."""
+    t = _SCRATCH.get(c)
+    if t is None:
+        t = _SCRATCH[c] = torch.zeros(4 * c, dtype=_F32)
+    return t.data_ptr()
+
+
 # ------------------------------------------------------------------------------------------------
 # The passes on tensors (eager)
 
 def _train_forward(xin: Tensor, weight, bias, running_mean, running_var, b: int, c: int, s: int,
-                   momentum: float, eps: float):
-    """Training forward; returns (out, stats) with stats = [mean; biased var] (2*c floats)."""
+                   momentum: float, eps: float, keep: bool = True):
+    """Training forward; returns (out, stats) with stats = [mean; biased var] (2*c floats; None
+    unless keep: then the batch statistics go to the scratch buffer)."""
     out = _empty_like(xin)
-    if running_mean is None:    # no running statistics: update scratch ones with momentum 0
-        stats = _zeros(4 * c, dtype=_F32)
-        ps = stats.data_ptr()
-        prm, prv, momentum = ps + 8 * c, ps + 12 * c, 0.0
-    else:
+    if keep:
         stats = _empty(2 * c, dtype=_F32)
         ps = stats.data_ptr()
+    else:
+        stats, ps = None, _scratch_ptr(c)
+    if running_mean is None:    # no running statistics: update scratch ones with momentum 0
+        prm = _scratch_ptr(c) + 8 * c
+        prv, momentum = prm + 4 * c, 0.0
+    else:
         prm, prv = running_mean.data_ptr(), running_var.data_ptr()
     _backend.forward_train(xin.data_ptr(), out.data_ptr(),
                            _ones_ptr(c) if weight is None else weight.data_ptr(),
@@ -155,15 +169,18 @@ def _infer_forward(xin: Tensor, weight, bias, running_mean, running_var, b: int,
 
 
 def _backward(g: Tensor, xin: Tensor, weight, pmean: int, pvar: int, b: int, c: int, s: int, eps: float,
-              train: bool):
-    """(grad_input, grad_weight, grad_bias) from darknet_bn's backward; grad_input in xin's layout."""
+              train: bool, need_w: bool = True, need_b: bool = True):
+    """(grad_input, grad_weight, grad_bias) from darknet_bn's backward; grad_input in xin's layout;
+    grad_weight/grad_bias None unless needed."""
     gi = _empty_like(xin)
     gi.copy_(g)                  # the C pass works in place; the output's gradient is not ours to overwrite
-    gwb = _zeros(4 * c, dtype=_F32)
-    pg = gwb.data_ptr()
+    scratch = _scratch_ptr(c)
+    gw = _zeros(c, dtype=_F32) if need_w else None
+    gb = _zeros(c, dtype=_F32) if need_b else None
     _backend.backward(xin.data_ptr(), gi.data_ptr(), _ones_ptr(c) if weight is None else weight.data_ptr(),
-                      pmean, pvar, pg, pg + 4 * c, pg + 8 * c, b, c, s, eps, train)
-    return gi, gwb[:c], gwb[c:2 * c]
+                      pmean, pvar, scratch if gw is None else gw.data_ptr(),
+                      scratch + 4 * c if gb is None else gb.data_ptr(), scratch + 8 * c, b, c, s, eps, train)
+    return gi, gw, gb
 
 
 def _torch_backward(g: Tensor, x: Tensor, weight, running_mean, running_var, train: bool, eps: float):
@@ -192,7 +209,8 @@ class _BatchNormFn(torch.autograd.Function):
     """Eager autograd for the kernels (cheaper per call than a custom operator's dispatch)."""
 
     @staticmethod
-    def forward(ctx, xin, weight, bias, running_mean, running_var, training, momentum, eps, b, s):
+    def forward(ctx, xin, weight, bias, running_mean, running_var, meta):
+        training, momentum, eps, b, s = meta
         c = xin.shape[1]
         ctx.dims = (b, c, s, eps, training)
         if training:
@@ -215,11 +233,17 @@ class _BatchNormFn(torch.autograd.Function):
                                          None if training else saved[3], training, eps)
         elif training:
             ps = ctx.stats.data_ptr()
-            gi, gw, gb = _backward(g, xin, weight, ps, ps + 4 * c, b, c, s, eps, True)
+            gi, gw, gb = _backward(g, xin, weight, ps, ps + 4 * c, b, c, s, eps, True, need[1], need[2])
         else:
-            gi, gw, gb = _backward(g, xin, weight, saved[2].data_ptr(), saved[3].data_ptr(), b, c, s, eps, False)
-        return (gi if need[0] else None, gw if need[1] else None, gb if need[2] else None,
-                None, None, None, None, None, None, None)
+            gi, gw, gb = _backward(g, xin, weight, saved[2].data_ptr(), saved[3].data_ptr(), b, c, s, eps, False,
+                                   need[1], need[2])
+        return gi if need[0] else None, gw if need[1] else None, gb if need[2] else None, None, None, None
+
+
+# Function.apply without its Python wrapper (which binds default arguments for setup_context-style
+# Functions and unwraps functorch's dead wrappers: neither applies here -- batch_norm() sends
+# functorch transforms to torch -- and it costs ~4 us per call, as much as a small BN's whole pass).
+_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _BatchNormFn)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,7 +282,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     momentum, eps = float(momentum), float(eps)
     if _grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)
                             or (bias is not None and bias.requires_grad)):
-        return _BatchNormFn.apply(xin, weight, bias, running_mean, running_var, training, momentum, eps, b, s)
+        return _apply(xin, weight, bias, running_mean, running_var, (training, momentum, eps, b, s))
     if training:
-        return _train_forward(xin, weight, bias, running_mean, running_var, b, c, s, momentum, eps)[0]
+        return _train_forward(xin, weight, bias, running_mean, running_var, b, c, s, momentum, eps, False)[0]
     return _infer_forward(xin, weight, bias, running_mean, running_var, b, c, s, eps)

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 
 from .functional import batch_norm
 
+_is_compiling = torch.compiler.is_compiling
+
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "convert"]
 
 
@@ -26,26 +28,29 @@ class _DarknetBN:
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        # PyTorch's _BatchNorm.forward, line for line, with darknet_bn's batch_norm
-        if self.momentum is None:
-            exponential_average_factor = 0.0
+        # PyTorch's _BatchNorm.forward, with darknet_bn's batch_norm. Eagerly, the parameters and
+        # buffers are read from their dicts (nn.Module.__getattr__ costs ~0.5 us a read).
+        if _is_compiling():
+            weight, bias = self.weight, self.bias
+            running_mean, running_var, nbt = self.running_mean, self.running_var, self.num_batches_tracked
         else:
-            exponential_average_factor = self.momentum
+            p, b = self._parameters, self._buffers
+            weight, bias = p.get("weight"), p.get("bias")
+            running_mean, running_var, nbt = b.get("running_mean"), b.get("running_var"), b.get("num_batches_tracked")
+        momentum = self.momentum
+        exponential_average_factor = 0.0 if momentum is None else momentum
         training = self.training
-        if training and self.track_running_stats:
-            if self.num_batches_tracked is not None:
-                self.num_batches_tracked.add_(1)
-                if self.momentum is None:  # cumulative moving average
-                    exponential_average_factor = 1.0 / float(self.num_batches_tracked)
-                else:
-                    exponential_average_factor = self.momentum
+        if training and self.track_running_stats and nbt is not None:
+            nbt.add_(1)
+            if momentum is None:  # cumulative moving average
+                exponential_average_factor = 1.0 / float(nbt)
         if training:
             bn_training = True
         else:
-            bn_training = (self.running_mean is None) and (self.running_var is None)
+            bn_training = running_mean is None and running_var is None
         use_stats = not training or self.track_running_stats
-        return batch_norm(input, self.running_mean if use_stats else None, self.running_var if use_stats else None,
-                          self.weight, self.bias, bn_training, exponential_average_factor, self.eps)
+        return batch_norm(input, running_mean if use_stats else None, running_var if use_stats else None,
+                          weight, bias, bn_training, exponential_average_factor, self.eps)
 
 
 class BatchNorm1d(_DarknetBN, nn.BatchNorm1d):

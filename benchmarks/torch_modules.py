@@ -41,10 +41,15 @@ MIN_SAMPLE_S = 2e-3                   # a sample of a fast call repeats it until
 
 
 def _repeats(f) -> int:
-    t = time.perf_counter()
-    f()
-    dt = time.perf_counter() - t
-    return max(1, min(2000, math.ceil(MIN_SAMPLE_S / max(dt, 1e-7))))
+    """Calls per sample: enough for MIN_SAMPLE_S, from the median of 5 calls after 3 warm-up calls."""
+    for _ in range(3):
+        f()
+    dts = []
+    for _ in range(5):
+        t = time.perf_counter()
+        f()
+        dts.append(time.perf_counter() - t)
+    return max(1, min(5000, math.ceil(MIN_SAMPLE_S / max(statistics.median(dts), 1e-7))))
 
 
 def interleaved(variants: dict, rounds: int) -> dict:

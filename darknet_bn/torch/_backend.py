@@ -76,8 +76,18 @@ def _flavor(momentum: float, eps: float):
     return fl
 
 
+_PTRS: dict = {}
+
+
 def _p(addr: int):
-    return _cast("float *", addr)
+    """The ``float *`` at addr. ffi.cast costs ~0.3 us; a dict lookup ~0.05: the pointers of recent
+    addresses (parameters, buffers, and the allocator's recycled blocks) are kept (bounded)."""
+    p = _PTRS.get(addr)
+    if p is None:
+        if len(_PTRS) >= 4096:
+            _PTRS.clear()
+        p = _PTRS[addr] = _cast("float *", addr)
+    return p
 
 
 def forward_train(x: int, out: int, weight: int, bias: int, mean: int, var: int, running_mean: int,

@@ -14,7 +14,12 @@ in an order that rotates from round to round; ratios are medians of the per-roun
 Both libraries use the same thread count (torch.set_num_threads; darknet_bn.torch follows it).
 
 usage: python benchmarks/torch_modules.py [--rounds N] [--threads N] [--quick] [--json FILE]
-       (--quick: the small shapes and the per-call rows only)
+       (--quick: a few shapes and the per-call rows, no networks)
+
+Both libraries allocate their outputs (and input gradients) on every call, as torch does for its users;
+above glibc's mmap threshold (32 MiB at most) every such allocation is fresh memory, whose page faults
+can cost more than the pass itself (on this VM ~5 us a 4 KiB page). Running with
+MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large> makes glibc reuse freed memory for both libraries.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -41,9 +47,13 @@ MIN_SAMPLE_S = 2e-3                   # a sample of a fast call repeats it until
 
 
 def _repeats(f) -> int:
-    """Calls per sample: enough for MIN_SAMPLE_S, from the median of 5 calls after 3 warm-up calls."""
-    for _ in range(3):
-        f()
+    """Calls per sample: enough for MIN_SAMPLE_S (from the median of 5 calls after warm-up calls)."""
+    f()
+    t = time.perf_counter()
+    f()
+    if time.perf_counter() - t > 4 * MIN_SAMPLE_S:
+        return 1
+    f()
     dts = []
     for _ in range(5):
         t = time.perf_counter()
@@ -239,10 +249,12 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     threads = torch.get_num_threads()
+    env = {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "THP_", "OMP_"))}
     print(f"torch {torch.__version__}, {threads} threads (both), {a.rounds} interleaved rounds, "
-          f"{platform.processor() or platform.machine()}", flush=True)
+          f"{platform.processor() or platform.machine()}; load average {os.getloadavg()[0]:.1f}; env {env}", flush=True)
     layouts = ("contiguous", "channels_last")
-    res = {"torch": torch.__version__, "threads": threads, "rounds": a.rounds}
+    res = {"torch": torch.__version__, "threads": threads, "rounds": a.rounds, "env": env,
+           "load_before": os.getloadavg()[0]}
     res["per_call"] = bench_per_call(max(a.rounds, 7))
     res["shapes"] = bench_shapes(QUICK if a.quick else SHAPES, layouts, a.rounds)
     for pss in ("train", "eval"):
@@ -252,6 +264,8 @@ def main(argv=None):
         print(f"geometric mean torch/ours, {pss}: {gmean(r):.2f} (lowest {min(r):.2f})")
     if not a.quick:
         res["steps"] = bench_steps(max(3, a.rounds // 2), layouts)
+    res["load_after"] = os.getloadavg()[0]
+    print(f"load average {res['load_after']:.1f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -349,6 +349,22 @@ def test_functorch_and_forward_ad_fall_back():
     assert torch.equal(bo[:, 0], ref(x))
 
 
+def test_inference_mode_and_no_grad():
+    tm, om = nn.BatchNorm2d(3), dbt.BatchNorm2d(3)
+    x = make_input((4, 3, 5, 5), "channels_last", 11)
+    for ctx in (torch.inference_mode, torch.no_grad):
+        for train in (True, False):
+            tm.train(train), om.train(train)
+            with ctx(), kernel_calls() as calls:
+                yo = om(x)
+                yt = tm(x)
+            assert calls["train" if train else "infer"] == 1 and calls["backward"] == 0
+            assert not yo.requires_grad and yo.stride() == yt.stride()
+            torch.testing.assert_close(yo, yt, rtol=1e-5, atol=2e-6)
+            torch.testing.assert_close(om.running_var, tm.running_var)
+    assert int(om.num_batches_tracked) == int(tm.num_batches_tracked) == 2
+
+
 # ------------------------------------------------------------------------------------------------
 # convert(): a ResNet-style network, trained
 

@@ -18,7 +18,10 @@ Importing this module imports torch; ``import darknet_bn`` alone never does.
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (before the kernels' extension where this is the first import)
+try:
+    import torch  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"darknet_bn.torch needs PyTorch (pip install 'darknet_bn[torch]'): {e}") from e
 
 from . import _ops  # noqa: F401  (registers the custom operators)
 from ._backend import get_num_threads, set_num_threads

@@ -154,6 +154,24 @@ def bench_per_call(rounds):
                     "ratio": ratio(t, "torch", "ours")}
         print(f"BatchNorm1d(32) @ 256, {pss:>13}: torch {out[pss]['torch_us']:7.2f} us, "
               f"ours {out[pss]['ours_us']:7.2f} us, {out[pss]['ratio']:5.2f}x", flush=True)
+    # Why eager calls skip the custom operators: the same inference pass three ways, under no_grad.
+    from darknet_bn.torch import _ops
+    x = torch.randn(256, 32)
+    m = calls["ours"][0].eval()
+    rm, rv, w, b = m.running_mean, m.running_var, m.weight, m.bias
+
+    def run(f):
+        def g():
+            with torch.no_grad():
+                f()
+        return g
+
+    t = interleaved({"F.batch_norm": run(lambda: F.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5)),
+                     "dbt.batch_norm": run(lambda: dbt.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5)),
+                     "custom op": run(lambda: _ops.batch_norm_infer(x, w, b, rm, rv, 1e-5))}, rounds)
+    out["dispatch_us"] = {k: 1e6 * statistics.median(v) for k, v in t.items()}
+    print("256x32 inference, functional: " + ", ".join(f"{k} {v:.2f} us" for k, v in out["dispatch_us"].items()),
+          flush=True)
     return out
 
 
@@ -244,6 +262,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None, help="threads for both (default: torch's default)")
     ap.add_argument("--quick", action="store_true", help="a few shapes, the per-call rows, no networks")
+    ap.add_argument("--no-nets", action="store_true", help="skip the whole-network training steps")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     a = ap.parse_args(argv)
     if a.threads:
@@ -262,7 +281,7 @@ def main(argv=None):
         res[f"geomean_{pss}"] = gmean(r)
         res[f"min_{pss}"] = min(r)
         print(f"geometric mean torch/ours, {pss}: {gmean(r):.2f} (lowest {min(r):.2f})")
-    if not a.quick:
+    if not a.quick and not a.no_nets:
         res["steps"] = bench_steps(max(3, a.rounds // 2), layouts)
     res["load_after"] = os.getloadavg()[0]
     print(f"load average {res['load_after']:.1f}")

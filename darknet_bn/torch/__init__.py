@@ -1,0 +1,32 @@
+"""darknet_bn in PyTorch: drop-in BatchNorm modules on darknet_bn's kernels (CPU, float32).
+
+    import darknet_bn.torch as dbt
+    model = dbt.convert(model)        # every nn.BatchNorm1d/2d/3d -> darknet_bn's, same tensors
+    # or build with dbt.BatchNorm2d(64), or call dbt.batch_norm(x, rm, rv, w, b, training, momentum, eps)
+
+- :class:`BatchNorm1d`, :class:`BatchNorm2d`, :class:`BatchNorm3d`: subclasses of the ``torch.nn``
+  classes (same constructor, parameters, buffers, state_dict, modes and errors), forward and backward
+  on darknet_bn's fused passes with PyTorch's semantics and exact gradient.
+- :func:`convert`: swap them into an existing model.
+- :func:`batch_norm`: ``torch.nn.functional.batch_norm``'s signature.
+- Float32 CPU tensors run the kernels; other dtypes and devices run PyTorch (see
+  :mod:`darknet_bn.torch.functional`). ``torch.compile`` works (custom operators, :mod:`._ops`).
+- Threads: ``torch.get_num_threads()`` per call, unless :func:`set_num_threads` fixes a count.
+
+Importing this module imports torch; ``import darknet_bn`` alone never does.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"darknet_bn.torch needs PyTorch (pip install 'darknet_bn[torch]'): {e}") from e
+
+from . import _ops  # noqa: F401  (registers the custom operators)
+from ._backend import get_num_threads, set_num_threads
+from .functional import batch_norm
+from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, convert
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "convert", "batch_norm", "set_num_threads",
+           "get_num_threads"]

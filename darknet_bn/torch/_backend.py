@@ -1,0 +1,118 @@
+"""The one place where darknet_bn.torch touches darknet_bn's internals (cffi ``ffi``/``lib``, the
+process-wide ``dbn_exec``). Everything else in this package calls the three passes below with
+tensor data pointers (ints, from ``Tensor.data_ptr()``) and sizes; re-pointing the package at
+another binding layer is an edit of this file only.
+
+The passes trust their arguments (the callers in ``functional.py`` have checked dtype, device,
+layout and sizes). They run the fused whole-layer passes of ``csrc/fused.c`` with PyTorch's
+semantics (the "torch" flavor with the call's eps and momentum); the C calls release the GIL.
+
+Threads: each call runs ``torch.get_num_threads()`` OpenMP threads unless :func:`set_num_threads`
+(of this package) or :func:`darknet_bn.set_num_threads` fixed a count.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._dbn import ffi, lib   # one libgomp in the process whichever loads first (both name libgomp.so.1)
+from ..kernels import _exec as _numpy_exec       # the numpy side's settings (threads, instruction set)
+
+__all__ = ["forward_train", "forward_infer", "backward", "set_num_threads", "get_num_threads"]
+
+_cast = ffi.cast
+_lib_train = lib.dbn_forward_train
+_lib_infer = lib.dbn_forward_infer
+_lib_bwd = lib.dbn_backward
+_NULL = ffi.NULL
+_torch_threads = torch.get_num_threads
+
+# Our own dbn_exec: the thread count follows torch per call; the instruction set follows
+# darknet_bn.set_isa (read from the numpy side's struct per call).
+_exec = ffi.new("dbn_exec *", {"nthreads": 0, "isa": 0})
+_user_threads = 0
+
+
+def set_num_threads(n: int | None) -> None:
+    """Fix the number of threads darknet_bn's kernels use inside PyTorch (``None`` or 0: follow
+    ``torch.get_num_threads()`` on every call, the default)."""
+    global _user_threads
+    if n is None:
+        n = 0
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an int or None, got {type(n).__name__} {n!r}")
+    if n < 0:
+        raise ValueError(f"n: expected a thread count >= 0 (0 = follow torch), got {n}")
+    _user_threads = min(n, 2**31 - 1)
+
+
+def get_num_threads() -> int:
+    """The number of threads the next call will use."""
+    if not lib.dbn_has_openmp():
+        return 1
+    return _user_threads or _numpy_exec.nthreads or _torch_threads()
+
+
+def _ex():
+    e = _exec
+    e.nthreads = _user_threads or _numpy_exec.nthreads or _torch_threads()
+    e.isa = _numpy_exec.isa
+    return e
+
+
+# dbn_flavor structs for PyTorch's semantics, per (momentum, eps); kept alive here (bounded: the
+# cumulative average, momentum=None, makes a new momentum every step).
+_FLAVORS: dict = {}
+
+
+def _flavor(momentum: float, eps: float):
+    key = (momentum, eps)
+    fl = _FLAVORS.get(key)
+    if fl is None:
+        if len(_FLAVORS) > 256:
+            _FLAVORS.clear()
+        # momentum, eps, eps_in_sqrt, unbiased, bwd_eps, bwd_eps_in_sqrt, stat_eps: torch_flavor()
+        fl = _FLAVORS[key] = ffi.new("dbn_flavor *", [momentum, eps, 1, 0, eps, 1, eps])
+    return fl
+
+
+_PTRS: dict = {}
+
+
+def _p(addr: int):
+    """The ``float *`` at addr. ffi.cast costs ~0.3 us; a dict lookup ~0.05: the pointers of recent
+    addresses (parameters, buffers, and the allocator's recycled blocks) are kept (bounded)."""
+    p = _PTRS.get(addr)
+    if p is None:
+        if len(_PTRS) >= 4096:
+            _PTRS.clear()
+        p = _PTRS[addr] = _cast("float *", addr)
+    return p
+
+
+def forward_train(x: int, out: int, weight: int, bias: int, mean: int, var: int, running_mean: int,
+                  running_var: int, batch: int, c: int, spatial: int, momentum: float, eps: float) -> None:
+    """Training forward over [batch, c, spatial] float32 (addresses of float32 buffers; per-channel
+    ones hold c values). Writes out, mean and the biased variance var; updates running_mean and
+    running_var (unbiased variance) with momentum. Requires batch*spatial >= 2."""
+    _lib_train(_p(x), _p(out), _p(weight), _p(bias), _p(mean), _p(var), _p(running_mean), _p(running_var),
+               batch, c, spatial, _flavor(momentum, eps), _NULL, _ex())
+
+
+def forward_infer(x: int, out: int, weight: int, bias: int, running_mean: int, running_var: int,
+                  batch: int, c: int, spatial: int, eps: float) -> None:
+    """Inference forward: out = weight * (x - running_mean) / sqrt(running_var + eps) + bias;
+    weight and bias may be 0 (NULL: 1 and 0)."""
+    _lib_infer(_p(x), _p(out), _p(weight) if weight else _NULL, _p(bias) if bias else _NULL,
+               _p(running_mean), _p(running_var), batch, c, spatial, _flavor(0.0, eps), 0, _ex())
+
+
+def backward(x: int, delta: int, weight: int, mean: int, var: int, grad_weight: int, grad_bias: int,
+             scratch: int, batch: int, c: int, spatial: int, eps: float, train: bool) -> None:
+    """Backward, in place: delta holds the output's gradient on entry and the input's on return.
+    mean/var: the statistics the forward normalized with (the batch's, var biased, when train; the
+    running ones otherwise). grad_weight and grad_bias are *added to* (zero them first); scratch: 2*c
+    floats."""
+    _lib_bwd(_p(x), _p(delta), _NULL, _p(weight), _p(mean), _p(var), _NULL, _NULL, _p(grad_weight),
+             _p(grad_bias), _p(scratch), _p(scratch + 4 * c), batch, c, spatial, _flavor(0.0, eps),
+             1 if train else 0, _ex())

@@ -1,0 +1,103 @@
+"""Drop-in ``BatchNorm1d``/``2d``/``3d`` on darknet_bn's kernels, and :func:`convert`.
+
+The classes subclass ``torch.nn.BatchNorm1d``/``2d``/``3d`` and only replace ``forward``: the
+constructor (signature and all), parameters (``weight``, ``bias``), buffers (``running_mean``,
+``running_var``, ``num_batches_tracked``), ``state_dict`` keys, ``train()``/``eval()``, the
+cumulative average (``momentum=None``), ``track_running_stats=False``, ``affine=False``,
+``bias=False`` and the input checks are PyTorch's own. ``forward`` is PyTorch's, calling
+:func:`darknet_bn.torch.batch_norm` instead of ``torch.nn.functional.batch_norm``: float32 CPU
+inputs run darknet_bn's kernels, everything else PyTorch's (see :mod:`darknet_bn.torch.functional`).
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import Tensor, nn
+
+from .functional import batch_norm
+
+_is_compiling = torch.compiler.is_compiling
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "convert"]
+
+
+class _DarknetBN:
+    """The forward of darknet_bn's BatchNorm modules (mixed in before the torch.nn class)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        # PyTorch's _BatchNorm.forward, with darknet_bn's batch_norm. Eagerly, the parameters and
+        # buffers are read from their dicts (nn.Module.__getattr__ costs ~0.5 us a read).
+        if _is_compiling():
+            weight, bias = self.weight, self.bias
+            running_mean, running_var, nbt = self.running_mean, self.running_var, self.num_batches_tracked
+        else:
+            p, b = self._parameters, self._buffers
+            weight, bias = p.get("weight"), p.get("bias")
+            running_mean, running_var, nbt = b.get("running_mean"), b.get("running_var"), b.get("num_batches_tracked")
+        momentum = self.momentum
+        exponential_average_factor = 0.0 if momentum is None else momentum
+        training = self.training
+        if training and self.track_running_stats and nbt is not None:
+            nbt.add_(1)
+            if momentum is None:  # cumulative moving average
+                exponential_average_factor = 1.0 / float(nbt)
+        if training:
+            bn_training = True
+        else:
+            bn_training = running_mean is None and running_var is None
+        use_stats = not training or self.track_running_stats
+        return batch_norm(input, running_mean if use_stats else None, running_var if use_stats else None,
+                          weight, bias, bn_training, exponential_average_factor, self.eps)
+
+
+class BatchNorm1d(_DarknetBN, nn.BatchNorm1d):
+    """``torch.nn.BatchNorm1d`` on darknet_bn's kernels. Input ``(N, C)`` or ``(N, C, L)``."""
+
+
+class BatchNorm2d(_DarknetBN, nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` on darknet_bn's kernels. Input ``(N, C, H, W)``, contiguous or
+    channels_last (no copy either way)."""
+
+
+class BatchNorm3d(_DarknetBN, nn.BatchNorm3d):
+    """``torch.nn.BatchNorm3d`` on darknet_bn's kernels. Input ``(N, C, D, H, W)``, contiguous or
+    channels_last_3d (no copy either way)."""
+
+
+_OURS = {nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, nn.BatchNorm3d: BatchNorm3d}
+
+
+def _swap(m: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
+    new = memo.get(id(m))
+    if new is None:
+        new = _OURS[type(m)].__new__(_OURS[type(m)])
+        # The same state: the same Parameter and buffer objects (an optimizer built before still
+        # holds them), the same hooks, training flag and hyperparameters.
+        new.__dict__ = dict(m.__dict__)
+        memo[id(m)] = new
+    return new
+
+
+def convert(module: nn.Module) -> nn.Module:
+    """Replace every ``torch.nn.BatchNorm1d``/``2d``/``3d`` in ``module`` (exactly those classes, not
+    their subclasses, nor SyncBatchNorm or the lazy, uninitialized ones) by darknet_bn's.
+
+    The new modules hold the very same ``Parameter`` and buffer tensors (no copy), so an optimizer
+    built before the conversion keeps working, and ``state_dict`` is unchanged. Containers are
+    modified in place and returned; when ``module`` itself is a BatchNorm, a new module is returned
+    (the argument keeps working too: it shares the tensors). A BN module that appears at several
+    places becomes one new module.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    memo: Dict[int, nn.Module] = {}
+    if type(module) in _OURS:
+        return _swap(module, memo)
+    for parent in module.modules():
+        for name, child in list(parent._modules.items()):
+            if child is not None and type(child) in _OURS:
+                parent._modules[name] = _swap(child, memo)
+    return module

@@ -1,0 +1,611 @@
+"""darknet_bn.torch against torch.nn.BatchNorm1d/2d/3d (skipped when torch is not installed).
+
+The independent reference is PyTorch itself: each comparison runs the same step through torch.nn's
+float32 module and through the same module in float64, and requires darknet_bn's float32 result to be
+as close to the float64 one as torch's float32 result is (within a small factor and a float32-rounding
+floor). A counter on the kernel entry points makes sure the float32 CPU cases really ran darknet_bn
+(and the fallback cases really did not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'darknet_bn[torch]')")
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import darknet_bn  # noqa: E402
+import darknet_bn.torch as dbt  # noqa: E402
+from darknet_bn.torch import _backend  # noqa: E402
+
+nn = torch.nn
+F = torch.nn.functional
+CLASSES = {1: (nn.BatchNorm1d, dbt.BatchNorm1d), 2: (nn.BatchNorm2d, dbt.BatchNorm2d),
+           3: (nn.BatchNorm3d, dbt.BatchNorm3d)}
+
+
+@contextlib.contextmanager
+def kernel_calls():
+    """Count the calls into darknet_bn's C passes made inside the block."""
+    counts = {"train": 0, "infer": 0, "backward": 0}
+    saved = (_backend.forward_train, _backend.forward_infer, _backend.backward)
+
+    def wrap(name, f):
+        def g(*a):
+            counts[name] += 1
+            return f(*a)
+        return g
+
+    _backend.forward_train = wrap("train", saved[0])
+    _backend.forward_infer = wrap("infer", saved[1])
+    _backend.backward = wrap("backward", saved[2])
+    try:
+        yield counts
+    finally:
+        _backend.forward_train, _backend.forward_infer, _backend.backward = saved
+
+
+def _max_abs(t):
+    return float(t.abs().max()) if t.numel() else 0.0
+
+
+def check(name, ours, t32, t64, floor=0.0):
+    """ours (float32) is as close to the float64 reference as torch's float32 result is."""
+    assert ours.shape == t64.shape, (name, ours.shape, t64.shape)
+    ref = t64.double()
+    err_ours = _max_abs(ours.double() - ref)
+    err_t32 = _max_abs(t32.double() - ref)
+    bound = 4 * err_t32 + 2e-6 * _max_abs(ref) + floor
+    assert err_ours <= bound, f"{name}: error {err_ours:.3g} vs torch float32 {err_t32:.3g} (bound {bound:.3g})"
+
+
+def make_input(shape, layout, seed):
+    """float32 data (per-channel offsets and spreads) in the given layout: contiguous, channels_last
+    (4-D/5-D), or strided (a slice of a larger tensor: not dense)."""
+    g = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    cshape = (1, c) + (1,) * (len(shape) - 2)
+    scale = torch.rand(cshape, generator=g) * 2.5 + 0.5
+    offset = torch.rand(cshape, generator=g) * 4 - 2
+    if layout == "strided":
+        big = torch.randn(shape[:-1] + (2 * shape[-1],), generator=g)
+        x = big[..., ::2]
+    else:
+        x = torch.randn(shape, generator=g)
+    x = x * scale + offset if layout != "strided" else (big * scale + offset)[..., ::2]
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last if len(shape) == 4 else torch.channels_last_3d)
+    return x
+
+
+def trio(dim, c, seed=0, **kw):
+    """torch.nn's module (float32), ours (the same state), torch.nn's in float64."""
+    tcls, ocls = CLASSES[dim]
+    t32 = tcls(c, **kw)
+    g = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        if t32.weight is not None:
+            t32.weight.copy_(torch.rand(c, generator=g) + 0.5)
+        if t32.bias is not None:
+            t32.bias.copy_(torch.randn(c, generator=g))
+        if t32.running_mean is not None:
+            t32.running_mean.copy_(torch.randn(c, generator=g))
+            t32.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+    ours = ocls(c, **kw)
+    ours.load_state_dict(t32.state_dict())
+    t64 = copy.deepcopy(t32).double()
+    return t32, ours, t64
+
+
+def run_step(mods, x, g, train, dtypes=None):
+    """Forward (and backward when g is given) through each module (input in the matching dtype of
+    dtypes, float32 by default); returns per module (y, x.grad, weight.grad, bias.grad)."""
+    res = []
+    for m, dt in zip(mods, dtypes or [torch.float32] * len(mods)):
+        m.train(train)
+        xi = x.to(dt).detach().requires_grad_(g is not None)
+        for p in m.parameters():
+            p.grad = None
+        y = m(xi)
+        if g is not None:
+            y.backward(g.to(dt))
+        res.append((y.detach(), xi.grad, None if m.weight is None else m.weight.grad,
+                    None if m.bias is None else m.bias.grad))
+    return res
+
+
+def _grad_floor(x, g, weight, train, rv, eps):
+    """A float32-rounding floor for input gradients: |g| * |w| / sigma, the size of the terms that
+    cancel (to ~0 when a channel has two values)."""
+    dims = [0] + list(range(2, x.dim()))
+    var = x.double().var(dims, unbiased=False) if train else rv.double()
+    w = 1.0 if weight is None else float(weight.detach().abs().max())
+    return 1e-5 * float(g.abs().max()) * max(w, 1.0) * float((var + eps).rsqrt().max())
+
+
+# ------------------------------------------------------------------------------------------------
+# The modules against torch.nn, on random shapes and every option
+
+SPATIAL = {1: [(), (1,), (2,), (5,), (9,)], 2: [(1, 1), (2, 3), (5, 4), (7, 7)], 3: [(1, 1, 1), (2, 3, 2), (3, 2, 4)]}
+
+
+@st.composite
+def cases(draw):
+    dim = draw(st.sampled_from([1, 2, 3]))
+    spatial = draw(st.sampled_from(SPATIAL[dim]))
+    n = draw(st.integers(1, 6))
+    c = draw(st.integers(1, 9))
+    shape = (n, c) + spatial
+    layouts = ["contiguous", "strided"] if not spatial else (
+        ["contiguous", "channels_last", "strided"] if dim >= 2 else ["contiguous", "strided"])
+    layout = draw(st.sampled_from(layouts))
+    affine = draw(st.booleans())
+    kw = dict(eps=draw(st.sampled_from([1e-5, 1e-3])), momentum=draw(st.sampled_from([0.1, 0.5, None])),
+              affine=affine, track_running_stats=draw(st.booleans()))
+    if affine:
+        kw["bias"] = draw(st.booleans())
+    return dim, shape, layout, kw, draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_modules_match_torch_nn(case):
+    dim, shape, layout, kw, seed = case
+    if layout == "strided" and not shape[2:]:
+        layout = "contiguous"
+    t32, ours, t64 = trio(dim, shape[1], seed, **kw)
+    values = int(np.prod(shape)) // shape[1]
+    steps = [True, True, False] if values >= 2 else [False]
+    if not kw["track_running_stats"] and values < 2:
+        return   # training normalization everywhere: torch rejects one value per channel
+    for step, train in enumerate(steps):
+        x = make_input(shape, layout, seed + step)
+        g = make_input(shape, "contiguous", seed + 50 + step)
+        with kernel_calls() as calls:
+            (y_o, gx_o, gw_o, gb_o), = run_step([ours], x, g, train)
+        assert calls["backward"] == 1 and calls["train"] + calls["infer"] == 1, calls
+        (y_t, gx_t, gw_t, gb_t), (y_d, gx_d, gw_d, gb_d) = run_step([t32, t64], x, g, train,
+                                                                      [torch.float32, torch.float64])
+        assert y_o.dtype == torch.float32 and y_o.stride() == y_t.stride(), (y_o.stride(), y_t.stride())
+        check("output", y_o, y_t, y_d)
+        floor = _grad_floor(x, g, t32.weight, train or not kw["track_running_stats"],
+                            t64.running_var, kw["eps"])
+        check("input grad", gx_o, gx_t, gx_d, floor)
+        gsum = 1e-6 * float(g.abs().sum(dim=[0] + list(range(2, len(shape)))).max())
+        if t32.weight is not None:
+            check("weight grad", gw_o, gw_t, gw_d, gsum)
+        if t32.bias is not None:
+            check("bias grad", gb_o, gb_t, gb_d, gsum)
+        else:
+            assert ours.bias is None
+        if kw["track_running_stats"]:
+            check("running_mean", ours.running_mean, t32.running_mean, t64.running_mean)
+            check("running_var", ours.running_var, t32.running_var, t64.running_var)
+            assert int(ours.num_batches_tracked) == int(t32.num_batches_tracked)
+        else:
+            assert ours.running_mean is None and ours.running_var is None and ours.num_batches_tracked is None
+
+
+def test_state_dict_and_signature():
+    for dim, (tcls, ocls) in CLASSES.items():
+        assert issubclass(ocls, tcls)
+        assert inspect.signature(ocls.__init__) == inspect.signature(tcls.__init__)
+        for kw in ({}, {"affine": False}, {"track_running_stats": False}, {"bias": False}, {"momentum": None}):
+            a, b = tcls(7, **kw), ocls(7, **kw)
+            assert isinstance(b, tcls)
+            sa, sb = a.state_dict(), b.state_dict()
+            assert list(sa) == list(sb)
+            assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+            assert [n for n, _ in a.named_buffers()] == [n for n, _ in b.named_buffers()]
+            for k in sa:
+                assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k])
+            with torch.no_grad():
+                for t in b.state_dict().values():
+                    t.add_(3)
+            a.load_state_dict(b.state_dict())     # both ways
+            b.load_state_dict(a.state_dict())
+            assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in sa)
+            assert repr(a) == repr(b)
+
+
+def test_device_and_dtype_arguments():
+    m = dbt.BatchNorm2d(4, device="cpu", dtype=torch.float64)
+    assert m.weight.dtype == torch.float64 and m.running_mean.dtype == torch.float64
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors: PyTorch's, for the same bad inputs
+
+BAD = [
+    (2, (2, 4, 3, 3), True), (2, (2, 4, 3, 3), False),    # wrong channel count
+    (1, (1, 3), True), (1, (1, 3, 1), True), (2, (1, 3, 1, 1), True),   # one value per channel
+    (2, (2, 3, 3), True), (1, (2, 3, 3, 3), True), (3, (2, 3, 4, 4), False),   # wrong rank
+    (1, (3,), True),
+]
+
+
+@pytest.mark.parametrize("dim,shape,train", BAD)
+def test_errors_are_torchs(dim, shape, train):
+    tcls, ocls = CLASSES[dim]
+    a, b = tcls(3).train(train), ocls(3).train(train)
+    x = torch.randn(shape)
+    with pytest.raises(Exception) as ea:
+        a(x)
+    with pytest.raises(Exception) as eb:
+        b(x)
+    assert type(ea.value) is type(eb.value) and str(ea.value) == str(eb.value)
+    assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+
+
+def test_functional_errors_are_torchs():
+    x = torch.randn(4, 3, 2, 2)
+    for args in [(x, torch.zeros(4), torch.ones(4)), (x, None, None, None, None, False),
+                 (x, torch.zeros(3), torch.ones(3), torch.ones(5))]:
+        with pytest.raises(Exception) as ea:
+            F.batch_norm(*args)
+        with pytest.raises(Exception) as eb:
+            dbt.batch_norm(*args)
+        assert type(ea.value) is type(eb.value) and str(ea.value) == str(eb.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Zero-sized batches and the fallbacks
+
+@pytest.mark.parametrize("train", [True, False])
+def test_zero_sized_batch(train):
+    a, b = nn.BatchNorm2d(3).train(train), dbt.BatchNorm2d(3).train(train)
+    for m in (a, b):
+        x = torch.randn(0, 3, 4, 4, requires_grad=True)
+        y = m(x)
+        y.sum().backward()
+        assert y.shape == (0, 3, 4, 4) and x.grad.shape == x.shape
+    assert torch.equal(a.weight.grad, b.weight.grad) and torch.equal(a.running_var, b.running_var)
+    assert int(a.num_batches_tracked) == int(b.num_batches_tracked) == int(train)
+
+
+def _same_as_torch(tm, om, x, train, bitwise=True):
+    tm.train(train), om.train(train)
+    xa = x.detach().clone().requires_grad_(x.is_floating_point())
+    xb = x.detach().clone().requires_grad_(x.is_floating_point())
+    with kernel_calls() as calls:
+        yb = om(xb)
+        yb.float().sum().backward()
+    ya = tm(xa)
+    ya.float().sum().backward()
+    assert calls == {"train": 0, "infer": 0, "backward": 0}, "a fallback ran darknet_bn's kernels"
+    assert ya.dtype == yb.dtype and ya.device == yb.device
+    if bitwise:
+        assert torch.equal(ya, yb) and torch.equal(xa.grad, xb.grad)
+        assert torch.equal(tm.running_var, om.running_var)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("train", [True, False])
+def test_other_dtypes_fall_back_to_torch(dtype, train):
+    tm = nn.BatchNorm2d(5).to(dtype)
+    om = dbt.convert(copy.deepcopy(tm))
+    _same_as_torch(tm, om, torch.randn(4, 5, 3, 3).to(dtype), train)
+
+
+def test_bfloat16_under_cpu_autocast_falls_back():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 4),
+                        nn.BatchNorm1d(4))
+    ours = dbt.convert(copy.deepcopy(net))
+    x = torch.randn(8, 3, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with kernel_calls() as calls:
+            yo = ours(x)
+        yt = net(x)
+    assert calls == {"train": 0, "infer": 0, "backward": 0}
+    assert yo.dtype == yt.dtype == torch.bfloat16 and torch.equal(yo, yt)
+    assert torch.equal(net[1].running_mean, ours[1].running_mean)
+
+
+def test_float32_input_under_autocast_uses_the_kernels():
+    """Autocast leaves batch_norm's float32 inputs in float32 (torch does too): the kernels run."""
+    tm, om = nn.BatchNorm1d(6), dbt.BatchNorm1d(6)
+    x = torch.randn(10, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16), kernel_calls() as calls:
+        yo = om(x)
+        yt = tm(x)
+    assert calls["train"] == 1 and yo.dtype == yt.dtype == torch.float32
+    torch.testing.assert_close(yo, yt)
+
+
+def test_non_cpu_device_falls_back():
+    """The meta device stands in for an accelerator: torch's code path, torch's result."""
+    tm, om = nn.BatchNorm2d(4, device="meta"), dbt.BatchNorm2d(4, device="meta")
+    for train in (True, False):
+        om.train(train), tm.train(train)
+        with kernel_calls() as calls:
+            y = om(torch.empty(2, 4, 3, 3, device="meta"))
+        assert calls == {"train": 0, "infer": 0, "backward": 0}
+        assert y.device.type == "meta" and y.shape == tm(torch.empty(2, 4, 3, 3, device="meta")).shape
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")   # inside torch.func
+def test_functorch_and_forward_ad_fall_back():
+    m = dbt.BatchNorm1d(3).eval()
+    x, v = torch.randn(5, 3), torch.randn(5, 3)
+    ref = nn.BatchNorm1d(3).eval()
+    with kernel_calls() as calls:
+        _, jo = torch.func.jvp(m, (x,), (v,))
+        with torch.autograd.forward_ad.dual_level():
+            yo = m(torch.autograd.forward_ad.make_dual(x, v))
+            to = torch.autograd.forward_ad.unpack_dual(yo).tangent
+        bo = torch.func.vmap(m, in_dims=1, out_dims=1)(x.unsqueeze(1).expand(5, 2, 3).contiguous())
+    assert calls == {"train": 0, "infer": 0, "backward": 0}
+    _, jt = torch.func.jvp(ref, (x,), (v,))
+    assert torch.equal(jo, jt) and torch.equal(to, jt)
+    assert torch.equal(bo[:, 0], ref(x))
+
+
+def test_inference_mode_and_no_grad():
+    tm, om = nn.BatchNorm2d(3), dbt.BatchNorm2d(3)
+    x = make_input((4, 3, 5, 5), "channels_last", 11)
+    for ctx in (torch.inference_mode, torch.no_grad):
+        for train in (True, False):
+            tm.train(train), om.train(train)
+            with ctx(), kernel_calls() as calls:
+                yo = om(x)
+                yt = tm(x)
+            assert calls["train" if train else "infer"] == 1 and calls["backward"] == 0
+            assert not yo.requires_grad and yo.stride() == yt.stride()
+            torch.testing.assert_close(yo, yt, rtol=1e-5, atol=2e-6)
+            torch.testing.assert_close(om.running_var, tm.running_var)
+    assert int(om.num_batches_tracked) == int(tm.num_batches_tracked) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# convert(): a ResNet-style network, trained
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                      if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.short(x))
+
+
+class ResNetish(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.layers = nn.Sequential(Block(8, 8, 1), Block(8, 16, 2))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 32), nn.BatchNorm1d(32),
+                                  nn.ReLU(), nn.Linear(32, classes))
+
+    def forward(self, x):
+        return self.head(self.layers(self.stem(x)))
+
+
+def _train(model, opt, xs, ys):
+    losses = []
+    for x, y in zip(xs, ys):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_convert_resnet_trains_like_torch(channels_last):
+    torch.manual_seed(3)
+    ref = ResNetish()
+    model = copy.deepcopy(ref)
+    if channels_last:
+        ref, model = ref.to(memory_format=torch.channels_last), model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)   # before convert
+    params = {n: p for n, p in model.named_parameters()}
+    bufs = {n: b for n, b in model.named_buffers()}
+    n_bn = sum(type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) for m in model.modules())
+    assert dbt.convert(model) is model
+    assert sum(isinstance(m, (dbt.BatchNorm1d, dbt.BatchNorm2d)) for m in model.modules()) == n_bn == 7
+    assert all(p is params[n] for n, p in model.named_parameters())       # the same tensors
+    assert all(b is bufs[n] for n, b in model.named_buffers())
+    ropt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(4)
+    xs = [torch.randn(8, 3, 12, 12, generator=g) for _ in range(4)]
+    if channels_last:
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    ys = [torch.randint(0, 10, (8,), generator=g) for _ in range(4)]
+    with kernel_calls() as calls:
+        lo = _train(model, opt, xs, ys)
+    assert calls["train"] == calls["backward"] == 4 * 7
+    lt = _train(ref, ropt, xs, ys)
+    np.testing.assert_allclose(lo, lt, rtol=1e-4)
+    for (n, p), (_, q) in zip(model.state_dict().items(), ref.state_dict().items()):
+        if p.is_floating_point():
+            scale = max(float(q.abs().max()), 1e-3)
+            assert float((p - q).abs().max()) <= 1e-4 * scale, n
+        else:
+            assert torch.equal(p, q), n
+    model.eval(), ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(xs[0]), ref(xs[0]), rtol=1e-4, atol=1e-5)
+
+
+def test_convert_details():
+    bn = nn.BatchNorm2d(4)
+    new = dbt.convert(bn)
+    assert type(new) is dbt.BatchNorm2d and new is not bn and new.weight is bn.weight
+    assert new.running_mean is bn.running_mean and new.num_batches_tracked is bn.num_batches_tracked
+    shared = nn.BatchNorm1d(3)
+    seq = nn.Sequential(shared, nn.ReLU(), shared, nn.SyncBatchNorm(3), nn.LazyBatchNorm1d())
+    dbt.convert(seq)
+    assert type(seq[0]) is dbt.BatchNorm1d and seq[0] is seq[2]
+    assert type(seq[3]) is nn.SyncBatchNorm and type(seq[4]) is nn.LazyBatchNorm1d
+    m = dbt.BatchNorm3d(2)
+    assert dbt.convert(m) is m
+    hooked = []
+    bn = nn.BatchNorm1d(2)
+    bn.register_forward_hook(lambda mod, i, o: hooked.append(1))
+    dbt.convert(bn)(torch.randn(4, 2))
+    assert hooked == [1]
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        dbt.convert("model")
+    # pickling / deepcopy of converted modules
+    assert type(copy.deepcopy(dbt.convert(nn.BatchNorm2d(2)))) is dbt.BatchNorm2d
+
+
+# ------------------------------------------------------------------------------------------------
+# The functional form
+
+def test_functional_signature_and_values():
+    def params(f):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
+    assert params(dbt.batch_norm) == params(F.batch_norm)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(6, 4, 5, generator=g)
+    w, b = torch.rand(4, generator=g) + 0.5, torch.randn(4, generator=g)
+    for training in (True, False):
+        for args in [(w, b), (None, None), (w, None)]:
+            rm1, rv1 = torch.randn(4, generator=g), torch.rand(4, generator=g) + 0.5
+            rm2, rv2 = rm1.clone(), rv1.clone()
+            with kernel_calls() as calls:
+                yo = dbt.batch_norm(x, rm1, rv1, *args, training=training, momentum=0.3, eps=1e-3)
+            assert calls["train" if training else "infer"] == 1
+            yt = F.batch_norm(x, rm2, rv2, *args, training=training, momentum=0.3, eps=1e-3)
+            torch.testing.assert_close(yo, yt, rtol=1e-5, atol=2e-6)
+            torch.testing.assert_close(rm1, rm2), torch.testing.assert_close(rv1, rv2)
+    yo = dbt.batch_norm(x, None, None, w, b, True)
+    torch.testing.assert_close(yo, F.batch_norm(x, None, None, w, b, True), rtol=1e-5, atol=2e-6)
+
+
+def test_no_copy_for_contiguous_and_channels_last():
+    """The kernels read the caller's tensor itself (no copy) in NCHW and channels_last."""
+    seen = []
+    real = _backend.forward_infer
+
+    def spy(x, *a):
+        seen.append(x)
+        return real(x, *a)
+
+    m = dbt.BatchNorm2d(3).eval()
+    _backend.forward_infer = spy
+    try:
+        with torch.no_grad():
+            for x in (torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)):
+                y = m(x)
+                assert seen[-1] == x.data_ptr() and y.stride() == x.stride()
+            x = torch.randn(2, 3, 4, 10)[..., ::2]
+            m(x)
+            assert seen[-1] != x.data_ptr()      # other strides: one copy
+    finally:
+        _backend.forward_infer = real
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradients: finite differences, double backward
+
+def _directional_fd(f, tensors, directions, h):
+    with torch.no_grad():
+        plus = f(*[t + h * d for t, d in zip(tensors, directions)])
+        minus = f(*[t - h * d for t, d in zip(tensors, directions)])
+    return (plus - minus) / (2 * h)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_finite_differences(train, layout):
+    """<grad, v> against central differences of the loss sum(y * g), computed in float64 from the
+    float32 outputs, along random directions of x, weight and bias."""
+    shape = (4, 3, 5, 5)
+    x = make_input(shape, layout, 1).requires_grad_()
+    g = make_input(shape, "contiguous", 2).double()
+    m = dbt.BatchNorm2d(3).train(train)
+    with torch.no_grad():
+        m.running_mean.copy_(torch.tensor([0.5, -1.0, 0.2]))
+        m.running_var.copy_(torch.tensor([1.5, 0.7, 3.0]))
+        m.weight.copy_(torch.tensor([0.8, 1.3, -0.6]))
+        m.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    state = copy.deepcopy(m.state_dict())
+
+    def loss(xx, ww, bb):
+        m.load_state_dict(state)         # the running statistics are the same on every call
+        with torch.no_grad():
+            m.weight.copy_(ww)
+            m.bias.copy_(bb)
+        return (m(xx).double() * g).sum()
+
+    with torch.no_grad():
+        w0, b0 = m.weight.clone(), m.bias.clone()
+    m.load_state_dict(state)
+    (m(x).double() * g).sum().backward()
+    grads = (x.grad, m.weight.grad, m.bias.grad)
+    gen = torch.Generator().manual_seed(5)
+    for k in range(3):
+        dirs = [torch.randn(t.shape, generator=gen) if i == k else torch.zeros(t.shape) for i, t in enumerate((x, w0, b0))]
+        fd = float(_directional_fd(loss, (x.detach(), w0, b0), dirs, 1e-2))
+        an = float(sum((gr.double() * d.double()).sum() for gr, d in zip(grads, dirs)))
+        assert abs(fd - an) <= 2e-3 * max(abs(an), 1.0), (k, fd, an)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_double_backward_matches_torch(train):
+    x0 = make_input((6, 3, 4), "contiguous", 7)
+    res = []
+    for cls in (nn.BatchNorm1d, dbt.BatchNorm1d):
+        torch.manual_seed(0)
+        m = cls(3).train(train)
+        with torch.no_grad():
+            m.weight.copy_(torch.tensor([0.5, 1.5, -1.0]))
+        x = x0.clone().requires_grad_()
+        y = m(x)
+        gx, gw = torch.autograd.grad((y * y.detach().sin()).sum(), (x, m.weight), create_graph=True)
+        hx, hw = torch.autograd.grad((gx ** 2).sum() + gw.sum(), (x, m.weight))
+        res.append((gx.detach(), hx, hw))
+    for a, b in zip(*res):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Threads, imports
+
+def test_threads_follow_torch():
+    n0 = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert dbt.get_num_threads() == 1 or not darknet_bn.has_openmp()
+        x = torch.randn(64, 16, 9, 9)
+        y1 = dbt.batch_norm(x, None, None, training=True)
+        torch.set_num_threads(2)
+        assert dbt.get_num_threads() in (1, 2)
+        dbt.set_num_threads(1)
+        assert dbt.get_num_threads() == 1
+        y2 = dbt.batch_norm(x, None, None, training=True)
+        dbt.set_num_threads(None)
+        y3 = dbt.batch_norm(x, None, None, training=True)
+        assert torch.equal(y1, y2) and torch.equal(y1, y3)     # the same bits for any thread count
+        with pytest.raises(ValueError):
+            dbt.set_num_threads(-1)
+        with pytest.raises(TypeError):
+            dbt.set_num_threads(1.5)
+    finally:
+        dbt.set_num_threads(None)
+        torch.set_num_threads(n0)
+
+
+def test_import_darknet_bn_does_not_import_torch():
+    code = "import sys, darknet_bn; assert 'torch' not in sys.modules, 'torch imported'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -5,7 +5,7 @@
  * callback that turns the sums into per-channel coefficients and outputs (means, variances, rolling
  * statistics, ...), and a map (one multiply-add form per element with those coefficients). The driver
  * plans the tasks by the shape only (dbn_make_plan, below), picks the engine compiled for the best
- * instruction set (engine.h, built three times by simd_*.c) and runs the tasks on the OpenMP team in
+ * instruction set (engine.inc, built three times by simd_*.c) and runs the tasks on the OpenMP team in
  * static blocks; partial sums are combined in a fixed order, so results do not depend on the thread
  * count.
  */
@@ -104,7 +104,7 @@ typedef struct dbn_job {
     int act;                     /* AFFINE maps: the activation applied to each output (DBN_ACT_*) */
 } dbn_job;
 
-/* Run tasks [t0, t1) of a job (engine.h, one per instruction set). */
+/* Run tasks [t0, t1) of a job (engine.inc, one per instruction set). */
 void dbn_run_tasks_base(const dbn_job *job, int64_t t0, int64_t t1);
 void dbn_run_tasks_avx2(const dbn_job *job, int64_t t0, int64_t t1);
 void dbn_run_tasks_avx512(const dbn_job *job, int64_t t0, int64_t t1);

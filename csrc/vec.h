@@ -1,5 +1,5 @@
 /* vec.h -- vector basics of the engine (engine.inc): the vector types, load/store/splat, non-temporal
- * stores, alignment, select/abs and the masked tail of a run. GCC vector extensions: `vf` holds
+ * stores, alignment, select/abs and partial vectors (the ends of runs). GCC vector extensions: `vf` holds
  * DBN_VBYTES/4 floats, so one text gives SSE2, AVX2 and AVX-512 code.
  *
  * Not a shared header: its types depend on DBN_VBYTES (16, 32 or 64), which each engine's translation
@@ -13,6 +13,7 @@
 #endif
 
 #include <stdint.h>
+#include <string.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(DBN_PORTABLE)
 #include <immintrin.h>
@@ -60,24 +61,34 @@ static inline int aligned_v(const float *p) { return ((uintptr_t)p % DBN_VBYTES)
 static inline vf vsel(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 static inline vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
 
-/* The last m < NV values of a run in one masked vector (AVX-512), so short runs (small planes) do
- * not end in a scalar loop. MASKED_TAIL(expr) computes y = expr from vf `xa` (= a[j..]) and, for
- * BWD, `xb` (= b[j..]), and stores the m values to out (and out2). */
+/* Partial vectors, for the ends of runs: vload_part gives the n < NV values at p in the first lanes
+ * (the others zero), vstore_part stores the first n lanes of v. One masked instruction on AVX-512
+ * (DBN_MASKED 1: a partial vector is as cheap as a whole one, so short runs -- small planes -- do not
+ * end in a scalar loop); a padded copy elsewhere. */
 #if DBN_X86 && DBN_VBYTES == 64
-#define DBN_HAS_MASKED_TAIL 1
-#define MASKED_TAIL(expr)                                                                   \
-    do {                                                                                    \
-        const __mmask16 mk_ = (__mmask16)((1u << (m - j)) - 1u);                            \
-        const vf xa = (vf)_mm512_maskz_loadu_ps(mk_, a + j);                                \
-        const vf xb = TAIL_B(mk_);                                                          \
-        (void)xb;                                                                           \
-        const vf y_ = (expr);                                                               \
-        _mm512_mask_storeu_ps(out + j, mk_, (__m512)y_);                                    \
-        if (out2) _mm512_mask_storeu_ps(out2 + j, mk_, (__m512)y_);                         \
-        j = m;                                                                              \
-    } while (0)
+#define DBN_MASKED 1
+static inline vf vload_part(const float *p, int64_t n)
+{
+    return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+}
+static inline void vstore_part(float *p, vf v, int64_t n)
+{
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
+}
 #else
-#define DBN_HAS_MASKED_TAIL 0
+#define DBN_MASKED 0
+static inline vf vload_part(const float *p, int64_t n)
+{
+    float t[NV] = {0};
+    memcpy(t, p, (size_t)n * sizeof *t);
+    return vload(t);
+}
+static inline void vstore_part(float *p, vf v, int64_t n)
+{
+    float t[NV];
+    vstore(t, v);
+    memcpy(p, t, (size_t)n * sizeof *t);
+}
 #endif
 
 #endif

@@ -95,21 +95,22 @@ static inline vf vact(vf x, int act)
     }
 }
 
-/* Calls `call` with the activation as a constant, so each activation gets its own loop. */
-#define DBN_WITH_ACT(act, call)                                                              \
+/* Calls CALL(x, act) with the activation as a constant (x passed through), so each activation gets its
+ * own loop. */
+#define DBN_WITH_ACT(act, CALL, x)                                                           \
     switch (act) {                                                                           \
-    case DBN_ACT_LEAKY: call(DBN_ACT_LEAKY); break;                                          \
-    case DBN_ACT_RELU: call(DBN_ACT_RELU); break;                                            \
-    case DBN_ACT_RELU6: call(DBN_ACT_RELU6); break;                                          \
-    case DBN_ACT_LOGISTIC: call(DBN_ACT_LOGISTIC); break;                                    \
-    case DBN_ACT_TANH: call(DBN_ACT_TANH); break;                                            \
-    case DBN_ACT_ELU: call(DBN_ACT_ELU); break;                                              \
-    case DBN_ACT_SELU: call(DBN_ACT_SELU); break;                                            \
-    case DBN_ACT_GELU: call(DBN_ACT_GELU); break;                                            \
-    case DBN_ACT_SWISH: call(DBN_ACT_SWISH); break;                                          \
-    case DBN_ACT_MISH: call(DBN_ACT_MISH); break;                                            \
-    case DBN_ACT_HARD_MISH: call(DBN_ACT_HARD_MISH); break;                                  \
-    default: call(DBN_ACT_LINEAR); break;                                                    \
+    case DBN_ACT_LEAKY: CALL(x, DBN_ACT_LEAKY); break;                                       \
+    case DBN_ACT_RELU: CALL(x, DBN_ACT_RELU); break;                                         \
+    case DBN_ACT_RELU6: CALL(x, DBN_ACT_RELU6); break;                                       \
+    case DBN_ACT_LOGISTIC: CALL(x, DBN_ACT_LOGISTIC); break;                                 \
+    case DBN_ACT_TANH: CALL(x, DBN_ACT_TANH); break;                                         \
+    case DBN_ACT_ELU: CALL(x, DBN_ACT_ELU); break;                                           \
+    case DBN_ACT_SELU: CALL(x, DBN_ACT_SELU); break;                                         \
+    case DBN_ACT_GELU: CALL(x, DBN_ACT_GELU); break;                                         \
+    case DBN_ACT_SWISH: CALL(x, DBN_ACT_SWISH); break;                                       \
+    case DBN_ACT_MISH: CALL(x, DBN_ACT_MISH); break;                                         \
+    case DBN_ACT_HARD_MISH: CALL(x, DBN_ACT_HARD_MISH); break;                               \
+    default: CALL(x, DBN_ACT_LINEAR); break;                                                 \
     }
 
 #endif

@@ -1,7 +1,6 @@
 /* driver.c -- plans a job by its shape, picks the engine for the CPU, runs the tasks on the OpenMP team
- * (see internal.h for the whole story).
+ * (see internal.h for the whole story). Calls down only: the engines (simd_*.c) and the shifts (shift.c).
  */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,12 +9,6 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-#define DBN_MIN_PER_THREAD 16384   /* fewer values than this per thread: fewer threads */
-
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int bytes_per_value, int has_map)
 {
@@ -70,28 +63,6 @@ void dbn_job_init(dbn_job *job, int64_t batch, int64_t c, int64_t spatial)
     job->plan.batch = batch;
     job->plan.c = c;
     job->plan.spatial = spatial;
-}
-
-void dbn_estimate_shifts(const float *x, int64_t batch, int64_t c, int64_t spatial, int64_t c0, int64_t nc,
-                         float *k)
-{
-    const int64_t per_row = min64(spatial, DBN_SHIFT_SAMPLES);
-    const int64_t rows = min64(batch, ceil_div(DBN_SHIFT_SAMPLES, max64(spatial, 1)));
-    double sum[DBN_TILE_MAX];
-    for (int64_t j0 = 0; j0 < nc; j0 += DBN_TILE_MAX) {
-        const int64_t m = min64(DBN_TILE_MAX, nc - j0);
-        for (int64_t j = 0; j < m; ++j) sum[j] = 0.0;
-        for (int64_t b = 0; b < rows; ++b) {   /* row by row: the tile's values are contiguous */
-            const float *row = x + (b * c + c0 + j0) * spatial;
-            for (int64_t s = 0; s < per_row; ++s)
-                for (int64_t j = 0; j < m; ++j) sum[j] += row[j * spatial + s];
-        }
-        for (int64_t j = 0; j < m; ++j) {
-            const float v = rows * per_row > 0 ? (float)(sum[j] / (double)(rows * per_row)) : 0.0f;
-            k[j0 + j] = isfinite(v) ? v : 0.0f;   /* an Inf or NaN among the samples: shifting by it
-                                                     would lose the others; sums around 0 keep Inf */
-        }
-    }
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -155,15 +126,6 @@ static void run_tasks(engine_fn fn, const dbn_job *job, int64_t ntasks, int nth)
         if (a < b) fn(job, a, b);
     }
 #endif
-}
-
-void dbn_fill_shifts(const dbn_job *job, int64_t c0, int64_t nc, float *k)
-{
-    const dbn_plan *pl = &job->plan;
-    if (job->shift_mode == DBN_SHIFT_ESTIMATE)
-        dbn_estimate_shifts(job->a, pl->batch, pl->c, pl->spatial, c0, nc, k);
-    else
-        for (int64_t j = 0; j < nc; ++j) k[j] = job->shift_mode == DBN_SHIFT_GIVEN ? job->shift[c0 + j] : 0.0f;
 }
 
 /* The fused plan of the same shape on one thread: what runs when the scratch cannot be allocated. */

@@ -35,6 +35,12 @@ typedef struct {
 
 static inline double clamp(double v, double lo, double hi) { return fmin(fmax(v, lo), hi); }
 
+/* The bytes of a [batch, c, spatial] float tensor, against the non-temporal thresholds (DBN_NT_*). */
+static inline double out_bytes(int64_t batch, int64_t c, int64_t spatial)
+{
+    return (double)batch * (double)c * (double)spatial * 4.0;
+}
+
 /* Map coefficients for y = alpha * (x - m) + beta with m in double: the float m_hi = (float)m shifts
  * exactly (x - m_hi is exact near the mean), the rest of m goes into the constant term. */
 static void affine_coef(double m, double alpha, double beta, float *k, float *p, float *q)
@@ -120,7 +126,7 @@ static void forward_job(dbn_job *job, const float *x, float *out, int64_t batch,
     job->out = out;
     job->map = out ? DBN_M_AFFINE : DBN_M_NONE;
     job->ctx = ctx;
-    job->nt = (double)batch * (double)c * (double)spatial * 4.0 > 16.0 * 1024 * 1024;
+    job->nt = out_bytes(batch, c, spatial) > DBN_NT_TRAIN_BYTES;
 }
 
 void dbn_forward_train(const float *restrict x, float *restrict out, const float *restrict scales,
@@ -222,7 +228,7 @@ void dbn_forward_infer(const float *x, float *out, const float *restrict scales,
     job.out = out;
     job.coef = coef_affine_stats;
     job.ctx = &ctx;
-    job.nt = x != out && (double)batch * (double)c * (double)spatial * 4.0 > 12.0 * 1024 * 1024;
+    job.nt = x != out && out_bytes(batch, c, spatial) > DBN_NT_INFER_BYTES;
     dbn_run(&job, exec);
 }
 
@@ -315,7 +321,7 @@ static void backward_job(dbn_job *job, const float *x, const float *delta, float
     job->out = out;
     job->out2 = out2;
     job->ctx = ctx;
-    job->nt = (double)batch * (double)c * (double)spatial * 4.0 > 8.0 * 1024 * 1024;
+    job->nt = out_bytes(batch, c, spatial) > DBN_NT_BACKWARD_BYTES;
 }
 
 void dbn_backward(const float *restrict x, float *restrict delta, float *restrict net_delta,

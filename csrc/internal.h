@@ -1,13 +1,32 @@
 /* internal.h -- what the .c files of csrc/ share and the API (darknet_bn.h) does not show:
- * the work plan, the job the engine runs, and small numeric helpers.
+ * the tuning constants, the work plan, the job the engine runs, and small numeric helpers.
  *
  * How a pass runs (driver.c): a job is a reduction (two sums per channel, in double), a coef()
  * callback that turns the sums into per-channel coefficients and outputs (means, variances, rolling
  * statistics, ...), and a map (one multiply-add form per element with those coefficients). The driver
  * plans the tasks by the shape only (dbn_make_plan, below), picks the engine compiled for the best
- * instruction set (engine.h, built three times by simd_*.c) and runs the tasks on the OpenMP team in
+ * instruction set (engine.inc, built three times by simd_*.c) and runs the tasks on the OpenMP team in
  * static blocks; partial sums are combined in a fixed order, so results do not depend on the thread
  * count.
+ *
+ * The files of csrc/, each including only what is below it (a DAG; "->" = includes / calls):
+ *
+ *   kernels.c  fused.c      the named kernels, the whole passes: fill a job  -> internal.h; call driver.c
+ *   reference.c             plain references                                 -> internal.h
+ *   driver.c                plan, engine choice, OpenMP team, scratch        -> internal.h; calls the
+ *                                                                               engines and shift.c
+ *   simd_base.c simd_avx2.c simd_avx512.c   one engine each                  -> internal.h, engine.inc
+ *     engine.inc            the engine's loops (a template: DBN_ENGINE, DBN_VBYTES) -> vec_math.h;
+ *                                                                               calls shift.c
+ *       vec_math.h          exp, expm1, logistic, tanh, Darknet's activations -> vec.h
+ *       vec.h               vector types, load/store/splat, alignment, partial vectors (DBN_VBYTES)
+ *   shift.c                 the per-channel shifts the sums are taken around -> internal.h
+ *   internal.h              this file                                        -> darknet_bn.h
+ *   stream.c  build_info.c  the triad, build facts                           -> darknet_bn.h
+ *   darknet_bn.h            the public C API (cffi reads it)
+ *
+ * The one call upward is by pointer: the engine calls the job's coef() (kernels.c, fused.c), which the
+ * caller passed down in the job.
  */
 #ifndef DARKNET_BN_INTERNAL_H
 #define DARKNET_BN_INTERNAL_H
@@ -27,6 +46,64 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
 }
 
 /* ---------------------------------------------------------------------------------------------------
+ * Tuning constants: every number that decides how the work is cut, stored or accumulated, in one place.
+ * The plan's constants decide the order of the sums, so results are pinned to them (bit-identical
+ * across thread counts, not across other values of these); the store and thread constants change
+ * speed only. "PERFORMANCE.md" is /work/shared/PERFORMANCE.md's prototype measurements on this machine
+ * kind (2 cores, AVX-512); "not measured" means the value was set with the engine (commit dfd78f3) and
+ * no measurement of it is recorded.
+ */
+
+/* The plan (dbn_make_plan, driver.c). */
+#define DBN_LANE_MIN_SPATIAL 256   /* planes of at least this many values run lane mode (per channel, run by
+                                      run), smaller ones block mode (rows of a tile of channels): rows were
+                                      2.5-3.7x faster on 7x7 and 36-93x on 1x1 (PERFORMANCE.md); the cut
+                                      itself (16 AVX-512 vectors a run) not measured */
+#define DBN_TILE_MAX 1024          /* block mode: values per row of a tile of channels, sized so the block's
+                                      accumulators (3 float + 2 double arrays: 28 KB) stay in a 32 KB L1d;
+                                      not measured */
+#define DBN_FUSED_MIN_TILES 8      /* the fused plan needs this many channel groups (4 per thread on two
+                                      cores, for balance); not measured */
+#define DBN_STREAM_MAX (24 << 20)  /* a reduction reading more bytes than this runs fused (reduce and map
+                                      each channel group back to back: 1.07-1.23x beyond the cache,
+                                      PERFORMANCE.md); at most this, three phases. The value not measured */
+#define DBN_SMALL 65536            /* tensors with fewer values: one fused task per channel group, no
+                                      scratch, no second parallel region; not measured */
+#define DBN_CHUNK 65536            /* task size: values per task when a channel group or the flat tensor is
+                                      split ... */
+#define DBN_MAX_CHUNKS 256         /* ... into at most this many tasks; not measured */
+#define DBN_EXPAND_SPATIAL 8       /* three-phase maps over planes smaller than this, or over rows of */
+#define DBN_EXPAND_MAX 1024        /* c*spatial <= this many values (their coefficients fit L1), use
+                                      per-element coefficients; others splat per plane; not measured */
+
+/* Threads (driver.c). */
+#define DBN_MIN_PER_THREAD 16384   /* fewer values than this per thread: fewer threads (a 2-thread call
+                                      on a tiny tensor costs more than it saves); not measured */
+
+/* Non-temporal stores (fused.c): outputs above these sizes bypass the cache. PERFORMANCE.md: turning
+ * them off was 1.08-1.8x slower from 21 MB up, forcing them on an 11 MB tensor 1.3-1.8x slower; the
+ * threshold differs per pass (about 16 / 32 / 8 MB measured for training forward / inference /
+ * backward; the inference value in use, 12 MB, was not re-measured). */
+#define DBN_NT_TRAIN_BYTES (16.0 * 1024 * 1024)     /* training forward's output */
+#define DBN_NT_INFER_BYTES (12.0 * 1024 * 1024)     /* inference forward's output (not in place) */
+#define DBN_NT_BACKWARD_BYTES (8.0 * 1024 * 1024)   /* backward's input delta */
+
+/* The engine's loops (engine.inc). */
+#define DBN_PEEL_MIN_VECTORS 8     /* runs of fewer vectors do not peel to align their stores (a split store
+                                      costs two); not measured */
+#define DBN_FOLD 32                /* accuracy: float adds per lane before folding into the double lanes
+                                      (32 lanes folded every ~1024 values beat pure-double sums 1.1-1.5x in
+                                      cache, PERFORMANCE.md) */
+#define DBN_FOLD_ROWS 32           /* accuracy: block mode, rows between folds into double */
+#define DBN_SHIFT_SAMPLES 16       /* accuracy: the shift of a channel is the mean of its first values (of
+                                      the first rows: 1.7e-7 against 1.7e-6 relative variance error with
+                                      one sample, PERFORMANCE.md) */
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* ---------------------------------------------------------------------------------------------------
  * Plan: how a [batch, c, spatial] tensor is cut into tasks, by its shape only.
  *
  * Grid tasks cover channels [c0, c0 + tile) and, of each, the channel-local values [i0, i1)
@@ -40,19 +117,8 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
  *   cache, and for tiny tensors (no scratch, no second parallel region).
  * - otherwise three phases: reduce (grid tasks, or flat tasks with per-task partial sums per channel),
  *   combine the partial sums in task order, coefficients for all channels, map (flat tasks).
+ * The sizes that decide among them are the plan's tuning constants above.
  */
-#define DBN_LANE_MIN_SPATIAL 256     /* planes at least this large: lane mode */
-#define DBN_TILE_MAX 1024            /* block mode: at most this many values per row of a tile */
-#define DBN_FUSED_MIN_TILES 8        /* fused needs at least this many channel groups */
-#define DBN_STREAM_MAX (24 << 20)    /* bytes a reduction reads at most for the three-phase plan */
-#define DBN_SMALL 65536              /* tensors with fewer values: one fused task per channel group */
-#define DBN_CHUNK 65536              /* values per task when a channel group is split ... */
-#define DBN_MAX_CHUNKS 256           /* ... into at most this many tasks */
-#define DBN_EXPAND_SPATIAL 8         /* flat maps over planes smaller than this, or over rows of */
-#define DBN_EXPAND_MAX 1024          /* c*spatial <= this many values (their coefficients fit L1),
-                                        use per-element coefficients; others splat per plane */
-#define DBN_SHIFT_SAMPLES 16         /* the shift of a channel: the mean of its first values */
-
 typedef struct dbn_plan {
     int64_t batch, c, spatial;
     int fused;          /* one phase: grid tasks reduce + coef + map */
@@ -104,7 +170,7 @@ typedef struct dbn_job {
     int act;                     /* AFFINE maps: the activation applied to each output (DBN_ACT_*) */
 } dbn_job;
 
-/* Run tasks [t0, t1) of a job (engine.h, one per instruction set). */
+/* Run tasks [t0, t1) of a job (engine.inc, compiled once per instruction set by simd_*.c). */
 void dbn_run_tasks_base(const dbn_job *job, int64_t t0, int64_t t1);
 void dbn_run_tasks_avx2(const dbn_job *job, int64_t t0, int64_t t1);
 void dbn_run_tasks_avx512(const dbn_job *job, int64_t t0, int64_t t1);
@@ -115,8 +181,8 @@ void dbn_job_init(dbn_job *job, int64_t batch, int64_t c, int64_t spatial);
 /* Run a whole job with exec's threads and instruction set (driver.c). */
 void dbn_run(dbn_job *job, const dbn_exec *exec);
 
-/* The shifts of channels [c0, c0+nc) for DBN_SHIFT_ESTIMATE, into k[0..nc): the mean of each channel's
- * first values -- of the first ceil(16/spatial) rows, at most 16 per row -- rounded to float. Close to
+/* shift.c: the shifts of channels [c0, c0+nc) for DBN_SHIFT_ESTIMATE, into k[0..nc): the mean of each
+ * channel's first values -- of the first ceil(16/spatial) rows, at most 16 per row -- rounded to float. Close to
  * the channel's mean, it keeps the shifted sums small and accurate. Every plan uses the same shifts. */
 void dbn_estimate_shifts(const float *x, int64_t batch, int64_t c, int64_t spatial, int64_t c0, int64_t nc,
                          float *k);

@@ -4,7 +4,7 @@
 #pragma GCC target("arch=x86-64-v3")
 #define DBN_ENGINE dbn_run_tasks_avx2
 #define DBN_VBYTES 32
-#include "engine.h"
+#include "engine.inc"
 #else
 typedef int dbn_no_avx2_engine; /* not an x86-64 GCC build: only the baseline engine */
 #endif

@@ -4,7 +4,7 @@
 #pragma GCC target("arch=x86-64-v4,prefer-vector-width=512")
 #define DBN_ENGINE dbn_run_tasks_avx512
 #define DBN_VBYTES 64
-#include "engine.h"
+#include "engine.inc"
 #else
 typedef int dbn_no_avx512_engine; /* not an x86-64 GCC build: only the baseline engine */
 #endif

@@ -29,6 +29,9 @@ from cffi import FFI
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 HEADER = CSRC / "darknet_bn.h"
+# The build compiles every csrc/*.c; these are the texts they include (headers and the engine template,
+# engine.inc, which only the simd_*.c compile): a change to one rebuilds the module.
+DEPENDS = sorted(CSRC.glob("*.h")) + sorted(CSRC.glob("*.inc"))
 
 # -ffp-contract=fast lets a*b+c become one FMA where the CPU has it (one rounding instead of two);
 # it keeps IEEE semantics (NaN, Inf, subnormals), unlike -ffast-math, which is never used.
@@ -89,6 +92,7 @@ def make_builder() -> FFI:
         "darknet_bn._dbn",
         '#include "darknet_bn.h"',
         sources=[_source(p.name) for p in sorted(CSRC.glob("*.c"))],
+        depends=[_source(p.name) for p in DEPENDS],
         include_dirs=[str(CSRC)],
         extra_compile_args=cflags,
         extra_link_args=omp + sanitize,

@@ -260,3 +260,87 @@ def test_darknet_sequence_references(flavor):
     g = ref.backward(x, dy, sc, mean, var, shape, flavor)
     assert_close(nd, g["delta"], name="delta")
     assert_close(md, g["mean_delta"], name="mean_delta")
+
+
+# Shapes for the whole-pass references: tiny fused planes, block rows, per-element coefficients, odd
+# tails, three phases (flat and grid reductions), one channel.
+REF_SHAPES = [(1, 1, 1, 2), (16, 8, 1, 1), (3, 5, 7, 11), (2, 13, 17, 19), (9, 40, 3, 2), (3, 5, 100, 97),
+              (64, 512, 7, 7), (7, 1, 33, 33)]
+
+
+@pytest.mark.parametrize("flavor", ["pjreddie", "alexeyab", "torch"])
+@pytest.mark.parametrize("shape", REF_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_whole_pass_references(shape, flavor):
+    """The plain whole-pass references (dbn_forward_train_ref, dbn_forward_infer_ref, dbn_backward_ref,
+    dbn_normalize_into_ref in csrc/reference.c) against the float64 reference, and the fast passes (the
+    layer's) against them."""
+    from darknet_bn.flavors import get_flavor
+    from darknet_bn.layer import _c_flavor
+    b, c, h, w = shape
+    s = h * w
+    cf = _c_flavor(get_flavor(flavor))
+    fl = ref.FLAVORS[flavor]
+    x = make_data(shape, 5)
+    dy = make_data(shape, 6, offset=False)
+    sc, bi = np.linspace(0.5, 1.5, c).astype(np.float32), np.linspace(-1, 1, c).astype(np.float32)
+    rm0, rv0 = np.linspace(-0.5, 0.5, c).astype(np.float32), np.linspace(0.5, 2, c).astype(np.float32)
+    xs = float(np.abs(x).max())
+    layer = make_batchnorm_layer(b, w, h, c, flavor=flavor)
+    layer.scales[:], layer.biases[:], layer.rolling_mean[:], layer.rolling_variance[:] = sc, bi, rm0, rv0
+
+    # training forward
+    out, mean, var, rm, rv = np.zeros_like(x), np.zeros(c, np.float32), np.zeros(c, np.float32), rm0.copy(), rv0.copy()
+    lib.dbn_forward_train_ref(_ptr(x), _ptr(out), _ptr(sc), _ptr(bi), _ptr(mean), _ptr(var), _ptr(rm), _ptr(rv),
+                              b, c, s, cf, ffi.NULL)
+    e = ref.forward(x, sc, bi, rm0, rv0, shape, flavor, True)
+    layer.forward(x, train=True)
+    for got, fast, key, scale in ((out, layer.output, "output", None), (mean, layer.mean, "mean", xs),
+                                  (var, layer.variance, "variance", None), (rm, layer.rolling_mean, "rolling_mean", xs),
+                                  (rv, layer.rolling_variance, "rolling_variance", None)):
+        assert_close(got, e[key], rtol=1e-6, scale=scale, name=f"train_ref {key}")
+        assert_close(fast, got, scale=scale, name=f"train fast/ref {key}")
+
+    # x_norm of that forward
+    xn = np.zeros_like(x)
+    lib.dbn_normalize_into_ref(_ptr(x), _ptr(xn), _ptr(mean), _ptr(var), b, c, s, fl["eps"], fl["eps_in_sqrt"],
+                               ffi.NULL)
+    assert_close(xn, ref.normalize_cpu(x, mean, var, b, c, s, fl["eps"], fl["eps_in_sqrt"]), rtol=1e-6,
+                 name="normalize_into_ref")
+    assert_close(layer.x_norm, xn, name="x_norm fast/ref")
+
+    # training backward, from the forward's statistics
+    n_per = float(np.abs(dy).sum(axis=(0, 2, 3)).max())   # the largest sum of |delta| over a channel
+
+    def backward_pair(train, m, v, tag):
+        delta, nd = dy.copy(), np.zeros_like(dy)
+        su, bu, md, vd = (np.zeros(c, np.float32) for _ in range(4))
+        lib.dbn_backward_ref(_ptr(x), _ptr(delta), _ptr(nd), _ptr(sc), _ptr(m), _ptr(v), _ptr(su), _ptr(bu),
+                             _ptr(md), _ptr(vd), b, c, s, cf, train, ffi.NULL)
+        g = ref.backward(x, dy, sc, m, v, shape, flavor, bool(train))
+        layer.scale_updates[:] = 0
+        layer.bias_updates[:] = 0
+        layer.delta[:] = dy
+        fast = layer.backward(np.empty_like(dy))
+        assert np.array_equal(delta, nd), f"{tag}: net_delta is not delta"
+        sv = float(np.sqrt(v.astype(np.float64).min() + 1e-5))   # the smallest denominator, about
+        x_norm_max = float(np.abs(x - m[None, :, None, None]).max()) / sv
+        scales = {"delta": float(np.abs(dy).max()) * float(sc.max()) / sv, "bias_updates": n_per,
+                  "scale_updates": n_per * x_norm_max, "mean_delta": n_per * float(sc.max()) / sv,
+                  "variance_delta": n_per * float(sc.max()) * x_norm_max / sv ** 2}
+        for key, got, fst in (("delta", delta, fast), ("bias_updates", bu, layer.bias_updates),
+                              ("scale_updates", su, layer.scale_updates), ("mean_delta", md, layer.mean_delta),
+                              ("variance_delta", vd, layer.variance_delta)):
+            assert_close(got, g[key], rtol=1e-6, scale=scales[key], name=f"{tag} backward_ref {key}")
+            assert_close(fst, got, scale=scales[key], name=f"{tag} backward fast/ref {key}")
+
+    backward_pair(1, mean, var, "train")
+
+    # inference forward, and the backward of inference (rolling statistics as constants)
+    out_i = np.zeros_like(x)
+    lib.dbn_forward_infer_ref(_ptr(x), _ptr(out_i), _ptr(sc), _ptr(bi), _ptr(rm0), _ptr(rv0), b, c, s, cf, ffi.NULL)
+    assert_close(out_i, ref.forward(x, sc, bi, rm0, rv0, shape, flavor, False)["output"], rtol=1e-6,
+                 name="infer_ref output")
+    layer.rolling_mean[:], layer.rolling_variance[:] = rm0, rv0
+    layer.forward(x, train=False)
+    assert_close(layer.output, out_i, name="infer fast/ref output")
+    backward_pair(0, rm0, rv0, "infer")

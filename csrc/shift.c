@@ -1,0 +1,38 @@
+/* shift.c -- the per-channel shifts the sums are taken around (see internal.h): used by the driver (three
+ * phases) and by the engines (fused tasks), below both, so neither calls the other for them.
+ * Compiled once, for the baseline instruction set: every engine gets the same shifts.
+ */
+#include <math.h>
+
+#include "internal.h"
+
+void dbn_estimate_shifts(const float *x, int64_t batch, int64_t c, int64_t spatial, int64_t c0, int64_t nc,
+                         float *k)
+{
+    const int64_t per_row = min64(spatial, DBN_SHIFT_SAMPLES);
+    const int64_t rows = min64(batch, ceil_div(DBN_SHIFT_SAMPLES, max64(spatial, 1)));
+    double sum[DBN_TILE_MAX];
+    for (int64_t j0 = 0; j0 < nc; j0 += DBN_TILE_MAX) {
+        const int64_t m = min64(DBN_TILE_MAX, nc - j0);
+        for (int64_t j = 0; j < m; ++j) sum[j] = 0.0;
+        for (int64_t b = 0; b < rows; ++b) {   /* row by row: the tile's values are contiguous */
+            const float *row = x + (b * c + c0 + j0) * spatial;
+            for (int64_t s = 0; s < per_row; ++s)
+                for (int64_t j = 0; j < m; ++j) sum[j] += row[j * spatial + s];
+        }
+        for (int64_t j = 0; j < m; ++j) {
+            const float v = rows * per_row > 0 ? (float)(sum[j] / (double)(rows * per_row)) : 0.0f;
+            k[j0 + j] = isfinite(v) ? v : 0.0f;   /* an Inf or NaN among the samples: shifting by it
+                                                     would lose the others; sums around 0 keep Inf */
+        }
+    }
+}
+
+void dbn_fill_shifts(const dbn_job *job, int64_t c0, int64_t nc, float *k)
+{
+    const dbn_plan *pl = &job->plan;
+    if (job->shift_mode == DBN_SHIFT_ESTIMATE)
+        dbn_estimate_shifts(job->a, pl->batch, pl->c, pl->spatial, c0, nc, k);
+    else
+        for (int64_t j = 0; j < nc; ++j) k[j] = job->shift_mode == DBN_SHIFT_GIVEN ? job->shift[c0 + j] : 0.0f;
+}

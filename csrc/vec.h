@@ -1,0 +1,94 @@
+/* vec.h -- vector basics of the engine (engine.inc): the vector types, load/store/splat, non-temporal
+ * stores, alignment, select/abs and partial vectors (the ends of runs). GCC vector extensions: `vf` holds
+ * DBN_VBYTES/4 floats, so one text gives SSE2, AVX2 and AVX-512 code.
+ *
+ * Not a shared header: its types depend on DBN_VBYTES (16, 32 or 64), which each engine's translation
+ * unit (simd_*.c) defines before it includes engine.inc; one engine per translation unit.
+ */
+#ifndef DARKNET_BN_VEC_H
+#define DARKNET_BN_VEC_H
+
+#ifndef DBN_VBYTES
+#error "vec.h: define DBN_VBYTES (the vector width in bytes: 16, 32 or 64) first"
+#endif
+
+#include <stdint.h>
+#include <string.h>
+
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(DBN_PORTABLE)
+#include <immintrin.h>
+#define DBN_X86 1
+#else
+#define DBN_X86 0   /* plain C: no intrinsics (non-temporal stores become plain stores) */
+#endif
+
+#define NV (DBN_VBYTES / 4)                      /* floats per vector */
+
+typedef float vf __attribute__((vector_size(DBN_VBYTES)));
+typedef float vf_u __attribute__((vector_size(DBN_VBYTES), aligned(4), may_alias));
+typedef double vd __attribute__((vector_size(2 * DBN_VBYTES)));
+typedef int32_t vi __attribute__((vector_size(DBN_VBYTES)));
+
+static inline vf vload(const float *p) { return *(const vf_u *)p; }
+static inline void vstore(float *p, vf v) { *(vf_u *)p = v; }
+static inline vf vsplat(float x) { return (vf){0} + x; }
+#define VWIDEN(v) __builtin_convertvector((v), vd)   /* a macro: wide vectors never cross a call */
+
+static inline double vd_sum(const vd *v)
+{
+    double s = 0.0;
+    for (int l = 0; l < NV; ++l) s += (*v)[l];
+    return s;
+}
+
+/* Non-temporal store of one vector; p must be DBN_VBYTES-aligned. */
+static inline void vstream(float *p, vf v)
+{
+#if DBN_X86 && DBN_VBYTES == 64
+    _mm512_stream_ps(p, (__m512)v);
+#elif DBN_X86 && DBN_VBYTES == 32
+    _mm256_stream_ps(p, (__m256)v);
+#elif DBN_X86 && DBN_VBYTES == 16
+    _mm_stream_ps(p, (__m128)v);
+#else
+    vstore(p, v);
+#endif
+}
+
+static inline int aligned_v(const float *p) { return ((uintptr_t)p % DBN_VBYTES) == 0; }
+
+/* Lane-wise select (mask lanes all ones or all zeros, as comparisons give) and absolute value. */
+static inline vf vsel(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+static inline vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
+
+/* Partial vectors, for the ends of runs: vload_part gives the n < NV values at p in the first lanes
+ * (the others zero), vstore_part stores the first n lanes of v. One masked instruction on AVX-512
+ * (DBN_MASKED 1: a partial vector is as cheap as a whole one, so short runs -- small planes -- do not
+ * end in a scalar loop); a padded copy elsewhere. */
+#if DBN_X86 && DBN_VBYTES == 64
+#define DBN_MASKED 1
+static inline vf vload_part(const float *p, int64_t n)
+{
+    return (vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+}
+static inline void vstore_part(float *p, vf v, int64_t n)
+{
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
+}
+#else
+#define DBN_MASKED 0
+static inline vf vload_part(const float *p, int64_t n)
+{
+    float t[NV] = {0};
+    memcpy(t, p, (size_t)n * sizeof *t);
+    return vload(t);
+}
+static inline void vstore_part(float *p, vf v, int64_t n)
+{
+    float t[NV];
+    vstore(t, v);
+    memcpy(p, t, (size_t)n * sizeof *t);
+}
+#endif
+
+#endif

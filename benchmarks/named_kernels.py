@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from darknet_bn import kernels as K
-from darknet_bn._dbn import ffi, lib
+from darknet_bn._capi import ffi, lib
 
 
 def main() -> None:

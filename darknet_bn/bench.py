@@ -49,9 +49,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import kernels
-from ._dbn import ffi, lib
+from ._capi import EXEC, c_flavor, ffi, lib
 from .flavors import Flavor, get_flavor
-from .layer import Layer, _c_flavor
+from .layer import Layer
 
 DEFAULT_SHAPES = [(1, 16, 416, 416), (8, 32, 208, 208), (16, 128, 52, 52), (32, 256, 26, 26),
                   (64, 64, 56, 56), (64, 512, 7, 7), (256, 32, 1, 1), (128, 1024, 1, 1)]
@@ -201,7 +201,7 @@ def _plain(s: Setup) -> Impl:
     p = {k: ffi.from_buffer("float[]", v) for k, v in {**per, **bufs}.items()}
     px, pd = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", delta)
     ps, pb = ffi.from_buffer("float[]", scales), ffi.from_buffer("float[]", biases)
-    cf = _c_flavor(s.flavor)
+    cf = c_flavor(s.flavor)
 
     def forward(train):
         lib.forward_batchnorm_layer_ref(px, p["out"], p["x"], p["x_norm"], ps, pb, p["mean"], p["var"], p["rm"],
@@ -576,7 +576,7 @@ class Triad:
 
     def sample(self) -> float:
         t = time.perf_counter()
-        lib.dbn_triad(self.p[0], self.p[1], self.p[2], self.n, 3.0, kernels._exec)
+        lib.dbn_triad(self.p[0], self.p[1], self.p[2], self.n, 3.0, EXEC)
         return 12.0 * self.n / (time.perf_counter() - t) / 1e9
 
 

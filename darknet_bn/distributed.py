@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ._dbn import ffi, lib
+from ._capi import EXEC, ffi, lib
 from .flavors import Flavor
-from .kernels import _exec
 from .layer import Layer
 
 try:
@@ -105,7 +104,7 @@ class SyncLayer(Layer):
         c = self.c
         try:
             input, p_in, _, _ = self._take_input(input, True, 2, keep_x=True)   # the count: checked globally below
-            lib.dbn_forward_moments(p_in, self.batch, c, self.h * self.w, self._p_lmom, _exec)
+            lib.dbn_forward_moments(p_in, self.batch, c, self.h * self.w, self._p_lmom, EXEC)
             self._lmom[3 * c:] = 0.0
             failure = None
         except (TypeError, ValueError) as e:
@@ -125,7 +124,7 @@ class SyncLayer(Layer):
         p = self._p
         lib.dbn_forward_apply(p_in, self._p_output, p["scales"], p["biases"], p["mean"], p["variance"],
                               p["rolling_mean"], p["rolling_variance"], self._p_gmom, self.batch, c,
-                              self.h * self.w, self._cflavor, self._renorm, _exec)
+                              self.h * self.w, self._cflavor, self._renorm, EXEC)
         return self._forward_done(input, p_in, True)
 
     def backward(self, net_delta: np.ndarray | None = None) -> np.ndarray:
@@ -141,7 +140,7 @@ class SyncLayer(Layer):
             net_delta, p_nd = self._take_net_delta(net_delta)
             p = self._p
             lib.dbn_backward_sums(self._p_x, self._p_delta, p["mean"], self.batch, c, self.h * self.w,
-                                  self._p_lsum, _exec)
+                                  self._p_lsum, EXEC)
             self._lsum[2 * c] = 0.0
             failure = None
         except (TypeError, ValueError) as e:
@@ -157,7 +156,7 @@ class SyncLayer(Layer):
         lib.dbn_backward_apply(self._p_x, self._p_delta, p_nd, p["scales"], p["mean"], p["variance"], r, d,
                                self._p_lsum, self._p_gsum, self._global_count, p["scale_updates"],
                                p["bias_updates"], p["mean_delta"], p["variance_delta"], self.batch, c,
-                               self.h * self.w, self._cflavor, _exec)
+                               self.h * self.w, self._cflavor, EXEC)
         return net_delta
 
     def allreduce_updates(self, average: bool = False) -> None:

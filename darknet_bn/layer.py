@@ -17,25 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ._dbn import ffi, lib
+from ._capi import EXEC, F32, INT64_MAX, as_int, c_flavor, check_buffer, explain_buffer, ffi, lib
 from .flavors import Flavor, get_flavor
-from .kernels import _F32, _INT64_MAX, _buf, _exec, _explain, _int
 
 __all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS"]
-
-_C_FLAVORS: dict[Flavor, Any] = {}
-
-
-def _c_flavor(fl: Flavor):
-    """The ``dbn_flavor`` struct for a Flavor (made once per distinct flavor, kept alive here)."""
-    cd = _C_FLAVORS.get(fl)
-    if cd is None:
-        cd = ffi.new("dbn_flavor *", {
-            "momentum": fl.momentum, "eps": fl.eps, "eps_in_sqrt": fl.eps_in_sqrt, "unbiased": fl.unbiased,
-            "bwd_eps": fl.bwd_eps, "bwd_eps_in_sqrt": fl.bwd_eps_in_sqrt, "stat_eps": fl.stat_eps})
-        _C_FLAVORS[fl] = cd
-    return cd
-
 
 def _aligned_zeros(n: int, align: int = 64) -> np.ndarray:
     """A zeroed float32 array of n elements whose data starts on an `align`-byte boundary."""
@@ -46,7 +31,7 @@ def _aligned_zeros(n: int, align: int = 64) -> np.ndarray:
 
 
 def _positive(name: str, v: Any) -> int:
-    v = _int(name, v)
+    v = as_int(name, v)
     if v < 1:
         raise ValueError(f"{name}: expected an int >= 1, got {v}")
     return v
@@ -116,14 +101,14 @@ class Layer:
         batch, w, h, c = (_positive("batch", batch), _positive("w", w), _positive("h", h),
                           _positive("c", c))
         n = batch * c * h * w
-        if n > _INT64_MAX // 4:
+        if n > INT64_MAX // 4:
             raise ValueError(f"batch*c*h*w = {n} elements is too large to allocate")
         self._batch, self._w, self._h, self._c = batch, w, h, c
         self._n = n
         self._count = batch * h * w          # N: values per channel
         self._shape = (batch, c, h, w)
         self._flavor = get_flavor(flavor)
-        self._cflavor = _c_flavor(self._flavor)
+        self._cflavor = c_flavor(self._flavor)
 
         self._output = _aligned_zeros(n).reshape(self._shape)
         self._delta = _aligned_zeros(n).reshape(self._shape)
@@ -157,15 +142,15 @@ class Layer:
         # The arguments of each C call but the per-call arrays, made once: a call is one C call.
         p, s = self._p, h * w
         self._a_train = (self._p_output, p["scales"], p["biases"], p["mean"], p["variance"], p["rolling_mean"],
-                         p["rolling_variance"], batch, c, s, self._cflavor, self._renorm, _exec)
+                         p["rolling_variance"], batch, c, s, self._cflavor, self._renorm, EXEC)
         self._a_infer = (self._p_output, p["scales"], p["biases"], p["rolling_mean"], p["rolling_variance"],
                          batch, c, s, self._cflavor)
         tail = (p["scale_updates"], p["bias_updates"], p["mean_delta"], p["variance_delta"], batch, c, s,
                 self._cflavor)
         rd = (p["r"], p["d"]) if renorm else (ffi.NULL, ffi.NULL)
-        self._a_bwd = {True: (p["scales"], p["mean"], p["variance"]) + rd + tail + (1, _exec),
+        self._a_bwd = {True: (p["scales"], p["mean"], p["variance"]) + rd + tail + (1, EXEC),
                        False: (p["scales"], p["rolling_mean"], p["rolling_variance"], ffi.NULL, ffi.NULL) + tail
-                       + (0, _exec)}
+                       + (0, EXEC)}
 
     # ---------------------------------------------------------------------------------------------
     # Passes
@@ -203,7 +188,7 @@ class Layer:
         if train:
             lib.dbn_forward_train(p_in, *self._a_train)
         else:
-            lib.dbn_forward_infer(p_in, *self._a_infer, act, _exec)
+            lib.dbn_forward_infer(p_in, *self._a_infer, act, EXEC)
         return self._forward_done(input, p_in, train, lost)
 
     def _take_input(self, input: Any, train: Any, count: int, keep_x: bool = False):
@@ -217,12 +202,12 @@ class Layer:
         in a training forward (the output overwrites it, the backward needs it). keep_x: the copy must
         leave the last forward's x intact (for a caller that may still raise after this returns)."""
         n = self._n
-        fast = (isinstance(input, np.ndarray) and input.dtype == _F32 and input.size == n
+        fast = (isinstance(input, np.ndarray) and input.dtype == F32 and input.size == n
                 and (fl := input.flags).c_contiguous and fl.aligned)
         if not fast:   # float32 in any byte order and layout can be copied; anything else raises
             f32 = isinstance(input, np.ndarray) and input.dtype.kind == "f" and input.dtype.itemsize == 4
             if not f32 or input.size != n:
-                _explain("input", input.view(_F32) if f32 else input, n, self._what, False)
+                explain_buffer("input", input.view(F32) if f32 else input, n, self._what, False)
         train = bool(train)
         if train and count < 2:
             raise ValueError("train: a training forward needs batch*h*w >= 2 values per channel "
@@ -307,7 +292,7 @@ class Layer:
         if net_delta is None:
             net_delta = np.empty(x.shape, dtype=np.float32)
             return net_delta, ffi.from_buffer("float[]", net_delta)
-        p_nd = _buf("net_delta", net_delta, self._n, self._what, True)
+        p_nd = check_buffer("net_delta", net_delta, self._n, self._what, True)
         if p_nd == self._p_delta:
             return net_delta, ffi.NULL        # in place: delta is the input's delta already
         if net_delta.base is not None or x.base is not None or net_delta is x:
@@ -371,7 +356,7 @@ class Layer:
             else:
                 m, v, r, d = p["rolling_mean"], p["rolling_variance"], ffi.NULL, ffi.NULL
             lib.dbn_normalize_into(self._p_x, ffi.from_buffer("float[]", self._x_norm), m, v, r, d, self._batch,
-                                   self._c, self._h * self._w, fl.eps, fl.eps_in_sqrt, _exec)
+                                   self._c, self._h * self._w, fl.eps, fl.eps_in_sqrt, EXEC)
             self._x_norm_valid = True
         return self._x_norm
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import SHAPES, assert_close, make_data
 from darknet_bn import ACTIVATIONS, Flavor, make_batchnorm_layer
 from darknet_bn import kernels as K
-from darknet_bn._dbn import ffi, lib
+from darknet_bn._capi import ffi, lib
 
 SELU_A, SELU_L = float(np.float32(1.0507)), float(np.float32(np.float32(1.0507) * np.float32(1.6732)))
 

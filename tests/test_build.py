@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from darknet_bn import kernels as K
-from darknet_bn._dbn import lib
+from darknet_bn._capi import lib
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"

@@ -13,7 +13,7 @@ import reference as ref
 from conftest import assert_close, make_data
 from darknet_bn import kernels as K
 from darknet_bn import make_batchnorm_layer
-from darknet_bn._dbn import ffi, lib
+from darknet_bn._capi import ffi, lib
 
 # (batch, c, h, w), and the plan each is chosen to exercise (checked in test_shapes_take_their_paths)
 BIG = {
@@ -236,7 +236,7 @@ def test_large_mean_accuracy_fused_layer():
 def test_darknet_sequence_references(flavor):
     """forward_batchnorm_layer_ref / backward_batchnorm_layer_ref (Darknet's sequence of plain kernels,
     the benchmark's baseline) compute the flavor's passes too."""
-    from darknet_bn.layer import _c_flavor
+    from darknet_bn._capi import c_flavor
     from darknet_bn.flavors import get_flavor
     shape = (3, 4, 5, 6)
     b, c, h, w = shape
@@ -246,7 +246,7 @@ def test_darknet_sequence_references(flavor):
     rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
     out, xs, xn, nd = (np.zeros_like(x) for _ in range(4))
     mean, var, su, bu, md, vd = (np.zeros(c, np.float32) for _ in range(6))
-    cf = _c_flavor(get_flavor(flavor))
+    cf = c_flavor(get_flavor(flavor))
     lib.forward_batchnorm_layer_ref(_ptr(x), _ptr(out), _ptr(xs), _ptr(xn), _ptr(sc), _ptr(bi), _ptr(mean),
                                     _ptr(var), _ptr(rm), _ptr(rv), b, c, h * w, cf, 1)
     e = ref.forward(x, sc, bi, np.zeros(c), np.ones(c), shape, flavor)
@@ -275,10 +275,10 @@ def test_whole_pass_references(shape, flavor):
     dbn_normalize_into_ref in csrc/reference.c) against the float64 reference, and the fast passes (the
     layer's) against them."""
     from darknet_bn.flavors import get_flavor
-    from darknet_bn.layer import _c_flavor
+    from darknet_bn._capi import c_flavor
     b, c, h, w = shape
     s = h * w
-    cf = _c_flavor(get_flavor(flavor))
+    cf = c_flavor(get_flavor(flavor))
     fl = ref.FLAVORS[flavor]
     x = make_data(shape, 5)
     dy = make_data(shape, 6, offset=False)

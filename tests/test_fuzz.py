@@ -254,7 +254,7 @@ def test_bit_flipped_and_truncated_weights(i, seed, mode, tmp_path_factory):
 # predicts which --, never a crash; no byte changes but those of the arrays the call writes.
 
 from darknet_bn import ACTIVATIONS, Layer  # noqa: E402
-from darknet_bn._dbn import lib  # noqa: E402
+from darknet_bn._capi import lib  # noqa: E402
 from conftest import assert_close  # noqa: E402
 
 ODD_SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))

@@ -16,7 +16,7 @@ import pytest
 from conftest import make_data
 from darknet_bn import kernels as K
 from darknet_bn import make_batchnorm_layer
-from darknet_bn._dbn import ffi, lib
+from darknet_bn._capi import ffi, lib
 
 FLAVORS = ["pjreddie", "alexeyab", "torch"]
 # shapes that take the engine's different paths (see tests/test_engine.py)

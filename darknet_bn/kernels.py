@@ -22,8 +22,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._capi import (EXEC, ISAS, check_buffer, check_no_overlap, dims, get_isa, get_num_threads, has_openmp, lib,
-                    set_isa, set_num_threads)
+from ._capi import (
+    EXEC,
+    ISAS,
+    check_buffer,
+    check_no_overlap,
+    dims,
+    get_isa,
+    get_num_threads,
+    has_openmp,
+    lib,
+    set_isa,
+    set_num_threads,
+)
 from .flavors import Flavor, get_flavor
 
 __all__ = [

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import assert_close
-from darknet_bn import bench, kernels
+from darknet_bn import Layer, bench, kernels
+from darknet_bn.flavors import get_flavor
 
 SHAPE = (4, 3, 5, 6)
 EPS = 1e-5
@@ -34,8 +35,8 @@ def _reference64(s: bench.Setup) -> dict:
 
 
 def _setup(shape=SHAPE) -> bench.Setup:
-    x, dy = bench._data(shape)
-    return bench.Setup(shape, bench.get_flavor("torch"), x, dy, *bench._params(shape[1]),
+    x, dy = bench.make_data(shape)
+    return bench.Setup(shape, get_flavor("torch"), x, dy, *bench.make_params(shape[1]),
                        threads=kernels.get_num_threads(), passes=bench.PASSES)
 
 
@@ -71,14 +72,14 @@ def test_each_peer_computes_the_same_bn(peer):
 
 def test_ours_reference_matches_the_math():
     s = _setup()
-    ref = bench._reference(s, bench.PASSES)
+    ref = bench.reference_outputs(s, bench.PASSES)
     for p, want in _reference64(s).items():
         got, top = ref[p]
         assert_close(got, want, rtol=2e-5, name=p)
         assert top == pytest.approx(float(np.abs(got).max()))
 
 
-class _SpyLayer(bench.Layer):
+class _SpyLayer(Layer):
     """A Layer that records, for every backward, whether the last forward of that layer trained."""
     log: list = []
 
@@ -95,7 +96,7 @@ def test_every_backward_row_times_the_training_backward(monkeypatch):
     """The timed backward follows a training forward (the old pass order train, infer, infer+leaky,
     backward timed the inference-mode backward), with and without renorm, whatever the peers."""
     _SpyLayer.log = []
-    monkeypatch.setattr(bench, "Layer", _SpyLayer)
+    monkeypatch.setattr(bench.peers, "Layer", _SpyLayer)
     passes = bench.PASSES + bench.RENORM_PASSES
     results = bench.run([SHAPE], ["numpy"], rounds=2, passes=passes)
     assert [r.pass_ for r in results] == list(passes)
@@ -104,7 +105,7 @@ def test_every_backward_row_times_the_training_backward(monkeypatch):
     assert all(train for _, _, train in calls), "a backward ran after an inference forward"
     # the training backward leaves the batch statistics' deltas it computed (the inference one zeroes them)
     layer = _SpyLayer(*SHAPE[:1], SHAPE[3], SHAPE[2], SHAPE[1], "torch")
-    x, dy = bench._data(SHAPE)
+    x, dy = bench.make_data(SHAPE)
     layer.forward(x, True)
     layer.delta[...] = dy
     layer.backward(layer.delta)

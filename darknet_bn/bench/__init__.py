@@ -1,0 +1,57 @@
+"""``darknet-bn bench``: how fast darknet_bn's passes are, against the memory roofline and against peers.
+
+The bench measures darknet_bn's passes as users call them, against peers called the fastest way they
+document, in interleaved rounds with a memory-bandwidth triad. Used by ``darknet-bn bench`` (and
+``bench --cfg``, :mod:`darknet_bn.cli`) and by the scripts of ``benchmarks/``.
+
+- :mod:`~darknet_bn.bench.cases`: the shapes, the passes, a shape's data (:class:`Setup`, :class:`Impl`);
+- :mod:`~darknet_bn.bench.peers`: the implementations (``ours`` and each peer), their check against ours;
+- :mod:`~darknet_bn.bench.roofline`: the least bytes per pass and the triad (:class:`Triad`);
+- :mod:`~darknet_bn.bench.harness`: :func:`run` and its :class:`Result` rows;
+- :mod:`~darknet_bn.bench.report`: the table, JSON, the plot;
+- :mod:`~darknet_bn.bench.machine`: the CPU, caches, build and versions a run reports.
+"""
+
+from .cases import (
+                    DEFAULT_SHAPES,
+                    LARGE_SHAPES,
+                    OURS_BASELINE,
+                    PASSES,
+                    PEER_PASS,
+                    RENORM_PASSES,
+                    Impl,
+                    Setup,
+                    default_rounds,
+                    make_data,
+                    make_params,
+                    parse_shape,
+                    peer_passes,
+)
+from .harness import DEFAULT_BUDGET_S, MIN_ROUNDS, MIN_SAMPLE_S, Result, run
+from .machine import cpu_info, describe_cpu, machine_info, peer_versions
+from .peers import (
+                    CHECK_RTOL,
+                    DEFAULT_PEERS,
+                    MAKERS,
+                    PEER_INSTALL,
+                    PEER_MODULES,
+                    PEER_OFFERS,
+                    PEERS,
+                    available,
+                    check_peer,
+                    offers,
+                    reference_outputs,
+)
+from .report import check_notes, format_table, geomean, plot, write_json
+from .roofline import BYTES_PER_ELEMENT, TRIAD_N, Triad
+
+__all__ = [
+    "DEFAULT_SHAPES", "LARGE_SHAPES", "PASSES", "RENORM_PASSES", "PEER_PASS", "OURS_BASELINE", "Setup", "Impl",
+    "parse_shape", "default_rounds", "make_data", "make_params", "peer_passes",
+    "run", "Result", "DEFAULT_BUDGET_S", "MIN_ROUNDS", "MIN_SAMPLE_S",
+    "PEERS", "DEFAULT_PEERS", "MAKERS", "PEER_MODULES", "PEER_INSTALL", "PEER_OFFERS", "CHECK_RTOL", "available",
+    "offers", "check_peer", "reference_outputs",
+    "BYTES_PER_ELEMENT", "TRIAD_N", "Triad",
+    "format_table", "check_notes", "geomean", "write_json", "plot",
+    "cpu_info", "describe_cpu", "peer_versions", "machine_info",
+]

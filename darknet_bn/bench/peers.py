@@ -1,0 +1,446 @@
+"""The implementations the bench times: darknet_bn (``ours``) and its peers.
+
+Peers (``PEERS``; by default every installed one of ``DEFAULT_PEERS``), each called the fastest way
+its documentation offers, with the same thread count, on the same input and parameters:
+
+- ``plain``: Darknet's layer code structure -- forward_batchnorm_layer / backward_batchnorm_layer as
+  Darknet writes them, a sequence of the plain kernels with Darknet's copies -- on darknet_bn's plain
+  reference kernels (csrc/reference.c: one channel at a time, double sums, one thread);
+- ``numpy``: a straightforward numpy implementation of the same math;
+- ``torch``: ``torch.nn.functional.batch_norm``, allocating its outputs as it does for its users
+  (the backward: autograd's, of a training forward);
+- ``torch-out``: ``torch.ops.aten.native_batch_norm.out`` / ``native_batch_norm_backward.out`` into
+  preallocated outputs;
+- ``ort``: ONNX Runtime, a one-node BatchNormalization model, io_binding to a preallocated output
+  (inference passes only);
+- ``openvino``: OpenVINO with f32 inference precision forced and shared-memory tensors (inference
+  passes only);
+- ``jax``: ``jax.jit`` functions compiled before the timing, outputs into donated buffers.
+
+Before a peer is timed on a shape, each pass it offers runs once and is compared with ours; a peer
+whose output differs beyond float32 rounding (``CHECK_RTOL``), or that fails, is reported and not
+timed in that row.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+
+import numpy as np
+
+from .._capi import c_flavor, ffi, lib
+from ..layer import Layer
+from .cases import PASSES, PEER_PASS, RENORM_PASSES, Impl, Setup, peer_passes
+
+PEERS = ("plain", "numpy", "torch", "torch-out", "ort", "openvino", "jax")
+#: compared by default, each when installed: the libraries a user would pick instead (plain and numpy,
+#: darknet_bn's own references, only when asked for)
+DEFAULT_PEERS = ("torch", "torch-out", "ort", "openvino", "jax")
+
+
+# ------------------------------------------------------------------------------------------------
+# The implementations. Each maker gets the shape's Setup and returns an Impl: one callable per pass it
+# offers (one call as its users make it), a callable per pass that runs it once and returns its output
+# as numpy (for the check against ours), and the untimed preparation a pass needs.
+
+
+def _ours(s: Setup) -> Impl:
+    b, c, h, w = s.shape
+    x = s.x
+    layer = Layer(b, w, h, c, s.flavor)
+    layers = [layer]
+    rn = None
+    if any(p in RENORM_PASSES for p in s.passes):
+        rn = Layer(b, w, h, c, s.flavor, renorm=True, rmax=3.0, dmax=5.0)
+        layers.append(rn)
+    # The backward runs in place, call after call, on its own output. So that the values neither shrink
+    # into subnormals (slow) nor grow, each channel's scale makes the training backward's map
+    # norm-preserving (scale * r / sigma = 1): it is then a projection (it removes the delta's mean and
+    # its x_hat component), so from its first (untimed) call on it maps delta to itself. Values do not
+    # change the work otherwise.
+    fl = s.flavor
+    for ly in layers:
+        ly.rolling_variance[:] = 1.0
+        ly.forward(x, True)
+        v = ly.variance.astype(np.float64)
+        sigma = np.sqrt(v + fl.eps) if fl.eps_in_sqrt else np.sqrt(v) + fl.eps
+        ly.scales[:] = sigma / ly.r
+        ly.delta[...] = s.dy
+    calls = {
+        "train": lambda: layer.forward(x, True),
+        "infer": lambda: layer.forward(x, False),
+        "infer+leaky": lambda: layer.forward(x, False, "leaky"),
+        # delta is consumed in place (layer.backward(layer.delta): one write); its values do not
+        # change the work, so the same buffer is reused from call to call.
+        "backward": lambda: layer.backward(layer.delta),
+    }
+    # Every backward row times the training backward, after a training forward, as users run it
+    # (a backward after an inference forward is the cheaper inference-mode one: no mean_delta or
+    # variance_delta). Backward calls do not change the layer's mode, so one training forward before
+    # the pass's rounds puts the layer in that state for all of them.
+    prepare = {"backward": lambda: layer.forward(x, True)}
+    if rn is not None:
+        calls["train+renorm"] = lambda: rn.forward(x, True)
+        calls["backward+renorm"] = lambda: rn.backward(rn.delta)
+        prepare["backward+renorm"] = lambda: rn.forward(x, True)
+    return Impl(calls, prepare=prepare)
+
+
+def reference_outputs(s: Setup, passes: Sequence[str]) -> dict:
+    """Ours, once per pass, on the peers' math (a torch-flavored Layer) with the shared parameters:
+    the outputs each peer's output is checked against (pass -> (output, its max |value|)). The
+    backward follows a training forward."""
+    b, c, h, w = s.shape
+    ly = Layer(b, w, h, c, "torch")
+    ly.scales[:], ly.biases[:] = s.gamma, s.beta
+    out = {}
+
+    def inference_stats():
+        ly.rolling_mean[:], ly.rolling_variance[:] = s.rm, s.rv
+    if "train" in passes or "backward" in passes:
+        inference_stats()
+        y = ly.forward(s.x, True)
+        if "train" in passes:
+            out["train"] = y.copy()
+        if "backward" in passes:
+            ly.delta[...] = s.dy
+            out["backward"] = ly.backward(ly.delta).copy()
+    for p, act in (("infer", None), ("infer+leaky", "leaky")):
+        if p in passes:
+            inference_stats()
+            out[p] = ly.forward(s.x, False, act).copy()
+    return {p: (v, float(max(v.max(), -v.min()))) for p, v in out.items()}
+
+
+def _plain(s: Setup) -> Impl:
+    """Darknet's layer code structure on the plain kernels: forward_batchnorm_layer_ref and
+    backward_batchnorm_layer_ref (csrc/reference.c), with Darknet's copies, one thread. Follows the
+    bench's flavor (so it is not checked against the peers' math; tests/test_kernels.py checks it)."""
+    b, c, h, w = s.shape
+    x = s.x
+    sp = h * w
+    bufs = {k: np.zeros_like(x) for k in ("out", "x", "x_norm", "net_delta")}
+    delta = s.dy.copy()
+    per = {k: np.zeros(c, np.float32) for k in ("mean", "var", "rm", "rv", "su", "bu", "md", "vd")}
+    scales, biases = np.ones(c, np.float32), np.zeros(c, np.float32)
+    p = {k: ffi.from_buffer("float[]", v) for k, v in {**per, **bufs}.items()}
+    px, pd = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", delta)
+    ps, pb = ffi.from_buffer("float[]", scales), ffi.from_buffer("float[]", biases)
+    cf = c_flavor(s.flavor)
+
+    def forward(train):
+        lib.forward_batchnorm_layer_ref(px, p["out"], p["x"], p["x_norm"], ps, pb, p["mean"], p["var"], p["rm"],
+                                        p["rv"], b, c, sp, cf, train)
+
+    def infer_leaky():   # Darknet: the BN, then activate_array over the output
+        forward(0)
+        lib.dbn_activate_ref(p["out"], b * c * sp, lib.DBN_ACT_LEAKY)
+
+    def backward():      # Darknet's backward reads x, x_norm and the batch statistics of the last training forward
+        lib.backward_batchnorm_layer_ref(p["x"], p["x_norm"], pd, p["net_delta"], ps, p["mean"], p["var"], p["su"],
+                                         p["bu"], p["md"], p["vd"], b, c, sp, cf)
+    forward(1)
+    return Impl({"train": lambda: forward(1), "infer": lambda: forward(0), "infer+leaky": infer_leaky,
+                 "backward": backward}, prepare={"backward": lambda: forward(1)})
+
+
+def _numpy(s: Setup) -> Impl:
+    """The same math in straightforward numpy (allocating as numpy does)."""
+    x, dy = s.x, s.dy
+    c = s.shape[1]
+    eps = np.float32(s.eps)
+    g, beta = s.gamma.reshape(1, c, 1, 1), s.beta.reshape(1, c, 1, 1)
+    rm, rv = s.rm.reshape(1, c, 1, 1), s.rv.reshape(1, c, 1, 1)
+    trm, trv = rm.copy(), rv.copy()
+    axes = (0, 2, 3)
+    n = x.size // c
+    mom = np.float32(s.momentum)
+
+    def train():
+        m = x.mean(axis=axes, keepdims=True)
+        v = x.var(axis=axes, keepdims=True)
+        trm[...] = (1 - mom) * trm + mom * m
+        trv[...] = (1 - mom) * trv + mom * v * (n / (n - 1))
+        return (x - m) / np.sqrt(v + eps) * g + beta
+
+    def infer():
+        return (x - rm) / np.sqrt(rv + eps) * g + beta
+
+    def infer_leaky():
+        y = infer()
+        return np.where(y > 0, y, np.float32(0.1) * y)
+
+    m = x.mean(axis=axes, keepdims=True)
+    inv = 1 / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+
+    def backward():      # from the training forward's statistics m, inv
+        xhat = (x - m) * inv
+        dg = dy * g
+        return inv * (dg - dg.mean(axis=axes, keepdims=True) - xhat * (dg * xhat).mean(axis=axes, keepdims=True))
+
+    calls = {"train": train, "infer": infer, "infer+leaky": infer_leaky, "backward": backward}
+    return Impl(calls, outputs=dict(calls), version=np.__version__)
+
+
+def _torch(s: Setup) -> Impl:
+    """``torch.nn.functional.batch_norm`` as its users call it: allocating its output on every call
+    (inference and training forward under no_grad; the backward is autograd's, of a training forward
+    with grad); the fused leaky pass is BN then ``F.leaky_relu(..., inplace=True)``."""
+    import torch
+    import torch.nn.functional as F
+
+    xt = torch.from_numpy(s.x)
+    xg = xt.clone().requires_grad_(True)
+    wt = torch.from_numpy(s.gamma.copy()).requires_grad_(True)
+    bt = torch.from_numpy(s.beta.copy()).requires_grad_(True)
+    rm, rv = torch.from_numpy(s.rm.copy()), torch.from_numpy(s.rv.copy())        # inference
+    trm, trv = rm.clone(), rv.clone()                                              # updated by training
+    go = torch.from_numpy(s.dy)
+    eps, mom = s.eps, s.momentum
+
+    def train():
+        with torch.no_grad():
+            return F.batch_norm(xt, trm, trv, wt, bt, training=True, momentum=mom, eps=eps)
+
+    def infer():
+        with torch.no_grad():
+            return F.batch_norm(xt, rm, rv, wt, bt, training=False, momentum=mom, eps=eps)
+
+    def infer_leaky():
+        with torch.no_grad():
+            return F.leaky_relu(F.batch_norm(xt, rm, rv, wt, bt, training=False, momentum=mom, eps=eps), 0.1,
+                                inplace=True)
+    y = F.batch_norm(xg, trm.clone(), trv.clone(), wt, bt, training=True, momentum=mom, eps=eps)
+
+    def backward():
+        return torch.autograd.grad(y, (xg, wt, bt), go, retain_graph=True)
+
+    calls = {"train": train, "infer": infer, "infer+leaky": infer_leaky, "backward": backward}
+    outputs = {p: (lambda f=f: f().numpy()) for p, f in calls.items() if p != "backward"}
+    outputs["backward"] = lambda: backward()[0].numpy()
+    return Impl(calls, outputs, version=torch.__version__)
+
+
+def _torch_out(s: Setup) -> Impl:
+    """PyTorch into preallocated outputs: ``torch.ops.aten.native_batch_norm.out`` (the forwards; its
+    ``save_mean``/``save_invstd`` too) and ``native_batch_norm_backward.out`` (the backward, from the
+    saved statistics of a training forward); leaky: ``leaky_relu_`` on the output."""
+    import torch
+
+    aten = torch.ops.aten
+    c = s.shape[1]
+    xt, go = torch.from_numpy(s.x), torch.from_numpy(s.dy)
+    g, bt = torch.from_numpy(s.gamma.copy()), torch.from_numpy(s.beta.copy())
+    rm, rv = torch.from_numpy(s.rm.copy()), torch.from_numpy(s.rv.copy())
+    trm, trv = rm.clone(), rv.clone()
+    y, dx = torch.empty_like(xt), torch.empty_like(xt)
+    sm, si, sm0, si0, dg, db = (torch.empty(c) for _ in range(6))
+    eps, mom = s.eps, s.momentum
+
+    def train():
+        aten.native_batch_norm.out(xt, g, bt, trm, trv, True, mom, eps, out=y, save_mean=sm, save_invstd=si)
+
+    def infer():   # in eval mode save_mean/save_invstd are not written (empty): separate buffers
+        aten.native_batch_norm.out(xt, g, bt, rm, rv, False, mom, eps, out=y, save_mean=sm0, save_invstd=si0)
+
+    def infer_leaky():
+        infer()
+        aten.leaky_relu_(y, 0.1)
+
+    def backward():
+        aten.native_batch_norm_backward.out(go, xt, g, trm, trv, sm, si, True, eps, [True, True, True],
+                                            out0=dx, out1=dg, out2=db)
+    calls = {"train": train, "infer": infer, "infer+leaky": infer_leaky, "backward": backward}
+    outputs = {p: (lambda f=f, o=(dx if p == "backward" else y): (f(), o.numpy())[1]) for p, f in calls.items()}
+    return Impl(calls, outputs, prepare={"backward": train}, version=torch.__version__)
+
+
+def _ort(s: Setup) -> Impl:
+    """ONNX Runtime, a one-node BatchNormalization model (inference mode; with LeakyRelu after it for
+    the leaky pass) on the CPU provider, with ``threads`` intra-op threads, input and preallocated
+    output bound once with io_binding (``run_with_iobinding``: no copy, no allocation). Only the
+    inference passes: ORT's inference build has no backward, and its training_mode=1 BatchNormalization
+    updates the running variance with the biased batch variance (not PyTorch's or Darknet's)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = list(s.shape)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = s.threads, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    inits = [numpy_helper.from_array(a, n) for a, n in ((s.gamma, "g"), (s.beta, "b"), (s.rm, "rm"), (s.rv, "rv"))]
+    xin = ort.OrtValue.ortvalue_from_numpy(s.x)
+    y = np.empty_like(s.x)
+    yout = ort.OrtValue.ortvalue_from_numpy(y)
+
+    def session(leaky: bool):
+        nodes = [helper.make_node("BatchNormalization", ["x", "g", "b", "rm", "rv"], ["bn" if leaky else "y"],
+                                  epsilon=s.eps)]
+        if leaky:
+            nodes.append(helper.make_node("LeakyRelu", ["bn"], ["y"], alpha=0.1))
+        graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+        model.ir_version = 8
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        io = sess.io_binding()
+        io.bind_ortvalue_input("x", xin)
+        io.bind_ortvalue_output("y", yout)
+        return lambda: sess.run_with_iobinding(io)
+    calls = {p: session(p == "infer+leaky") for p in ("infer", "infer+leaky") if p in peer_passes(s.passes)}
+    outputs = {p: (lambda f=f: (f(), y)[1]) for p, f in calls.items()}
+    return Impl(calls, outputs, version=f"{ort.__version__} (onnx {onnx.__version__})")
+
+
+def _openvino(s: Setup) -> Impl:
+    """OpenVINO, a BatchNormInference model (then PRelu with slope 0.1 for the leaky pass: OpenVINO has
+    no LeakyRelu), compiled for the CPU with f32 inference precision forced (its default on CPUs with
+    bf16 is bf16) and ``threads`` threads, input and output as shared-memory tensors set once
+    (``infer()`` then neither copies nor allocates). Only the inference passes: OpenVINO has no training
+    BatchNorm and no backward."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    core = ov.Core()
+    cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": s.threads, "PERFORMANCE_HINT": "LATENCY"}
+    y = np.empty_like(s.x)
+    xin, yout = ov.Tensor(s.x, shared_memory=True), ov.Tensor(y, shared_memory=True)
+
+    def request(leaky: bool):
+        p = ops.parameter(list(s.shape), np.float32, name="x")
+        node = ops.batch_norm_inference(p, s.gamma, s.beta, s.rm, s.rv, s.eps)
+        if leaky:
+            node = ops.prelu(node, np.array([0.1], np.float32))
+        compiled = core.compile_model(ov.Model([node], [p], "bn"), "CPU", cfg)
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+        if precision != ov.Type.f32:
+            raise RuntimeError(f"OpenVINO compiled with inference precision {precision}, not f32")
+        req = compiled.create_infer_request()
+        req.set_input_tensor(xin)
+        req.set_output_tensor(yout)
+        return req.infer
+    calls = {p: request(p == "infer+leaky") for p in ("infer", "infer+leaky") if p in peer_passes(s.passes)}
+    outputs = {p: (lambda f=f: (f(), y)[1]) for p, f in calls.items()}
+    return Impl(calls, outputs, version=ov.__version__)
+
+
+def _jax(s: Setup) -> Impl:
+    """JAX on the CPU: each pass one ``jax.jit`` function, compiled before the timing
+    (``.lower(...).compile()``), its output written into a donated buffer (``donate_argnums`` with
+    ``keep_unused=True``: without it XLA drops the unused argument and donation is ignored), the result
+    awaited (``block_until_ready``). The training forward returns the new running statistics (donated
+    too); the backward is ``jax.vjp``'s function of a training forward (its saved residuals), jitted.
+    Threads: XLA's own pool (one thread per core; it has no per-call setting)."""
+    import jax
+    import jax.numpy as jnp
+
+    b, c, h, w = s.shape
+    eps, mom = s.eps, s.momentum
+    n = b * h * w
+    col = lambda v: v[:, None, None]   # noqa: E731  (c,) -> (c, 1, 1), broadcast over (b, c, h, w)
+    axes = (0, 2, 3)
+    x = jnp.asarray(s.x)
+    g, beta = jnp.asarray(s.gamma), jnp.asarray(s.beta)
+    rm, rv = jnp.asarray(s.rm), jnp.asarray(s.rv)
+
+    def bn_train(x, g, beta):
+        m = jnp.mean(x, axis=axes)
+        v = jnp.mean(jnp.square(x - col(m)), axis=axes)
+        return (x - col(m)) * col(g * jax.lax.rsqrt(v + eps)) + col(beta), m, v
+
+    def train(x, g, beta, rm, rv, buf):
+        y, m, v = bn_train(x, g, beta)
+        return y, (1 - mom) * rm + mom * m, (1 - mom) * rv + mom * v * (n / (n - 1))
+
+    def infer(x, g, beta, rm, rv, buf):
+        return (x - col(rm)) * col(g * jax.lax.rsqrt(rv + eps)) + col(beta)
+
+    def infer_leaky(x, g, beta, rm, rv, buf):
+        y = infer(x, g, beta, rm, rv, buf)
+        return jnp.where(y > 0, y, 0.1 * y)
+
+    def compiled(f, args, donate):
+        return jax.jit(f, donate_argnums=donate, keep_unused=True).lower(*args).compile()
+
+    state = {"y": jnp.zeros(s.shape, jnp.float32), "rm": jnp.array(rm), "rv": jnp.array(rv)}
+    calls, outputs = {}, {}
+    want = peer_passes(s.passes)
+    if "train" in want:
+        ft = compiled(train, (x, g, beta, state["rm"], state["rv"], state["y"]), (3, 4, 5))
+
+        def call_train():
+            state["y"], state["rm"], state["rv"] = ft(x, g, beta, state["rm"], state["rv"], state["y"])
+            state["y"].block_until_ready()
+        calls["train"] = call_train
+    for p, f in (("infer", infer), ("infer+leaky", infer_leaky)):
+        if p in want:
+            fc = compiled(f, (x, g, beta, rm, rv, state["y"]), (5,))
+
+            def call_infer(fc=fc):
+                state["y"] = fc(x, g, beta, rm, rv, state["y"])
+                state["y"].block_until_ready()
+            calls[p] = call_infer
+    if "backward" in want:
+        # the training forward's vjp function (its residuals), made by a jitted forward
+        _, vjp_fn = jax.jit(lambda x, g, beta: jax.vjp(lambda *a: bn_train(*a)[0], x, g, beta))(x, g, beta)
+        dy = jnp.asarray(s.dy)
+        state["dx"] = jnp.zeros(s.shape, jnp.float32)
+        fb = compiled(lambda f, dy, buf: f(dy), (vjp_fn, dy, state["dx"]), (2,))
+
+        def call_backward():
+            state["dx"] = fb(vjp_fn, dy, state["dx"])[0]
+            state["dx"].block_until_ready()
+        calls["backward"] = call_backward
+    for p, f in calls.items():
+        key = "dx" if p == "backward" else "y"
+        outputs[p] = lambda f=f, key=key: (f(), np.asarray(state[key]))[1]
+    return Impl(calls, outputs, version=jax.__version__)
+
+
+MAKERS = {"ours": _ours, "plain": _plain, "numpy": _numpy, "torch": _torch, "torch-out": _torch_out,
+          "ort": _ort, "openvino": _openvino, "jax": _jax}
+#: the module each peer needs (the peer is compared only when it imports)
+PEER_MODULES = {"torch": ("torch",), "torch-out": ("torch",), "ort": ("onnxruntime", "onnx"),
+                "openvino": ("openvino",), "jax": ("jax",)}
+PEER_INSTALL = {"torch": "pip install torch", "torch-out": "pip install torch", "ort": "pip install onnxruntime onnx",
+                "openvino": "pip install openvino", "jax": "pip install jax"}
+#: the passes each peer offers (the others are not timed for it; see each maker's docstring)
+PEER_OFFERS = {"ort": ("infer", "infer+leaky"), "openvino": ("infer", "infer+leaky")}
+CHECK_RTOL = 1e-4   # a peer's output must be within CHECK_RTOL * max(1, max|ours|) of ours, everywhere
+
+
+def offers(peer: str, pass_: str) -> bool:
+    """Whether ``peer`` offers ``pass_`` (a +renorm pass: its plain pass)."""
+    return PEER_PASS.get(pass_, pass_) in PEER_OFFERS.get(peer, PASSES)
+
+
+def available(peer: str) -> bool:
+    """Whether the peer's packages import."""
+    return all(importlib.util.find_spec(m) is not None for m in PEER_MODULES.get(peer, ()))
+
+
+def check_peer(impl: Impl, ref: dict, passes: Sequence[str], scratch: np.ndarray) -> tuple[dict, dict]:
+    """Run each pass of a peer once and compare its output with ours (``ref``: pass -> (output, its
+    max |value|)): (max |error| per pass, reason per pass that differs or failed). ``scratch``: a
+    float32 buffer of the output's size."""
+    errors, bad = {}, {}
+    for p in dict.fromkeys(PEER_PASS.get(q, q) for q in passes):
+        if p not in impl.outputs or p not in ref:
+            continue
+        want, top = ref[p]
+        try:
+            out = np.asarray(impl.outputs[p]()).reshape(want.shape)
+        except Exception as e:   # a peer that fails is reported and not timed
+            bad[p] = f"failed: {type(e).__name__}: {e}"
+            continue
+        scale = max(1.0, top)
+        np.subtract(out, want, out=scratch)
+        np.abs(scratch, out=scratch)
+        err = float(scratch.max())
+        errors[p] = err
+        if not err <= CHECK_RTOL * scale:
+            bad[p] = f"differs from ours: max |error| {err:.3g} > {CHECK_RTOL:g} * {scale:.3g}"
+    return errors, bad

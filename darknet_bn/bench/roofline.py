@@ -1,0 +1,34 @@
+"""The memory roofline: the least bytes each pass must move, and the bandwidth to divide them by.
+
+Each pass must move at least 12 (training forward: read x twice, write y), 8 (inference) or 20
+(backward: read x and delta twice, write the input's delta) bytes per element; the bandwidth is a
+STREAM-style triad (csrc/stream.c) timed in the same rounds as the passes. ``roofline`` = minimum bytes
+/ triad bandwidth / our time: 1.0 means running at the triad's bandwidth (more is possible from cache,
+or with non-temporal stores, which the triad does not use).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .._capi import EXEC, ffi, lib
+
+BYTES_PER_ELEMENT = {"train": 12, "infer": 8, "infer+leaky": 8, "backward": 20, "train+renorm": 12,
+                     "backward+renorm": 20}
+TRIAD_N = 1 << 24              # 3 arrays of 64 MiB: well beyond the last-level cache
+
+
+class Triad:
+    """A STREAM-style triad over arrays far larger than the cache; one call = one sample (GB/s)."""
+
+    def __init__(self, n: int = TRIAD_N):
+        self.n = n
+        self.a, self.b, self.c = (np.full(n, v, np.float32) for v in (0.0, 1.0, 2.0))
+        self.p = [ffi.from_buffer("float[]", v) for v in (self.a, self.b, self.c)]
+
+    def sample(self) -> float:
+        t = time.perf_counter()
+        lib.dbn_triad(self.p[0], self.p[1], self.p[2], self.n, 3.0, EXEC)
+        return 12.0 * self.n / (time.perf_counter() - t) / 1e9

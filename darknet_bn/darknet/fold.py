@@ -17,7 +17,7 @@ and the layer without BN computes the same ``y`` (before its activation). Everyt
 float64 and rounded once to float32. A filter is ``weights[k]`` in Darknet's memory layout whatever the
 layer's groups, dilation or stride (``(n, c/groups, size, size)``), and a connected layer's row ``k``
 (``(outputs, inputs)``; files with transposed connected weights are transposed by
-:mod:`darknet_bn.network` on reading and back on writing), so all those cases are the same code.
+:mod:`darknet_bn.darknet.model` on reading and back on writing), so all those cases are the same code.
 
 A standalone ``[batchnorm]`` section is merged into the convolutional/connected layer right before it
 when that is exact: that layer's activation is ``linear``, its output is read by nothing else (no
@@ -43,7 +43,7 @@ and the references after them renumbered; every other line -- comments, blank li
 is kept. The ``.weights`` file keeps the original header. Folding a folded
 network changes nothing.
 
-API: :func:`fold_network` (a new :class:`~darknet_bn.network.Network`, the original untouched, and a
+API: :func:`fold_network` (a new :class:`~darknet_bn.darknet.model.Network`, the original untouched, and a
 :class:`FoldReport`), :func:`save_folded`, :func:`fold_files`; command line: :func:`add_fold_parser`.
 """
 
@@ -62,8 +62,8 @@ import numpy as np
 
 from .cfg import (CfgFile, DarknetCfgError, DarknetCfgWarning, c_atoi, detect_fork, fork_of, parse_cfg_file,
                   parse_cfg_text)
-from .flavors import Flavor, get_flavor
-from .network import DarknetLayer, Network, load_network
+from ..flavors import Flavor, get_flavor
+from .model import DarknetLayer, Network, load_network
 from .weights import DarknetWeightsError
 
 __all__ = ["fold_network", "fold_files", "save_folded", "FoldReport", "FoldedBN", "KeptBN",
@@ -74,7 +74,7 @@ PROG = "darknet-bn"
 _RECURRENT = ("rnn", "gru", "lstm", "crnn", "conv_lstm")
 _BN_PARAMS = ("scales", "biases", "rolling_mean", "rolling_variance")
 # Layer references in a cfg, per fork: section type -> (key, a comma-separated list?, "absent" value).
-# As the fork's parser reads them (see darknet_bn.network): route layers= and AlexeyAB's shortcut from=
+# As the fork's parser reads them (see darknet_bn.darknet.model): route layers= and AlexeyAB's shortcut from=
 # are lists (atoi of each piece); the others are one atoi of the value.
 _REF_KEYS = {
     "pjreddie": {"route": (("layers", True, None),), "shortcut": (("from", False, None),)},
@@ -172,7 +172,7 @@ class FoldReport:
         removed: original indices of the ``[batchnorm]`` sections merged and removed from the cfg.
         index_map: original layer index -> folded network index (a removed ``[batchnorm]`` maps to the
             layer that absorbed it).
-        cfg_text: the folded cfg (str; bytes are Latin-1, as :mod:`darknet_bn.cfg` reads them).
+        cfg_text: the folded cfg (str; bytes are Latin-1, as :mod:`darknet_bn.darknet.cfg` reads them).
         comments_kept: False when the original cfg text was not available and the cfg was written from
             the parsed options (``key=value`` lines, no comments).
     """
@@ -340,7 +340,7 @@ def fold_network(net: Network, *, flavor: str | Flavor | None = None,
     """Fold the network's batch normalizations into its convolutional and connected layers.
 
     Args:
-        net: a :class:`~darknet_bn.network.Network` (normally loaded with weights; without, Darknet's
+        net: a :class:`~darknet_bn.darknet.model.Network` (normally loaded with weights; without, Darknet's
             initial values are folded). Not modified.
         flavor: whose inference denominator to use (default: the network's). It must follow the same
             fork's file rules as the network (pjreddie; or alexeyab/torch/any other Flavor).
@@ -350,7 +350,7 @@ def fold_network(net: Network, *, flavor: str | Flavor | None = None,
             is then False).
 
     Returns:
-        ``(folded, report)``: a new :class:`~darknet_bn.network.Network` built from the folded cfg
+        ``(folded, report)``: a new :class:`~darknet_bn.darknet.model.Network` built from the folded cfg
         (``report.cfg_text``) whose arrays are float32 copies -- the folded weights and biases where BN
         was folded, the original values elsewhere -- and with the original's ``.weights`` header; and a
         :class:`FoldReport`. ``save_folded(folded, report, cfg_path, weights_path)`` writes both files.
@@ -683,9 +683,9 @@ def fold_files(cfg: str | os.PathLike, weights: str | os.PathLike, out_cfg: str 
                out_weights: str | os.PathLike, *, flavor: str | Flavor | None = None,
                allow_trailing: bool = False, verify: bool = True) -> FoldReport:
     """Fold a Darknet model on disk: read ``cfg`` and ``weights`` by the flavor's fork rules (``flavor=None``:
-    the rules detected from the cfg, see :func:`darknet_bn.cfg.detect_fork`, and that fork's flavor), fold
+    the rules detected from the cfg, see :func:`darknet_bn.darknet.cfg.detect_fork`, and that fork's flavor), fold
     with its denominator, write ``out_cfg`` and ``out_weights``. Keys the fork ignores give a
-    :class:`~darknet_bn.cfg.DarknetCfgWarning` (once, for the input cfg). With ``verify``, the written files are
+    :class:`~darknet_bn.darknet.cfg.DarknetCfgWarning` (once, for the input cfg). With ``verify``, the written files are
     loaded back and every array compared bit for bit (RuntimeError if they differ).
 
     Raises:
@@ -764,7 +764,7 @@ def cmd_fold(args: argparse.Namespace) -> int:
 def add_fold_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``darknet-bn fold CFG WEIGHTS --out-cfg F --out-weights G [--flavor F]``
     (``func=cmd_fold``, ``parser`` set)."""
-    from .flavors import FLAVORS
+    from ..flavors import FLAVORS
 
     p = subparsers.add_parser(
         "fold", help="fold batch normalization into the weights of a Darknet model",

@@ -8,7 +8,7 @@ little-endian:
   else 4 bytes. pjreddie's Darknet writes 0.2.0, AlexeyAB's 0.2.5, both with an 8-byte ``seen``.
   ``major > 1000 or minor > 1000`` marks a file whose ``[connected]`` weights are stored transposed.
 - Then float32 arrays, layer after layer, in an order and with counts fixed by the cfg (see
-  :func:`darknet_bn.network.Network.weights_layout`): no names, no sizes, no padding.
+  :func:`darknet_bn.darknet.model.Network.weights_layout`): no names, no sizes, no padding.
 
 This module reads and writes that format given the list of arrays (:class:`ArraySpec`) the network
 expects. Reading is one ``numpy.fromfile`` of the whole file; every array is a view into it (no copy,

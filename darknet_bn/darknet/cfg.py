@@ -666,7 +666,8 @@ def parse_cfg_text(text: str | bytes, name: str = "<text>", *, flavor: object = 
     return CfgFile(name, fork, net, sections[1:], warnings, rules, ignored)
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# darknet_bn's own directory (this file is darknet_bn/darknet/cfg.py): frames below it are the package's
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def _caller_level() -> int:
@@ -674,7 +675,7 @@ def _caller_level() -> int:
     import sys
 
     level, frame = 1, sys._getframe(1)
-    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
         frame = frame.f_back
         level += 1
     return level

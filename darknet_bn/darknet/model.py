@@ -4,11 +4,11 @@ the batch-normalization layers with their trained parameters, and the weights wr
 ``load_network(cfg, weights=None, *, batch=1, flavor=None, fork=None)`` follows one fork's rules:
 ``fork=`` if given, else the flavor's (``"pjreddie"`` -> pjreddie's Darknet, ``"alexeyab"`` and
 ``"torch"`` -> AlexeyAB's), else the fork detected from the cfg (a section, key or value only AlexeyAB's
-parser reads means AlexeyAB's; see :func:`darknet_bn.cfg.detect_fork`); ``Network.rules`` says which and
+parser reads means AlexeyAB's; see :func:`darknet_bn.darknet.cfg.detect_fork`); ``Network.rules`` says which and
 why. It follows that fork's section
 types, the keys it reads, its ``make_*_layer`` size formulas and its ``.weights`` layout. Where the
 fork's own parser crashes on a cfg while *building* layers (a division by zero, a failed assert, an
-out-of-range layer reference), :class:`~darknet_bn.cfg.DarknetCfgError` is raised naming the line.
+out-of-range layer reference), :class:`~darknet_bn.darknet.cfg.DarknetCfgError` is raised naming the line.
 Where it crashes only after the layers are built (AlexeyAB divides by zero when no layer is wider
 and taller than 1, e.g. its rnn/gru/lstm cfgs), the network is returned, with a warning.
 
@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .cfg import INT_MAX, INT_MIN, CfgFile, DarknetCfgError, Section, c_atoi, parse_cfg
-from .flavors import Flavor, get_flavor
+from ..flavors import Flavor, get_flavor
 from .weights import ArraySpec, WeightsHeader, read_weights, write_weights
 
 __all__ = ["DarknetLayer", "BNLayer", "Network", "load_network", "SUPPORTED_TYPES"]
@@ -179,7 +179,7 @@ class BNLayer:
     @property
     def layer(self):
         if self._layer is None:
-            from .layer import Layer
+            from ..layer import Layer
 
             lyr = Layer(self.batch, self.w, self.h, self.c, self.flavor)
             for name in ("scales", "biases", "rolling_mean", "rolling_variance"):
@@ -209,7 +209,7 @@ class Network:
     """A network built from a cfg by one fork's rules (see :func:`load_network`).
 
     Attributes:
-        cfg: the parsed :class:`~darknet_bn.cfg.CfgFile`; name: its name.
+        cfg: the parsed :class:`~darknet_bn.darknet.cfg.CfgFile`; name: its name.
         flavor: the :class:`~darknet_bn.flavors.Flavor` of the BN layers; fork: ``"pjreddie"`` or
             ``"alexeyab"``, whose file rules are followed; rules: which and why (asked for, or the line
             of the cfg that decided the detection).
@@ -218,7 +218,7 @@ class Network:
         w, h, c, inputs: the ``[net]`` input.
         layers: one :class:`DarknetLayer` per section after ``[net]``.
         bn_layers: the :class:`BNLayer` entries, in file order.
-        header: the loaded file's :class:`~darknet_bn.weights.WeightsHeader` (``None`` without weights).
+        header: the loaded file's :class:`~darknet_bn.darknet.weights.WeightsHeader` (``None`` without weights).
         weights_file: the loaded file's name, or ``None``; weights_trailing: bytes after its last array
             (0 unless ``allow_trailing``).
         warnings: the cfg's warnings, then the network's.
@@ -327,7 +327,7 @@ class Network:
 
     def weights_layout(self, *, write: bool = False) -> list:
         """The arrays of this network's ``.weights`` file in file order, as
-        :class:`~darknet_bn.weights.ArraySpec` (layer, type, name, count); ``write=True`` gives what
+        :class:`~darknet_bn.darknet.weights.ArraySpec` (layer, type, name, count); ``write=True`` gives what
         :meth:`save_weights` writes (pjreddie's ``dontsave=1`` layers are left out; ``dontload=1``,
         ``dontloadscales=1`` and ``numload=`` only change what is read)."""
         return [spec for spec, *_ in self._layout(write)]
@@ -340,7 +340,7 @@ class Network:
 
     def load_weights(self, path: str | os.PathLike, *, allow_trailing: bool = False) -> WeightsHeader:
         """Fill every layer's arrays from a ``.weights`` file, by the fork's layout (see
-        :mod:`darknet_bn.weights`). Raises DarknetWeightsError (short file, trailing bytes) or OSError."""
+        :mod:`darknet_bn.darknet.weights`). Raises DarknetWeightsError (short file, trailing bytes) or OSError."""
         layout = self._layout(write=False)
         fname = os.fspath(path)
         data = read_weights(path, [spec for spec, *_ in layout], fork=self.fork, allow_trailing=allow_trailing)
@@ -1184,8 +1184,8 @@ def load_network(cfg: str | bytes | os.PathLike | CfgFile, weights: str | os.Pat
     """Build a Darknet network from a cfg (and fill it from a ``.weights`` file).
 
     Args:
-        cfg: a path, cfg text or a parsed :class:`~darknet_bn.cfg.CfgFile` (see
-            :func:`darknet_bn.cfg.parse_cfg` for how a ``str`` is told apart).
+        cfg: a path, cfg text or a parsed :class:`~darknet_bn.darknet.cfg.CfgFile` (see
+            :func:`darknet_bn.darknet.cfg.parse_cfg` for how a ``str`` is told apart).
         weights: a ``.weights`` file, or ``None`` (Darknet's initial values where parameters are needed).
         batch: images per batch (>= 1) every layer sees, as Darknet's ``load_network_custom`` (time
             steps 1); ``None``: the cfg's own, ``batch/subdivisions*time_steps``.
@@ -1195,9 +1195,9 @@ def load_network(cfg: str | bytes | os.PathLike | CfgFile, weights: str | os.Pat
             are used.
         fork: ``"pjreddie"`` or ``"alexeyab"``: whose rules read the cfg (wins over ``flavor``).
             With neither, the fork is detected from the cfg: a section, key or value only AlexeyAB's
-            parser reads means AlexeyAB's rules, else pjreddie's (:func:`darknet_bn.cfg.detect_fork`).
+            parser reads means AlexeyAB's rules, else pjreddie's (:func:`darknet_bn.darknet.cfg.detect_fork`).
             ``Network.rules`` says which and why. Keys the fork ignores give a
-            :class:`~darknet_bn.cfg.DarknetCfgWarning` naming file, line and key.
+            :class:`~darknet_bn.darknet.cfg.DarknetCfgWarning` naming file, line and key.
         allow_trailing: accept bytes after the last array of the weights file.
 
     Returns:

@@ -200,6 +200,20 @@ def test_fork_of():
         fork_of("caffe")
 
 
+def test_flavor_knows_its_fork():
+    from darknet_bn.flavors import FLAVORS, Flavor, torch_flavor
+    assert [FLAVORS[n].fork for n in ("pjreddie", "alexeyab", "torch")] == ["pjreddie", "alexeyab", "alexeyab"]
+    assert torch_flavor(eps=1e-3).fork == "alexeyab"
+    base = dict(momentum=0.1, eps=1e-5, eps_in_sqrt=True, unbiased=False, bwd_eps=1e-5, bwd_eps_in_sqrt=True,
+                stat_eps=1e-5)
+    assert Flavor("mine", **base).fork == "alexeyab"  # the default, as fork_of read any other Flavor
+    assert fork_of(Flavor("mine", **base, fork="pjreddie")) == "pjreddie"
+    with pytest.raises(ValueError, match="Flavor.fork"):
+        Flavor("mine", **base, fork="caffe")
+    with pytest.raises(TypeError):
+        fork_of(42)  # type: ignore[arg-type]
+
+
 # -- atoi / atof ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text,value,exact", [

@@ -51,6 +51,8 @@ import warnings as _warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Union
 
+from ..flavors import Flavor, get_flavor
+
 __all__ = [
     "DarknetCfgError", "DarknetCfgWarning", "IgnoredKey", "detect_fork", "ALEXEYAB_ONLY_SECTIONS",
     "ALEXEYAB_ONLY_KEYS", "ALEXEYAB_ONLY_VALUES", "Option", "Section", "CfgFile", "parse_cfg", "parse_cfg_text", "parse_cfg_file",
@@ -112,20 +114,12 @@ class IgnoredKey:
     message: str
 
 
-def fork_of(flavor: object) -> str:
-    """The Darknet fork whose file rules a flavor follows: ``"pjreddie"`` for the pjreddie flavor (or
-    the fork names themselves), ``"alexeyab"`` for ``"alexeyab"``, ``"torch"`` and any other
-    :class:`~darknet_bn.flavors.Flavor` (PyTorch models are converted from AlexeyAB's Darknet)."""
-    if isinstance(flavor, str):
-        if flavor == "pjreddie":
-            return "pjreddie"
-        if flavor == "alexeyab" or flavor == "torch":
-            return "alexeyab"
-        raise ValueError(f"flavor: expected 'pjreddie', 'alexeyab' or 'torch', got {flavor!r}")
-    name = getattr(flavor, "name", None)
-    if not isinstance(name, str):
-        raise TypeError(f"flavor: expected a str or a Flavor, got {type(flavor).__name__}")
-    return "pjreddie" if name == "pjreddie" else "alexeyab"
+def fork_of(flavor: str | Flavor) -> str:
+    """The Darknet fork whose file rules a flavor follows, :attr:`Flavor.fork
+    <darknet_bn.flavors.Flavor.fork>`: ``"pjreddie"`` for the pjreddie flavor, ``"alexeyab"`` for
+    ``"alexeyab"`` and ``"torch"``. Takes a flavor name or a :class:`~darknet_bn.flavors.Flavor`
+    (ValueError for an unknown name, TypeError for anything else)."""
+    return get_flavor(flavor).fork
 
 
 # ------------------------------------------------------------------------------------------------
@@ -597,7 +591,7 @@ def _source_text(source: CfgSource) -> tuple[str, str]:
     raise TypeError(f"cfg: expected a path, a str or bytes, got {type(source).__name__}")
 
 
-def _choose(raw: list, flavor: object, fork: str | None) -> tuple[str, str]:
+def _choose(raw: list, flavor: str | Flavor | None, fork: str | None) -> tuple[str, str]:
     """The fork whose rules read the file, and why: fork=, else flavor=, else detected."""
     if fork is not None:
         if fork not in FORKS:
@@ -605,12 +599,12 @@ def _choose(raw: list, flavor: object, fork: str | None) -> tuple[str, str]:
         return fork, f"{_FORK_NAMES[fork]} rules, as asked (fork={fork!r})"
     if flavor is not None:
         f = fork_of(flavor)
-        name = flavor if isinstance(flavor, str) else getattr(flavor, "name", "?")
+        name = flavor if isinstance(flavor, str) else flavor.name
         return f, f"{_FORK_NAMES[f]} rules, as asked (flavor {name!r})"
     return _detect(raw)
 
 
-def parse_cfg_text(text: str | bytes, name: str = "<text>", *, flavor: object = None, fork: str | None = None,
+def parse_cfg_text(text: str | bytes, name: str = "<text>", *, flavor: str | Flavor | None = None, fork: str | None = None,
                    warn: bool = True) -> CfgFile:
     """Parse cfg text (``str``, or ``bytes`` decoded as Latin-1, byte for byte); ``name`` is used in
     messages.
@@ -681,7 +675,7 @@ def _caller_level() -> int:
     return level
 
 
-def parse_cfg_file(path: str | os.PathLike, *, flavor: object = None, fork: str | None = None,
+def parse_cfg_file(path: str | os.PathLike, *, flavor: str | Flavor | None = None, fork: str | None = None,
                    warn: bool = True) -> CfgFile:
     """Parse the cfg file at ``path`` (read as bytes, Latin-1; see :func:`parse_cfg_text` for the
     arguments). An unreadable file raises ``OSError``."""
@@ -689,7 +683,7 @@ def parse_cfg_file(path: str | os.PathLike, *, flavor: object = None, fork: str 
     return parse_cfg_text(text, name, flavor=flavor, fork=fork, warn=warn)
 
 
-def parse_cfg(source: CfgSource | CfgFile, *, flavor: object = None, fork: str | None = None,
+def parse_cfg(source: CfgSource | CfgFile, *, flavor: str | Flavor | None = None, fork: str | None = None,
               warn: bool = True) -> CfgFile:
     """Parse a cfg given as a path or as text.
 

@@ -59,7 +59,7 @@ from typing import Callable
 import numpy as np
 
 from ..flavors import Flavor, get_flavor
-from .cfg import CfgFile, DarknetCfgError, c_atoi, fork_of, parse_cfg_file, parse_cfg_text
+from .cfg import CfgFile, DarknetCfgError, c_atoi, parse_cfg_file, parse_cfg_text
 from .model import DarknetLayer, Network, load_network
 
 __all__ = ["fold_network", "fold_files", "save_folded", "FoldReport", "FoldedBN", "KeptBN",
@@ -356,8 +356,8 @@ def fold_network(net: Network, *, flavor: str | Flavor | None = None,
     if not isinstance(net, Network):
         raise TypeError(f"net: expected a darknet_bn Network, got {type(net).__name__}")
     fl = net.flavor if flavor is None else get_flavor(flavor)
-    if fork_of(fl) != net.fork:
-        raise ValueError(f"flavor {fl.name!r} follows {fork_of(fl)}'s Darknet rules, the network was loaded by "
+    if fl.fork != net.fork:
+        raise ValueError(f"flavor {fl.name!r} follows {fl.fork}'s Darknet rules, the network was loaded by "
                          f"{net.fork}'s: load it with that flavor")
     text, original = _source_text(net, cfg_text)
     cfg = parse_cfg_text(text, net.name, fork=net.fork, warn=False)  # line numbers of this text; same sections

@@ -2,7 +2,8 @@
 the ``.weights`` layout, and batch normalization folded into the weights.
 
 - :mod:`.cfg`: cfg text as Darknet reads it, fork detection (:func:`parse_cfg`, :func:`detect_fork`).
-- :mod:`.model`: :class:`Network`, :class:`DarknetLayer`, :class:`BNLayer`, :func:`load_network`.
+- :mod:`.builder`: :func:`load_network`, the layers each fork builds (one builder class per fork).
+- :mod:`.model`: :class:`Network`, :class:`DarknetLayer`, :class:`BNLayer`, :class:`LayerRef`.
 - :mod:`.weights`: the ``.weights`` header and arrays (:class:`WeightsHeader`).
 - :mod:`.fold`: :func:`fold_network`, :func:`save_folded`, :func:`fold_files`, :class:`FoldReport`.
 """
@@ -29,7 +30,8 @@ from .cfg import (
     section_type,
 )
 from .fold import FoldedBN, FoldReport, KeptBN, bn_affine, fold_files, fold_network, inference_denominator, save_folded
-from .model import SUPPORTED_TYPES, BNLayer, DarknetLayer, Network, load_network
+from .builder import SUPPORTED_TYPES, load_network
+from .model import BNLayer, DarknetLayer, LayerRef, Network
 from .weights import (
     ArraySpec,
     DarknetWeightsError,
@@ -47,7 +49,7 @@ __all__ = [
     "parse_cfg_text", "parse_cfg_file", "detect_fork", "fork_of", "ALEXEYAB_ONLY_SECTIONS", "ALEXEYAB_ONLY_KEYS",
     "ALEXEYAB_ONLY_VALUES", "section_type", "known_keys", "c_atoi", "c_atof",
     # model
-    "load_network", "Network", "DarknetLayer", "BNLayer", "SUPPORTED_TYPES",
+    "load_network", "Network", "DarknetLayer", "BNLayer", "LayerRef", "SUPPORTED_TYPES",
     # weights
     "DarknetWeightsError", "WeightsHeader", "WeightsData", "ArraySpec", "read_weights", "write_weights", "seen_bytes",
     "header_size",

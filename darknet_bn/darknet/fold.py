@@ -60,7 +60,8 @@ import numpy as np
 
 from ..flavors import Flavor, get_flavor
 from .cfg import CfgFile, DarknetCfgError, c_atoi, parse_cfg_file, parse_cfg_text
-from .model import DarknetLayer, Network, load_network
+from .builder import load_network
+from .model import DarknetLayer, Network
 
 __all__ = ["fold_network", "fold_files", "save_folded", "FoldReport", "FoldedBN", "KeptBN",
            "inference_denominator", "bn_affine"]

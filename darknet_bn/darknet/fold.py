@@ -43,6 +43,12 @@ and the references after them renumbered; every other line -- comments, blank li
 is kept. The ``.weights`` file keeps the original header. Folding a folded
 network changes nothing.
 
+How: first a plan (``_Planner`` walks the layers once and decides, for every BN layer, what it folds
+into or why it is kept, from the network's layers, its arrays and the layer references the builder
+resolved, :attr:`DarknetLayer.refs <darknet_bn.darknet.model.DarknetLayer.refs>`), then the steps that
+apply it: the folded arrays (``_Affine``), the cfg lines dropped and the references renumbered
+(``_edit_cfg``), the folded network built and filled (``_fill``), the files written (:func:`save_folded`).
+
 API: :func:`fold_network` (a new :class:`~darknet_bn.darknet.model.Network`, the original untouched, and a
 :class:`FoldReport`), :func:`save_folded`, :func:`fold_files`; command line: ``darknet-bn fold``
 (:mod:`darknet_bn.cli_fold`).
@@ -53,41 +59,40 @@ from __future__ import annotations
 import os
 import re
 import weakref
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..flavors import Flavor, get_flavor
-from .cfg import CfgFile, DarknetCfgError, c_atoi, parse_cfg_file, parse_cfg_text
 from .builder import load_network
+from .cfg import CfgFile, DarknetCfgError, c_atoi, parse_cfg_file, parse_cfg_text
 from .model import DarknetLayer, Network
 
-__all__ = ["fold_network", "fold_files", "save_folded", "FoldReport", "FoldedBN", "KeptBN",
-           "inference_denominator", "bn_affine"]
+__all__ = [
+    "fold_network",
+    "fold_files",
+    "save_folded",
+    "FoldReport",
+    "FoldedBN",
+    "KeptBN",
+    "inference_denominator",
+    "bn_affine",
+]
 
 _RECURRENT = ("rnn", "gru", "lstm", "crnn", "conv_lstm")
 _BN_PARAMS = ("scales", "biases", "rolling_mean", "rolling_variance")
-# Layer references in a cfg, per fork: section type -> (key, a comma-separated list?, "absent" value).
-# As the fork's parser reads them (see darknet_bn.darknet.model): route layers= and AlexeyAB's shortcut from=
-# are lists (atoi of each piece); the others are one atoi of the value.
-_REF_KEYS = {
-    "pjreddie": {"route": (("layers", True, None),), "shortcut": (("from", False, None),)},
-    "alexeyab": {"route": (("layers", True, None),), "shortcut": (("from", True, None),),
-                 "scale_channels": (("from", False, None),), "sam": (("from", False, None),),
-                 "yolo": (("embedding_layer", False, 999999),), "contrastive": (("yolo_layer", False, None),),
-                 "convolutional": (("share_index", False, -1000000000),)},
-}
 _TIED = ("sway", "rotate", "stretch", "stretch_sway")  # AlexeyAB: weights transformed across filters
+_AFTER_ACTIVATION = ("antialiasing", "coordconv", "bin_output")  # AlexeyAB: the output changes after the activation
 _WS = " \t\r"  # what Darknet's strip removes from a line (besides '\n', which ends it)
 _C_SPACE = " \t\n\v\f\r"  # what C's atoi skips before a number
 _INT_PREFIX = re.compile(r"[+-]?[0-9]+")
 # The cfg text of the networks fold_network made, so that folding them again keeps their comments.
-_FOLDED_TEXT: "weakref.WeakKeyDictionary[Network, str]" = weakref.WeakKeyDictionary()
+_FOLDED_TEXT: weakref.WeakKeyDictionary[Network, str] = weakref.WeakKeyDictionary()
 
 
 # ================================================================================================
 # The math
+
 
 def inference_denominator(rolling_variance: np.ndarray, flavor: str | Flavor) -> np.ndarray:
     """The flavor's inference BN denominator ``s``, float64, shape of ``rolling_variance``:
@@ -99,8 +104,9 @@ def inference_denominator(rolling_variance: np.ndarray, flavor: str | Flavor) ->
         return np.sqrt(rv + fl.eps) if fl.eps_in_sqrt else np.sqrt(rv) + fl.eps
 
 
-def bn_affine(scales: np.ndarray, biases: np.ndarray, rolling_mean: np.ndarray, rolling_variance: np.ndarray,
-              flavor: str | Flavor) -> tuple[np.ndarray, np.ndarray]:
+def bn_affine(
+    scales: np.ndarray, biases: np.ndarray, rolling_mean: np.ndarray, rolling_variance: np.ndarray, flavor: str | Flavor
+) -> tuple[np.ndarray, np.ndarray]:
     """Inference BN as ``y = a * z + c`` per channel: ``a = scales / s``, ``c = biases - a * rolling_mean``
     (float64 arrays of shape (channels,); ``s`` from :func:`inference_denominator`). The inputs are
     float32 or float64 arrays of one shape (channels,)."""
@@ -116,6 +122,7 @@ def bn_affine(scales: np.ndarray, biases: np.ndarray, rolling_mean: np.ndarray, 
 
 # ================================================================================================
 # The report
+
 
 @dataclass(frozen=True)
 class FoldedBN:
@@ -182,33 +189,38 @@ class FoldReport:
 
     def denominator_text(self) -> str:
         fl = self.flavor
-        return (f"sqrt(rolling_variance + {fl.eps:.3g})" if fl.eps_in_sqrt
-                else f"sqrt(rolling_variance) + {fl.eps:.3g}")
+        return f"sqrt(rolling_variance + {fl.eps:.3g})" if fl.eps_in_sqrt else f"sqrt(rolling_variance) + {fl.eps:.3g}"
 
     def summary(self) -> str:
         """A few lines of text: counts, the denominator, each BN layer kept and why."""
         kinds: dict = {}
         for f in self.folded:
-            k = "[batchnorm] merged" if f.type == "batchnorm" else (
-                f"{f.type} inner layer" if f.part else f.type)
+            k = "[batchnorm] merged" if f.type == "batchnorm" else (f"{f.type} inner layer" if f.part else f.type)
             kinds[k] = kinds.get(k, 0) + 1
         total = len(self.folded) + len(self.kept)
         what = ", ".join(f"{v} {k}" for k, v in kinds.items()) or "none"
-        lines = [f"folded {len(self.folded)} of {total} BN layers ({what}) with the {self.flavor.name} flavor, "
-                 f"s = {self.denominator_text()}"]
+        lines = [
+            f"folded {len(self.folded)} of {total} BN layers ({what}) with the {self.flavor.name} flavor, "
+            f"s = {self.denominator_text()}"
+        ]
         if self.removed:
-            lines.append(f"removed {len(self.removed)} [batchnorm] section(s): layers "
-                         f"{', '.join(map(str, self.removed))} (later layer references renumbered)")
+            lines.append(
+                f"removed {len(self.removed)} [batchnorm] section(s): layers "
+                f"{', '.join(map(str, self.removed))} (later layer references renumbered)"
+            )
         for k in self.kept:
             lines.append(f"kept layer {k.name}: {k.reason}")
         if not self.comments_kept:
-            lines.append("note: the original cfg text was not available: the cfg is written from its parsed options "
-                         "(comments not kept)")
+            lines.append(
+                "note: the original cfg text was not available: the cfg is written from its parsed options "
+                "(comments not kept)"
+            )
         return "\n".join(lines)
 
 
 # ================================================================================================
 # Folding
+
 
 def _array(host: DarknetLayer, name: str, init_rv: float) -> np.ndarray:
     """host's array without creating it on the host (the original network stays untouched)."""
@@ -217,6 +229,12 @@ def _array(host: DarknetLayer, name: str, init_rv: float) -> np.ndarray:
         fill = {"scales": 1.0, "rolling_variance": init_rv}.get(name, 0.0)
         a = np.full(host.array_shape(name), fill, dtype=np.float32)
     return a
+
+
+def _bn_params(host: DarknetLayer, init_rv: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """host's scales, biases, rolling_mean, rolling_variance (see :func:`_array`)."""
+    sc, bi, mu, rv = (_array(host, n, init_rv) for n in _BN_PARAMS)
+    return sc, bi, mu, rv
 
 
 class _Affine:
@@ -242,15 +260,20 @@ class _Affine:
                 raise RuntimeError("internal error: folding into a released layer")
             self.w = np.asarray(self.w0, dtype=np.float64).reshape(self.w0.shape[0], -1)
             self.b = None if self.b0 is None else np.asarray(self.b0, dtype=np.float64).reshape(-1)
-        if not all(np.all(np.isfinite(np.asarray(p, dtype=np.float64))) for p in params) or \
-                not np.all(np.isfinite(self.w)) or (self.b is not None and not np.all(np.isfinite(self.b))):
+        if (
+            not all(np.all(np.isfinite(np.asarray(p, dtype=np.float64))) for p in params)
+            or not np.all(np.isfinite(self.w))
+            or (self.b is not None and not np.all(np.isfinite(self.b)))
+        ):
             return "non-finite values in its weights, biases or BN parameters"
         s = inference_denominator(params[3], fl)
         bad = np.flatnonzero(~(np.isfinite(s) & (s > 0)))
         if bad.size:
             k = int(bad[0])
-            return (f"rolling_variance[{k}] = {float(params[3].reshape(-1)[k]):.9g} gives the denominator s = "
-                    f"{float(s[k]):.9g}, not a positive finite number")
+            return (
+                f"rolling_variance[{k}] = {float(params[3].reshape(-1)[k]):.9g} gives the denominator s = "
+                f"{float(s[k]):.9g}, not a positive finite number"
+            )
         if a.size != self.w.shape[0]:
             raise ValueError(f"the BN has {a.size} channels, the layer {self.w.shape[0]} outputs")
         with np.errstate(all="ignore"):
@@ -264,28 +287,20 @@ class _Affine:
             zero = self.w == 0
             flips = np.flatnonzero((a < 0) & np.any(zero, axis=1))
             if flips.size:
-                return (f"binary weights: channel {int(flips[0])} has a negative factor and a weight equal to 0, "
-                        "whose binarized sign would change")
+                return (
+                    f"binary weights: channel {int(flips[0])} has a negative factor and a weight equal to 0, "
+                    "whose binarized sign would change"
+                )
             if np.any((w32 == 0) != zero):
                 return "binary weights: a folded weight underflows to 0, whose binarized sign would change"
         self.w, self.b, self.w32, self.b32 = w, b, w32, b32
         return None
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The folded float32 weights (in the layer's shape) and biases."""
+        if self.w32 is None or self.b32 is None:
+            raise RuntimeError("internal error: the arrays of a layer nothing was folded into")
         return self.w32.reshape(self.w0.shape), self.b32
-
-
-def _readers(net: Network) -> dict:
-    """layer index -> the later layers that read its output by reference (not as the next layer)."""
-    out: dict = {}
-    for lyr in net.layers:
-        refs = set(lyr.input_layers)
-        emb = lyr.extras.get("embedding_layer")
-        if emb is not None:
-            refs.add(emb)
-        for r in refs:
-            out.setdefault(r, []).append(lyr.index)
-    return out
 
 
 def _source_text(net: Network, cfg_text: str | bytes | None) -> tuple[str, bool]:
@@ -330,15 +345,253 @@ def _structure(cfg: CfgFile) -> list:
     return [(s.header, [(o.key, o.value) for o in s.options]) for s in [cfg.net] + cfg.sections]
 
 
-def fold_network(net: Network, *, flavor: str | Flavor | None = None,
-                 cfg_text: str | bytes | None = None) -> tuple[Network, FoldReport]:
+# ------------------------------------------------------------------------------------------------
+# (1) The plan: what folds into what, and why not
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """One BN layer: folded ``into`` a layer (``reason`` None), or kept for ``reason`` (``into`` None)."""
+
+    index: int
+    type: str
+    part: str | None
+    into: int | None = None
+    reason: str | None = None
+
+
+@dataclass
+class _Plan:
+    """What fold_network does, decided from the network (its layers, the references the builder
+    resolved, its arrays): the decisions in network order, the folded arrays per (layer, part), the
+    layers whose batch_normalize lines go, and the [batchnorm] sections merged (index -> absorber)."""
+
+    decisions: list = field(default_factory=list)
+    affines: dict = field(default_factory=dict)
+    drop_bn: set = field(default_factory=set)
+    removed: dict = field(default_factory=dict)
+
+    def fold(self, lyr: DarknetLayer, part: str | None, into: int) -> None:
+        self.decisions.append(_Decision(lyr.index, lyr.type, part, into=into))
+
+    def keep(self, lyr: DarknetLayer, part: str | None, reason: str) -> None:
+        self.decisions.append(_Decision(lyr.index, lyr.type, part, reason=reason))
+
+
+def _readers(net: Network) -> dict:
+    """layer index -> the later layers that read its output by reference (not as the next layer): every
+    reference the builder resolved except ``share_index`` (which shares weights, not outputs)."""
+    out: dict = {}
+    for lyr in net.layers:
+        refs = {i for r in lyr.refs if r.key != "share_index" for i in r.layers}
+        for r in refs:
+            out.setdefault(r, []).append(lyr.index)
+    return out
+
+
+def _sharers(net: Network) -> dict:
+    """layer index -> the layers sharing its weights (``share_index``)."""
+    out: dict = {}
+    for lyr in net.layers:
+        for r in lyr.refs:
+            if r.key == "share_index":
+                out.setdefault(r.layers[0], []).append(lyr.index)
+    return out
+
+
+class _Planner:
+    """Walks the layers once and decides every BN layer's fate (:class:`_Plan`).
+
+    A convolutional/connected layer folds its own BN; it then becomes the *head* that may absorb the
+    [batchnorm] sections right after it (its chain), when its output is not changed after the affine
+    part (linear activation, no antialiasing...) and nothing else reads it."""
+
+    def __init__(self, net: Network, fl: Flavor, cfg: CfgFile) -> None:
+        self.net, self.fl, self.cfg = net, fl, cfg
+        self.init_rv = net.flavor.init_rolling_variance
+        self.readers = _readers(net)
+        self.sharers = _sharers(net)
+        self.plan = _Plan()
+        self.head: _Affine | None = None  # the layer that may absorb the [batchnorm] after it
+        self.head_index = -1
+        self.chain_last = -1  # the last layer of head's chain (head or a merged [batchnorm])
+        self.head_why = "there is no layer before it"
+
+    # -- what the cfg says about a layer -----------------------------------------------------------
+    def _opt_int(self, i: int, key: str) -> int:
+        o = self.cfg.sections[i].find(key)
+        return c_atoi(o.value)[0] if o is not None else 0
+
+    def _activation(self, i: int) -> str:
+        return self.cfg.sections[i].get_str("activation", "logistic") or "logistic"
+
+    def _binary(self, i: int) -> bool:
+        return bool(
+            self._opt_int(i, "xnor") or (self._opt_int(i, "binary") and self.net.layers[i].type == "convolutional")
+        )
+
+    def _unmodifiable(self, lyr: DarknetLayer) -> str | None:
+        """Why this layer's weights must not change, or None."""
+        e = lyr.extras
+        if e.get("dontload"):
+            return "dontload=1: its parameters are not read from the weights file"
+        if e.get("dontloadscales"):
+            return "dontloadscales=1: its BN parameters are not read from the weights file"
+        if e.get("numload"):
+            return f"numload={e['numload']}: only part of its parameters are read from the weights file"
+        if e.get("dontsave"):
+            return "dontsave=1: its parameters are not written to the weights file"
+        if lyr.type == "convolutional" and self.net.fork == "alexeyab":
+            tied = [k for k in _TIED if self._opt_int(lyr.index, k)]
+            if tied:
+                return f"{tied[0]}=1: its weights are tied across filters"
+        return None
+
+    def _own_bn(self, host: DarknetLayer, i: int) -> tuple[_Affine | None, str | None]:
+        params = _bn_params(host, self.init_rv)
+        a, c = bn_affine(*params, self.fl)
+        aff = _Affine(_array(host, "weights", self.init_rv), None, self._binary(i))
+        why = aff.fold(a, c, params, self.fl)
+        return (None, why) if why else (aff, None)
+
+    # -- the walk ----------------------------------------------------------------------------------
+    def run(self) -> _Plan:
+        for lyr in self.net.layers:
+            if lyr.type == "batchnorm":
+                self._batchnorm(lyr)
+                continue
+            if self.head is not None:
+                self.head.release()
+            self.head, self.head_index, self.chain_last = None, lyr.index, lyr.index
+            if lyr.type in ("convolutional", "connected"):
+                self._weighted(lyr)
+            else:
+                self.head_why = f"layer {lyr.index} before it is a {lyr.type} layer, not convolutional or connected"
+                # the inner layers carry the BN (make_rnn_layer/make_crnn_layer leave the outer flag at 0)
+                if lyr.type in _RECURRENT and any(p.batch_normalize for p in lyr.parts.values()):
+                    self._recurrent(lyr)
+        # the heads that absorbed nothing
+        self.plan.affines = {k: v for k, v in self.plan.affines.items() if v.w32 is not None}
+        return self.plan
+
+    def _batchnorm(self, lyr: DarknetLayer) -> None:
+        """A [batchnorm] section: merged into the head of the chain it ends, or kept."""
+        i, plan, head = lyr.index, self.plan, self.head
+        why = self.head_why if (head is None or self.chain_last != i - 1) else None
+        if why is None and self.readers.get(i - 1):
+            why = (
+                f"the output of layer {i - 1} before it is also read by layer(s) "
+                f"{', '.join(map(str, sorted(self.readers[i - 1])))}"
+            )
+        if why is None and head is not None:
+            params = _bn_params(lyr, self.init_rv)
+            a, c = bn_affine(*params, self.fl)
+            why = head.fold(a, c, params, self.fl)
+            if why is not None:
+                why = f"merging it into layer {self.head_index}: {why}"
+        if why is None:
+            plan.removed[i] = self.head_index
+            plan.fold(lyr, None, self.head_index)
+            self.chain_last = i
+        else:
+            plan.keep(lyr, None, why)
+            if head is not None:
+                head.release()
+            self.head, self.head_why = None, f"layer {i} before it is a [batchnorm] left in place"
+
+    def _weighted(self, lyr: DarknetLayer) -> None:
+        """A convolutional or connected layer: its own BN folded (or kept), then whether it heads a chain."""
+        i, t, plan, layers = lyr.index, lyr.type, self.plan, self.net.layers
+        why = self._unmodifiable(lyr)
+        src = lyr.extras.get("share_index")
+        if src is not None:  # AlexeyAB shares weights, biases and BN arrays with layer src
+            if lyr.batch_normalize:
+                if src in plan.drop_bn:
+                    plan.drop_bn.add(i)
+                    plan.fold(lyr, None, src)
+                elif not layers[src].batch_normalize:
+                    plan.keep(lyr, None, f"it shares the weights of layer {src}, which has no batch normalization")
+                else:
+                    plan.keep(
+                        lyr, None, f"it shares the weights of layer {src}, whose batch normalization is not folded"
+                    )
+            self.head_why = f"layer {i} before it shares the weights of layer {src} (share_index)"
+            return
+        sharers = self.sharers.get(i, [])
+        mismatch = [j for j in sharers if bool(layers[j].batch_normalize) != bool(lyr.batch_normalize)]
+        if lyr.batch_normalize:
+            aff = None
+            if why is None and mismatch:
+                why = f"layer {mismatch[0]} shares its weights (share_index) without batch normalization"
+            if why is None:
+                aff, why = self._own_bn(lyr, i)
+            if aff is None:
+                plan.keep(lyr, None, why or "")
+                self.head_why = f"the batch normalization of layer {i} before it is left in place"
+                return
+            plan.affines[(i, None)] = aff
+            plan.drop_bn.add(i)
+            plan.fold(lyr, None, i)
+        if why is not None:
+            self.head_why = f"layer {i} before it cannot be changed: {why}"
+        elif sharers:
+            self.head_why = f"layer {i} before it shares its weights with layer(s) {', '.join(map(str, sharers))}"
+        elif self._activation(i) != "linear":
+            self.head_why = f"layer {i} before it has activation={self._activation(i)}, not linear"
+        elif (
+            t == "convolutional" and self.net.fork == "alexeyab" and any(self._opt_int(i, k) for k in _AFTER_ACTIVATION)
+        ):
+            k = next(k for k in _AFTER_ACTIVATION if self._opt_int(i, k))
+            self.head_why = f"layer {i} before it has {k}=1, which changes its output after the activation"
+        else:
+            self.head = plan.affines.get((i, None))
+            if self.head is None:
+                self.head = _Affine(
+                    _array(lyr, "weights", self.init_rv), _array(lyr, "biases", self.init_rv), self._binary(i)
+                )
+                plan.affines[(i, None)] = self.head
+        own = plan.affines.get((i, None))
+        if own is not None and own is not self.head:
+            own.release()
+
+    def _recurrent(self, lyr: DarknetLayer) -> None:
+        """rnn/gru/lstm/crnn/conv_lstm: the inner layers share one batch_normalize key, all fold or none."""
+        i, plan = lyr.index, self.plan
+        why = self._unmodifiable(lyr)
+        parts: dict = {}
+        for pname, part in lyr.parts.items():
+            if why is not None:
+                break
+            aff, pwhy = self._own_bn(part, i)
+            if aff is None:
+                why = f"its inner layers share one batch_normalize key, and {pname} cannot be folded: {pwhy}"
+            else:
+                aff.release()
+            parts[pname] = aff
+        for pname in lyr.parts:
+            if why is None:
+                plan.affines[(i, pname)] = parts[pname]
+                plan.fold(lyr, pname, i)
+            else:
+                plan.keep(lyr, pname, why)
+        if why is None:
+            plan.drop_bn.add(i)
+
+
+# ------------------------------------------------------------------------------------------------
+# (2) The steps that apply it
+
+
+def fold_network(
+    net: Network, *, flavor: str | Flavor | None = None, cfg_text: str | bytes | None = None
+) -> tuple[Network, FoldReport]:
     """Fold the network's batch normalizations into its convolutional and connected layers.
 
     Args:
         net: a :class:`~darknet_bn.darknet.model.Network` (normally loaded with weights; without, Darknet's
             initial values are folded). Not modified.
         flavor: whose inference denominator to use (default: the network's). It must follow the same
-            fork's file rules as the network (pjreddie; or alexeyab/torch/any other Flavor).
+            fork's file rules as the network (:attr:`Flavor.fork <darknet_bn.flavors.Flavor.fork>`).
         cfg_text: the cfg text the network was built from, to keep its comments; default: for a
             network made by this function its folded cfg, else the file ``net.cfg.name`` when it still
             holds that cfg, else the cfg is written from its parsed options (``report.comments_kept``
@@ -358,191 +611,58 @@ def fold_network(net: Network, *, flavor: str | Flavor | None = None,
         raise TypeError(f"net: expected a darknet_bn Network, got {type(net).__name__}")
     fl = net.flavor if flavor is None else get_flavor(flavor)
     if fl.fork != net.fork:
-        raise ValueError(f"flavor {fl.name!r} follows {fl.fork}'s Darknet rules, the network was loaded by "
-                         f"{net.fork}'s: load it with that flavor")
+        raise ValueError(
+            f"flavor {fl.name!r} follows {fl.fork}'s Darknet rules, the network was loaded by "
+            f"{net.fork}'s: load it with that flavor"
+        )
     text, original = _source_text(net, cfg_text)
     cfg = parse_cfg_text(text, net.name, fork=net.fork, warn=False)  # line numbers of this text; same sections
-    init_rv = net.flavor.init_rolling_variance
-    layers = net.layers
-    readers = _readers(net)
-    sharers: dict = {}
-    for lyr in layers:
-        src = lyr.extras.get("share_index")
-        if src is not None:
-            sharers.setdefault(src, []).append(lyr.index)
-
-    def opt_int(i: int, key: str) -> int:
-        o = cfg.sections[i].find(key)
-        return c_atoi(o.value)[0] if o is not None else 0
-
-    def activation(i: int) -> str:
-        return cfg.sections[i].get_str("activation", "logistic")
-
-    def binary(i: int) -> bool:
-        return bool(opt_int(i, "xnor") or (opt_int(i, "binary") and layers[i].type == "convolutional"))
-
-    def unmodifiable(lyr: DarknetLayer) -> str | None:
-        """Why this layer's weights must not change, or None."""
-        e = lyr.extras
-        if e.get("dontload"):
-            return "dontload=1: its parameters are not read from the weights file"
-        if e.get("dontloadscales"):
-            return "dontloadscales=1: its BN parameters are not read from the weights file"
-        if e.get("numload"):
-            return f"numload={e['numload']}: only part of its parameters are read from the weights file"
-        if e.get("dontsave"):
-            return "dontsave=1: its parameters are not written to the weights file"
-        if lyr.type == "convolutional" and net.fork == "alexeyab":
-            tied = [k for k in _TIED if opt_int(lyr.index, k)]
-            if tied:
-                return f"{tied[0]}=1: its weights are tied across filters"
-        return None
-
-    affines: dict = {}          # (index, part) -> _Affine with the folded arrays
-    drop_bn: set = set()        # layers whose batch_normalize lines go
-    removed: dict = {}          # [batchnorm] index -> the layer that absorbed it
-    folded: list = []           # (index, type, part, into)
-    kept: list = []             # (index, type, part, reason)
-
-    def own_bn(host: DarknetLayer, i: int) -> tuple[_Affine | None, str | None]:
-        params = tuple(_array(host, n, init_rv) for n in _BN_PARAMS)
-        a, c = bn_affine(*params, fl)
-        aff = _Affine(_array(host, "weights", init_rv), None, binary(i))
-        why = aff.fold(a, c, params, fl)
-        return (None, why) if why else (aff, None)
-
-    head: _Affine | None = None    # the layer that may absorb the [batchnorm] after it
-    head_index = -1
-    chain_last = -1                # the last layer of head's chain (head or a merged [batchnorm])
-    head_why = "there is no layer before it"
-
-    for lyr in layers:
-        i, t = lyr.index, lyr.type
-        if t == "batchnorm":
-            why = head_why if (head is None or chain_last != i - 1) else None
-            if why is None and readers.get(i - 1):
-                why = (f"the output of layer {i - 1} before it is also read by layer(s) "
-                       f"{', '.join(map(str, sorted(readers[i - 1])))}")
-            if why is None:
-                params = tuple(_array(lyr, n, init_rv) for n in _BN_PARAMS)
-                a, c = bn_affine(*params, fl)
-                why = head.fold(a, c, params, fl)
-                if why is not None:
-                    why = f"merging it into layer {head_index}: {why}"
-            if why is None:
-                removed[i] = head_index
-                folded.append((i, t, None, head_index))
-                chain_last = i
-            else:
-                kept.append((i, t, None, why))
-                if head is not None:
-                    head.release()
-                head, head_why = None, f"layer {i} before it is a [batchnorm] left in place"
-            continue
-        if head is not None:
-            head.release()
-        head, head_index, chain_last = None, i, i
-        if t in ("convolutional", "connected"):
-            why = unmodifiable(lyr)
-            src = lyr.extras.get("share_index")
-            if src is not None:  # AlexeyAB shares weights, biases and BN arrays with layer src
-                if lyr.batch_normalize:
-                    if src in drop_bn:
-                        drop_bn.add(i)
-                        folded.append((i, t, None, src))
-                    elif not layers[src].batch_normalize:
-                        kept.append((i, t, None, f"it shares the weights of layer {src}, which has no batch "
-                                                  "normalization"))
-                    else:
-                        kept.append((i, t, None, f"it shares the weights of layer {src}, whose batch normalization "
-                                                  "is not folded"))
-                head_why = f"layer {i} before it shares the weights of layer {src} (share_index)"
-                continue
-            mismatch = [j for j in sharers.get(i, []) if bool(layers[j].batch_normalize) != bool(lyr.batch_normalize)]
-            if lyr.batch_normalize:
-                aff = None
-                if why is None and mismatch:
-                    why = f"layer {mismatch[0]} shares its weights (share_index) without batch normalization"
-                if why is None:
-                    aff, why = own_bn(lyr, i)
-                if aff is None:
-                    kept.append((i, t, None, why))
-                    head_why = f"the batch normalization of layer {i} before it is left in place"
-                    continue
-                affines[(i, None)] = aff
-                drop_bn.add(i)
-                folded.append((i, t, None, i))
-            if why is not None:
-                head_why = f"layer {i} before it cannot be changed: {why}"
-            elif sharers.get(i):
-                head_why = f"layer {i} before it shares its weights with layer(s) {', '.join(map(str, sharers[i]))}"
-            elif activation(i) != "linear":
-                head_why = f"layer {i} before it has activation={activation(i)}, not linear"
-            elif t == "convolutional" and net.fork == "alexeyab" and \
-                    any(opt_int(i, k) for k in ("antialiasing", "coordconv", "bin_output")):
-                k = next(k for k in ("antialiasing", "coordconv", "bin_output") if opt_int(i, k))
-                head_why = f"layer {i} before it has {k}=1, which changes its output after the activation"
-            else:
-                head = affines.get((i, None))
-                if head is None:
-                    head = _Affine(_array(lyr, "weights", init_rv), _array(lyr, "biases", init_rv), binary(i))
-                    affines[(i, None)] = head
-            own = affines.get((i, None))
-            if own is not None and own is not head:
-                own.release()
-        else:
-            head_why = f"layer {i} before it is a {t} layer, not convolutional or connected"
-            # the inner layers carry the BN (make_rnn_layer/make_crnn_layer leave the outer flag at 0)
-            if t in _RECURRENT and any(p.batch_normalize for p in lyr.parts.values()):
-                why = unmodifiable(lyr)
-                parts = {}
-                for pname, part in lyr.parts.items():
-                    if why is not None:
-                        break
-                    aff, pwhy = own_bn(part, i)
-                    if aff is None:
-                        why = f"its inner layers share one batch_normalize key, and {pname} cannot be folded: {pwhy}"
-                    else:
-                        aff.release()
-                    parts[pname] = aff
-                for pname in lyr.parts:
-                    if why is None:
-                        affines[(i, pname)] = parts[pname]
-                        folded.append((i, t, pname, i))
-                    else:
-                        kept.append((i, t, pname, why))
-                if why is None:
-                    drop_bn.add(i)
-
-    # drop the heads that absorbed nothing
-    affines = {k: v for k, v in affines.items() if v.w32 is not None}
-    index_map, n = [], 0
-    for lyr in layers:
-        if lyr.index in removed:
-            index_map.append(index_map[removed[lyr.index]])
-        else:
-            index_map.append(n)
-            n += 1
-    new_text = _edit_cfg(text, cfg, drop_bn, removed, index_map)
+    plan = _Planner(net, fl, cfg).run()
+    index_map = _index_map(len(net.layers), plan.removed)
+    new_text = _edit_cfg(text, cfg, net, plan, index_map)
     new_cfg = parse_cfg_text(new_text, f"{net.name} (folded)", fork=net.fork, warn=False)
     batch = net.batch if net.time_steps == 1 else None
     new = load_network(new_cfg, batch=batch, flavor=fl)
-    _fill(net, new, affines, removed, index_map)
+    _fill(net, new, plan.affines, plan.removed, index_map)
     new.header = net.header
     _FOLDED_TEXT[new] = new_text
     report = FoldReport(
         flavor=fl,
-        folded=tuple(FoldedBN(i, t, p, into, index_map[into]) for i, t, p, into in folded),
-        kept=tuple(KeptBN(i, t, p, index_map[i], why) for i, t, p, why in kept),
-        removed=tuple(sorted(removed)), index_map=tuple(index_map), cfg_text=new_text, comments_kept=original)
+        folded=tuple(
+            FoldedBN(d.index, d.type, d.part, d.into, index_map[d.into]) for d in plan.decisions if d.into is not None
+        ),
+        kept=tuple(
+            KeptBN(d.index, d.type, d.part, index_map[d.index], d.reason or "")
+            for d in plan.decisions
+            if d.into is None
+        ),
+        removed=tuple(sorted(plan.removed)),
+        index_map=tuple(index_map),
+        cfg_text=new_text,
+        comments_kept=original,
+    )
     return new, report
+
+
+def _index_map(n_layers: int, removed: dict) -> list:
+    """original layer index -> folded index; a removed [batchnorm] maps to the layer that absorbed it."""
+    index_map: list = []
+    n = 0
+    for i in range(n_layers):
+        if i in removed:
+            index_map.append(index_map[removed[i]])
+        else:
+            index_map.append(n)
+            n += 1
+    return index_map
 
 
 def _fill(net: Network, new: Network, affines: dict, removed: dict, index_map: list) -> None:
     """Copy the arrays into the folded network (folded weights and biases where BN was folded)."""
     if len(new.layers) != len(net.layers) - len(removed):
-        raise RuntimeError(f"internal error: the folded cfg has {len(new.layers)} layers, expected "
-                           f"{len(net.layers) - len(removed)}")
+        raise RuntimeError(
+            f"internal error: the folded cfg has {len(new.layers)} layers, expected {len(net.layers) - len(removed)}"
+        )
     for lyr in net.layers:
         if lyr.index in removed:
             continue
@@ -551,22 +671,24 @@ def _fill(net: Network, new: Network, affines: dict, removed: dict, index_map: l
             raise RuntimeError(f"internal error: layer {lyr.index} ({lyr.type}) became {nl.type}")
         if lyr.extras.get("share_index") is not None:
             continue  # its arrays are its source's (one dict in both networks)
-        for pname, oh, nh in [(None, lyr, nl)] + [(p, lyr.parts[p], nl.parts[p]) for p in lyr.parts]:
+        hosts: list[tuple[str | None, DarknetLayer, DarknetLayer]] = [(None, lyr, nl)]
+        hosts += [(p, lyr.parts[p], nl.parts[p]) for p in lyr.parts]
+        for pname, oh, nh in hosts:
             aff = affines.get((lyr.index, pname))
             for name in nh.array_names():
                 if aff is not None and name in ("weights", "biases"):
                     w, b = aff.arrays()
                     a = w if name == "weights" else b
                 else:
-                    a = oh.arrays.get(name)
-                    if a is None:
+                    src = oh.arrays.get(name)
+                    if src is None:
                         continue  # never loaded: the folded network takes Darknet's initial value too
-                    a = np.array(a, dtype=np.float32, copy=True)
+                    a = np.array(src, dtype=np.float32, copy=True)
                 nh.arrays[name] = np.ascontiguousarray(a, dtype=np.float32).reshape(nh.array_shape(name))
 
 
-# ================================================================================================
 # The cfg text
+
 
 def _blank(raw: str) -> bool:
     nul = raw.find("\0")
@@ -575,18 +697,26 @@ def _blank(raw: str) -> bool:
     return not raw.strip(_WS)
 
 
-def _edit_cfg(text: str, cfg: CfgFile, drop_bn: set, removed: dict, index_map: list) -> str:
-    """The cfg text with batch_normalize (and AlexeyAB's cbn) lines of ``drop_bn`` and the sections of
-    ``removed`` taken out, and the layer references renumbered by ``index_map``."""
+def _edit_cfg(text: str, cfg: CfgFile, net: Network, plan: _Plan, index_map: list) -> str:
+    """The cfg text with the plan's lines taken out (:func:`_dropped_lines`) and the layer references
+    renumbered by ``index_map`` (:func:`_renumber`)."""
     raw = text.split("\n")  # line k of Darknet's reading is raw[k - 1] (cfg._lines splits the same way)
+    gone = _dropped_lines(raw, cfg, plan)
+    _renumber(raw, cfg, net, plan.removed, index_map, gone)
+    return "\n".join(r for k, r in enumerate(raw, 1) if k not in gone)
+
+
+def _dropped_lines(raw: list, cfg: CfgFile, plan: _Plan) -> set:
+    """The line numbers that go: batch_normalize (and AlexeyAB's cbn) of the layers whose BN folded,
+    the merged [batchnorm] sections with the blank lines after them."""
     gone: set = set()
-    for i in drop_bn:
+    for i in plan.drop_bn:
         sec = cfg.sections[i]
         keys = {"batch_normalize"}
         if cfg.fork == "alexeyab" and sec.type == "convolutional":
             keys.add("cbn")
         gone.update(o.line for o in sec.options if o.key in keys)
-    for i in removed:
+    for i in plan.removed:
         sec = cfg.sections[i]
         last = max([o.line for o in sec.options], default=sec.line)
         gone.update(range(sec.line, last + 1))
@@ -596,41 +726,38 @@ def _edit_cfg(text: str, cfg: CfgFile, drop_bn: set, removed: dict, index_map: l
             while k <= stop and _blank(raw[k - 1]):
                 gone.add(k)
                 k += 1
-    refs = _REF_KEYS[cfg.fork]
-    for j, sec in enumerate(cfg.sections):
+    return gone
+
+
+def _renumber(raw: list, cfg: CfgFile, net: Network, removed: dict, index_map: list, gone: set) -> None:
+    """Rewrite, in ``raw``, every layer reference the builder resolved (:attr:`DarknetLayer.refs`) to the
+    folded network's indices (relative references stay relative)."""
+    for lyr in net.layers:
+        j = lyr.index
         if j in removed:
             continue
-        for key, is_list, absent in refs.get(sec.type, ()):
-            o = sec.find(key)
+        for ref in lyr.refs:
+            o = cfg.sections[j].find(ref.key)
             if o is None or o.line in gone:
                 continue
-            if absent is not None and c_atoi(o.value)[0] == absent:
-                continue
-
-            def resolve(v: int, j: int = j) -> int:
-                idx = v + j if v < 0 else v
-                if not 0 <= idx < len(index_map):
-                    return v  # not a valid reference (the network would not have loaded): leave it
-                return index_map[idx] - index_map[j] if v < 0 else index_map[idx]
-
-            raw[o.line - 1] = _rewrite_refs(raw[o.line - 1], is_list, resolve)
-    return "\n".join(r for k, r in enumerate(raw, 1) if k not in gone)
+            raw[o.line - 1] = _rewrite_refs(raw[o.line - 1], ref.layers, j, index_map)
 
 
-def _rewrite_refs(line: str, is_list: bool, resolve: Callable[[int], int]) -> str:
-    """``line`` (a raw ``key=value`` line) with the integer each value piece starts with (as C's atoi
-    reads it) replaced by ``resolve(value)``; spacing and whatever follows a number are kept."""
+def _rewrite_refs(line: str, targets: tuple, j: int, index_map: list) -> str:
+    """``line`` (a raw ``key=value`` line of layer ``j``) with the integer each of its first
+    ``len(targets)`` value pieces starts with (as C's atoi reads it) replaced by the folded index of
+    that target (relative when written relative); spacing and whatever follows a number are kept."""
     nul = line.find("\0")
     tail = ""
     if nul >= 0:
         line, tail = line[:nul], line[nul:]
     eq = line.index("=")
-    pieces = line[eq + 1:].split(",")
-    for k, piece in enumerate(pieces if is_list else pieces[:1]):
+    pieces = line[eq + 1 :].split(",")
+    for k, (piece, target) in enumerate(zip(pieces, targets)):
         pos = [p for p, ch in enumerate(piece) if ch not in _WS]  # raw positions of what Darknet keeps
         stripped = "".join(piece[p] for p in pos)
         v, _ = c_atoi(stripped)
-        nv = resolve(v)
+        nv = index_map[target] - index_map[j] if v < 0 else index_map[target]
         if nv == v:
             continue
         off = len(stripped) - len(stripped.lstrip(_C_SPACE))
@@ -641,14 +768,14 @@ def _rewrite_refs(line: str, is_list: bool, resolve: Callable[[int], int]) -> st
         else:
             start = end = pos[off] if off < len(pos) else len(piece)
         pieces[k] = piece[:start] + str(nv) + piece[end:]
-    return line[:eq + 1] + ",".join(pieces) + tail
+    return line[: eq + 1] + ",".join(pieces) + tail
 
 
 # ================================================================================================
 # Files
 
-def save_folded(net: Network, report: FoldReport, cfg_path: str | os.PathLike,
-                weights_path: str | os.PathLike) -> int:
+
+def save_folded(net: Network, report: FoldReport, cfg_path: str | os.PathLike, weights_path: str | os.PathLike) -> int:
     """Write the folded cfg (``report.cfg_text``, Latin-1 bytes as read) and ``net``'s ``.weights``
     (its header: the original file's). Both are written to temporary files next to their targets and
     renamed once both are complete, so an error leaves neither half-written. Returns the bytes of the
@@ -674,9 +801,16 @@ def save_folded(net: Network, report: FoldReport, cfg_path: str | os.PathLike,
     return n
 
 
-def fold_files(cfg: str | os.PathLike, weights: str | os.PathLike, out_cfg: str | os.PathLike,
-               out_weights: str | os.PathLike, *, flavor: str | Flavor | None = None,
-               allow_trailing: bool = False, verify: bool = True) -> FoldReport:
+def fold_files(
+    cfg: str | os.PathLike,
+    weights: str | os.PathLike,
+    out_cfg: str | os.PathLike,
+    out_weights: str | os.PathLike,
+    *,
+    flavor: str | Flavor | None = None,
+    allow_trailing: bool = False,
+    verify: bool = True,
+) -> FoldReport:
     """Fold a Darknet model on disk: read ``cfg`` and ``weights`` by the flavor's fork rules (``flavor=None``:
     the rules detected from the cfg, see :func:`darknet_bn.darknet.cfg.detect_fork`, and that fork's flavor), fold
     with its denominator, write ``out_cfg`` and ``out_weights``. Keys the fork ignores give a
@@ -709,6 +843,8 @@ def fold_files(cfg: str | os.PathLike, weights: str | os.PathLike, out_cfg: str 
                     if ha.arrays.get(name) is None and hb.arrays.get(name) is None:
                         continue
                     if not np.array_equal(ha.array(name).view(np.uint32), hb.array(name).view(np.uint32)):
-                        raise RuntimeError(f"{os.fspath(out_weights)}: layer {a.index} {name} differs after loading "
-                                           "the written files back")
+                        raise RuntimeError(
+                            f"{os.fspath(out_weights)}: layer {a.index} {name} differs after loading "
+                            "the written files back"
+                        )
     return report

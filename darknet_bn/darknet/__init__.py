@@ -8,6 +8,7 @@ the ``.weights`` layout, and batch normalization folded into the weights.
 - :mod:`.fold`: :func:`fold_network`, :func:`save_folded`, :func:`fold_files`, :class:`FoldReport`.
 """
 
+from .builder import SUPPORTED_TYPES, load_network
 from .cfg import (
     ALEXEYAB_ONLY_KEYS,
     ALEXEYAB_ONLY_SECTIONS,
@@ -30,7 +31,6 @@ from .cfg import (
     section_type,
 )
 from .fold import FoldedBN, FoldReport, KeptBN, bn_affine, fold_files, fold_network, inference_denominator, save_folded
-from .builder import SUPPORTED_TYPES, load_network
 from .model import BNLayer, DarknetLayer, LayerRef, Network
 from .weights import (
     ArraySpec,
@@ -45,15 +45,48 @@ from .weights import (
 
 __all__ = [
     # cfg
-    "FORKS", "CfgFile", "Section", "Option", "IgnoredKey", "DarknetCfgError", "DarknetCfgWarning", "parse_cfg",
-    "parse_cfg_text", "parse_cfg_file", "detect_fork", "fork_of", "ALEXEYAB_ONLY_SECTIONS", "ALEXEYAB_ONLY_KEYS",
-    "ALEXEYAB_ONLY_VALUES", "section_type", "known_keys", "c_atoi", "c_atof",
+    "FORKS",
+    "CfgFile",
+    "Section",
+    "Option",
+    "IgnoredKey",
+    "DarknetCfgError",
+    "DarknetCfgWarning",
+    "parse_cfg",
+    "parse_cfg_text",
+    "parse_cfg_file",
+    "detect_fork",
+    "fork_of",
+    "ALEXEYAB_ONLY_SECTIONS",
+    "ALEXEYAB_ONLY_KEYS",
+    "ALEXEYAB_ONLY_VALUES",
+    "section_type",
+    "known_keys",
+    "c_atoi",
+    "c_atof",
     # model
-    "load_network", "Network", "DarknetLayer", "BNLayer", "LayerRef", "SUPPORTED_TYPES",
+    "load_network",
+    "Network",
+    "DarknetLayer",
+    "BNLayer",
+    "LayerRef",
+    "SUPPORTED_TYPES",
     # weights
-    "DarknetWeightsError", "WeightsHeader", "WeightsData", "ArraySpec", "read_weights", "write_weights", "seen_bytes",
+    "DarknetWeightsError",
+    "WeightsHeader",
+    "WeightsData",
+    "ArraySpec",
+    "read_weights",
+    "write_weights",
+    "seen_bytes",
     "header_size",
     # fold
-    "fold_network", "save_folded", "fold_files", "FoldReport", "FoldedBN", "KeptBN", "inference_denominator",
+    "fold_network",
+    "save_folded",
+    "fold_files",
+    "FoldReport",
+    "FoldedBN",
+    "KeptBN",
+    "inference_denominator",
     "bn_affine",
 ]

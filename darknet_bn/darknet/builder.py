@@ -306,13 +306,7 @@ class Builder:
         self._conv_fields(lyr, stride_x, stride_y, dilation)
         if share is not None:
             shared = share._shapes.get("weights")
-            if (
-                share.size != size
-                or shared is None
-                or int(np.prod(shared)) != nweights
-                or share.c != c
-                or share.n != n
-            ):
+            if share.size != size or shared is None or int(np.prod(shared)) != nweights or share.c != c or share.n != n:
                 raise sec.error(
                     f"share_index: layer {share.index} has another size, channel count or filter "
                     "count (Darknet: 'Layer size, nweights, channels or filters don't match')",

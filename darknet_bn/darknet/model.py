@@ -13,8 +13,8 @@ layers); the next layer reads Darknet's values too.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
@@ -136,9 +136,28 @@ class DarknetLayer:
         """The layer as a row of Darknet's layer table: index, type, batch_normalize, w, h, c, out_w,
         out_h, out_c, n, size, stride, pad, groups (None off convolutional layers), and AlexeyAB's
         stride_x, stride_y, dilation."""
-        return {k: getattr(self, k) for k in ("index", "type", "batch_normalize", "w", "h", "c", "out_w", "out_h",
-                                              "out_c", "n", "size", "stride", "pad", "groups", "stride_x",
-                                              "stride_y", "dilation")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "index",
+                "type",
+                "batch_normalize",
+                "w",
+                "h",
+                "c",
+                "out_w",
+                "out_h",
+                "out_c",
+                "n",
+                "size",
+                "stride",
+                "pad",
+                "groups",
+                "stride_x",
+                "stride_y",
+                "dilation",
+            )
+        }
 
 
 class BNLayer:
@@ -158,8 +177,18 @@ class BNLayer:
             are what :meth:`Network.save_weights` writes.
     """
 
-    def __init__(self, index: int, type: str, part: str | None, host: DarknetLayer, batch: int, c: int, h: int,
-                 w: int, flavor: Flavor) -> None:
+    def __init__(
+        self,
+        index: int,
+        type: str,
+        part: str | None,
+        host: DarknetLayer,
+        batch: int,
+        c: int,
+        h: int,
+        w: int,
+        flavor: Flavor,
+    ) -> None:
         self.index, self.type, self.part, self.host = index, type, part, host
         self.batch, self.c, self.h, self.w = batch, c, h, w
         self.flavor = flavor
@@ -218,8 +247,19 @@ class Network:
         warnings: the cfg's warnings, then the network's.
     """
 
-    def __init__(self, cfg: CfgFile, flavor: Flavor, batch: int, time_steps: int, w: int, h: int, c: int,
-                 inputs: int, layers: list, warnings: list) -> None:
+    def __init__(
+        self,
+        cfg: CfgFile,
+        flavor: Flavor,
+        batch: int,
+        time_steps: int,
+        w: int,
+        h: int,
+        c: int,
+        inputs: int,
+        layers: list,
+        warnings: list,
+    ) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.flavor = flavor
@@ -235,8 +275,10 @@ class Network:
         self.bn_layers: list[BNLayer] = list(self._bn_entries())
 
     def __repr__(self) -> str:
-        return (f"Network({self.name!r}, fork={self.fork!r}, {len(self.layers)} layers, "
-                f"{len(self.bn_layers)} BN layers, batch={self.batch})")
+        return (
+            f"Network({self.name!r}, fork={self.fork!r}, {len(self.layers)} layers, "
+            f"{len(self.bn_layers)} BN layers, batch={self.batch})"
+        )
 
     def _bn_entries(self) -> Iterator[BNLayer]:
         step_batch = self.batch // self.time_steps if self.time_steps else self.batch
@@ -245,12 +287,14 @@ class Network:
                 yield BNLayer(lyr.index, lyr.type, None, lyr, self.batch, lyr.c, lyr.h, lyr.w, self.flavor)
             elif lyr.type in ("convolutional", "connected"):
                 if lyr.batch_normalize:
-                    yield BNLayer(lyr.index, lyr.type, None, lyr, self.batch, lyr.out_c, lyr.out_h, lyr.out_w,
-                                  self.flavor)
+                    yield BNLayer(
+                        lyr.index, lyr.type, None, lyr, self.batch, lyr.out_c, lyr.out_h, lyr.out_w, self.flavor
+                    )
             for pname, part in lyr.parts.items():
                 if part.batch_normalize:
-                    yield BNLayer(lyr.index, lyr.type, pname, part, step_batch, part.out_c, part.out_h, part.out_w,
-                                  self.flavor)
+                    yield BNLayer(
+                        lyr.index, lyr.type, pname, part, step_batch, part.out_c, part.out_h, part.out_w, self.flavor
+                    )
 
     # -- the weights file ------------------------------------------------------------------------------
     def _layer_arrays(self, lyr: DarknetLayer, write: bool) -> Iterator[tuple]:
@@ -292,7 +336,7 @@ class Network:
                     yield from self._conv_arrays(lyr.parts[name], False, write, 0)
 
     def _conv_arrays(self, lyr: DarknetLayer, skip_scales: bool, write: bool, numload: int) -> Iterator[tuple]:
-        n = lyr.n if (write or not numload) else numload
+        n = (lyr.n or 0) if (write or not numload) else numload
         yield lyr, "biases", n, "prefix" if n != lyr.n else None
         if lyr.batch_normalize and not skip_scales:
             for name in BN_ARRAYS:
@@ -347,7 +391,7 @@ class Network:
                 a = np.ascontiguousarray(a.reshape(-1, host.n).T)
             elif tr == "prefix":
                 full = host.array(name).reshape(-1)
-                full[:a.size] = a
+                full[: a.size] = a
                 a = full
             host.arrays[name] = a.reshape(shape)
         for bn in self.bn_layers:

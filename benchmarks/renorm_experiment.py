@@ -17,7 +17,7 @@ import statistics
 import numpy as np
 
 from darknet_bn import Layer
-from darknet_bn.demo import MLP, evaluate, init_weights, load_digits_split
+from darknet_bn.examples.digits import MLP, evaluate, init_weights, load_digits_split
 
 BATCH = 4
 

@@ -9,8 +9,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import assert_close
+
 from darknet_bn import Layer, bench, kernels
 from darknet_bn.flavors import get_flavor
 

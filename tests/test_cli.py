@@ -102,7 +102,7 @@ def test_bench_cfg_keeps_only_peers_with_every_pass(monkeypatch):
     import argparse
     monkeypatch.setattr(bench, "available", lambda p: True)
     args = argparse.Namespace(threads=None, repeat=None, compare="plain,ort,openvino", plot=None, cfg="x.cfg")
-    peers, notes, _ = cli.bench_options(args)
+    peers, notes, _ = cli.common.bench_options(args)
     assert peers == ["plain"]
     assert any("ort offers only some passes" in n for n in notes)
 

@@ -1,17 +1,20 @@
-"""darknet_bn.cli_files: ``darknet-bn layers`` and ``darknet-bn bench --cfg`` (output, JSON, exit codes:
-a missing file, a bad cfg or a weights file that does not match -> one line on stderr, exit code 2)."""
+"""darknet_bn.cli.layers and darknet_bn.cli.bench_cfg: ``darknet-bn layers`` and ``darknet-bn bench --cfg``
+(output, JSON, exit codes: a missing file, a bad cfg or a weights file that does not match -> one line on
+stderr, exit code 2)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import DATA
-from darknet_bn import cli, cli_files
+
+from darknet_bn import bench, cli
+from darknet_bn.cli import bench_cfg, common, layers
 
 # Loading every shared cfg by each fork's rules reports the keys that fork ignores; the tests that check
 # those warnings catch them with pytest.warns (which sees them regardless of this filter).
@@ -27,16 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     p = cli.build_parser()
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
     if "layers" not in sub.choices:
-        cli_files.add_layers_parser(sub)
-    bench = sub.choices["bench"]
-    if not any("--cfg" in a.option_strings for a in bench._actions):
-        cli_files.add_bench_cfg_arguments(bench)
+        layers.add_layers_parser(sub)
+    bench_parser = sub.choices["bench"]
+    if not any("--cfg" in a.option_strings for a in bench_parser._actions):
+        bench_cfg.add_bench_cfg_arguments(bench_parser)
     return p
 
 
 def run(argv, capsys):
     args = _parser().parse_args([str(a) for a in argv])
-    code = cli_files.cmd_bench_cfg(args) if args.command == "bench" else args.func(args)
+    code = bench_cfg.cmd_bench_cfg(args) if args.command == "bench" else args.func(args)
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -180,10 +183,40 @@ def test_bench_cfg_skips_layers_without_a_training_batch(capsys):
 
 
 def test_bench_cfg_function():
-    res = cli_files.bench_cfg(BN_SMALL_CFG, batch=3, flavor="alexeyab", threads=1, repeat=2)
+    res = bench.bench_cfg(BN_SMALL_CFG, batch=3, flavor="alexeyab", threads=1, repeat=2)
     assert res.net.fork == "alexeyab" and len(res.timed) == 4 and not res.skipped
     assert res.total_ms("infer") == pytest.approx(sum(res.layer_ms(b, "infer") for b in res.timed))
-    assert "total" in cli_files.format_bench_cfg(res)
+    assert "total" in bench.format_bench_cfg(res)
+
+
+def test_bench_cfg_with_a_peer_that_fails_its_check_on_one_shape(monkeypatch, tmp_path, capsys):
+    # bn_small at batch 2 has two BN shapes (2x4x8x8, 2x10x1x1); numpy's inference output is made wrong on
+    # the first only: that row is not timed for numpy (no median), which bench --cfg reports instead of
+    # failing (it raised KeyError looking the median up)
+    real = bench.MAKERS["numpy"]
+
+    def wrong_on_one_shape(s):
+        impl = real(s)
+        if s.shape == (2, 4, 8, 8):
+            f = impl.calls["infer"]
+            impl.calls["infer"] = impl.outputs["infer"] = lambda: f() * np.float32(1.01)
+        return impl
+    monkeypatch.setitem(bench.MAKERS, "numpy", wrong_on_one_shape)
+    js = tmp_path / "cfg.json"
+    code, out, err = run(["bench", "--cfg", BN_SMALL_CFG, "--batch", "2", "--repeat", "1", "--compare", "numpy",
+                          "--threads", "1", "--json", js], capsys)
+    assert code == 0, err
+    rows = {ln.split()[0] + " " + ln.split()[1]: ln.split() for ln in out.splitlines() if ln[:1].isdigit()}
+    assert rows["0 convolutional"][-1] == "-" and rows["1 batchnorm"][-1] == "-"     # numpy not timed on infer
+    assert float(rows["3 connected"][-1]) > 0 and float(rows["4 batchnorm"][-1]) > 0
+    total = next(ln for ln in out.splitlines() if ln.startswith("total"))
+    assert total.split()[-1] == "-"
+    assert "NOT TIMED: numpy on 2x4x8x8 infer: differs from ours" in out
+    data = json.loads(js.read_text())
+    by_index = {ly["index"]: ly for ly in data["layers"]}
+    assert math.isnan(by_index[0]["median_ms"]["infer"]["numpy"]) and by_index[3]["median_ms"]["infer"]["numpy"] > 0
+    assert by_index[0]["median_ms"]["train"]["numpy"] > 0
+    assert math.isnan(data["total_ms"]["infer"]["numpy"]) and data["total_ms"]["train"]["numpy"] > 0
 
 
 def test_bench_cfg_errors(tmp_path, capsys):
@@ -208,7 +241,7 @@ def test_bench_cfg_errors(tmp_path, capsys):
 
 
 def test_load_or_error_returns_the_network():
-    net = cli_files.load_or_error(str(BN_SMALL_CFG), str(PJ_SMALL / "bn_small.weights"), 1, "pjreddie")
+    net = common.load_or_error(str(BN_SMALL_CFG), str(PJ_SMALL / "bn_small.weights"), 1, "pjreddie")
     assert not isinstance(net, int) and len(net.bn_layers) == 4
     assert isinstance(Path(net.weights_file), Path)
 
@@ -262,5 +295,5 @@ def test_bench_cfg_default_rules_follow_the_cfg(tmp_path, capsys):
     code, out, err = run(["bench", "--cfg", cfg, "--repeat", "1", "--compare", "", "--threads", "1", "--flavor",
                           "pjreddie"], capsys)
     assert code == 0 and "pjreddie's rules, as asked (flavor 'pjreddie')" in out and "ignored: " in out
-    res = cli_files.bench_cfg(cfg, repeat=1, passes=("train",))
+    res = bench.bench_cfg(cfg, repeat=1, passes=("train",))
     assert res.net.fork == "alexeyab"

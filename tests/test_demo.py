@@ -1,4 +1,4 @@
-"""The demo (darknet_bn.demo): its numpy gradients against finite differences, Darknet's SGD, the
+"""The demo (darknet_bn.examples.digits, its command darknet_bn.cli.demo): its numpy gradients against finite differences, Darknet's SGD, the
 evaluation Layers, a short real run on the digits (both runs learn; the BN layers' rolling statistics are
 what the training activations make them), and the command (output, JSON, plot, missing packages).
 
@@ -16,9 +16,10 @@ import types
 
 import numpy as np
 import pytest
-
-from darknet_bn import demo
 from conftest import assert_close
+
+from darknet_bn.cli import demo as demo_cli
+from darknet_bn.examples import digits as demo
 
 SKLEARN = "scikit-learn is not installed (pip install 'darknet_bn[demo]')"
 
@@ -392,7 +393,7 @@ def test_short_demo_learns_and_rolling_statistics_follow_the_training_activation
 # The command
 
 def run_main(argv, capsys):
-    code = demo.main(argv)
+    code = demo_cli.main(argv)
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -443,9 +444,9 @@ def test_default_run_is_under_a_minute(digits, tmp_path, capsys, monkeypatch):
 def test_add_demo_parser_wires_a_subcommand(digits, capsys):
     parser = argparse.ArgumentParser(prog="darknet-bn")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo.add_demo_parser(sub)
+    demo_cli.add_demo_parser(sub)
     args = parser.parse_args(["demo", "--epochs", "1", "--json", ""])
-    assert args.func is demo.main and args.parser.prog == "darknet-bn demo"
+    assert args.func is demo_cli.main and args.parser.prog == "darknet-bn demo"
     assert args.func(args) == 0
     assert "training and evaluation took" in capsys.readouterr().out
 

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from conftest import DATA, assert_close
 from darknet_bn import Layer
-from darknet_bn.cli_fold import add_fold_parser, cmd_fold
+from darknet_bn.cli.fold import add_fold_parser, cmd_fold
 from darknet_bn.darknet import (DarknetCfgError, DarknetCfgWarning, DarknetWeightsError, FoldedBN, FoldReport, Network,
                                 WeightsHeader, bn_affine, fold_files, fold_network, fork_of, inference_denominator,
                                 load_network, save_folded, seen_bytes)

@@ -9,7 +9,8 @@ document, in interleaved rounds with a memory-bandwidth triad. Used by ``darknet
 - :mod:`~darknet_bn.bench.roofline`: the least bytes per pass and the triad (:class:`Triad`);
 - :mod:`~darknet_bn.bench.harness`: :func:`run` and its :class:`Result` rows;
 - :mod:`~darknet_bn.bench.report`: the table, JSON, the plot;
-- :mod:`~darknet_bn.bench.machine`: the CPU, caches, build and versions a run reports.
+- :mod:`~darknet_bn.bench.machine`: the CPU, caches, build and versions a run reports;
+- :mod:`~darknet_bn.bench.network`: every BN layer of a Darknet network timed (:func:`bench_cfg`).
 """
 
 from .cases import (
@@ -29,6 +30,7 @@ from .cases import (
 )
 from .harness import DEFAULT_BUDGET_S, MIN_ROUNDS, MIN_SAMPLE_S, Result, run
 from .machine import cpu_info, describe_cpu, machine_info, peer_versions
+from .network import CfgBench, bench_cfg, format_bench_cfg
 from .peers import (
                     CHECK_RTOL,
                     DEFAULT_PEERS,
@@ -54,4 +56,5 @@ __all__ = [
     "BYTES_PER_ELEMENT", "TRIAD_N", "Triad",
     "format_table", "check_notes", "geomean", "write_json", "plot",
     "cpu_info", "describe_cpu", "peer_versions", "machine_info",
+    "CfgBench", "bench_cfg", "format_bench_cfg",
 ]

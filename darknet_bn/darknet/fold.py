@@ -51,7 +51,7 @@ apply it: the folded arrays (``_Affine``), the cfg lines dropped and the referen
 
 API: :func:`fold_network` (a new :class:`~darknet_bn.darknet.model.Network`, the original untouched, and a
 :class:`FoldReport`), :func:`save_folded`, :func:`fold_files`; command line: ``darknet-bn fold``
-(:mod:`darknet_bn.cli_fold`).
+(:mod:`darknet_bn.cli.fold`).
 """
 
 from __future__ import annotations

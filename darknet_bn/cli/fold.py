@@ -8,17 +8,11 @@ import os
 import sys
 import warnings
 
-from .darknet import DarknetCfgError, DarknetCfgWarning, DarknetWeightsError, detect_fork, fold_files, fork_of
-from .flavors import FLAVORS
+from ..darknet import DarknetCfgError, DarknetCfgWarning, DarknetWeightsError, detect_fork, fold_files, fork_of
+from .common import PROG, add_flavor_option, error
 
 __all__ = ["add_fold_parser", "cmd_fold"]
 
-PROG = "darknet-bn"
-
-
-def _error(message: str) -> int:
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
 
 
 def cmd_fold(args: argparse.Namespace) -> int:
@@ -36,17 +30,17 @@ def cmd_fold(args: argparse.Namespace) -> int:
                 allow_trailing=args.allow_trailing,
             )
     except (DarknetCfgError, DarknetWeightsError) as e:
-        return _error(str(e))
+        return error(str(e))
     except OSError as e:
         name = e.filename if e.filename is not None else args.cfg
         outs = {os.fspath(args.out_cfg), os.fspath(args.out_weights)}
         verb = "write" if os.fspath(name) in outs else "read"
-        return _error(f"cannot {verb} {name}: {e.strerror or e}")
+        return error(f"cannot {verb} {name}: {e.strerror or e}")
     except RuntimeError as e:
         print(f"{PROG}: check failed: {e}", file=sys.stderr)
         return 1
     except ValueError as e:
-        return _error(str(e))
+        return error(str(e))
     print(report.summary())
     if args.flavor is None:
         print(f"{args.cfg}: {detect_fork(args.cfg)[1]}")
@@ -78,10 +72,9 @@ def add_fold_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("weights", metavar="WEIGHTS", help="its .weights file")
     p.add_argument("--out-cfg", required=True, metavar="F", help="the folded .cfg to write")
     p.add_argument("--out-weights", required=True, metavar="G", help="the folded .weights to write")
-    p.add_argument(
-        "--flavor",
-        default=None,
-        choices=sorted(FLAVORS),
+    add_flavor_option(
+        p,
+        None,
         help="pjreddie: pjreddie's Darknet (s = sqrt(rv) + 1e-6); alexeyab, torch: AlexeyAB's "
         "(s = sqrt(rv + 1e-5)); also the fork whose file rules are followed. Default: the fork "
         "detected from the cfg (a section, key or value only AlexeyAB's Darknet reads means "

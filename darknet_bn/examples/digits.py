@@ -1,4 +1,7 @@
-"""``darknet-bn demo``: the same small network trained with and without batch normalization.
+"""Example code, not library API: the same small network trained with and without batch normalization,
+on darknet_bn's public API (:class:`darknet_bn.Layer`). ``darknet-bn demo`` runs it
+(:mod:`darknet_bn.cli.demo`); nothing in darknet_bn imports or re-exports it. It ships in the wheel so
+that the command works; read it as a worked example of using the layer in a numpy training loop.
 
 Data: scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits``: 1,797 images of 8x8
 pixels, values 0..16, 10 classes; shipped inside scikit-learn, no download), scaled to [0, 1] and split
@@ -34,30 +37,25 @@ conversion at the BN boundaries, as Darknet does. The numpy helpers keep the dty
 float64.
 
 Optional packages (``pip install 'darknet_bn[demo]'``): scikit-learn is always needed (the data);
-matplotlib only with ``--plot``; tqdm only for a nicer progress bar (without it: a counter on stderr).
-A missing scikit-learn, or matplotlib with ``--plot``, is reported before any training, exit code 2.
+matplotlib only for :func:`plot`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence, TextIO
 
 import numpy as np
 
-from .flavors import FLAVORS
-from .layer import Layer
+from darknet_bn import Layer
 
 __all__ = [
     "SPLIT_SEED", "HIDDEN", "DemoConfig", "EpochStats", "RunHistory", "DemoResult", "StepCache", "MLP",
     "load_digits_split", "init_weights", "batch_orders", "train_run", "run_demo", "evaluate",
     "evaluate_train_mode", "format_table", "train_mode_line", "result_dict", "write_json", "plot",
-    "add_demo_parser", "main",
     "linear_forward", "linear_backward", "relu", "relu_backward", "softmax", "softmax_cross_entropy",
     "softmax_cross_entropy_delta",
 ]
@@ -67,9 +65,6 @@ SPLIT_SEED = 0
 
 HIDDEN = 32
 """Units of each hidden layer (64 -> 32 -> 32 -> 10)."""
-
-INSTALL_HINT = "pip install 'darknet_bn[demo]'"
-
 
 # ---------------------------------------------------------------------------------------------------
 # The numpy pieces (any float dtype: float32 in the demo, float64 in the finite-difference tests).
@@ -547,108 +542,3 @@ def plot(path: str, result: DemoResult) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The command
-
-def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the ``demo`` command on an argparse subparsers object; it runs :func:`main`."""
-    d = DemoConfig()
-    p = subparsers.add_parser(
-        "demo", help="train a small MLP on the digits with and without BN, and compare",
-        description="Train an MLP 64-32-32-10 on scikit-learn's handwritten digits twice, from the same "
-                    "initial weights and batch order: with darknet_bn layers after the hidden linear "
-                    "layers and without. Prints per-epoch loss and accuracy (inference mode) for both. "
-                    f"Needs scikit-learn (and matplotlib for --plot): {INSTALL_HINT}")
-    p.add_argument("--epochs", type=int, default=d.epochs, metavar="N", help=f"epochs (default: {d.epochs})")
-    p.add_argument("--batch", type=int, default=d.batch, metavar="B", help=f"images per batch (default: {d.batch})")
-    p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate", metavar="LR",
-                   help=f"learning rate (default: {d.learning_rate:g})")
-    p.add_argument("--momentum", type=float, default=d.momentum, metavar="M",
-                   help=f"SGD momentum (default: {d.momentum:g})")
-    p.add_argument("--decay", type=float, default=d.decay, metavar="D", help=f"weight decay (default: {d.decay:g})")
-    p.add_argument("--seed", type=int, default=d.seed, metavar="S",
-                   help=f"seed of the initial weights and the batch order (default: {d.seed}); the "
-                        f"train/validation split is fixed")
-    p.add_argument("--flavor", default=d.flavor, choices=sorted(FLAVORS), help=f"the BN flavor (default: {d.flavor})")
-    p.add_argument("--json", metavar="FILE", default="demo.json",
-                   help="write every figure as JSON (default: demo.json; '' for none)")
-    p.add_argument("--plot", metavar="FILE.png", help="draw the four panels (needs matplotlib)")
-    p.set_defaults(func=main, parser=p)
-    return p
-
-
-def _parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="darknet-bn")
-    add_demo_parser(top.add_subparsers(dest="command", required=True))
-    return top
-
-
-def _error(args: argparse.Namespace, message: str, err: TextIO) -> int:
-    parser = getattr(args, "parser", None)
-    if parser is not None:
-        parser.print_usage(err)
-        print(f"{parser.prog}: error: {message}", file=err)
-    else:
-        print(f"darknet-bn demo: error: {message}", file=err)
-    return 2
-
-
-def main(args: argparse.Namespace | Sequence[str] | None = None, out: TextIO | None = None,
-         err: TextIO | None = None) -> int:
-    """Run the ``demo`` command: ``args`` parsed by the parser of :func:`add_demo_parser` (or a list of
-    its options, e.g. ``["--epochs", "3"]``). Returns the exit code: 0, or 2 for bad arguments or a
-    missing optional package."""
-    out = out if out is not None else sys.stdout
-    err = err if err is not None else sys.stderr
-    if not isinstance(args, argparse.Namespace):
-        args = _parser().parse_args(["demo", *(args or [])])
-    if args.epochs < 1:
-        return _error(args, f"--epochs: expected an int >= 1, got {args.epochs}", err)
-    if args.batch < 2:   # a training forward needs 2 values per channel (the batch variance)
-        return _error(args, f"--batch: expected an int >= 2, got {args.batch}", err)
-    for option, v in (("--lr", args.learning_rate), ("--momentum", args.momentum), ("--decay", args.decay)):
-        if not math.isfinite(v) or v < 0:
-            return _error(args, f"{option}: expected a finite number >= 0, got {v}", err)
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        return _error(args, f"the demo needs scikit-learn (its digits data set): {INSTALL_HINT}", err)
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            return _error(args, f"--plot needs matplotlib: {INSTALL_HINT}", err)
-
-    config = DemoConfig(epochs=args.epochs, batch=args.batch, learning_rate=args.learning_rate,
-                        momentum=args.momentum, decay=args.decay, seed=args.seed, flavor=args.flavor)
-    data = load_digits_split()
-    if len(data[0]) < config.batch:
-        return _error(args, f"--batch: {config.batch} is more than the {len(data[0])} training images", err)
-    from .cli import _Progress   # here, not at the top: cli imports this module
-
-    bar = _Progress(2 * config.epochs * (len(data[0]) // config.batch), "demo")
-    try:
-        result = run_demo(config, data, on_step=lambda *_: bar.update())
-    finally:
-        bar.close()
-    print(f"darknet-bn demo: digits ({result.n_train} train, {result.n_val} validation images), MLP 64-32-32-10, "
-          f"SGD lr {config.learning_rate:g} momentum {config.momentum:g} decay {config.decay:g}, batch "
-          f"{config.batch}, {config.epochs} epochs, seed {config.seed}, BN flavor {config.flavor}", file=out)
-    print("loss and accuracy on the whole sets after each epoch, BN in inference mode (rolling statistics)",
-          file=out)
-    print(format_table(result), file=out)
-    print(train_mode_line(result), file=out)
-    if args.json:
-        write_json(args.json, result)
-        print(f"wrote {args.json}", file=out)
-    if args.plot:
-        plot(args.plot, result)
-        print(f"wrote {args.plot}", file=out)
-    print(f"training and evaluation took {result.seconds:.2f} s", file=out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

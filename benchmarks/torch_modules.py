@@ -4,7 +4,7 @@
                                                        call, as optimizer.zero_grad() leaves them)
   eval  : m.eval();   with torch.no_grad(): y = m(x)
 
-on the shapes of darknet_bn/bench.py's default table, in NCHW and channels_last; the per-call time of
+on the shapes of darknet_bn/bench's default table (bench/cases.py), in NCHW and channels_last; the per-call time of
 a BatchNorm1d(32) at batch 256; and whole training steps (forward, cross-entropy, backward, SGD) of a
 small ResNet-style and a MobileNet-style (depthwise) network, converted (darknet_bn.torch.convert) vs
 not, with BN's share of the step measured as (step - step with BN replaced by Identity) / step.
@@ -41,7 +41,7 @@ import darknet_bn.torch as dbt
 
 SHAPES = [(1, 16, 416, 416), (8, 32, 208, 208), (16, 128, 52, 52), (32, 256, 26, 26),
           (64, 64, 56, 56), (64, 512, 7, 7), (256, 32, 1, 1), (128, 1024, 1, 1),
-          (64, 64, 112, 112)]          # darknet_bn/bench.py's DEFAULT_SHAPES
+          (64, 64, 112, 112)]          # darknet_bn.bench.DEFAULT_SHAPES
 QUICK = [(16, 128, 52, 52), (64, 512, 7, 7), (256, 32, 1, 1), (128, 1024, 1, 1)]
 MIN_SAMPLE_S = 2e-3                   # a sample of a fast call repeats it until it lasts this long
 

@@ -130,7 +130,8 @@ class Layer:
         self._x_copy: np.ndarray | None = None   # what x shows before the first forward (zeros)
         self._x_bufs: list = [None, None]        # where a forward's input is copied when it must be
         self._what = f"batch*inputs = {batch}*{c * h * w}"
-        self._view_shape, self._view = self._shape, self._output   # the last shape forward returned
+        self._view_shape: tuple = self._shape      # the last shape forward returned ...
+        self._view: np.ndarray = self._output      # ... and the output viewed in it
 
         # Batch renormalization: the C struct (rmax, dmax, where r and d go), or NULL for plain BN.
         if not isinstance(renorm, (bool, np.bool_)):

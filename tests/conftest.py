@@ -1,10 +1,9 @@
-"""Shared test helpers. torch (when installed) is imported before darknet_bn so that both use one
-OpenMP runtime."""
+"""Fixtures and pytest hooks only (helpers: helpers.py; references: reference.py). torch (when installed)
+is imported before darknet_bn so that both use one OpenMP runtime."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,49 +13,24 @@ try:  # noqa: SIM105
 except ImportError:
     pass
 
-DATA = Path(__file__).resolve().parent / "data" / "darknet"
+from helpers import ISAS, skip_unless_isa  # noqa: E402
 
-SHAPES = [  # (batch, c, h, w)
-    (1, 3, 5, 7),      # batch 1, spatial > 1
-    (4, 1, 5, 7),      # one channel
-    (16, 8, 1, 1),     # the MLP case: 1x1 spatial, batch > 1
-    (3, 5, 7, 11),     # odd and prime sizes
-    (2, 13, 17, 19),
-    (1, 1, 1, 2),      # the smallest trainable: N = 2
-    (256, 32, 1, 1),   # an MLP batch
-    (2, 64, 9, 9),
-    (5, 3, 31, 37),
-]
-
-
-def assert_close(actual, expected, rtol=1e-5, scale=None, name=""):
-    """max |actual - expected| <= rtol * scale, with scale the largest |expected| (or given): an error
-    relative to the data's scale, which is what float32 rounding gives."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape or actual.size == expected.size, (name, actual.shape, expected.shape)
-    actual = actual.reshape(expected.shape)
-    if scale is None:
-        scale = float(np.max(np.abs(expected))) if expected.size else 1.0
-    scale = max(scale, np.finfo(np.float32).tiny)
-    err = float(np.max(np.abs(actual - expected))) if expected.size else 0.0
-    assert np.array_equal(np.isnan(actual), np.isnan(expected)), f"{name}: NaN positions differ"
-    assert err <= rtol * scale, f"{name}: max error {err:.3g} > {rtol:g} * scale {scale:.3g} (rel {err / scale:.3g})"
-
-
-def make_data(shape, seed, offset=True):
-    """float32 NCHW data with a different mean and spread per channel."""
-    rng = np.random.default_rng(seed)
-    b, c, h, w = shape
-    x = rng.standard_normal(shape)
-    if offset:
-        x = x * rng.uniform(0.5, 3.0, size=(1, c, 1, 1)) + rng.uniform(-2, 2, size=(1, c, 1, 1))
-    return x.astype(np.float32)
+from darknet_bn import kernels  # noqa: E402
 
 
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Each instruction set in turn, set with darknet_bn.kernels.set_isa (skipped where not available);
+    restored to the default after the test."""
+    skip_unless_isa(request.param)
+    kernels.set_isa(request.param)
+    yield request.param
+    kernels.set_isa(None)
 
 
 def pytest_addoption(parser):

@@ -10,6 +10,8 @@ darknet_bn.flavors.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 F32_1e5 = float(np.float32(1e-5))  # Darknet's .00001f
@@ -207,3 +209,113 @@ def backward_renorm(x, delta, scales, mean, variance, r, d, shape, flavor):
            + _c(variance_delta) * 2.0 * (xt - _c(mean)) / n + _c(mean_delta) / n)
     return dict(delta=din.reshape(shape), scale_updates=(dt * x_hat).sum(axis=(0, 2)),
                 bias_updates=dt.sum(axis=(0, 2)), mean_delta=mean_delta, variance_delta=variance_delta)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inference BN, convolution and connected layers: the references of folding
+
+def ref_denominator(rv: np.ndarray, flavor: str) -> np.ndarray:
+    """The inference denominators as the issue states them (Darknet's constants are float literals):
+    :func:`denominator` with the flavor's forward eps."""
+    fl = FLAVORS[flavor]
+    with np.errstate(invalid="ignore"):
+        return denominator(rv, fl["eps"], fl["eps_in_sqrt"])
+
+
+def ref_bn(z: np.ndarray, p: dict, flavor: str) -> np.ndarray:
+    """Inference BN on (batch, channels, ...) float64: scales*(z - mean)/s + biases."""
+    shape = (1, -1) + (1,) * (z.ndim - 2)
+    g = lambda k: np.asarray(p[k], dtype=np.float64).reshape(shape)  # noqa: E731
+    return g("scales") * (z - g("rolling_mean")) / ref_denominator(p["rolling_variance"], flavor).reshape(shape) \
+        + g("biases")
+
+
+def ref_bn_abs(m: np.ndarray, p: dict, flavor: str) -> np.ndarray:
+    """A bound on |the values ref_bn sums| given a bound m on |z| (for the float64 error term)."""
+    shape = (1, -1) + (1,) * (m.ndim - 2)
+    g = lambda k: np.abs(np.asarray(p[k], dtype=np.float64)).reshape(shape)  # noqa: E731
+    return g("scales") * (m + g("rolling_mean")) / ref_denominator(p["rolling_variance"], flavor).reshape(shape) \
+        + g("biases")
+
+
+def ref_conv(x: np.ndarray, w: np.ndarray, *, stride_x: int, stride_y: int, pad: int, dilation: int, groups: int,
+             out_h: int, out_w: int) -> np.ndarray:
+    """Darknet's convolution in float64 (im2col_cpu / AlexeyAB's im2col_cpu_ext): x (B, C, H, W), w
+    (n, C/groups, k, k); output channel o of group g = o // (n/groups) sums input channels
+    g*C/groups ... over kernel offsets (ky, kx) of x[b, c, oy*stride_y - P + ky*dilation, ox*stride_x - P +
+    kx*dilation], zero outside the image, P = pad*dilation."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    b, c, h, wd = x.shape
+    n, cg, k, _ = w.shape
+    assert cg * groups == c and n % groups == 0
+    ng = n // groups
+    p = pad * dilation
+    out = np.zeros((b, n, out_h, out_w))
+    for ky, kx in itertools.product(range(k), range(k)):
+        iy = np.arange(out_h) * stride_y - p + ky * dilation
+        ix = np.arange(out_w) * stride_x - p + kx * dilation
+        my, mx = (iy >= 0) & (iy < h), (ix >= 0) & (ix < wd)
+        patch = x[:, :, np.clip(iy, 0, h - 1)][:, :, :, np.clip(ix, 0, wd - 1)] * (my[:, None] & mx[None, :])
+        for g in range(groups):
+            out[:, g * ng:(g + 1) * ng] += np.einsum("bchw,oc->bohw", patch[:, g * cg:(g + 1) * cg],
+                                                     w[g * ng:(g + 1) * ng, :, ky, kx])
+    return out
+
+
+def loop_conv(x, w, *, stride_x, stride_y, pad, dilation, groups, out_h, out_w):
+    """The same convolution as plain loops over every output value (to check ref_conv on tiny sizes)."""
+    b, c, h, wd = x.shape
+    n, cg, k, _ = w.shape
+    out = np.zeros((b, n, out_h, out_w))
+    for bi, o, oy, ox in itertools.product(range(b), range(n), range(out_h), range(out_w)):
+        g = o // (n // groups)
+        s = 0.0
+        for ci, ky, kx in itertools.product(range(cg), range(k), range(k)):
+            yy = oy * stride_y - pad * dilation + ky * dilation
+            xx = ox * stride_x - pad * dilation + kx * dilation
+            if 0 <= yy < h and 0 <= xx < wd:
+                s += float(w[o, ci, ky, kx]) * float(x[bi, g * cg + ci, yy, xx])
+        out[bi, o, oy, ox] = s
+    return out
+
+
+def ref_connected(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Darknet's connected layer in float64: x (B, inputs), w (outputs, inputs) -> x @ w.T."""
+    return np.asarray(x, dtype=np.float64) @ np.asarray(w, dtype=np.float64).T
+
+
+def binarize_weights(w: np.ndarray) -> np.ndarray:
+    """Darknet's binarize_weights: per filter, mean |w| with w's sign (w > 0), in float64."""
+    w = np.asarray(w, dtype=np.float64)
+    mean = np.abs(w.reshape(w.shape[0], -1)).mean(axis=1).reshape((-1,) + (1,) * (w.ndim - 1))
+    return np.where(w > 0, mean, -mean)
+
+
+# ------------------------------------------------------------------------------------------------
+# Darknet's activations
+
+SELU_A, SELU_L = float(np.float32(1.0507)), float(np.float32(np.float32(1.0507) * np.float32(1.6732)))
+
+
+def act64(name, x):
+    """Darknet's activations, mathematically, in float64 (softplus's thresholds of 20 change nothing
+    at this precision but mish(x > 20) = x, which is kept)."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(all="ignore"):
+        logistic = lambda v: 1.0 / (1.0 + np.exp(-v))
+        return {
+            "linear": lambda: x,
+            "leaky": lambda: np.where(x > 0, x, np.float32(0.1) * x),
+            "relu": lambda: x * (x > 0),
+            "relu6": lambda: np.minimum(np.where(x > 0, x, 0.0), 6.0),
+            "logistic": lambda: logistic(x),
+            "tanh": lambda: np.tanh(x),
+            "elu": lambda: np.where(x >= 0, x, np.expm1(x)),
+            "selu": lambda: np.where(x >= 0, SELU_A * x, SELU_L * np.expm1(x)),
+            # 0.5x (1 + tanh(u)) = x logistic(2u): the same function, without float64's cancellation
+            "gelu": lambda: x * logistic(2 * (0.797885 * x + 0.035677 * x ** 3)),
+            "swish": lambda: x * logistic(x),
+            "mish": lambda: np.where(x > 20, x, x * np.tanh(np.logaddexp(0.0, x))),
+            "hard_mish": lambda: np.where(x > 0, x, np.where(x > -2, x * x / 2 + x, 0.0)),
+        }[name]()

@@ -7,46 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import SHAPES, assert_close, make_data
+from reference import act64
 
-from conftest import SHAPES, assert_close, make_data
 from darknet_bn import ACTIVATIONS, Flavor, make_batchnorm_layer
-from darknet_bn import kernels as K
 from darknet_bn._capi import ffi, lib
-
-SELU_A, SELU_L = float(np.float32(1.0507)), float(np.float32(np.float32(1.0507) * np.float32(1.6732)))
-
-
-def act64(name, x):
-    """Darknet's activations, mathematically, in float64 (softplus's thresholds of 20 change nothing
-    at this precision but mish(x > 20) = x, which is kept)."""
-    x = np.asarray(x, np.float64)
-    with np.errstate(all="ignore"):
-        logistic = lambda v: 1.0 / (1.0 + np.exp(-v))
-        return {
-            "linear": lambda: x,
-            "leaky": lambda: np.where(x > 0, x, np.float32(0.1) * x),
-            "relu": lambda: x * (x > 0),
-            "relu6": lambda: np.minimum(np.where(x > 0, x, 0.0), 6.0),
-            "logistic": lambda: logistic(x),
-            "tanh": lambda: np.tanh(x),
-            "elu": lambda: np.where(x >= 0, x, np.expm1(x)),
-            "selu": lambda: np.where(x >= 0, SELU_A * x, SELU_L * np.expm1(x)),
-            # 0.5x (1 + tanh(u)) = x logistic(2u): the same function, without float64's cancellation
-            "gelu": lambda: x * logistic(2 * (0.797885 * x + 0.035677 * x ** 3)),
-            "swish": lambda: x * logistic(x),
-            "mish": lambda: np.where(x > 20, x, x * np.tanh(np.logaddexp(0.0, x))),
-            "hard_mish": lambda: np.where(x > 0, x, np.where(x > -2, x * x / 2 + x, 0.0)),
-        }[name]()
-
-
-@pytest.fixture(params=["baseline", "avx2", "avx512"])
-def isa(request):
-    if K.ISAS[request.param] > lib.dbn_isa_available():
-        pytest.skip(f"{request.param} is not available here")
-    K.set_isa(request.param)
-    yield request.param
-    K.set_isa(None)
-
 
 EXACT = {"linear", "leaky", "relu", "relu6"}     # selects and one float32 multiply: exact
 

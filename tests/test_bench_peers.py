@@ -4,12 +4,9 @@ numbers differ is reported, not timed."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import numpy as np
 import pytest
-from conftest import assert_close
+from helpers import assert_close, skip_unless_usable
 
 from darknet_bn import Layer, bench, kernels
 from darknet_bn.flavors import get_flavor
@@ -38,19 +35,6 @@ def _setup(shape=SHAPE) -> bench.Setup:
     x, dy = bench.make_data(shape)
     return bench.Setup(shape, get_flavor("torch"), x, dy, *bench.make_params(shape[1]),
                        threads=kernels.get_num_threads(), passes=bench.PASSES)
-
-
-def _installed(peer: str) -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in bench.PEER_MODULES.get(peer, ()))
-
-
-def skip_unless_usable(peer: str) -> None:
-    """Skip (with the reason) when the peer is not installed, or cannot load in this process."""
-    if not _installed(peer):
-        pytest.skip(f"{peer} is not installed ({bench.PEER_INSTALL[peer]})")
-    if peer == "openvino" and "libasan" in os.environ.get("LD_PRELOAD", ""):
-        pytest.skip("OpenVINO's TBB dlopens libtbbbind with RTLD_DEEPBIND, which the AddressSanitizer runtime "
-                    "rejects (google/sanitizers#611): not under the sanitizer stage")
 
 
 PEERS = ["numpy", "torch", "torch-out", "ort", "openvino", "jax"]

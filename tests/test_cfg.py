@@ -7,13 +7,28 @@ import string
 from pathlib import Path
 
 import pytest
+from helpers import DATA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DATA
-from darknet_bn.darknet import (ALEXEYAB_ONLY_KEYS, ALEXEYAB_ONLY_SECTIONS, ALEXEYAB_ONLY_VALUES, CfgFile,
-                                DarknetCfgError, DarknetCfgWarning, c_atof, c_atoi, detect_fork, fork_of, known_keys,
-                                load_network, parse_cfg, parse_cfg_file, parse_cfg_text, section_type)
+from darknet_bn.darknet import (
+    ALEXEYAB_ONLY_KEYS,
+    ALEXEYAB_ONLY_SECTIONS,
+    ALEXEYAB_ONLY_VALUES,
+    CfgFile,
+    DarknetCfgError,
+    DarknetCfgWarning,
+    c_atof,
+    c_atoi,
+    detect_fork,
+    fork_of,
+    known_keys,
+    load_network,
+    parse_cfg,
+    parse_cfg_file,
+    parse_cfg_text,
+    section_type,
+)
 
 # Loading every shared cfg by each fork's rules reports the keys that fork ignores; the tests that check
 # those warnings catch them with pytest.warns (which sees them regardless of this filter).

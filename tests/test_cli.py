@@ -9,14 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli, skip_unless_usable
 
 from darknet_bn import bench, cli, kernels
 
-
-def run(argv, capsys):
-    code = cli.main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_cli
 
 
 def test_info(capsys):
@@ -63,7 +60,6 @@ def test_demo_command_is_wired(capsys):
 def test_bench_peer_or_note(peer, capsys):
     """An installed peer gets a column; a missing one a note saying how to install it."""
     if bench.available(peer):
-        from test_bench_peers import skip_unless_usable
         skip_unless_usable(peer)
     code, out, _ = run(["bench", "--shape", "2x3x4x5", "--repeat", "2", "--compare", peer], capsys)
     assert code == 0

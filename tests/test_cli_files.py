@@ -4,17 +4,16 @@ stderr, exit code 2)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA
+from helpers import DATA, run_cli
 
-from darknet_bn import bench, cli
-from darknet_bn.cli import bench_cfg, common, layers
+from darknet_bn import bench
+from darknet_bn.cli import common
 
 # Loading every shared cfg by each fork's rules reports the keys that fork ignores; the tests that check
 # those warnings catch them with pytest.warns (which sees them regardless of this filter).
@@ -25,23 +24,7 @@ PJ_SMALL = DATA / "expected" / "weights" / "pjreddie" / "bn_small"
 BN_SMALL_CFG = DATA / "cfg" / "oracle" / "bn_small.cfg"
 
 
-def _parser() -> argparse.ArgumentParser:
-    """darknet-bn's parser with this module's commands (added here when cli.py does not have them yet)."""
-    p = cli.build_parser()
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    if "layers" not in sub.choices:
-        layers.add_layers_parser(sub)
-    bench_parser = sub.choices["bench"]
-    if not any("--cfg" in a.option_strings for a in bench_parser._actions):
-        bench_cfg.add_bench_cfg_arguments(bench_parser)
-    return p
-
-
-def run(argv, capsys):
-    args = _parser().parse_args([str(a) for a in argv])
-    code = bench_cfg.cmd_bench_cfg(args) if args.command == "bench" else args.func(args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_cli
 
 
 def _table_rows(fork, name):

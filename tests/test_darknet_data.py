@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import reference as ref
-from conftest import DATA, assert_close
+from helpers import DATA, assert_close
+
 from darknet_bn import make_batchnorm_layer
 
 SHAPE = (4, 3, 5, 7)  # batch, c, h, w

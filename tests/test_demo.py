@@ -16,7 +16,8 @@ import types
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from helpers import assert_close
+import reference as ref
 
 from darknet_bn.cli import demo as demo_cli
 from darknet_bn.examples import digits as demo
@@ -31,18 +32,13 @@ INIT_ROLLING_VARIANCE = {"pjreddie": 0.0, "alexeyab": 0.0, "torch": 1.0}
 
 def bn_normalize_train(z: np.ndarray, flavor: str) -> np.ndarray:
     """float64 training-mode normalization of z (rows, channels) by its batch statistics."""
-    m, vu, vb = z.mean(0), z.var(0, ddof=1), z.var(0)
-    if flavor == "pjreddie":
-        return (z - m) / (np.sqrt(vu) + 1e-6)
-    if flavor == "alexeyab":
-        return (z - m) / np.sqrt(vu + 1e-5)
-    return (z - m) / np.sqrt(vb + 1e-5)
+    f = ref.FLAVORS[flavor]
+    v = z.var(0, ddof=1 if f["unbiased"] else 0)
+    return (z - z.mean(0)) / ref.denominator(v, f["eps"], f["eps_in_sqrt"])
 
 
 def bn_normalize_infer(z: np.ndarray, rm: np.ndarray, rv: np.ndarray, flavor: str) -> np.ndarray:
-    if flavor == "pjreddie":
-        return (z - rm) / (np.sqrt(rv) + 1e-6)
-    return (z - rm) / np.sqrt(rv + 1e-5)
+    return (z - rm) / ref.ref_denominator(rv, flavor)
 
 
 def ref_forward(x, weights, biases, bn=None, flavor="pjreddie", mode="train", rolling=None):

@@ -35,6 +35,7 @@ def test_sync_batchnorm_equals_one_process(procs, tmp_path):
 def test_single_process_communicator():
     """With one process, the synchronized layer is the ordinary layer."""
     import numpy as np
+
     from darknet_bn import make_batchnorm_layer
     from darknet_bn.distributed import MPI, make_sync_batchnorm_layer
     comm = MPI.COMM_SELF

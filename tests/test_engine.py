@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import reference as ref
-from conftest import assert_close, make_data
+from helpers import assert_close, make_data
+
 from darknet_bn import kernels as K
 from darknet_bn import make_batchnorm_layer
 from darknet_bn._capi import ffi, lib
@@ -26,7 +26,6 @@ BIG = {
     (512, 200, 2, 3): "block, tiny planes, per-element coefficients",
     (7, 1, 333, 333): "one channel: one long plane",
 }
-ISAS = ["baseline", "avx2", "avx512"]
 
 
 def plan(shape, bytes_per_value):
@@ -48,17 +47,6 @@ def test_shapes_take_their_paths():
     assert ("grid", False, True) in seen        # grid reduction, per-element map
     assert ("grid", False, False) in seen        # grid reduction, per-plane map
     assert plan((4096, 300, 1, 1), 4).nchunks > 1
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    avail = lib.dbn_isa_available()
-    if K.ISAS[request.param] > avail:
-        best = [k for k, v in K.ISAS.items() if v == avail][0]
-        pytest.skip(f"{request.param} is not available here (this build on this CPU offers up to {best})")
-    K.set_isa(request.param)
-    yield request.param
-    K.set_isa(None)
 
 
 _cache: dict = {}
@@ -274,8 +262,8 @@ def test_whole_pass_references(shape, flavor):
     """The plain whole-pass references (dbn_forward_train_ref, dbn_forward_infer_ref, dbn_backward_ref,
     dbn_normalize_into_ref in csrc/reference.c) against the float64 reference, and the fast passes (the
     layer's) against them."""
-    from darknet_bn.flavors import get_flavor
     from darknet_bn._capi import c_flavor
+    from darknet_bn.flavors import get_flavor
     b, c, h, w = shape
     s = h * w
     cf = c_flavor(get_flavor(flavor))

@@ -14,22 +14,49 @@ left in place, and the ``darknet-bn fold`` command.
 
 from __future__ import annotations
 
-import argparse
-import itertools
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import (  # noqa: F401
+    BN_NAMES,
+    CASES,
+    DATA,
+    F32_UNIT,
+    assert_close,
+    bn_params,
+    chains,
+    check_fold,
+    check_folded_layer,
+    fill_random,
+    geometry,
+    run_cli,
+    snapshot,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import binarize_weights, loop_conv, ref_bn, ref_bn_abs, ref_connected, ref_conv, ref_denominator  # noqa: F401
 
-from conftest import DATA, assert_close
-from darknet_bn import Layer
-from darknet_bn.cli.fold import add_fold_parser, cmd_fold
-from darknet_bn.darknet import (DarknetCfgError, DarknetCfgWarning, DarknetWeightsError, FoldedBN, FoldReport, Network,
-                                WeightsHeader, bn_affine, fold_files, fold_network, fork_of, inference_denominator,
-                                load_network, save_folded, seen_bytes)
+from darknet_bn import Layer, cli
+from darknet_bn.cli.fold import cmd_fold
+from darknet_bn.darknet import (
+    DarknetCfgError,
+    DarknetCfgWarning,
+    DarknetWeightsError,
+    FoldedBN,
+    FoldReport,
+    Network,
+    WeightsHeader,
+    bn_affine,
+    fold_files,
+    fold_network,
+    fork_of,
+    inference_denominator,
+    load_network,
+    save_folded,
+    seen_bytes,
+)
 from darknet_bn.flavors import torch_flavor
 
 # Loading every shared cfg by each fork's rules reports the keys that fork ignores; the tests that check
@@ -37,243 +64,9 @@ from darknet_bn.flavors import torch_flavor
 pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.DarknetCfgWarning")
 
 
-CASES = Path(__file__).resolve().parent / "data" / "fold_cases"
 ORACLE = DATA / "cfg" / "oracle"
 EXPECTED_W = DATA / "expected" / "weights"
 FLAVORS = ("pjreddie", "alexeyab", "torch")
-BN_NAMES = ("scales", "biases", "rolling_mean", "rolling_variance")
-F32_UNIT = 2.0 ** -24  # float32's unit roundoff
-
-
-# ================================================================================================
-# References, from the math (no darknet_bn code)
-
-def ref_denominator(rv: np.ndarray, flavor: str) -> np.ndarray:
-    """The inference denominators as the issue states them (Darknet's constants are float literals)."""
-    rv = np.asarray(rv, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        if flavor == "pjreddie":
-            return np.sqrt(rv) + float(np.float32(1e-6))
-        if flavor == "alexeyab":
-            return np.sqrt(rv + float(np.float32(1e-5)))
-        if flavor == "torch":
-            return np.sqrt(rv + 1e-5)
-    raise ValueError(flavor)
-
-
-def ref_bn(z: np.ndarray, p: dict, flavor: str) -> np.ndarray:
-    """Inference BN on (batch, channels, ...) float64: scales*(z - mean)/s + biases."""
-    shape = (1, -1) + (1,) * (z.ndim - 2)
-    g = lambda k: np.asarray(p[k], dtype=np.float64).reshape(shape)  # noqa: E731
-    return g("scales") * (z - g("rolling_mean")) / ref_denominator(p["rolling_variance"], flavor).reshape(shape) \
-        + g("biases")
-
-
-def ref_bn_abs(m: np.ndarray, p: dict, flavor: str) -> np.ndarray:
-    """A bound on |the values ref_bn sums| given a bound m on |z| (for the float64 error term)."""
-    shape = (1, -1) + (1,) * (m.ndim - 2)
-    g = lambda k: np.abs(np.asarray(p[k], dtype=np.float64)).reshape(shape)  # noqa: E731
-    return g("scales") * (m + g("rolling_mean")) / ref_denominator(p["rolling_variance"], flavor).reshape(shape) \
-        + g("biases")
-
-
-def ref_conv(x: np.ndarray, w: np.ndarray, *, stride_x: int, stride_y: int, pad: int, dilation: int, groups: int,
-             out_h: int, out_w: int) -> np.ndarray:
-    """Darknet's convolution in float64 (im2col_cpu / AlexeyAB's im2col_cpu_ext): x (B, C, H, W), w
-    (n, C/groups, k, k); output channel o of group g = o // (n/groups) sums input channels
-    g*C/groups ... over kernel offsets (ky, kx) of x[b, c, oy*stride_y - P + ky*dilation, ox*stride_x - P +
-    kx*dilation], zero outside the image, P = pad*dilation."""
-    x = np.asarray(x, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    b, c, h, wd = x.shape
-    n, cg, k, _ = w.shape
-    assert cg * groups == c and n % groups == 0
-    ng = n // groups
-    p = pad * dilation
-    out = np.zeros((b, n, out_h, out_w))
-    for ky, kx in itertools.product(range(k), range(k)):
-        iy = np.arange(out_h) * stride_y - p + ky * dilation
-        ix = np.arange(out_w) * stride_x - p + kx * dilation
-        my, mx = (iy >= 0) & (iy < h), (ix >= 0) & (ix < wd)
-        patch = x[:, :, np.clip(iy, 0, h - 1)][:, :, :, np.clip(ix, 0, wd - 1)] * (my[:, None] & mx[None, :])
-        for g in range(groups):
-            out[:, g * ng:(g + 1) * ng] += np.einsum("bchw,oc->bohw", patch[:, g * cg:(g + 1) * cg],
-                                                     w[g * ng:(g + 1) * ng, :, ky, kx])
-    return out
-
-
-def loop_conv(x, w, *, stride_x, stride_y, pad, dilation, groups, out_h, out_w):
-    """The same convolution as plain loops over every output value (to check ref_conv on tiny sizes)."""
-    b, c, h, wd = x.shape
-    n, cg, k, _ = w.shape
-    out = np.zeros((b, n, out_h, out_w))
-    for bi, o, oy, ox in itertools.product(range(b), range(n), range(out_h), range(out_w)):
-        g = o // (n // groups)
-        s = 0.0
-        for ci, ky, kx in itertools.product(range(cg), range(k), range(k)):
-            yy = oy * stride_y - pad * dilation + ky * dilation
-            xx = ox * stride_x - pad * dilation + kx * dilation
-            if 0 <= yy < h and 0 <= xx < wd:
-                s += float(w[o, ci, ky, kx]) * float(x[bi, g * cg + ci, yy, xx])
-        out[bi, o, oy, ox] = s
-    return out
-
-
-def ref_connected(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Darknet's connected layer in float64: x (B, inputs), w (outputs, inputs) -> x @ w.T."""
-    return np.asarray(x, dtype=np.float64) @ np.asarray(w, dtype=np.float64).T
-
-
-def binarize_weights(w: np.ndarray) -> np.ndarray:
-    """Darknet's binarize_weights: per filter, mean |w| with w's sign (w > 0), in float64."""
-    w = np.asarray(w, dtype=np.float64)
-    mean = np.abs(w.reshape(w.shape[0], -1)).mean(axis=1).reshape((-1,) + (1,) * (w.ndim - 1))
-    return np.where(w > 0, mean, -mean)
-
-
-# ================================================================================================
-# Helpers
-
-def geometry(lyr) -> dict:
-    return dict(stride_x=lyr.stride_x or lyr.stride, stride_y=lyr.stride_y or lyr.stride, pad=lyr.pad,
-                dilation=lyr.dilation or 1, groups=lyr.groups)
-
-
-def fill_random(net: Network, seed: int, *, rv_zero: float = 0.0) -> None:
-    """Random parameters in every array of the network that its fork's .weights file holds (rolling
-    variances >= 0, some exactly 0 with probability rv_zero; scales of both signs)."""
-    rng = np.random.default_rng(seed)
-    for lyr in net.layers:
-        if lyr.extras.get("share_index") is not None:
-            continue
-        for host in [lyr] + list(lyr.parts.values()):
-            for name in host.array_names():
-                shape = host.array_shape(name)
-                if name == "biases" and lyr.type == "batchnorm" and net.fork == "pjreddie":
-                    continue  # not in pjreddie's files: always 0 (calloc) in its Darknet
-                if name == "rolling_variance":
-                    a = rng.uniform(0.05, 3.0, shape) * (rng.random(shape) >= rv_zero)
-                elif name == "scales":
-                    a = rng.uniform(0.3, 2.0, shape) * rng.choice([-1, 1], shape, p=[0.2, 0.8])
-                elif name == "rolling_mean":
-                    a = rng.normal(0, 2.0, shape)
-                else:
-                    a = rng.normal(0, 1.0, shape)
-                host.arrays[name] = a.astype(np.float32)
-
-
-def snapshot(net: Network) -> list:
-    out = []
-    for lyr in net.layers:
-        out.append((lyr.index, lyr.type, lyr.batch_normalize))
-        for pname, host in [(None, lyr)] + list(lyr.parts.items()):
-            for name in sorted(host.arrays):
-                out.append((lyr.index, pname, name, host.arrays[name].tobytes()))
-    return out
-
-
-def bn_params(host) -> dict:
-    return {k: host.array(k) for k in BN_NAMES}
-
-
-def chains(net: Network, report: FoldReport) -> dict:
-    """(original index of the absorbing layer, part) -> [BN param dicts in order], from the report."""
-    out: dict = {}
-    for f in report.folded:
-        lyr = net.layers[f.index]
-        if f.type == "batchnorm":
-            out.setdefault((f.into, None), {"own": None, "after": []})["after"].append(bn_params(lyr))
-        elif f.into == f.index:
-            host = lyr.parts[f.part] if f.part else lyr
-            out.setdefault((f.index, f.part), {"own": None, "after": []})["own"] = bn_params(host)
-    return out
-
-
-def check_folded_layer(net: Network, folded: Network, report: FoldReport, flavor: str, key: tuple, chain: dict,
-                       rng: np.random.Generator, *, batch: int = 2, max_hw: int | None = None,
-                       binary: bool = False) -> None:
-    """The original layer -> BN(s) equals the folded layer on random inputs (float64 references)."""
-    index, part = key
-    lyr = net.layers[index]
-    host = lyr.parts[part] if part else lyr
-    new = folded.layers[report.index_map[index]]
-    nhost = new.parts[part] if part else new
-    assert nhost.batch_normalize == 0 and not any(k in nhost.arrays for k in ("scales", "rolling_mean"))
-    w0, b0 = host.array("weights"), host.array("biases")
-    w1, b1 = nhost.array("weights"), nhost.array("biases")
-    assert w1.dtype == np.float32 and b1.dtype == np.float32 and w1.shape == w0.shape
-    kind = "conv" if host.type == "convolutional" else "connected"
-    if kind == "conv":
-        g = geometry(host)
-        h, w = host.h, host.w
-        oh, ow = host.out_h, host.out_w
-        if max_hw is not None and (h > max_hw or w > max_hw):  # the same layer on a smaller image
-            h, w = min(h, max_hw), min(w, max_hw)
-            oh = (h + 2 * g["pad"] - host.size) // g["stride_y"] + 1
-            ow = (w + 2 * g["pad"] - host.size) // g["stride_x"] + 1
-        x = rng.normal(0, 1, (batch, host.c, h, w)) * rng.uniform(0.5, 2, (1, host.c, 1, 1)) \
-            + rng.uniform(-1, 1, (1, host.c, 1, 1))
-        x = x.astype(np.float32).astype(np.float64)
-        if binary:
-            x = np.where(x > 0, 1.0, -1.0)
-        run = lambda xx, ww: ref_conv(xx, ww, out_h=oh, out_w=ow, **g)  # noqa: E731
-        bshape = (1, -1, 1, 1)
-    else:
-        x = (rng.normal(0, 1, (batch, host.inputs)) + rng.uniform(-1, 1, (1, host.inputs))).astype(np.float32)
-        x = x.astype(np.float64)
-        run = ref_connected
-        bshape = (1, -1)
-    wa, wb = (binarize_weights(w0), binarize_weights(w1)) if binary else (w0, w1)
-    # reference: the layer, then its own BN (whose biases are the layer's) or its biases, then the [batchnorm]s
-    z = run(x, wa)
-    mag = run(np.abs(x), np.abs(wa))
-    if chain["own"] is not None:
-        z, mag = ref_bn(z, chain["own"], flavor), ref_bn_abs(mag, chain["own"], flavor)
-    else:
-        z = z + np.asarray(b0, dtype=np.float64).reshape(bshape)
-        mag = mag + np.abs(np.asarray(b0, dtype=np.float64)).reshape(bshape)
-    for p in chain["after"]:
-        z, mag = ref_bn(z, p, flavor), ref_bn_abs(mag, p, flavor)
-    y = run(x, wb) + np.asarray(b1, dtype=np.float64).reshape(bshape)
-    name = f"{net.name} layer {index}{'.' + part if part else ''} ({flavor})"
-    # the issue's criterion: within 1e-5 of the output's scale
-    assert_close(y, z, rtol=1e-5, name=name)
-    if not binary:
-        # and elementwise: only the float32 rounding of w' and b' (|dw'| <= u|w'|, |db'| <= u|b'|), plus
-        # float64 noise of both computations
-        bound = F32_UNIT * 1.0001 * (run(np.abs(x), np.abs(w1)) + np.abs(np.asarray(b1, np.float64)).reshape(bshape))
-        bound += 1e-12 * (mag + np.abs(z))
-        err = np.abs(y - z)
-        worst = np.unravel_index(np.argmax(err - bound), err.shape)
-        assert np.all(err <= bound), f"{name}: error {err[worst]:.3g} > float32 rounding bound {bound[worst]:.3g}"
-
-
-def check_fold(net: Network, folded: Network, report: FoldReport, flavor: str, seed: int = 0, **kw) -> int:
-    """Every folded layer against the references; every other array unchanged. Returns the layers checked."""
-    rng = np.random.default_rng(seed)
-    ch = chains(net, report)
-    for key, chain in ch.items():
-        lyr = net.layers[key[0]]
-        binary = lyr.type == "convolutional" and any(
-            net.cfg.sections[key[0]].get_int(k, 0) for k in ("xnor", "binary"))
-        check_folded_layer(net, folded, report, flavor, key, chain, rng, binary=binary, **kw)
-    # the arrays of layers not folded are the original's, bit for bit; BN flags as before
-    touched = {k[0] for k in ch}
-    for lyr in net.layers:
-        if lyr.index in report.removed:
-            continue
-        new = folded.layers[report.index_map[lyr.index]]
-        assert new.type == lyr.type
-        if lyr.index in touched or lyr.extras.get("share_index") is not None:
-            continue
-        assert new.batch_normalize == (0 if any(f.index == lyr.index for f in report.folded) else lyr.batch_normalize)
-        for pname, host in [(None, lyr)] + list(lyr.parts.items()):
-            nhost = new.parts[pname] if pname else new
-            for name in nhost.array_names():
-                if name in host.arrays:
-                    assert np.array_equal(nhost.array(name).view(np.uint32), host.arrays[name].view(np.uint32)), \
-                        (lyr.index, pname, name)
-    return len(ch)
 
 
 def check_structure(net: Network, folded: Network, report: FoldReport) -> None:
@@ -848,20 +641,7 @@ def test_summary_text():
 # ================================================================================================
 # darknet-bn fold
 
-def _parser() -> argparse.ArgumentParser:
-    from darknet_bn import cli
-    p = cli.build_parser()
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    if "fold" not in sub.choices:
-        add_fold_parser(sub)
-    return p
-
-
-def run(argv, capsys):
-    args = _parser().parse_args([str(a) for a in argv])
-    code = args.func(args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_cli
 
 
 def test_cli_folds_and_writes(tmp_path, capsys):
@@ -941,7 +721,7 @@ def test_cli_errors(what, tmp_path, capsys):
 
 def test_cli_usage(capsys):
     with pytest.raises(SystemExit) as e:
-        _parser().parse_args(["fold", "a.cfg", "b.weights", "--out-cfg", "x.cfg"])
+        cli.build_parser().parse_args(["fold", "a.cfg", "b.weights", "--out-cfg", "x.cfg"])
     assert e.value.code == 2
     assert "--out-weights" in capsys.readouterr().err
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
+from helpers import DATA
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import reference as ref
-from conftest import DATA
-from darknet_bn import DarknetCfgError, DarknetWeightsError, kernels as K, load_network, make_batchnorm_layer
+from darknet_bn import DarknetCfgError, DarknetWeightsError, load_network, make_batchnorm_layer
+from darknet_bn import kernels as K
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -253,15 +254,15 @@ def test_bit_flipped_and_truncated_weights(i, seed, mode, tmp_path_factory):
 # elements). Outcome: the right answer (float64 reference) or TypeError/ValueError -- and the test
 # predicts which --, never a crash; no byte changes but those of the arrays the call writes.
 
+from helpers import assert_close, available_isas  # noqa: E402
+
 from darknet_bn import ACTIVATIONS, Layer  # noqa: E402
-from darknet_bn._capi import lib  # noqa: E402
-from conftest import assert_close  # noqa: E402
 
 ODD_SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
 BIG_SETTINGS = settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck))
 GUARD = 64
 PATTERN = 0xA5                                  # guard bytes: 0xA5A5A5A5 is a float32 of -2.9e-16
-ISAS = [n for n, v in K.ISAS.items() if v <= lib.dbn_isa_available()]
+ISAS = available_isas()
 VALID = ["plain", "offset4", "read_only"]       # read_only: valid where the call only reads
 COPYABLE = ["misaligned", "big_endian", "fortran", "strided", "reversed"]   # float32, but not C's float*
 SWAPPED = np.dtype(np.float32).newbyteorder("S")
@@ -482,7 +483,7 @@ def test_kernel_odd_memory(name, data):
 
 # ---- the layer: forward (train/infer, activation, renorm), backward, update; and SyncLayer ----
 
-from test_activation import act64  # noqa: E402  (Darknet's activations in float64)
+from reference import act64  # noqa: E402  (Darknet's activations in float64)
 
 FIELDS = ("output", "delta", "scales", "biases", "scale_updates", "bias_updates", "mean", "variance",
           "rolling_mean", "rolling_variance", "mean_delta", "variance_delta", "r", "d")
@@ -800,8 +801,8 @@ def test_sync_layer_failed_forward_keeps_x():
 
 # ---- folding: a network whose arrays are odd ----
 
-from test_fold import CASES, check_fold, fill_random  # noqa: E402  (float64 references of folding)
-from darknet_bn.fold import fold_network  # noqa: E402
+from darknet_bn.darknet import fold_network  # noqa: E402
+from helpers import CASES, check_fold, fill_random  # noqa: E402  (float64 references of folding)
 
 FOLD_LAYOUTS = ["plain", "offset4", "read_only", "misaligned", "big_endian", "fortran", "strided", "reversed"]
 

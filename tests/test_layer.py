@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
+from helpers import SHAPES, assert_close, make_data
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import reference as ref
-from conftest import SHAPES, assert_close, make_data
 import darknet_bn
 from darknet_bn import Flavor, make_batchnorm_layer, torch_flavor
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA
 
-from conftest import DATA
 from darknet_bn import Layer
 from darknet_bn.darknet import BNLayer, DarknetCfgError, DarknetCfgWarning, Network, detect_fork, load_network
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_data
 
-from conftest import make_data
 from darknet_bn import kernels as K
 from darknet_bn import make_batchnorm_layer
 from darknet_bn._capi import ffi, lib

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import reference as ref
-from conftest import SHAPES, assert_close, make_data
+from helpers import SHAPES, assert_close, make_data
+
 from darknet_bn import make_batchnorm_layer
 
 FLAVOR_NAMES = ["pjreddie", "alexeyab", "torch"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import SHAPES, assert_close, make_data
 
-from conftest import SHAPES, assert_close, make_data
 from darknet_bn import make_batchnorm_layer
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'darknet_bn[torch]')")

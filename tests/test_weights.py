@@ -10,12 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import DATA
-from darknet_bn.darknet import (ArraySpec, DarknetWeightsError, WeightsHeader, load_network, read_weights, seen_bytes,
-                                write_weights)
+from darknet_bn.darknet import (
+    ArraySpec,
+    DarknetWeightsError,
+    WeightsHeader,
+    load_network,
+    read_weights,
+    seen_bytes,
+    write_weights,
+)
 
 WEIGHTS = DATA / "expected" / "weights"
 CASES = [(fork, d) for fork in ("pjreddie", "alexeyab") for d in sorted((WEIGHTS / fork).iterdir())]

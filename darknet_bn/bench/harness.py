@@ -107,7 +107,7 @@ def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None
     passes = tuple(passes)
     threads = get_num_threads()
     n_rows = len(shapes) * len(passes)
-    results = []
+    results: list[Result] = []
     start = time.perf_counter()
     setup_total = 0.0
     for i_shape, shape in enumerate(shapes):
@@ -122,7 +122,8 @@ def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None
         setup_s["ours"] = time.perf_counter() - t0
         errors: dict = {}
         not_timed: dict = {}   # peer -> {pass: reason} (pass "*": every pass)
-        ref = None
+        ref: dict | None = None
+        scratch: np.ndarray | None = None
         for name in peers:
             t0 = time.perf_counter()
             try:
@@ -136,6 +137,7 @@ def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None
                 t0 = time.perf_counter()
                 if ref is None:
                     ref, scratch = reference_outputs(s, peer_passes(passes)), np.empty_like(x)
+                assert scratch is not None
                 errors[name], not_timed[name] = check_peer(impl, ref, passes, scratch)
                 setup_s[name + " check"] = time.perf_counter() - t0
         ref = scratch = None
@@ -161,11 +163,11 @@ def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None
                     r.not_timed[name] = why
             est: dict[str, tuple[int, float]] = {}
             # the state each pass is called in (e.g. the backward after a training forward)
-            for impl, q in entries.values():
-                prep = impls[impl].prepare.get(q)
+            for owner, q in entries.values():
+                prep = impls[owner].prepare.get(q)
                 if prep is not None:
                     prep()
-            call = {name: impls[impl].calls[q] for name, (impl, q) in entries.items()}
+            call = {name: impls[owner].calls[q] for name, (owner, q) in entries.items()}
             samples: dict[str, list[float]] = {name: [] for name in call}
             reps: dict[str, int] = {}
             bw = []
@@ -201,9 +203,9 @@ def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None
             r.setup_s, setup_s = setup_s, {}   # the shape's setup, on its first row
             r.rounds_s = time.perf_counter() - t0
             for name, ts in samples.items():
-                q = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
+                qs = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3
                 r.median_ms[name] = statistics.median(ts) * 1e3
-                r.q1_ms[name], r.q3_ms[name] = q[0] * 1e3, q[2] * 1e3
+                r.q1_ms[name], r.q3_ms[name] = qs[0] * 1e3, qs[2] * 1e3
             results.append(r)
         del impls, call
     return results

@@ -34,6 +34,7 @@ def cpu_info() -> dict:
             model = line.split(":", 1)[1].strip()
             break
     model = model or platform.processor() or None
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

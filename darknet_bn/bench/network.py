@@ -7,9 +7,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._capi import set_num_threads
 from ..darknet import BNLayer, Network, load_network
+from ..darknet.cfg import CfgFile, CfgSource
 from .cases import PASSES
 from .harness import Result, run
 from .peers import PEERS
@@ -44,7 +46,7 @@ class CfgBench:
         return sum(self.layer_ms(bn, pass_, impl) for bn in self.timed)
 
 
-def bench_cfg(cfg: str, *, batch: int = 1, flavor: str | None = None, weights: str | None = None,
+def bench_cfg(cfg: CfgSource | CfgFile, *, batch: int = 1, flavor: str | None = None, weights: str | None = None,
               threads: int | None = None, repeat: int | None = None, peers: Sequence[str] = (),
               passes: Sequence[str] | None = None, progress: Callable[[int], None] | None = None,
               fork: str | None = None) -> CfgBench:
@@ -84,7 +86,7 @@ def bench_cfg(cfg: str, *, batch: int = 1, flavor: str | None = None, weights: s
         set_num_threads(threads)
     shapes = list(dict.fromkeys(bn.shape for bn in timed))
     passes = tuple(passes) if passes is not None else tuple(PASSES)
-    kw = {} if passes == tuple(PASSES) else {"passes": passes}
+    kw: dict[str, Any] = {} if passes == tuple(PASSES) else {"passes": passes}
     results = run(shapes, list(peers), rounds=repeat, flavor=flavor, progress=progress, **kw)
     out = CfgBench(net, list(peers), passes, results, timed=timed,
                    skipped=[bn for bn in net.bn_layers if bn not in timed])

@@ -25,7 +25,8 @@ timed in that row.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,19 @@ DEFAULT_PEERS = ("torch", "torch-out", "ort", "openvino", "jax")
 # The implementations. Each maker gets the shape's Setup and returns an Impl: one callable per pass it
 # offers (one call as its users make it), a callable per pass that runs it once and returns its output
 # as numpy (for the check against ours), and the untimed preparation a pass needs.
+
+
+def _numpy_of(f: Callable[[], Any]) -> Callable[[], np.ndarray]:
+    """A call of f whose result (a torch tensor) is returned as numpy (no copy)."""
+    return lambda: f().numpy()
+
+
+def _run_then(f: Callable[[], None], state: dict, key: str) -> Callable[[], np.ndarray]:
+    """A call of f, then ``state[key]`` as numpy."""
+    def run() -> np.ndarray:
+        f()
+        return np.asarray(state[key])
+    return run
 
 
 def _ours(s: Setup) -> Impl:
@@ -87,7 +101,7 @@ def _ours(s: Setup) -> Impl:
     return Impl(calls, prepare=prepare)
 
 
-def reference_outputs(s: Setup, passes: Sequence[str]) -> dict:
+def reference_outputs(s: Setup, passes: Collection[str]) -> dict:
     """Ours, once per pass, on the peers' math (a torch-flavored Layer) with the shared parameters:
     the outputs each peer's output is checked against (pass -> (output, its max |value|)). The
     backward follows a training forward."""
@@ -217,7 +231,7 @@ def _torch(s: Setup) -> Impl:
         return torch.autograd.grad(y, (xg, wt, bt), go, retain_graph=True)
 
     calls = {"train": train, "infer": infer, "infer+leaky": infer_leaky, "backward": backward}
-    outputs = {p: (lambda f=f: f().numpy()) for p, f in calls.items() if p != "backward"}
+    outputs = {p: _numpy_of(f) for p, f in calls.items() if p != "backward"}
     outputs["backward"] = lambda: backward()[0].numpy()
     return Impl(calls, outputs, version=torch.__version__)
 
@@ -366,7 +380,8 @@ def _jax(s: Setup) -> Impl:
         return jax.jit(f, donate_argnums=donate, keep_unused=True).lower(*args).compile()
 
     state = {"y": jnp.zeros(s.shape, jnp.float32), "rm": jnp.array(rm), "rv": jnp.array(rv)}
-    calls, outputs = {}, {}
+    calls: dict[str, Callable[[], None]] = {}
+    outputs: dict[str, Callable[[], np.ndarray]] = {}
     want = peer_passes(s.passes)
     if "train" in want:
         ft = compiled(train, (x, g, beta, state["rm"], state["rv"], state["y"]), (3, 4, 5))
@@ -394,9 +409,8 @@ def _jax(s: Setup) -> Impl:
             state["dx"] = fb(vjp_fn, dy, state["dx"])[0]
             state["dx"].block_until_ready()
         calls["backward"] = call_backward
-    for p, f in calls.items():
-        key = "dx" if p == "backward" else "y"
-        outputs[p] = lambda f=f, key=key: (f(), np.asarray(state[key]))[1]
+    for p, call in calls.items():
+        outputs[p] = _run_then(call, state, "dx" if p == "backward" else "y")
     return Impl(calls, outputs, version=jax.__version__)
 
 

@@ -48,10 +48,10 @@ def format_table(results: list[Result], peers: Sequence[str]) -> str:
     for p, base in OURS_BASELINE.items():
         extra = [(r.ours_ms / r.median_ms[base], r.shape) for r in results if r.pass_ == p and base in r.median_ms]
         if extra:
-            worst = max(extra)
+            highest = max(extra)
             lines.append(f"ours, {p} / {base.split(':')[1]}, timed in the same rounds: geometric mean "
-                         f"{geomean([f for f, _ in extra]):.2f}, highest {worst[0]:.2f} "
-                         f"({'x'.join(map(str, worst[1]))})")
+                         f"{geomean([f for f, _ in extra]):.2f}, highest {highest[0]:.2f} "
+                         f"({'x'.join(map(str, highest[1]))})")
     lines.extend(check_notes(results, peers))
     return "\n".join(lines)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..darknet import DarknetCfgError, DarknetCfgWarning, DarknetWeightsError, Network, load_network
 from ..flavors import FLAVORS
@@ -107,8 +107,7 @@ def bench_options(args: argparse.Namespace) -> tuple[list[str], list[str], int]:
     if budget is not None and not budget > 0:
         raise ValueError(f"--budget: expected seconds > 0, got {budget}")
     compare = getattr(args, "compare", None)
-    default = compare is None
-    peers = list(bench.DEFAULT_PEERS) if default else [p for p in (s.strip() for s in compare.split(",")) if p]
+    peers = list(bench.DEFAULT_PEERS) if compare is None else [p for p in (s.strip() for s in compare.split(",")) if p]
     unknown = [p for p in peers if p not in bench.PEERS]
     if unknown:
         raise ValueError(f"--compare: unknown peer(s) {', '.join(unknown)}; choose from {', '.join(bench.PEERS)}")
@@ -127,7 +126,7 @@ def bench_options(args: argparse.Namespace) -> tuple[list[str], list[str], int]:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ValueError("--plot needs matplotlib (pip install matplotlib)") from None
-    torch = None
+    torch: Any = None
     if any(p in ("torch", "torch-out") for p in peers):
         import torch  # before the other peers' libraries (one libgomp for torch and darknet_bn)
     if args.threads is not None:

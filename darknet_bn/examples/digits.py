@@ -298,6 +298,7 @@ class MLP:
                 self.bias_updates[i] += db
             if i == 0:
                 break
+            assert dx is not None   # need_dx for i > 0
             delta = relu_backward(dx, cache.a[i - 1])
             if self.use_bn:
                 layer = self.bn[i - 1]
@@ -459,6 +460,7 @@ def run_demo(config: DemoConfig | None = None, data: tuple[np.ndarray, ...] | No
         runs[use_bn] = train_run(x_train, y_train, x_val, y_val, use_bn=use_bn, weights=weights, orders=orders,
                                  config=config, on_step=step)
     bn_model = runs[True].model
+    assert bn_model is not None   # set by train_run
     tm_loss, tm_acc = evaluate_train_mode(bn_model, x_val, y_val, config.train_mode_batch)
     last = runs[True].epochs[-1]
     train_mode = {"batch": config.train_mode_batch, "val_loss": tm_loss, "val_accuracy": tm_acc,

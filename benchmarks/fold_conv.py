@@ -10,7 +10,7 @@ import statistics, sys, time
 import torch
 import darknet_bn
 from darknet_bn import kernels
-from darknet_bn.network import load_network
+from darknet_bn.darknet import load_network
 
 torch.set_num_threads(1)
 kernels.set_num_threads(1)

@@ -6,13 +6,25 @@
 - :func:`load_network`: a Darknet .cfg (and .weights) -> layers with Darknet's sizes, BN layers as Layers.
 """
 
-from .cfg import DarknetCfgError, DarknetCfgWarning, detect_fork, parse_cfg
+from .darknet import (
+    BNLayer,
+    DarknetCfgError,
+    DarknetCfgWarning,
+    DarknetLayer,
+    DarknetWeightsError,
+    FoldReport,
+    Network,
+    WeightsHeader,
+    detect_fork,
+    fold_files,
+    fold_network,
+    load_network,
+    parse_cfg,
+    save_folded,
+)
 from .flavors import FLAVORS, Flavor, get_flavor, torch_flavor
-from .fold import FoldReport, fold_files, fold_network, save_folded
 from .kernels import get_num_threads, has_openmp, set_num_threads
 from .layer import ACTIVATIONS, Layer, make_batchnorm_layer
-from .network import BNLayer, DarknetLayer, Network, load_network
-from .weights import DarknetWeightsError, WeightsHeader
 
 __version__ = "0.1.0"
 

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from darknet_bn.cli_files import add_bench_cfg_arguments, add_layers_parser
     from darknet_bn.demo import add_demo_parser
-    from darknet_bn.fold import add_fold_parser
+    from darknet_bn.cli_fold import add_fold_parser
     add_bench_cfg_arguments(b)      # bench --cfg CFG [--weights W] [--batch B]: every BN layer of a network
     add_layers_parser(sub)          # layers CFG [--weights W] [--flavor F]
     add_fold_parser(sub)            # fold CFG WEIGHTS --out-cfg F --out-weights G [--flavor F]

@@ -9,7 +9,7 @@
   network (each distinct shape once, with :func:`darknet_bn.bench.run`), per layer and in total.
 
 Whose rules read the cfg: ``--fork`` if given, else ``--flavor``'s fork if given, else the fork detected
-from the cfg (:func:`darknet_bn.cfg.detect_fork`).
+from the cfg (:func:`darknet_bn.darknet.detect_fork`).
 
 A missing file, a bad cfg or a weights file that does not match prints one line on stderr and returns
 exit code 2. The functions here are wired into ``darknet_bn.cli`` (see :func:`add_layers_parser`,
@@ -27,9 +27,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .cfg import FORKS, DarknetCfgError, DarknetCfgWarning
-from .network import BNLayer, DarknetLayer, Network, load_network
-from .weights import DarknetWeightsError
+from .darknet import (FORKS, BNLayer, DarknetCfgError, DarknetCfgWarning, DarknetLayer, DarknetWeightsError, Network,
+                      load_network)
 
 __all__ = ["add_layers_parser", "cmd_layers", "format_layers", "add_bench_cfg_arguments", "cmd_bench_cfg",
            "bench_cfg", "format_bench_cfg", "CfgBench", "load_or_error"]
@@ -45,7 +44,7 @@ def _error(message: str) -> int:
 
 def load_or_error(cfg: str, weights: str | None, batch: int | None, flavor: str | None,
                   allow_trailing: bool = False, fork: str | None = None) -> Network | int:
-    """:func:`~darknet_bn.network.load_network`, or the exit code 2 after one line on stderr when a file
+    """:func:`~darknet_bn.darknet.load_network`, or the exit code 2 after one line on stderr when a file
     is missing or unreadable, the cfg is bad or the weights do not match. The ignored keys are not
     emitted as Python warnings here (the commands print them as lines)."""
     try:
@@ -231,7 +230,7 @@ def bench_cfg(cfg: str, *, batch: int = 1, flavor: str | None = None, weights: s
             rules read the cfg when ``fork`` is not (``"torch"``, ``"alexeyab"`` -> AlexeyAB's,
             ``"pjreddie"`` -> pjreddie's).
         fork: whose rules read the cfg; with neither ``fork`` nor ``flavor`` they are detected from the
-            cfg (:func:`darknet_bn.cfg.detect_fork`).
+            cfg (:func:`darknet_bn.darknet.detect_fork`).
         threads: darknet_bn's threads (``None``: unchanged); repeat: rounds per shape and pass
             (``None``: bench's default by size); peers: among ``darknet_bn.bench.PEERS``; passes:
             default ``darknet_bn.bench.PASSES``.
@@ -240,7 +239,7 @@ def bench_cfg(cfg: str, *, batch: int = 1, flavor: str | None = None, weights: s
         A :class:`CfgBench`. Each distinct (batch, c, h, w) is timed once.
 
     Raises:
-        DarknetCfgError, DarknetWeightsError, OSError: as :func:`~darknet_bn.network.load_network`;
+        DarknetCfgError, DarknetWeightsError, OSError: as :func:`~darknet_bn.darknet.load_network`;
         ValueError: a network without BN layers, an unknown peer.
     """
     from . import bench, kernels

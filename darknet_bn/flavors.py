@@ -49,6 +49,9 @@ class Flavor:
         bwd_eps, bwd_eps_in_sqrt: the denominator of the backward's direct term.
         stat_eps: the eps of ``mean_delta`` and ``variance_delta``, ``sqrt(var + stat_eps)``.
         init_rolling_variance: the rolling variance of a new layer (Darknet: 0, PyTorch: 1).
+        fork: the Darknet fork whose file rules (cfg, .weights) a network of this flavor follows:
+            ``"pjreddie"`` or ``"alexeyab"`` (the default: PyTorch models are converted from AlexeyAB's
+            Darknet, so ``torch`` flavors follow it too).
     """
 
     name: str
@@ -60,6 +63,7 @@ class Flavor:
     bwd_eps_in_sqrt: bool
     stat_eps: float
     init_rolling_variance: float = 0.0
+    fork: str = "alexeyab"
 
     def __post_init__(self) -> None:
         for field in ("momentum", "eps", "bwd_eps", "stat_eps", "init_rolling_variance"):
@@ -68,6 +72,8 @@ class Flavor:
                 raise ValueError(f"Flavor.{field}: expected a finite number >= 0, got {v!r}")
         if self.momentum > 1:
             raise ValueError(f"Flavor.momentum: expected a number in [0, 1], got {self.momentum!r}")
+        if self.fork not in ("pjreddie", "alexeyab"):
+            raise ValueError(f"Flavor.fork: expected 'pjreddie' or 'alexeyab', got {self.fork!r}")
 
     @property
     def exact_gradient(self) -> bool:
@@ -77,16 +83,16 @@ class Flavor:
 
 
 PJREDDIE = Flavor("pjreddie", momentum=_f32(0.01), eps=_f32(1e-6), eps_in_sqrt=False, unbiased=True,
-                  bwd_eps=_f32(1e-5), bwd_eps_in_sqrt=True, stat_eps=_f32(1e-5))
+                  bwd_eps=_f32(1e-5), bwd_eps_in_sqrt=True, stat_eps=_f32(1e-5), fork="pjreddie")
 ALEXEYAB = Flavor("alexeyab", momentum=_f32(0.1), eps=_f32(1e-5), eps_in_sqrt=True, unbiased=True,
-                  bwd_eps=_f32(1e-5), bwd_eps_in_sqrt=False, stat_eps=_f32(1e-5))
+                  bwd_eps=_f32(1e-5), bwd_eps_in_sqrt=False, stat_eps=_f32(1e-5), fork="alexeyab")
 
 
 def torch_flavor(eps: float = 1e-5, momentum: float = 0.1) -> Flavor:
     """PyTorch's BatchNorm semantics with its ``eps`` and ``momentum`` (defaults as PyTorch's)."""
     name = "torch" if (eps, momentum) == (1e-5, 0.1) else f"torch(eps={eps!r}, momentum={momentum!r})"
     return Flavor(name, momentum=momentum, eps=eps, eps_in_sqrt=True, unbiased=False,
-                  bwd_eps=eps, bwd_eps_in_sqrt=True, stat_eps=eps, init_rolling_variance=1.0)
+                  bwd_eps=eps, bwd_eps_in_sqrt=True, stat_eps=eps, init_rolling_variance=1.0, fork="alexeyab")
 
 
 FLAVORS: dict[str, Flavor] = {f.name: f for f in (PJREDDIE, ALEXEYAB, torch_flavor())}

@@ -1,4 +1,4 @@
-"""darknet_bn.cfg: Darknet's cfg reading rules (read_cfg, read_option, strip, option_find, atoi), the
+"""darknet_bn.darknet.cfg: Darknet's cfg reading rules (read_cfg, read_option, strip, option_find, atoi), the
 errors where Darknet crashes or misbehaves, warnings, path-or-text, and random text (hypothesis)."""
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import DATA
-from darknet_bn.cfg import (ALEXEYAB_ONLY_KEYS, ALEXEYAB_ONLY_SECTIONS, ALEXEYAB_ONLY_VALUES, CfgFile,
-                            DarknetCfgError, DarknetCfgWarning, c_atof, c_atoi, detect_fork, fork_of, known_keys,
-                            parse_cfg, parse_cfg_file, parse_cfg_text, section_type)
-from darknet_bn.network import load_network
+from darknet_bn.darknet import (ALEXEYAB_ONLY_KEYS, ALEXEYAB_ONLY_SECTIONS, ALEXEYAB_ONLY_VALUES, CfgFile,
+                                DarknetCfgError, DarknetCfgWarning, c_atof, c_atoi, detect_fork, fork_of, known_keys,
+                                load_network, parse_cfg, parse_cfg_file, parse_cfg_text, section_type)
 
 # Loading every shared cfg by each fork's rules reports the keys that fork ignores; the tests that check
 # those warnings catch them with pytest.warns (which sees them regardless of this filter).
-pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.cfg.DarknetCfgWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.DarknetCfgWarning")
 
 
 NET = "[net]\nbatch=1\nwidth=8\nheight=8\nchannels=3\n"
@@ -199,6 +198,20 @@ def test_fork_of():
     assert fork_of(torch_flavor(eps=1e-3)) == "alexeyab"
     with pytest.raises(ValueError):
         fork_of("caffe")
+
+
+def test_flavor_knows_its_fork():
+    from darknet_bn.flavors import FLAVORS, Flavor, torch_flavor
+    assert [FLAVORS[n].fork for n in ("pjreddie", "alexeyab", "torch")] == ["pjreddie", "alexeyab", "alexeyab"]
+    assert torch_flavor(eps=1e-3).fork == "alexeyab"
+    base = dict(momentum=0.1, eps=1e-5, eps_in_sqrt=True, unbiased=False, bwd_eps=1e-5, bwd_eps_in_sqrt=True,
+                stat_eps=1e-5)
+    assert Flavor("mine", **base).fork == "alexeyab"  # the default, as fork_of read any other Flavor
+    assert fork_of(Flavor("mine", **base, fork="pjreddie")) == "pjreddie"
+    with pytest.raises(ValueError, match="Flavor.fork"):
+        Flavor("mine", **base, fork="caffe")
+    with pytest.raises(TypeError):
+        fork_of(42)  # type: ignore[arg-type]
 
 
 # -- atoi / atof ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from darknet_bn import cli, cli_files
 
 # Loading every shared cfg by each fork's rules reports the keys that fork ignores; the tests that check
 # those warnings catch them with pytest.warns (which sees them regardless of this filter).
-pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.cfg.DarknetCfgWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.DarknetCfgWarning")
 
 
 PJ_SMALL = DATA / "expected" / "weights" / "pjreddie" / "bn_small"

@@ -1,4 +1,4 @@
-"""darknet_bn.fold: batch normalization folded into convolutional and connected weights.
+"""darknet_bn.darknet.fold: batch normalization folded into convolutional and connected weights.
 
 The proof is numerical and independent of fold.py: a float64 reference convolution (Darknet's
 im2col semantics: stride x/y, padding, dilation, groups; direct per-offset sums) and a reference
@@ -26,16 +26,15 @@ from hypothesis import strategies as st
 
 from conftest import DATA, assert_close
 from darknet_bn import Layer
-from darknet_bn.cfg import DarknetCfgError, DarknetCfgWarning, fork_of
+from darknet_bn.cli_fold import add_fold_parser, cmd_fold
+from darknet_bn.darknet import (DarknetCfgError, DarknetCfgWarning, DarknetWeightsError, FoldedBN, FoldReport, Network,
+                                WeightsHeader, bn_affine, fold_files, fold_network, fork_of, inference_denominator,
+                                load_network, save_folded, seen_bytes)
 from darknet_bn.flavors import torch_flavor
-from darknet_bn.fold import (FoldedBN, FoldReport, add_fold_parser, bn_affine, cmd_fold, fold_files, fold_network,
-                             inference_denominator, save_folded)
-from darknet_bn.network import Network, load_network
-from darknet_bn.weights import DarknetWeightsError, WeightsHeader, seen_bytes
 
 # Loading every shared cfg by each fork's rules reports the keys that fork ignores; the tests that check
 # those warnings catch them with pytest.warns (which sees them regardless of this filter).
-pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.cfg.DarknetCfgWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.DarknetCfgWarning")
 
 
 CASES = Path(__file__).resolve().parent / "data" / "fold_cases"

@@ -1,4 +1,4 @@
-"""darknet_bn.network: the layers each fork builds from a cfg, against the tables the real Darknet printed
+"""darknet_bn.darknet (the builder and the model): the layers each fork builds from a cfg, against the tables the real Darknet printed
 (tests/data/darknet/expected/tables/), every real cfg with both forks' rules, the BN layers, and
 Darknet's crashes turned into DarknetCfgError."""
 
@@ -11,12 +11,11 @@ import pytest
 
 from conftest import DATA
 from darknet_bn import Layer
-from darknet_bn.cfg import DarknetCfgError, DarknetCfgWarning, detect_fork
-from darknet_bn.network import BNLayer, Network, load_network
+from darknet_bn.darknet import BNLayer, DarknetCfgError, DarknetCfgWarning, Network, detect_fork, load_network
 
 # Loading every shared cfg by each fork's rules reports the keys that fork ignores; the tests that check
 # those warnings catch them with pytest.warns (which sees them regardless of this filter).
-pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.cfg.DarknetCfgWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::darknet_bn.DarknetCfgWarning")
 
 
 TABLES = DATA / "expected" / "tables"

@@ -1,4 +1,4 @@
-"""darknet_bn.weights and Network.load_weights/save_weights against the .weights files the real Darknet
+"""darknet_bn.darknet.weights and Network.load_weights/save_weights against the .weights files the real Darknet
 wrote (tests/data/darknet/expected/weights/<fork>/<cfg>/: the file, layout.tsv, arrays/): header, layout,
 arrays, byte-identical round trip; truncated, trailing and corrupted files; the transposed-connected
 header; speed on a 250 MB file."""
@@ -14,8 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import DATA
-from darknet_bn.network import load_network
-from darknet_bn.weights import (ArraySpec, DarknetWeightsError, WeightsHeader, read_weights, seen_bytes,
+from darknet_bn.darknet import (ArraySpec, DarknetWeightsError, WeightsHeader, load_network, read_weights, seen_bytes,
                                 write_weights)
 
 WEIGHTS = DATA / "expected" / "weights"

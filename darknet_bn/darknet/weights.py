@@ -8,7 +8,7 @@ little-endian:
   else 4 bytes. pjreddie's Darknet writes 0.2.0, AlexeyAB's 0.2.5, both with an 8-byte ``seen``.
   ``major > 1000 or minor > 1000`` marks a file whose ``[connected]`` weights are stored transposed.
 - Then float32 arrays, layer after layer, in an order and with counts fixed by the cfg (see
-  :func:`darknet_bn.network.Network.weights_layout`): no names, no sizes, no padding.
+  :func:`darknet_bn.darknet.model.Network.weights_layout`): no names, no sizes, no padding.
 
 This module reads and writes that format given the list of arrays (:class:`ArraySpec`) the network
 expects. Reading is one ``numpy.fromfile`` of the whole file; every array is a view into it (no copy,
@@ -21,13 +21,21 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["DarknetWeightsError", "WeightsHeader", "ArraySpec", "WeightsData", "seen_bytes",
-           "read_weights", "write_weights", "header_size"]
+__all__ = [
+    "DarknetWeightsError",
+    "WeightsHeader",
+    "ArraySpec",
+    "WeightsData",
+    "seen_bytes",
+    "read_weights",
+    "write_weights",
+    "header_size",
+]
 
 _F32 = np.dtype("<f4")
 
@@ -43,8 +51,9 @@ class DarknetWeightsError(ValueError):
         missing: how many bytes are missing (a truncated file), else 0.
     """
 
-    def __init__(self, file: str, problem: str, layer: int | None = None, array: str | None = None,
-                 missing: int = 0) -> None:
+    def __init__(
+        self, file: str, problem: str, layer: int | None = None, array: str | None = None, missing: int = 0
+    ) -> None:
         self.file = file
         self.problem = problem
         self.layer = layer
@@ -93,12 +102,14 @@ class WeightsHeader:
     def __post_init__(self) -> None:
         for name in ("major", "minor", "revision"):
             v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or not -2**31 <= v < 2**31:
+            if not isinstance(v, (int, np.integer)) or not -(2**31) <= v < 2**31:
                 raise ValueError(f"WeightsHeader.{name}: expected a C int, got {v!r}")
         if self.seen_size not in (4, 8):
             raise ValueError(f"WeightsHeader.seen_size: expected 4 or 8, got {self.seen_size!r}")
         if not isinstance(self.seen, (int, np.integer)) or not 0 <= self.seen < 1 << (8 * self.seen_size):
-            raise ValueError(f"WeightsHeader.seen: expected an unsigned {8 * self.seen_size}-bit int, got {self.seen!r}")
+            raise ValueError(
+                f"WeightsHeader.seen: expected an unsigned {8 * self.seen_size}-bit int, got {self.seen!r}"
+            )
 
     @property
     def transpose(self) -> bool:
@@ -115,7 +126,7 @@ class WeightsHeader:
         return head + np.array([self.seen], dtype="<u8" if self.seen_size == 8 else "<u4").tobytes()
 
     @classmethod
-    def for_fork(cls, fork: str, seen: int = 0) -> "WeightsHeader":
+    def for_fork(cls, fork: str, seen: int = 0) -> WeightsHeader:
         """The header the fork's ``save_weights`` writes: pjreddie 0.2.0, AlexeyAB 0.2.5, 8-byte seen."""
         if fork == "pjreddie":
             return cls(0, 2, 0, seen, 8)
@@ -161,8 +172,14 @@ def _read_all(path: str | os.PathLike) -> np.ndarray:
     return np.fromfile(os.fspath(path), dtype=np.uint8)
 
 
-def read_weights(path: str | os.PathLike, layout: Sequence[ArraySpec], *, fork: str,
-                 allow_trailing: bool = False, name: str | None = None) -> WeightsData:
+def read_weights(
+    path: str | os.PathLike,
+    layout: Sequence[ArraySpec],
+    *,
+    fork: str,
+    allow_trailing: bool = False,
+    name: str | None = None,
+) -> WeightsData:
     """Read a ``.weights`` file: its header (``seen`` sized by the fork's rule) and the arrays of
     ``layout``, in order.
 
@@ -185,14 +202,21 @@ def read_weights(path: str | os.PathLike, layout: Sequence[ArraySpec], *, fork: 
     buf = _read_all(path)
     size = int(buf.size)
     if size < 12:
-        raise DarknetWeightsError(fname, f"the header needs at least 12 bytes (major, minor, revision), "
-                                         f"the file has {size}", missing=12 - size)
+        raise DarknetWeightsError(
+            fname,
+            f"the header needs at least 12 bytes (major, minor, revision), the file has {size}",
+            missing=12 - size,
+        )
     major, minor, revision = (int(v) for v in buf[:12].view("<i4"))
     ss = seen_bytes(major, minor, fork)
     if size < 12 + ss:
-        raise DarknetWeightsError(fname, f"the header of version {major}.{minor}.{revision} needs {12 + ss} bytes "
-                                         f"({ss}-byte seen), the file has {size}", missing=12 + ss - size)
-    seen = int(buf[12:12 + ss].view("<u8" if ss == 8 else "<u4")[0])
+        raise DarknetWeightsError(
+            fname,
+            f"the header of version {major}.{minor}.{revision} needs {12 + ss} bytes "
+            f"({ss}-byte seen), the file has {size}",
+            missing=12 + ss - size,
+        )
+    seen = int(buf[12 : 12 + ss].view("<u8" if ss == 8 else "<u4")[0])
     header = WeightsHeader(major, minor, revision, seen, ss)
     offset = 12 + ss
     needed = offset + sum(s.nbytes for s in layout)
@@ -203,10 +227,14 @@ def read_weights(path: str | os.PathLike, layout: Sequence[ArraySpec], *, fork: 
         if end > size:
             left = size - offset
             raise DarknetWeightsError(
-                fname, f"ends early: {spec.describe()} needs {spec.nbytes} bytes at offset {offset}, "
-                       f"{left} left: {spec.nbytes - left} bytes missing (the file has {size} bytes, "
-                       f"the cfg needs {needed}: {needed - size} bytes short)",
-                layer=spec.layer, array=spec.name, missing=needed - size)
+                fname,
+                f"ends early: {spec.describe()} needs {spec.nbytes} bytes at offset {offset}, "
+                f"{left} left: {spec.nbytes - left} bytes missing (the file has {size} bytes, "
+                f"the cfg needs {needed}: {needed - size} bytes short)",
+                layer=spec.layer,
+                array=spec.name,
+                missing=needed - size,
+            )
         a = buf[offset:end].view(_F32)
         arrays[spec.key] = a if native else a.astype(np.float32)
         offset = end
@@ -214,13 +242,14 @@ def read_weights(path: str | os.PathLike, layout: Sequence[ArraySpec], *, fork: 
     if trailing and not allow_trailing:
         last = f" after {layout[-1].describe()}" if layout else " after the header"
         raise DarknetWeightsError(
-            fname, f"{trailing} bytes follow the last array{last} (the cfg needs {offset} bytes, the file has "
-                   f"{size}): these weights do not match this cfg (allow_trailing=True, or --allow-trailing, ignores them)")
+            fname,
+            f"{trailing} bytes follow the last array{last} (the cfg needs {offset} bytes, the file has "
+            f"{size}): these weights do not match this cfg (allow_trailing=True, or --allow-trailing, ignores them)",
+        )
     return WeightsData(header, arrays, size, trailing)
 
 
-def write_weights(path: str | os.PathLike, header: WeightsHeader, layout: Sequence[ArraySpec],
-                  arrays: Mapping) -> int:
+def write_weights(path: str | os.PathLike, header: WeightsHeader, layout: Sequence[ArraySpec], arrays: Mapping) -> int:
     """Write a ``.weights`` file: ``header``, then ``arrays[spec.key]`` for each spec of ``layout``
     as little-endian float32 (each must hold ``spec.count`` values). Returns the bytes written.
 
@@ -238,6 +267,6 @@ def write_weights(path: str | os.PathLike, header: WeightsHeader, layout: Sequen
     with open(os.fspath(path), "wb") as f:
         f.write(header.to_bytes())
         for b in blobs:
-            f.write(memoryview(b).cast("B"))
+            f.write(b.data.cast("B"))
             total += b.nbytes
     return total

@@ -48,19 +48,40 @@ import math
 import os
 import re
 import warnings as _warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Union
+
+from ..flavors import Flavor, get_flavor
 
 __all__ = [
-    "DarknetCfgError", "DarknetCfgWarning", "IgnoredKey", "detect_fork", "ALEXEYAB_ONLY_SECTIONS",
-    "ALEXEYAB_ONLY_KEYS", "ALEXEYAB_ONLY_VALUES", "Option", "Section", "CfgFile", "parse_cfg", "parse_cfg_text", "parse_cfg_file",
-    "FORKS", "fork_of", "section_type", "known_keys", "c_atoi", "c_atof", "INT_MAX", "INT_MIN",
+    "DarknetCfgError",
+    "DarknetCfgWarning",
+    "IgnoredKey",
+    "detect_fork",
+    "ALEXEYAB_ONLY_SECTIONS",
+    "ALEXEYAB_ONLY_KEYS",
+    "ALEXEYAB_ONLY_VALUES",
+    "Option",
+    "Section",
+    "CfgFile",
+    "parse_cfg",
+    "parse_cfg_text",
+    "parse_cfg_file",
+    "FORKS",
+    "fork_of",
+    "section_type",
+    "known_keys",
+    "c_atoi",
+    "c_atof",
+    "INT_MAX",
+    "INT_MIN",
 ]
 
 INT_MAX = 2**31 - 1
-INT_MIN = -2**31
+INT_MIN = -(2**31)
 _LONG_MAX = 2**63 - 1
-_LONG_MIN = -2**63
+_LONG_MIN = -(2**63)
 
 FORKS = ("pjreddie", "alexeyab")
 
@@ -93,8 +114,14 @@ class DarknetCfgWarning(UserWarning):
         (``"[route]"``).
     """
 
-    def __init__(self, message: str, file: str = "<text>", line: int | None = None, key: str | None = None,
-                 section: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        file: str = "<text>",
+        line: int | None = None,
+        key: str | None = None,
+        section: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.file, self.line, self.key, self.section = file, line, key, section
 
@@ -112,20 +139,12 @@ class IgnoredKey:
     message: str
 
 
-def fork_of(flavor: object) -> str:
-    """The Darknet fork whose file rules a flavor follows: ``"pjreddie"`` for the pjreddie flavor (or
-    the fork names themselves), ``"alexeyab"`` for ``"alexeyab"``, ``"torch"`` and any other
-    :class:`~darknet_bn.flavors.Flavor` (PyTorch models are converted from AlexeyAB's Darknet)."""
-    if isinstance(flavor, str):
-        if flavor == "pjreddie":
-            return "pjreddie"
-        if flavor == "alexeyab" or flavor == "torch":
-            return "alexeyab"
-        raise ValueError(f"flavor: expected 'pjreddie', 'alexeyab' or 'torch', got {flavor!r}")
-    name = getattr(flavor, "name", None)
-    if not isinstance(name, str):
-        raise TypeError(f"flavor: expected a str or a Flavor, got {type(flavor).__name__}")
-    return "pjreddie" if name == "pjreddie" else "alexeyab"
+def fork_of(flavor: str | Flavor) -> str:
+    """The Darknet fork whose file rules a flavor follows, :attr:`Flavor.fork
+    <darknet_bn.flavors.Flavor.fork>`: ``"pjreddie"`` for the pjreddie flavor, ``"alexeyab"`` for
+    ``"alexeyab"`` and ``"torch"``. Takes a flavor name or a :class:`~darknet_bn.flavors.Flavor`
+    (ValueError for an unknown name, TypeError for anything else)."""
+    return get_flavor(flavor).fork
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,24 +215,63 @@ def c_atof(text: str) -> tuple[float, bool]:
 # Section types: the header as written -> the fork's layer type (Darknet's LAYER_TYPE, lower-cased)
 
 _COMMON_TYPES = {
-    "[shortcut]": "shortcut", "[crop]": "crop", "[cost]": "cost", "[detection]": "detection",
-    "[region]": "region", "[yolo]": "yolo", "[local]": "local",
-    "[conv]": "convolutional", "[convolutional]": "convolutional", "[activation]": "active",
-    "[net]": "network", "[network]": "network", "[crnn]": "crnn", "[gru]": "gru", "[lstm]": "lstm",
-    "[rnn]": "rnn", "[conn]": "connected", "[connected]": "connected", "[max]": "maxpool",
-    "[maxpool]": "maxpool", "[avg]": "avgpool", "[avgpool]": "avgpool", "[dropout]": "dropout",
-    "[lrn]": "normalization", "[normalization]": "normalization", "[batchnorm]": "batchnorm",
-    "[soft]": "softmax", "[softmax]": "softmax", "[route]": "route", "[upsample]": "upsample",
+    "[shortcut]": "shortcut",
+    "[crop]": "crop",
+    "[cost]": "cost",
+    "[detection]": "detection",
+    "[region]": "region",
+    "[yolo]": "yolo",
+    "[local]": "local",
+    "[conv]": "convolutional",
+    "[convolutional]": "convolutional",
+    "[activation]": "active",
+    "[net]": "network",
+    "[network]": "network",
+    "[crnn]": "crnn",
+    "[gru]": "gru",
+    "[lstm]": "lstm",
+    "[rnn]": "rnn",
+    "[conn]": "connected",
+    "[connected]": "connected",
+    "[max]": "maxpool",
+    "[maxpool]": "maxpool",
+    "[avg]": "avgpool",
+    "[avgpool]": "avgpool",
+    "[dropout]": "dropout",
+    "[lrn]": "normalization",
+    "[normalization]": "normalization",
+    "[batchnorm]": "batchnorm",
+    "[soft]": "softmax",
+    "[softmax]": "softmax",
+    "[route]": "route",
+    "[upsample]": "upsample",
 }
 _SECTION_TYPES = {
-    "pjreddie": {**_COMMON_TYPES, "[iseg]": "iseg", "[deconv]": "deconvolutional",
-                 "[deconvolutional]": "deconvolutional", "[logistic]": "logxent", "[l2norm]": "l2norm",
-                 "[reorg]": "reorg"},
-    "alexeyab": {**_COMMON_TYPES, "[scale_channels]": "scale_channels", "[sam]": "sam",
-                 "[Gaussian_yolo]": "gaussian_yolo", "[conv_lstm]": "conv_lstm", "[history]": "history",
-                 "[local_avg]": "local_avgpool", "[local_avgpool]": "local_avgpool", "[reorg3d]": "reorg",
-                 "[reorg]": "reorg_old", "[contrastive]": "contrastive", "[empty]": "empty",
-                 "[silence]": "empty", "[implicit]": "implicit"},
+    "pjreddie": {
+        **_COMMON_TYPES,
+        "[iseg]": "iseg",
+        "[deconv]": "deconvolutional",
+        "[deconvolutional]": "deconvolutional",
+        "[logistic]": "logxent",
+        "[l2norm]": "l2norm",
+        "[reorg]": "reorg",
+    },
+    "alexeyab": {
+        **_COMMON_TYPES,
+        "[scale_channels]": "scale_channels",
+        "[sam]": "sam",
+        "[Gaussian_yolo]": "gaussian_yolo",
+        "[conv_lstm]": "conv_lstm",
+        "[history]": "history",
+        "[local_avg]": "local_avgpool",
+        "[local_avgpool]": "local_avgpool",
+        "[reorg3d]": "reorg",
+        "[reorg]": "reorg_old",
+        "[contrastive]": "contrastive",
+        "[empty]": "empty",
+        "[silence]": "empty",
+        "[implicit]": "implicit",
+    },
 }
 
 
@@ -227,17 +285,20 @@ def section_type(header: str, fork: str) -> str | None:
 # The keys each fork's parser reads, per layer type (from parse_* in each fork's src/parser.c;
 # keys read only under some conditions, e.g. [net] step= with policy=step, are included).
 
+
 def _keys(text: str) -> frozenset:
     return frozenset(text.split())
 
 
 _PJ_COMMON = _keys("truth onlyforward stopbackward dontsave dontload numload dontloadscales learning_rate smooth")
-_AB_COMMON = _keys("clip onlyforward dont_update burnin_update stopbackward train_only_bn dontload dontloadscales "
-                   "learning_rate")
+_AB_COMMON = _keys(
+    "clip onlyforward dont_update burnin_update stopbackward train_only_bn dontload dontloadscales learning_rate"
+)
 _PJ_NET = _keys(
     "batch subdivisions time_steps learning_rate momentum decay notruth random adam B1 B2 eps height width "
     "channels inputs max_crop min_crop max_ratio min_ratio center clip angle aspect saturation exposure hue "
-    "policy burn_in power step scale steps scales gamma max_batches")
+    "policy burn_in power step scale steps scales gamma max_batches"
+)
 _AB_NET = _keys(
     "max_batches batch learning_rate learning_rate_min sgdr_cycle sgdr_mult momentum decay subdivisions "
     "time_steps track augment_speed sequential_subdivisions try_fix_nan weights_reject_freq equidistant_point "
@@ -246,17 +307,20 @@ _AB_NET = _keys(
     "max_crop min_crop flip blur gaussian_noise mixup cutmix mosaic letter_box mosaic_bound contrastive "
     "contrastive_jit_flip contrastive_color unsupervised label_smooth_eps resize_step attention adversarial_lr "
     "max_chart_loss angle aspect saturation exposure hue power policy burn_in step scale steps scales "
-    "seq_scales gamma show_receptive_field")
+    "seq_scales gamma show_receptive_field"
+)
 _YOLO_AB = _keys(
     "classes num mask max show_details max_delta counters_per_class label_smooth_eps scale_x_y objectness_smooth "
     "new_coords iou_normalizer obj_normalizer cls_normalizer delta_normalizer iou_loss iou_thresh_kind beta_nms "
     "nms_kind jitter resize focal_loss ignore_thresh truth_thresh iou_thresh random track_history_size "
-    "sim_thresh dets_for_track dets_for_show track_ciou_norm embedding_layer map anchors")
+    "sim_thresh dets_for_track dets_for_show track_ciou_norm embedding_layer map anchors"
+)
 _KEYS = {
     "pjreddie": {
         "network": _PJ_NET,
-        "convolutional": _keys("filters size stride pad padding groups activation batch_normalize binary xnor "
-                               "flipped dot"),
+        "convolutional": _keys(
+            "filters size stride pad padding groups activation batch_normalize binary xnor flipped dot"
+        ),
         "deconvolutional": _keys("filters size stride activation batch_normalize pad padding"),
         "local": _keys("filters size stride pad activation"),
         "crnn": _keys("output_filters hidden_filters activation batch_normalize shortcut"),
@@ -267,11 +331,15 @@ _KEYS = {
         "softmax": _keys("groups temperature tree spatial noloss"),
         "yolo": _keys("classes num mask max jitter ignore_thresh truth_thresh random map anchors"),
         "iseg": _keys("classes ids"),
-        "region": _keys("coords classes num log sqrt softmax background max jitter rescore thresh classfix "
-                        "absolute random coord_scale object_scale noobject_scale mask_scale class_scale "
-                        "bias_match tree map anchors"),
-        "detection": _keys("coords classes rescore num side softmax sqrt max coord_scale forced object_scale "
-                           "noobject_scale class_scale jitter random reorg"),
+        "region": _keys(
+            "coords classes num log sqrt softmax background max jitter rescore thresh classfix "
+            "absolute random coord_scale object_scale noobject_scale mask_scale class_scale "
+            "bias_match tree map anchors"
+        ),
+        "detection": _keys(
+            "coords classes rescore num side softmax sqrt max coord_scale forced object_scale "
+            "noobject_scale class_scale jitter random reorg"
+        ),
         "cost": _keys("type scale ratio noobj thresh"),
         "crop": _keys("crop_height crop_width flip angle saturation exposure noadjust shift"),
         "reorg": _keys("stride reverse flatten extra"),
@@ -289,18 +357,21 @@ _KEYS = {
     },
     "alexeyab": {
         "network": _AB_NET,
-        "convolutional": _keys("filters groups size stride_x stride_y stride dilation antialiasing pad padding "
-                               "activation assisted_excitation share_index batch_normalize cbn binary xnor "
-                               "bin_output sway rotate stretch stretch_sway flipped dot angle grad_centr reverse "
-                               "coordconv stream wait_stream"),
+        "convolutional": _keys(
+            "filters groups size stride_x stride_y stride dilation antialiasing pad padding "
+            "activation assisted_excitation share_index batch_normalize cbn binary xnor "
+            "bin_output sway rotate stretch stretch_sway flipped dot angle grad_centr reverse "
+            "coordconv stream wait_stream"
+        ),
         "local": _keys("filters size stride pad activation"),
-        "crnn": _keys("size stride dilation pad padding output hidden groups activation batch_normalize xnor "
-                      "shortcut"),
+        "crnn": _keys("size stride dilation pad padding output hidden groups activation batch_normalize xnor shortcut"),
         "rnn": _keys("output hidden activation batch_normalize logistic shortcut"),
         "gru": _keys("output batch_normalize"),
         "lstm": _keys("output batch_normalize"),
-        "conv_lstm": _keys("size stride dilation pad padding output groups activation batch_normalize xnor "
-                           "peephole bottleneck state_constrain shortcut lstm_activation time_normalizer"),
+        "conv_lstm": _keys(
+            "size stride dilation pad padding output groups activation batch_normalize xnor "
+            "peephole bottleneck state_constrain shortcut lstm_activation time_normalizer"
+        ),
         "history": _keys("history_size"),
         "connected": _keys("output activation batch_normalize"),
         "softmax": _keys("groups temperature tree spatial noloss"),
@@ -310,19 +381,25 @@ _KEYS = {
             "classes max num mask max_delta counters_per_class label_smooth_eps scale_x_y objectness_smooth "
             "uc_normalizer iou_normalizer obj_normalizer cls_normalizer delta_normalizer iou_loss "
             "iou_thresh_kind beta_nms nms_kind yolo_point jitter resize ignore_thresh truth_thresh iou_thresh "
-            "random map anchors"),
-        "region": _keys("coords classes num max log sqrt softmax focal_loss jitter resize rescore thresh classfix "
-                        "absolute random coord_scale object_scale noobject_scale mask_scale class_scale "
-                        "bias_match tree map anchors"),
-        "detection": _keys("coords classes rescore num side softmax sqrt max coord_scale forced object_scale "
-                           "noobject_scale class_scale jitter resize random reorg"),
+            "random map anchors"
+        ),
+        "region": _keys(
+            "coords classes num max log sqrt softmax focal_loss jitter resize rescore thresh classfix "
+            "absolute random coord_scale object_scale noobject_scale mask_scale class_scale "
+            "bias_match tree map anchors"
+        ),
+        "detection": _keys(
+            "coords classes rescore num side softmax sqrt max coord_scale forced object_scale "
+            "noobject_scale class_scale jitter resize random reorg"
+        ),
         "cost": _keys("type scale ratio"),
         "crop": _keys("crop_height crop_width flip angle saturation exposure noadjust shift"),
         "reorg": _keys("stride reverse"),
         "reorg_old": _keys("stride reverse"),
         "local_avgpool": _keys("stride stride_x stride_y size padding"),
-        "maxpool": _keys("stride stride_x stride_y size padding maxpool_depth out_channels antialiasing "
-                         "maxpool_zero_nonmax"),
+        "maxpool": _keys(
+            "stride stride_x stride_y size padding maxpool_depth out_channels antialiasing maxpool_zero_nonmax"
+        ),
         "avgpool": frozenset(),
         "dropout": _keys("probability dropblock dropblock_size_rel dropblock_size_abs"),
         "normalization": _keys("alpha beta kappa size"),
@@ -346,7 +423,6 @@ def known_keys(layer_type: str, fork: str) -> frozenset:
     if layer_type == "network":
         return keys
     return keys | (_PJ_COMMON if fork == "pjreddie" else _AB_COMMON)
-
 
 
 # ------------------------------------------------------------------------------------------------
@@ -379,10 +455,13 @@ def _alexeyab_only_keys() -> dict:
 # group_id=, convolutional stride_x=/dilation=/antialiasing=, the [yolo] loss options, [net] mosaic=, ...).
 ALEXEYAB_ONLY_KEYS: dict = _alexeyab_only_keys()
 
-_PJ_ACTIVATIONS = frozenset("logistic loggy relu elu selu relie plse hardtan lhtan linear ramp leaky tanh stair".split())
+_PJ_ACTIVATIONS = frozenset(
+    "logistic loggy relu elu selu relie plse hardtan lhtan linear ramp leaky tanh stair".split()
+)
 _AB_ACTIVATIONS = _PJ_ACTIVATIONS | frozenset(
     "swish mish hard_mish normalize_channels normalize_channels_softmax normalize_channels_softmax_maxval relu6 gelu "
-    "revleaky".split())
+    "revleaky".split()
+)
 # Values only AlexeyAB's Darknet knows, per key (pjreddie's get_activation falls back to relu and its
 # get_policy to constant, silently changing the network).
 ALEXEYAB_ONLY_VALUES: dict = {
@@ -405,8 +484,11 @@ def _evidence(raw: list) -> list:
         for key, value, line in options:
             if key in only:
                 out.append((line, f"{header} {key}="))
-            elif known and value in ALEXEYAB_ONLY_VALUES.get(key, ()) and \
-                    (key != "policy" or _SECTION_TYPES["pjreddie"][header] == "network"):
+            elif (
+                known
+                and value in ALEXEYAB_ONLY_VALUES.get(key, ())
+                and (key != "policy" or _SECTION_TYPES["pjreddie"][header] == "network")
+            ):
                 out.append((line, f"{header} {key}={value}"))
     return out
 
@@ -416,8 +498,7 @@ def _detect(raw: list) -> tuple[str, str]:
     if ev:
         line, what = ev[0]
         more = f" (and {len(ev) - 1} more)" if len(ev) > 1 else ""
-        return "alexeyab", (f"AlexeyAB's rules, detected: line {line}: {what} is read only by AlexeyAB's "
-                            f"Darknet{more}")
+        return "alexeyab", (f"AlexeyAB's rules, detected: line {line}: {what} is read only by AlexeyAB's Darknet{more}")
     return "pjreddie", ("pjreddie's rules, detected: no section, key or value that only AlexeyAB's Darknet reads")
 
 
@@ -438,8 +519,10 @@ def detect_fork(source: CfgSource) -> tuple[str, str]:
     text, name = _source_text(source)
     return _detect(_raw_sections(text, name))
 
+
 # ------------------------------------------------------------------------------------------------
 # The parsed file
+
 
 @dataclass
 class Option:
@@ -489,11 +572,14 @@ class Section:
             return default
         v, exact = c_atoi(o.value)
         if not INT_MIN <= v <= INT_MAX:
-            raise DarknetCfgError(self.file, o.line, f"{self.header} {key}={o.value}: out of the range of a C int "
-                                                     f"({INT_MIN}..{INT_MAX})")
+            raise DarknetCfgError(
+                self.file, o.line, f"{self.header} {key}={o.value}: out of the range of a C int ({INT_MIN}..{INT_MAX})"
+            )
         if not exact:
-            self.warnings.append(f"{self.file}:{o.line}: {self.header} {key}={o.value!r} is read as {v} "
-                                 "(C atoi ignores what is not an integer)")
+            self.warnings.append(
+                f"{self.file}:{o.line}: {self.header} {key}={o.value!r} is read as {v} "
+                "(C atoi ignores what is not an integer)"
+            )
         return v
 
     def get_float(self, key: str, default: float) -> float:
@@ -503,8 +589,10 @@ class Section:
             return default
         v, exact = c_atof(o.value)
         if not exact:
-            self.warnings.append(f"{self.file}:{o.line}: {self.header} {key}={o.value!r} is read as {v} "
-                                 "(C atof ignores what is not a number)")
+            self.warnings.append(
+                f"{self.file}:{o.line}: {self.header} {key}={o.value!r} is read as {v} "
+                "(C atof ignores what is not a number)"
+            )
         return v
 
     def error(self, problem: str, key: str | None = None) -> DarknetCfgError:
@@ -530,7 +618,6 @@ class CfgFile:
     ignored: list = field(default_factory=list)
 
 
-
 def _lines(text: str) -> Iterator[tuple[int, str]]:
     """(line number, line) as Darknet's fgetl + strip give them."""
     parts = text.split("\n")
@@ -546,7 +633,7 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
 def _raw_sections(text: str, name: str) -> list:
     """read_cfg + read_option, fork-independent: [(header, line, [(key, value, line)...])...]."""
     raw: list = []
-    current = None
+    current: tuple[str, int, list] | None = None
     for no, line in _lines(text):
         if not line or line[0] in "#;":
             continue
@@ -556,15 +643,16 @@ def _raw_sections(text: str, name: str) -> list:
             continue
         eq = line.find("=")
         if current is None:
-            raise DarknetCfgError(name, no, f"{line!r} comes before any section (Darknet crashes on it); "
-                                            "the file must start with [net]")
+            raise DarknetCfgError(
+                name, no, f"{line!r} comes before any section (Darknet crashes on it); the file must start with [net]"
+            )
         if eq < 0:
             raise DarknetCfgError(name, no, f"{current[0]}: line {line!r} has no '=' (expected key=value)")
         if eq == len(line) - 1:
             raise DarknetCfgError(name, no, f"{current[0]}: {line!r} has no value (Darknet drops the line)")
         if eq == 0:
             raise DarknetCfgError(name, no, f"{current[0]}: {line!r} has no key before '='")
-        current[2].append((line[:eq], line[eq + 1:], no))
+        current[2].append((line[:eq], line[eq + 1 :], no))
     if not raw:
         raise DarknetCfgError(name, None, "no sections: a cfg starts with [net] and lists layers after it")
     return raw
@@ -597,7 +685,7 @@ def _source_text(source: CfgSource) -> tuple[str, str]:
     raise TypeError(f"cfg: expected a path, a str or bytes, got {type(source).__name__}")
 
 
-def _choose(raw: list, flavor: object, fork: str | None) -> tuple[str, str]:
+def _choose(raw: list, flavor: str | Flavor | None, fork: str | None) -> tuple[str, str]:
     """The fork whose rules read the file, and why: fork=, else flavor=, else detected."""
     if fork is not None:
         if fork not in FORKS:
@@ -605,13 +693,19 @@ def _choose(raw: list, flavor: object, fork: str | None) -> tuple[str, str]:
         return fork, f"{_FORK_NAMES[fork]} rules, as asked (fork={fork!r})"
     if flavor is not None:
         f = fork_of(flavor)
-        name = flavor if isinstance(flavor, str) else getattr(flavor, "name", "?")
+        name = flavor if isinstance(flavor, str) else flavor.name
         return f, f"{_FORK_NAMES[f]} rules, as asked (flavor {name!r})"
     return _detect(raw)
 
 
-def parse_cfg_text(text: str | bytes, name: str = "<text>", *, flavor: object = None, fork: str | None = None,
-                   warn: bool = True) -> CfgFile:
+def parse_cfg_text(
+    text: str | bytes,
+    name: str = "<text>",
+    *,
+    flavor: str | Flavor | None = None,
+    fork: str | None = None,
+    warn: bool = True,
+) -> CfgFile:
     """Parse cfg text (``str``, or ``bytes`` decoded as Latin-1, byte for byte); ``name`` is used in
     messages.
 
@@ -639,18 +733,25 @@ def parse_cfg_text(text: str | bytes, name: str = "<text>", *, flavor: object = 
             raise DarknetCfgError(name, hline, f"unknown section type {header} for {fname} Darknet{hint}")
         sec = Section(header, ltype, hline, file=name, warnings=warnings)
         keys = known_keys(ltype, fork)
-        other_keys = known_keys(section_type(header, "alexeyab"), "alexeyab") \
-            if fork == "pjreddie" and section_type(header, "alexeyab") else frozenset()
+        other_keys = (
+            known_keys(ab_type, "alexeyab")
+            if fork == "pjreddie" and (ab_type := section_type(header, "alexeyab"))
+            else frozenset()
+        )
         for key, value, line in options:
             first = sec.find(key)
             if first is not None:
-                msg = (f"{name}:{line}: {header} {key}={value} repeats the key of line {first.line}; "
-                       f"Darknet uses the first ({key}={first.value}) and ignores this one")
+                msg = (
+                    f"{name}:{line}: {header} {key}={value} repeats the key of line {first.line}; "
+                    f"Darknet uses the first ({key}={first.value}) and ignores this one"
+                )
                 ignored.append(IgnoredKey(name, line, header, key, value, "repeated", msg))
             elif key not in keys:
                 hint = " (AlexeyAB's Darknet reads it)" if key in other_keys else ""
-                msg = (f"{name}:{line}: {header} {key}={value}: {fname} Darknet does not read '{key}' in a "
-                       f"{header} section, it is ignored (Darknet: 'Unused field'){hint}")
+                msg = (
+                    f"{name}:{line}: {header} {key}={value}: {fname} Darknet does not read '{key}' in a "
+                    f"{header} section, it is ignored (Darknet: 'Unused field'){hint}"
+                )
                 ignored.append(IgnoredKey(name, line, header, key, value, "unread", msg))
             sec.options.append(Option(key, value, line))
         sections.append(sec)
@@ -666,30 +767,35 @@ def parse_cfg_text(text: str | bytes, name: str = "<text>", *, flavor: object = 
     return CfgFile(name, fork, net, sections[1:], warnings, rules, ignored)
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# darknet_bn's own directory (this file is darknet_bn/darknet/cfg.py): frames below it are the package's
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def _caller_level() -> int:
     """warnings.warn's stacklevel of the first frame outside darknet_bn (the user's call)."""
     import sys
+    from types import FrameType
 
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
+    level = 1
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
         frame = frame.f_back
         level += 1
     return level
 
 
-def parse_cfg_file(path: str | os.PathLike, *, flavor: object = None, fork: str | None = None,
-                   warn: bool = True) -> CfgFile:
+def parse_cfg_file(
+    path: str | os.PathLike, *, flavor: str | Flavor | None = None, fork: str | None = None, warn: bool = True
+) -> CfgFile:
     """Parse the cfg file at ``path`` (read as bytes, Latin-1; see :func:`parse_cfg_text` for the
     arguments). An unreadable file raises ``OSError``."""
     text, name = _read_file(path)
     return parse_cfg_text(text, name, flavor=flavor, fork=fork, warn=warn)
 
 
-def parse_cfg(source: CfgSource | CfgFile, *, flavor: object = None, fork: str | None = None,
-              warn: bool = True) -> CfgFile:
+def parse_cfg(
+    source: CfgSource | CfgFile, *, flavor: str | Flavor | None = None, fork: str | None = None, warn: bool = True
+) -> CfgFile:
     """Parse a cfg given as a path or as text.
 
     Args:

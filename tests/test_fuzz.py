@@ -677,10 +677,13 @@ def _backward_round(layer, shape, mem, rng, data, fwd):
     assert_close(got, g["delta"], scale=scale, name=f"input delta ({layout})")
     assert np.array_equal(layer.delta, np.asarray(got).reshape(shape))
     gs = np.abs(dy).sum(axis=(0, 2, 3))
-    assert_close(layer.bias_updates, before["bias_updates"] + g["bias_updates"], scale=gs.max() + 3,
-                 name="bias_updates")
-    xs = np.abs(g["scale_updates"]).max() + (gs * np.abs(fwd["x"] - mean[None, :, None, None]).max(axis=(0, 2, 3))
-                                             / sigma).max() * max(1.0, np.abs(before["r"]).max()) + 3
+    # the updates add into float32 accumulators: what they held before bounds the rounding too (an
+    # inference backward with a zero rolling variance leaves them near 1e8 in pjreddie's flavor)
+    assert_close(layer.bias_updates, before["bias_updates"] + g["bias_updates"],
+                 scale=gs.max() + 3 + np.abs(before["bias_updates"]).max(), name="bias_updates")
+    xs = (np.abs(g["scale_updates"]).max() + (gs * np.abs(fwd["x"] - mean[None, :, None, None]).max(axis=(0, 2, 3))
+                                              / sigma).max() * max(1.0, np.abs(before["r"]).max())
+          + (gs * np.abs(before["d"])).max() + 3 + np.abs(before["scale_updates"]).max())
     assert_close(layer.scale_updates, before["scale_updates"] + g["scale_updates"], scale=xs, name="scale_updates")
     if fwd["train"]:
         assert_close(layer.mean_delta, g["mean_delta"],
@@ -801,7 +804,7 @@ def test_sync_layer_failed_forward_keeps_x():
 # ---- folding: a network whose arrays are odd ----
 
 from test_fold import CASES, check_fold, fill_random  # noqa: E402  (float64 references of folding)
-from darknet_bn.fold import fold_network  # noqa: E402
+from darknet_bn.darknet import fold_network  # noqa: E402
 
 FOLD_LAYOUTS = ["plain", "offset4", "read_only", "misaligned", "big_endian", "fortran", "strided", "reversed"]
 

@@ -1,5 +1,5 @@
-"""The demo (darknet_bn.examples.digits, its command darknet_bn.cli.demo): its numpy gradients against finite differences, Darknet's SGD, the
-evaluation Layers, a short real run on the digits (both runs learn; the BN layers' rolling statistics are
+"""The demo (darknet_bn.examples.digits, its command darknet_bn.cli.demo): its numpy gradients against
+finite differences, Darknet's SGD, the evaluation Layers, a short real run on the digits (both runs learn; the BN layers' rolling statistics are
 what the training activations make them), and the command (output, JSON, plot, missing packages).
 
 Expected values come from independent float64 numpy computations written here from the math (the BN
@@ -16,8 +16,8 @@ import types
 
 import numpy as np
 import pytest
-from helpers import assert_close
 import reference as ref
+from helpers import assert_close
 
 from darknet_bn.cli import demo as demo_cli
 from darknet_bn.examples import digits as demo

@@ -31,7 +31,7 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
         raise ValueError(f"shape {text!r}: expected BxCxHxW with four positive integers, e.g. 8x32x52x52") from None
     if len(dims) != 4 or min(dims) < 1:
         raise ValueError(f"shape {text!r}: expected BxCxHxW with four positive integers, e.g. 8x32x52x52")
-    return dims  # type: ignore[return-value]
+    return dims
 
 
 @dataclass

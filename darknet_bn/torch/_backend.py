@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .._capi import EXEC as _numpy_exec   # the numpy side's settings (threads, instruction set)
-from .._capi import ffi, lib   # one libgomp in the process whichever loads first (both name libgomp.so.1)
+from .._capi import EXEC as _numpy_exec  # the numpy side's settings (threads, instruction set)
+from .._capi import ffi, lib  # one libgomp in the process whichever loads first (both name libgomp.so.1)
 
 __all__ = ["forward_train", "forward_infer", "backward", "set_num_threads", "get_num_threads"]
 

@@ -24,6 +24,7 @@ __all__ = ["add_bench_parser", "cmd_bench"]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """``darknet-bn bench``: 0, or 2 on a bad option (``--cfg``: :func:`~darknet_bn.cli.bench_cfg.cmd_bench_cfg`)."""
     if args.cfg is not None:
         return cmd_bench_cfg(args)
 

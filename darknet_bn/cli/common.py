@@ -36,7 +36,8 @@ def usage_error(args: argparse.Namespace, message: str, err: TextIO | None = Non
         parser.print_usage(err)
         print(f"{parser.prog}: error: {message}", file=err)
     else:
-        print(f"{PROG} {getattr(args, 'command', '')}: error: {message}".replace("  ", " "), file=err)
+        prog = " ".join(filter(None, (PROG, getattr(args, "command", None))))
+        print(f"{prog}: error: {message}", file=err)
     return 2
 
 

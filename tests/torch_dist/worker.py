@@ -24,9 +24,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import darknet_bn.torch as dbt
 
-RANK = int(os.environ["RANK"])
-WORLD = int(os.environ["WORLD_SIZE"])
-OUT = sys.argv[1]
+RANK = int(os.environ.get("RANK", "0"))
+WORLD = int(os.environ.get("WORLD_SIZE", "1"))
+OUT = sys.argv[1] if len(sys.argv) > 1 else "."
 CASES = {}
 
 
@@ -399,28 +399,35 @@ def rank_stops_calling_timeout():
 
 
 def main():
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    # A failing case can leave the ranks out of step (one rank skips a collective the others make):
+    # the next collective then times out. Results are written after every case, so the cases run
+    # before stay reported; the group's timeout bounds the wait.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=20))
     only = os.environ.get("DBN_CASES")
+    only = only.split(",") if only else list(CASES)
     results = {}
-    for name, fn in CASES.items():
-        if only and name not in only.split(","):
-            continue
-        if name == "rank_stops_calling_timeout":
-            continue
+    path = os.path.join(OUT, f"rank{RANK}.json")
+
+    def save():
+        with open(path + ".tmp", "w") as f:
+            json.dump(results, f)
+        os.replace(path + ".tmp", path)
+
+    for name in [n for n in CASES if n in only and n != "rank_stops_calling_timeout"]:
         try:
-            fn()
+            CASES[name]()
             results[name] = "ok"
         except Exception:  # noqa: BLE001
             results[name] = traceback.format_exc()
+        save()
         dist.barrier()
-    if not only or "rank_stops_calling_timeout" in only:
+    if "rank_stops_calling_timeout" in only:
         try:
             rank_stops_calling_timeout()
             results["rank_stops_calling_timeout"] = "ok"
         except Exception:  # noqa: BLE001
             results["rank_stops_calling_timeout"] = traceback.format_exc()
-    with open(os.path.join(OUT, f"rank{RANK}.json"), "w") as f:
-        json.dump(results, f)
+        save()
     # a rank that dies: the last one exits without a word; the others' next collective raises at once
     mod = dbt.SyncBatchNorm(3)
     mod(torch.randn(2, 3))

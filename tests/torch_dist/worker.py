@@ -292,6 +292,15 @@ def bad_input_raises_everywhere():
     assert out.shape == (2, 4, 3)
 
 
+@case
+def double_backward_raises_everywhere():
+    mod = dbt.SyncBatchNorm(3)
+    x = torch.randn(4, 3, 2, requires_grad=True)
+    out = mod(x)
+    raises_everywhere(lambda: torch.autograd.grad((out * out).sum(), x, create_graph=True), RuntimeError,
+                      ["double backward"])
+
+
 class SmallCNN(nn.Module):
     def __init__(self):
         super().__init__()

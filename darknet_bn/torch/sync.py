@@ -316,8 +316,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         pg, world = _group(self.process_group) if self.training else (None, 1)
-        if world == 1:
-            self._check_non_zero_input_channels(input) if input.dim() >= 2 else None
+        if world == 1:   # plain BN: darknet_bn's module (PyTorch's checks and fallbacks)
             return _DarknetBN.forward(self, input)
         desc = self._descriptor()
         c = self._checked_channels(pg, world, desc)

@@ -293,6 +293,61 @@ def bad_input_raises_everywhere():
 
 
 @case
+def one_collective_per_pass():
+    """Forward: one all_gather (two on a module's first training forward: the descriptor alone first);
+    backward: one; none without an input gradient, none in eval."""
+    from darknet_bn.torch import sync
+    calls = []
+    real = sync._gather
+
+    def counting(buf, pg, world):
+        calls.append(buf.numel())
+        return real(buf, pg, world)
+
+    sync._gather = counting
+    try:
+        mod = dbt.SyncBatchNorm(5)
+        x = torch.randn(3, 5, 2, requires_grad=True)
+        mod(x).sum().backward()
+        assert calls == [24, 24 + 15, 24 + 10], calls
+        del calls[:]
+        mod(x).sum().backward()
+        assert calls == [24 + 15, 24 + 10], calls
+        del calls[:]
+        mod(x.detach()).sum().backward()     # weight and bias need gradients, the input does not
+        assert calls == [24 + 15], calls
+        del calls[:]
+        mod.eval()
+        mod(x).sum().backward()
+        assert calls == [], calls
+    finally:
+        sync._gather = real
+
+
+@case
+def compiled_model_equals_eager():
+    """torch.compile (dynamo, eager backend): the synchronized forward runs outside the graph."""
+    torch._dynamo.reset()
+    sizes = W([3, 2], [2, 1, 2])
+    lo, hi = slices(sizes)
+    xf = torch.randn(sum(sizes), 3, 4, 4, generator=torch.Generator().manual_seed(30))
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        nets.append(dbt.SyncBatchNorm.convert_sync_batchnorm(
+            nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU())))
+    compiled = torch.compile(nets[1], backend="eager")
+    outs = []
+    for net in (nets[0], compiled):
+        x = xf[lo:hi].clone().requires_grad_(True)
+        y = net(x)
+        y.square().sum().backward()
+        outs.append((y, x.grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert torch.equal(nets[0][1].running_var, nets[1][1].running_var)
+
+
+@case
 def double_backward_raises_everywhere():
     mod = dbt.SyncBatchNorm(3)
     x = torch.randn(4, 3, 2, requires_grad=True)

@@ -118,7 +118,8 @@ def main() -> None:
             def rel(sd: dict) -> float:   # per tensor, relative to its largest value; the worst tensor
                 return max(float((sd[k].double() - theirs[k]).abs().max() / theirs[k].abs().max()) for k in sd
                            if not k.endswith("num_batches_tracked"))
-            print(f"max relative difference from one process on the whole batch (float64): {rel(model.state_dict()):.2g}"
+            ours = rel(model.state_dict())
+            print(f"max relative difference from one process on the whole batch (float64): {ours:.2g}"
                   f" (torch.nn in float32, one process: {rel(theirs32):.2g})", flush=True)
         print("done", flush=True)
     dist.destroy_process_group()

@@ -8,6 +8,8 @@
   classes (same constructor, parameters, buffers, state_dict, modes and errors), forward and backward
   on darknet_bn's fused passes with PyTorch's semantics and exact gradient.
 - :func:`convert`: swap them into an existing model.
+- :class:`SyncBatchNorm`: ``torch.nn.SyncBatchNorm`` for CPU tensors over ``torch.distributed``
+  (gloo), DDP included (:mod:`darknet_bn.torch.sync`).
 - :func:`batch_norm`: ``torch.nn.functional.batch_norm``'s signature.
 - Float32 CPU tensors run the kernels; other dtypes and devices run PyTorch (see
   :mod:`darknet_bn.torch.functional`). ``torch.compile`` works (custom operators, :mod:`._ops`).
@@ -28,5 +30,7 @@ from ._backend import get_num_threads, set_num_threads
 from .functional import batch_norm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, convert
 
+from .sync import SyncBatchNorm
+
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "convert", "batch_norm", "set_num_threads",
-           "get_num_threads"]
+           "get_num_threads", "SyncBatchNorm"]

@@ -116,3 +116,51 @@ def backward(x: int, delta: int, weight: int, mean: int, var: int, grad_weight: 
     _lib_bwd(_p(x), _p(delta), _NULL, _p(weight), _p(mean), _p(var), _NULL, _NULL, _p(grad_weight),
              _p(grad_bias), _p(scratch), _p(scratch + 4 * c), batch, c, spatial, _flavor(0.0, eps),
              1 if train else 0, _ex())
+
+
+# ------------------------------------------------------------------------------------------------
+# Synchronized BN (darknet_bn.torch.sync): the split passes of csrc/fused.c around a collective.
+# moments: 3*c doubles (count, mean, M2 per channel); sums: 2*c doubles (sum delta, sum delta*(x - mean)).
+
+_lib_moments = lib.dbn_forward_moments
+_lib_merge = lib.dbn_merge_moments
+_lib_apply = lib.dbn_forward_apply
+_lib_bsums = lib.dbn_backward_sums
+_lib_bapply = lib.dbn_backward_apply
+
+
+def _d(addr: int):
+    return _cast("double *", addr)
+
+
+def forward_moments(x: int, moments: int, batch: int, c: int, spatial: int) -> None:
+    """This slice's (count, mean, M2) per channel of [batch, c, spatial] float32, into 3*c doubles."""
+    _lib_moments(_p(x), batch, c, spatial, _d(moments), _ex())
+
+
+def merge_moments(a: int, b: int, c: int) -> None:
+    """a = merge(a, b) (Chan's formula; a holds the lower ranks), c channels of 3 doubles."""
+    _lib_merge(_d(a), _d(b), c)
+
+
+def forward_apply(x: int, out: int, weight: int, bias: int, mean: int, var: int, running_mean: int,
+                  running_var: int, moments: int, batch: int, c: int, spatial: int, momentum: float,
+                  eps: float) -> None:
+    """The training forward with the given (global) moments: as forward_train."""
+    _lib_apply(_p(x), _p(out), _p(weight), _p(bias), _p(mean), _p(var), _p(running_mean), _p(running_var),
+               _d(moments), batch, c, spatial, _flavor(momentum, eps), _NULL, _ex())
+
+
+def backward_sums(x: int, delta: int, mean: int, sums: int, batch: int, c: int, spatial: int) -> None:
+    """This slice's (sum delta, sum delta*(x - mean)) per channel, into 2*c doubles."""
+    _lib_bsums(_p(x), _p(delta), _p(mean), batch, c, spatial, _d(sums), _ex())
+
+
+def backward_apply(x: int, delta: int, weight: int, mean: int, var: int, local_sums: int, global_sums: int,
+                   count: float, grad_weight: int, grad_bias: int, scratch: int, batch: int, c: int,
+                   spatial: int, eps: float) -> None:
+    """The training backward, in place in delta, from the global sums over count values per channel;
+    grad_weight/grad_bias are *added* this slice's contribution (local_sums); scratch: 2*c floats."""
+    _lib_bapply(_p(x), _p(delta), _NULL, _p(weight), _p(mean), _p(var), _NULL, _NULL, _d(local_sums),
+                _d(global_sums), count, _p(grad_weight), _p(grad_bias), _p(scratch), _p(scratch + 4 * c),
+                batch, c, spatial, _flavor(0.0, eps), _ex())

@@ -30,8 +30,10 @@ def main() -> None:
     darknet_bn.set_num_threads(args.threads)
     shapes = args.shape or ["32x32x1x1", "128x256x1x1", "8x64x28x28", "16x64x56x56"]
     if rank == 0:
-        print(f"{comm.Get_size()} processes, {args.threads} thread(s) each; per-process slice; medians of "
-              f"{args.rounds} interleaved rounds (ms); forward+backward per step")
+        print(
+            f"{comm.Get_size()} processes, {args.threads} thread(s) each; per-process slice; medians of "
+            f"{args.rounds} interleaved rounds (ms); forward+backward per step"
+        )
         print(f"{'slice':>14} {'sync':>9} {'local':>9} {'overhead':>9} {'msg bytes/pass':>15}")
     for text in shapes:
         b, c, h, w = (int(v) for v in text.lower().split("x"))
@@ -46,13 +48,15 @@ def main() -> None:
                 layer.forward(x)
                 layer.backward(layer.delta)
                 dt = time.perf_counter() - t
-                if rnd >= 2:   # two warm-up rounds
+                if rnd >= 2:  # two warm-up rounds
                     ts[name].append(dt)
         # the slowest process decides a step's time
         med = {k: comm.allreduce(statistics.median(v), op=MPI.MAX) * 1e3 for k, v in ts.items()}
         if rank == 0:
-            print(f"{text:>14} {med['sync']:9.3f} {med['local']:9.3f} {med['sync'] - med['local']:+9.3f} "
-                  f"{'fwd ' + str(24 * (c + 1)) + ', bwd ' + str(8 * (2 * c + 1)):>15}")
+            print(
+                f"{text:>14} {med['sync']:9.3f} {med['local']:9.3f} {med['sync'] - med['local']:+9.3f} "
+                f"{'fwd ' + str(24 * (c + 1)) + ', bwd ' + str(8 * (2 * c + 1)):>15}"
+            )
 
 
 if __name__ == "__main__":

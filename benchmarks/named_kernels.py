@@ -28,31 +28,50 @@ def main() -> None:
     d = rng.standard_normal((b, c, h, w), dtype=np.float32)
     buf = x.copy()
     per = {k: np.abs(rng.standard_normal(c)).astype(np.float32) + 0.5 for k in "mvsbo"}
-    P = lambda a: ffi.from_buffer("float[]", a)
+
+    def P(a):
+        return ffi.from_buffer("float[]", a)
+
     px, pd, pbuf = P(x), P(d), P(buf)
     pm, pv, ps, pb, po = (P(per[k]) for k in "mvsbo")
     N = ffi.NULL
     cases = {
         "mean_cpu": (lambda: K.mean_cpu(x, b, c, s, per["o"]), lambda: lib.mean_cpu_ref(px, b, c, s, po, N)),
-        "variance_cpu": (lambda: K.variance_cpu(x, per["m"], b, c, s, per["o"]),
-                         lambda: lib.variance_cpu_ref(px, pm, b, c, s, po, N)),
-        "normalize_cpu": (lambda: K.normalize_cpu(buf, per["m"], per["v"], b, c, s),
-                          lambda: lib.normalize_cpu_ref(pbuf, pm, pv, b, c, s, 1e-6, 0, N)),
+        "variance_cpu": (
+            lambda: K.variance_cpu(x, per["m"], b, c, s, per["o"]),
+            lambda: lib.variance_cpu_ref(px, pm, b, c, s, po, N),
+        ),
+        "normalize_cpu": (
+            lambda: K.normalize_cpu(buf, per["m"], per["v"], b, c, s),
+            lambda: lib.normalize_cpu_ref(pbuf, pm, pv, b, c, s, 1e-6, 0, N),
+        ),
         "scale_bias": (lambda: K.scale_bias(buf, per["s"], b, c, s), lambda: lib.scale_bias_ref(pbuf, ps, b, c, s, N)),
         "add_bias": (lambda: K.add_bias(buf, per["b"], b, c, s), lambda: lib.add_bias_ref(pbuf, pb, b, c, s, N)),
-        "backward_bias": (lambda: K.backward_bias(per["o"], d, b, c, s),
-                          lambda: lib.backward_bias_ref(po, pd, b, c, s, N)),
-        "backward_scale_cpu": (lambda: K.backward_scale_cpu(x, d, b, c, s, per["o"]),
-                               lambda: lib.backward_scale_cpu_ref(px, pd, b, c, s, po, N)),
-        "mean_delta_cpu": (lambda: K.mean_delta_cpu(d, per["v"], b, c, s, per["o"]),
-                           lambda: lib.mean_delta_cpu_ref(pd, pv, b, c, s, po, N)),
-        "variance_delta_cpu": (lambda: K.variance_delta_cpu(x, d, per["m"], per["v"], b, c, s, per["o"]),
-                               lambda: lib.variance_delta_cpu_ref(px, pd, pm, pv, b, c, s, po, N)),
-        "normalize_delta_cpu": (lambda: K.normalize_delta_cpu(x, per["m"], per["v"], per["s"], per["b"], b, c, s, buf),
-                                lambda: lib.normalize_delta_cpu_ref(px, pm, pv, ps, pb, b, c, s, pbuf, 1e-5, 1, N)),
+        "backward_bias": (
+            lambda: K.backward_bias(per["o"], d, b, c, s),
+            lambda: lib.backward_bias_ref(po, pd, b, c, s, N),
+        ),
+        "backward_scale_cpu": (
+            lambda: K.backward_scale_cpu(x, d, b, c, s, per["o"]),
+            lambda: lib.backward_scale_cpu_ref(px, pd, b, c, s, po, N),
+        ),
+        "mean_delta_cpu": (
+            lambda: K.mean_delta_cpu(d, per["v"], b, c, s, per["o"]),
+            lambda: lib.mean_delta_cpu_ref(pd, pv, b, c, s, po, N),
+        ),
+        "variance_delta_cpu": (
+            lambda: K.variance_delta_cpu(x, d, per["m"], per["v"], b, c, s, per["o"]),
+            lambda: lib.variance_delta_cpu_ref(px, pd, pm, pv, b, c, s, po, N),
+        ),
+        "normalize_delta_cpu": (
+            lambda: K.normalize_delta_cpu(x, per["m"], per["v"], per["s"], per["b"], b, c, s, buf),
+            lambda: lib.normalize_delta_cpu_ref(px, pm, pv, ps, pb, b, c, s, pbuf, 1e-5, 1, N),
+        ),
     }
-    print(f"shape {b}x{c}x{h}x{w}, {K.get_num_threads()} threads, {K.get_isa()}; medians of {args.rounds} "
-          "interleaved rounds")
+    print(
+        f"shape {b}x{c}x{h}x{w}, {K.get_num_threads()} threads, {K.get_isa()}; medians of {args.rounds} "
+        "interleaved rounds"
+    )
     print(f"{'kernel':>20} {'fast ms':>9} {'plain ms':>9} {'plain/fast':>10}")
     ratios = []
     for name, (fast, plain) in cases.items():

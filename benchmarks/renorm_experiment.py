@@ -28,12 +28,12 @@ def batches(y: np.ndarray, epochs: int, seed: int, iid: bool) -> list[list[np.nd
     for _ in range(epochs):
         if iid:
             order = rng.permutation(len(y))
-            out.append([order[i:i + BATCH] for i in range(0, len(y) - BATCH + 1, BATCH)])
-        else:   # every batch from one class
+            out.append([order[i : i + BATCH] for i in range(0, len(y) - BATCH + 1, BATCH)])
+        else:  # every batch from one class
             groups = []
             for cls in np.unique(y):
                 idx = rng.permutation(np.flatnonzero(y == cls))
-                groups += [idx[i:i + BATCH] for i in range(0, len(idx) - BATCH + 1, BATCH)]
+                groups += [idx[i : i + BATCH] for i in range(0, len(idx) - BATCH + 1, BATCH)]
             out.append([groups[i] for i in rng.permutation(len(groups))])
     return out
 
@@ -48,7 +48,7 @@ def run(kind: str, data, epochs: int, seed: int, iid: bool, lr: float, warmup: i
     step = 0
     for epoch in plan:
         for idx in epoch:
-            if kind == "renorm":   # the paper's schedule: plain BN, then bounds growing to 3 and 5
+            if kind == "renorm":  # the paper's schedule: plain BN, then bounds growing to 3 and 5
                 t = min(1.0, step / max(1, warmup * len(epoch)))
                 for layer in model.bn:
                     layer.rmax, layer.dmax = 1.0 + 2.0 * t, 5.0 * t
@@ -68,16 +68,21 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="epochs over which rmax and dmax grow")
     args = ap.parse_args()
     data = load_digits_split()
-    print(f"digits MLP 64-32-32-10, batches of {BATCH}, {args.epochs} epochs, lr {args.lr}, flavor torch, "
-          f"seeds 0..{args.seeds - 1}; renorm: rmax 1->3, dmax 0->5 over {args.warmup} epochs")
+    print(
+        f"digits MLP 64-32-32-10, batches of {BATCH}, {args.epochs} epochs, lr {args.lr}, flavor torch, "
+        f"seeds 0..{args.seeds - 1}; renorm: rmax 1->3, dmax 0->5 over {args.warmup} epochs"
+    )
     print(f"{'batches':>8} {'model':>8} {'validation accuracy %':>22} {'training accuracy %':>20}")
     for iid in (True, False):
         for kind in ("none", "bn", "renorm"):
             res = [run(kind, data, args.epochs, s, iid, args.lr, args.warmup) for s in range(args.seeds)]
             acc = [100 * r[0] for r in res]
             tr = [100 * r[1] for r in res]
-            print(f"{'iid' if iid else 'by class':>8} {kind:>8} {statistics.mean(acc):13.1f} +- {statistics.stdev(acc):4.1f}"
-                  f" {statistics.mean(tr):11.1f} +- {statistics.stdev(tr):4.1f}")
+            print(
+                f"{'iid' if iid else 'by class':>8} {kind:>8} "
+                f"{statistics.mean(acc):13.1f} +- {statistics.stdev(acc):4.1f}"
+                f" {statistics.mean(tr):11.1f} +- {statistics.stdev(tr):4.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     shapes = args.shape or ["32x32x1x1", "128x256x1x1", "8x64x28x28", "16x64x56x56"]
     if rank == 0:
-        print(f"{world} processes (gloo), {args.threads} thread(s) each; per-process slice; medians of "
-              f"{args.rounds} interleaved rounds (ms); a training forward+backward per step")
-        print(f"{'slice':>14} {'SyncBatchNorm':>14} {'dbt.BN2d':>9} {'overhead':>9} {'nn.BN2d':>9} "
-              f"{'gathered bytes/pass':>22}")
+        print(
+            f"{world} processes (gloo), {args.threads} thread(s) each; per-process slice; medians of "
+            f"{args.rounds} interleaved rounds (ms); a training forward+backward per step"
+        )
+        print(
+            f"{'slice':>14} {'SyncBatchNorm':>14} {'dbt.BN2d':>9} {'overhead':>9} {'nn.BN2d':>9} "
+            f"{'gathered bytes/pass':>22}"
+        )
     for text in shapes:
         b, c, h, w = (int(v) for v in text.lower().split("x"))
         g = torch.Generator().manual_seed(rank)
@@ -50,18 +54,20 @@ def main() -> None:
                 m(x).backward(dy)
                 dt = time.perf_counter() - t
                 x.grad = None
-                if rnd >= 3:   # warm-up rounds (the first synchronized forward checks the modules)
+                if rnd >= 3:  # warm-up rounds (the first synchronized forward checks the modules)
                     ts[name].append(dt)
         med, low = {}, {}
-        for k, v in ts.items():   # the slowest process decides a step's time
+        for k, v in ts.items():  # the slowest process decides a step's time
             t = torch.tensor([statistics.median(v) * 1e3, min(v) * 1e3], dtype=torch.float64)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             med[k], low[k] = float(t[0]), float(t[1])
         if rank == 0:
             msg = f"fwd {world}x{8 * (24 + 3 * c)}, bwd {world}x{8 * (24 + 2 * c)}"
-            print(f"{text:>14} {med['sync']:14.3f} {med['local']:9.3f} {med['sync'] - med['local']:+9.3f} "
-                  f"{med['torch']:9.3f} {msg:>22}   min {low['sync']:.3f} / {low['local']:.3f} / {low['torch']:.3f}",
-                  flush=True)
+            print(
+                f"{text:>14} {med['sync']:14.3f} {med['local']:9.3f} {med['sync'] - med['local']:+9.3f} "
+                f"{med['torch']:9.3f} {msg:>22}   min {low['sync']:.3f} / {low['local']:.3f} / {low['torch']:.3f}",
+                flush=True,
+            )
     # gloo alone: two bare all_gathers (a step's messages for 64 channels), timed the same way
     bufs = [torch.zeros(24 + 3 * 64, dtype=torch.float64), torch.zeros(24 + 2 * 64, dtype=torch.float64)]
     outs = [torch.empty(world * b.numel(), dtype=torch.float64) for b in bufs]
@@ -76,8 +82,11 @@ def main() -> None:
     t = torch.tensor([statistics.median(ts) * 1e3, min(ts) * 1e3], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     if rank == 0:
-        print(f"gloo alone, two all_gathers of a 64-channel step's messages: median {float(t[0]):.3f} ms, "
-              f"min {float(t[1]):.3f} ms", flush=True)
+        print(
+            f"gloo alone, two all_gathers of a 64-channel step's messages: median {float(t[0]):.3f} ms, "
+            f"min {float(t[1]):.3f} ms",
+            flush=True,
+        )
     dist.destroy_process_group()
 
 

@@ -28,7 +28,30 @@ from .layer import ACTIVATIONS, Layer, make_batchnorm_layer
 
 __version__ = "0.1.0"
 
-__all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS", "load_network", "Network", "DarknetLayer", "BNLayer",
-           "DarknetCfgError", "DarknetCfgWarning", "detect_fork", "DarknetWeightsError", "WeightsHeader", "parse_cfg",
-           "fold_network", "save_folded", "fold_files", "FoldReport", "Flavor", "FLAVORS", "get_flavor", "torch_flavor",
-           "set_num_threads", "get_num_threads", "has_openmp", "__version__"]
+__all__ = [
+    "Layer",
+    "make_batchnorm_layer",
+    "ACTIVATIONS",
+    "load_network",
+    "Network",
+    "DarknetLayer",
+    "BNLayer",
+    "DarknetCfgError",
+    "DarknetCfgWarning",
+    "detect_fork",
+    "DarknetWeightsError",
+    "WeightsHeader",
+    "parse_cfg",
+    "fold_network",
+    "save_folded",
+    "fold_files",
+    "FoldReport",
+    "Flavor",
+    "FLAVORS",
+    "get_flavor",
+    "torch_flavor",
+    "set_num_threads",
+    "get_num_threads",
+    "has_openmp",
+    "__version__",
+]

@@ -35,8 +35,7 @@ DEPENDS = sorted(CSRC.glob("*.h")) + sorted(CSRC.glob("*.inc"))
 
 # -ffp-contract=fast lets a*b+c become one FMA where the CPU has it (one rounding instead of two);
 # it keeps IEEE semantics (NaN, Inf, subnormals), unlike -ffast-math, which is never used.
-BASE_CFLAGS = ["-std=c11", "-O3", "-ffp-contract=fast", "-fno-math-errno", "-fvisibility=hidden",
-               "-Wall", "-Wextra"]
+BASE_CFLAGS = ["-std=c11", "-O3", "-ffp-contract=fast", "-fno-math-errno", "-fvisibility=hidden", "-Wall", "-Wextra"]
 
 
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
@@ -58,8 +57,9 @@ def _compiles_with(flags: list[str]) -> bool:
         src = Path(tmp, "t.c")
         src.write_text(code)
         try:
-            r = subprocess.run(_compiler() + flags + [str(src), "-o", str(Path(tmp, "t"))],
-                               capture_output=True, timeout=120)
+            r = subprocess.run(
+                _compiler() + flags + [str(src), "-o", str(Path(tmp, "t"))], capture_output=True, timeout=120
+            )
         except (OSError, subprocess.SubprocessError):
             return False
         return r.returncode == 0

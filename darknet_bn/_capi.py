@@ -32,9 +32,24 @@ except ImportError as e:  # pragma: no cover - an install problem, not a code pa
 from .flavors import Flavor
 
 __all__ = [
-    "ffi", "lib", "EXEC", "ISAS", "F32", "INT64_MAX",
-    "set_num_threads", "get_num_threads", "has_openmp", "set_isa", "get_isa",
-    "as_int", "as_size", "dims", "check_buffer", "explain_buffer", "check_no_overlap", "c_flavor",
+    "ffi",
+    "lib",
+    "EXEC",
+    "ISAS",
+    "F32",
+    "INT64_MAX",
+    "set_num_threads",
+    "get_num_threads",
+    "has_openmp",
+    "set_isa",
+    "get_isa",
+    "as_int",
+    "as_size",
+    "dims",
+    "check_buffer",
+    "explain_buffer",
+    "check_no_overlap",
+    "c_flavor",
 ]
 
 F32 = np.dtype(np.float32)
@@ -86,6 +101,7 @@ def get_isa() -> str:
 # ------------------------------------------------------------------------------------------------
 # Argument checks. The fast path is a few attribute reads; the slow path explains the failure.
 
+
 def as_int(name: str, v: Any) -> int:
     """v as a Python int: ints and numpy integers, not bools, not floats (TypeError otherwise)."""
     if type(v) is int:
@@ -110,16 +126,22 @@ def explain_buffer(name: str, a: Any, n: int, what: str, writable: bool) -> None
         raise TypeError(f"{name}: expected a numpy.ndarray of float32, got {type(a).__name__}")
     if a.dtype != F32:
         swapped = a.dtype.kind == "f" and a.dtype.itemsize == 4
-        raise TypeError(f"{name}: expected dtype float32 (native byte order), got {a.dtype.str} ({a.dtype})"
-                        + (", byte-swapped (a.astype(np.float32) makes a native copy)" if swapped else ""))
+        raise TypeError(
+            f"{name}: expected dtype float32 (native byte order), got {a.dtype.str} ({a.dtype})"
+            + (", byte-swapped (a.astype(np.float32) makes a native copy)" if swapped else "")
+        )
     if a.size != n:
         raise ValueError(f"{name}: expected {n} float32 elements ({what}), got {a.size} (shape {a.shape})")
     if not a.flags.c_contiguous:
-        raise ValueError(f"{name}: expected a C-contiguous array, got strides {a.strides} for shape {a.shape}"
-                         " (np.ascontiguousarray makes a contiguous copy)")
+        raise ValueError(
+            f"{name}: expected a C-contiguous array, got strides {a.strides} for shape {a.shape}"
+            " (np.ascontiguousarray makes a contiguous copy)"
+        )
     if not a.flags.aligned:
-        raise ValueError(f"{name}: expected an aligned float32 array (address % 4 == 0), got address offset "
-                         f"{a.ctypes.data % 4} (a.copy() makes an aligned copy)")
+        raise ValueError(
+            f"{name}: expected an aligned float32 array (address % 4 == 0), got address offset "
+            f"{a.ctypes.data % 4} (a.copy() makes an aligned copy)"
+        )
     if writable and not a.flags.writeable:
         raise ValueError(f"{name}: this argument is written, but the array is read-only")
     raise AssertionError("unreachable")  # pragma: no cover
@@ -129,8 +151,14 @@ def check_buffer(name: str, a: Any, n: int, what: str, writable: bool = False) -
     """A cffi ``float[]`` over a's memory (no copy), after checking a holds n native float32 values in C
     order at an address C may hold as a ``float *`` (4-byte aligned: anything else is undefined
     behaviour), writable when ``writable``. ``what`` says what n is, for the error message."""
-    if (isinstance(a, np.ndarray) and a.dtype == F32 and a.size == n and (fl := a.flags).c_contiguous
-            and fl.aligned and (fl.writeable or not writable)):
+    if (
+        isinstance(a, np.ndarray)
+        and a.dtype == F32
+        and a.size == n
+        and (fl := a.flags).c_contiguous
+        and fl.aligned
+        and (fl.writeable or not writable)
+    ):
         return ffi.from_buffer("float[]", a)
     explain_buffer(name, a, n, what, writable)
 
@@ -142,8 +170,9 @@ def check_no_overlap(out_name: str, out: np.ndarray, **others: np.ndarray) -> No
             raise ValueError(f"{out_name}: shares memory with {name}; an output must not overlap another argument")
 
 
-def dims(batch: Any, filters: Any, spatial: Any,
-         names: tuple[str, str, str] = ("batch", "filters", "spatial")) -> tuple[int, int, int, int, str]:
+def dims(
+    batch: Any, filters: Any, spatial: Any, names: tuple[str, str, str] = ("batch", "filters", "spatial")
+) -> tuple[int, int, int, int, str]:
     """Three size arguments checked: (b, f, s, b*f*s, a text saying what b*f*s is for error messages)."""
     b, f, s = as_size(names[0], batch), as_size(names[1], filters), as_size(names[2], spatial)
     n = b * f * s
@@ -163,8 +192,17 @@ def c_flavor(fl: Flavor) -> Any:
     """The ``dbn_flavor *`` struct for a Flavor (made once per distinct flavor, kept alive here)."""
     cd = _C_FLAVORS.get(fl)
     if cd is None:
-        cd = ffi.new("dbn_flavor *", {
-            "momentum": fl.momentum, "eps": fl.eps, "eps_in_sqrt": fl.eps_in_sqrt, "unbiased": fl.unbiased,
-            "bwd_eps": fl.bwd_eps, "bwd_eps_in_sqrt": fl.bwd_eps_in_sqrt, "stat_eps": fl.stat_eps})
+        cd = ffi.new(
+            "dbn_flavor *",
+            {
+                "momentum": fl.momentum,
+                "eps": fl.eps,
+                "eps_in_sqrt": fl.eps_in_sqrt,
+                "unbiased": fl.unbiased,
+                "bwd_eps": fl.bwd_eps,
+                "bwd_eps_in_sqrt": fl.bwd_eps_in_sqrt,
+                "stat_eps": fl.stat_eps,
+            },
+        )
         _C_FLAVORS[fl] = cd
     return cd

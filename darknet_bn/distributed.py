@@ -38,7 +38,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 __all__ = ["SyncLayer", "make_sync_batchnorm_layer", "MPI"]
 
-_TRIPLE = MPI.DOUBLE.Create_contiguous(3).Commit()   # one channel's (count, mean, M2)
+_TRIPLE = MPI.DOUBLE.Create_contiguous(3).Commit()  # one channel's (count, mean, M2)
 
 
 def _merge(inbuf: Any, inoutbuf: Any, datatype: Any) -> None:
@@ -57,11 +57,32 @@ class SyncLayer(Layer):
     """A :class:`~darknet_bn.Layer` whose training statistics are those of the batch over all the
     processes of ``comm``; same fields and methods. ``batch`` is this process's slice."""
 
-    __slots__ = ("_comm", "_lmom", "_gmom", "_lsum", "_gsum", "_p_lmom", "_p_gmom", "_p_lsum", "_p_gsum",
-                 "_global_count")
+    __slots__ = (
+        "_comm",
+        "_lmom",
+        "_gmom",
+        "_lsum",
+        "_gsum",
+        "_p_lmom",
+        "_p_gmom",
+        "_p_lsum",
+        "_p_gsum",
+        "_global_count",
+    )
 
-    def __init__(self, batch: int, w: int, h: int, c: int, comm: Any, flavor: str | Flavor = "pjreddie", *,
-                 renorm: bool = False, rmax: float = 3.0, dmax: float = 5.0) -> None:
+    def __init__(
+        self,
+        batch: int,
+        w: int,
+        h: int,
+        c: int,
+        comm: Any,
+        flavor: str | Flavor = "pjreddie",
+        *,
+        renorm: bool = False,
+        rmax: float = 3.0,
+        dmax: float = 5.0,
+    ) -> None:
         if not isinstance(comm, MPI.Comm):
             raise TypeError(f"comm: expected an mpi4py communicator (MPI.Comm), got {type(comm).__name__}")
         self._comm = comm
@@ -71,21 +92,24 @@ class SyncLayer(Layer):
             mine = (self.c, self.h, self.w, self.flavor.name, self.renorm)
         except (TypeError, ValueError) as e:
             mine, failure = None, e
-        every = comm.allgather((mine, str(failure) if failure else ""))   # collective: every layout
+        every = comm.allgather((mine, str(failure) if failure else ""))  # collective: every layout
         if failure is not None:
             raise failure
         bad = [(r, m, err) for r, (m, err) in enumerate(every) if err or m != mine]
         if bad:
             r, m, err = bad[0]
-            raise ValueError(f"SyncLayer: process {r} of {comm.Get_size()} made a different layer: "
-                             f"{err or f'(c, h, w, flavor, renorm) = {m}'}; this process (rank {comm.Get_rank()}) "
-                             f"has {mine}")
+            raise ValueError(
+                f"SyncLayer: process {r} of {comm.Get_size()} made a different layer: "
+                f"{err or f'(c, h, w, flavor, renorm) = {m}'}; this process (rank {comm.Get_rank()}) "
+                f"has {mine}"
+            )
         c = self.c
         # One extra element per buffer carries "some process failed its checks" (its count).
         self._lmom, self._gmom = np.zeros(3 * (c + 1)), np.zeros(3 * (c + 1))
         self._lsum, self._gsum = np.zeros(2 * c + 1), np.zeros(2 * c + 1)
         self._p_lmom, self._p_gmom, self._p_lsum, self._p_gsum = (
-            ffi.from_buffer("double[]", a) for a in (self._lmom, self._gmom, self._lsum, self._gsum))
+            ffi.from_buffer("double[]", a) for a in (self._lmom, self._gmom, self._lsum, self._gsum)
+        )
         self._global_count = 0.0
 
     @property
@@ -93,23 +117,23 @@ class SyncLayer(Layer):
         """The MPI communicator the statistics are synchronized over."""
         return self._comm
 
-    def forward(self, input: np.ndarray, train: bool = True) -> np.ndarray:
+    def forward(self, input: np.ndarray, train: bool = True, activation: str | None = None) -> np.ndarray:
         """Darknet's forward with the whole batch's statistics (training; one Allreduce), or plain
         inference (no communication). A collective call in training mode: every process must call it.
         See :meth:`Layer.forward` for the arguments: the same input checks, and a float32 input that is
         byte-swapped, misaligned or not C-contiguous is copied once into a buffer of this layer (a
         buffer other than the last forward's ``x``, which stays intact when the pass raises)."""
-        if not train:
-            return super().forward(input, False)
+        if not train or activation is not None:  # inference (an activation: Layer's error with train=True)
+            return super().forward(input, train, activation)
         c = self.c
         try:
-            input, p_in, _, _ = self._take_input(input, True, 2, keep_x=True)   # the count: checked globally below
+            input, p_in, _, _ = self._take_input(input, True, 2, keep_x=True)  # the count: checked globally below
             lib.dbn_forward_moments(p_in, self.batch, c, self.h * self.w, self._p_lmom, EXEC)
-            self._lmom[3 * c:] = 0.0
+            self._lmom[3 * c :] = 0.0
             failure = None
         except (TypeError, ValueError) as e:
             self._lmom[:] = 0.0
-            self._lmom[3 * c] = 1.0                              # "a process failed" travels with the data
+            self._lmom[3 * c] = 1.0  # "a process failed" travels with the data
             failure = e
         self._comm.Allreduce([self._lmom, c + 1, _TRIPLE], [self._gmom, c + 1, _TRIPLE], op=_MERGE)
         if failure is not None:
@@ -118,13 +142,29 @@ class SyncLayer(Layer):
             raise ValueError(f"forward: {int(self._gmom[3 * c])} other process(es) failed their input checks")
         count = self._gmom[0]
         if count < 2:
-            raise ValueError("train: a training forward needs at least 2 values per channel over all processes "
-                             f"(the batch variance is undefined), the processes hold {int(count)}")
+            raise ValueError(
+                "train: a training forward needs at least 2 values per channel over all processes "
+                f"(the batch variance is undefined), the processes hold {int(count)}"
+            )
         self._global_count = count
         p = self._p
-        lib.dbn_forward_apply(p_in, self._p_output, p["scales"], p["biases"], p["mean"], p["variance"],
-                              p["rolling_mean"], p["rolling_variance"], self._p_gmom, self.batch, c,
-                              self.h * self.w, self._cflavor, self._renorm, EXEC)
+        lib.dbn_forward_apply(
+            p_in,
+            self._p_output,
+            p["scales"],
+            p["biases"],
+            p["mean"],
+            p["variance"],
+            p["rolling_mean"],
+            p["rolling_variance"],
+            self._p_gmom,
+            self.batch,
+            c,
+            self.h * self.w,
+            self._cflavor,
+            self._renorm,
+            EXEC,
+        )
         return self._forward_done(input, p_in, True)
 
     def backward(self, net_delta: np.ndarray | None = None) -> np.ndarray:
@@ -137,10 +177,11 @@ class SyncLayer(Layer):
             return super().backward(net_delta)
         c = self.c
         try:
-            net_delta, p_nd = self._take_net_delta(net_delta)
+            out, p_nd = self._take_net_delta(net_delta)
             p = self._p
-            lib.dbn_backward_sums(self._p_x, self._p_delta, p["mean"], self.batch, c, self.h * self.w,
-                                  self._p_lsum, EXEC)
+            lib.dbn_backward_sums(
+                self._p_x, self._p_delta, p["mean"], self.batch, c, self.h * self.w, self._p_lsum, EXEC
+            )
             self._lsum[2 * c] = 0.0
             failure = None
         except (TypeError, ValueError) as e:
@@ -153,11 +194,29 @@ class SyncLayer(Layer):
         if self._gsum[2 * c] > 0:
             raise ValueError(f"backward: {int(self._gsum[2 * c])} other process(es) failed their argument checks")
         r, d = (p["r"], p["d"]) if self._renorm else (ffi.NULL, ffi.NULL)
-        lib.dbn_backward_apply(self._p_x, self._p_delta, p_nd, p["scales"], p["mean"], p["variance"], r, d,
-                               self._p_lsum, self._p_gsum, self._global_count, p["scale_updates"],
-                               p["bias_updates"], p["mean_delta"], p["variance_delta"], self.batch, c,
-                               self.h * self.w, self._cflavor, EXEC)
-        return net_delta
+        lib.dbn_backward_apply(
+            self._p_x,
+            self._p_delta,
+            p_nd,
+            p["scales"],
+            p["mean"],
+            p["variance"],
+            r,
+            d,
+            self._p_lsum,
+            self._p_gsum,
+            self._global_count,
+            p["scale_updates"],
+            p["bias_updates"],
+            p["mean_delta"],
+            p["variance_delta"],
+            self.batch,
+            c,
+            self.h * self.w,
+            self._cflavor,
+            EXEC,
+        )
+        return out
 
     def allreduce_updates(self, average: bool = False) -> None:
         """Replace ``scale_updates`` and ``bias_updates`` by their sum over the processes (or their mean
@@ -167,15 +226,25 @@ class SyncLayer(Layer):
         self._comm.Allreduce(both, total, op=MPI.SUM)
         if average:
             total /= self._comm.Get_size()
-        self.scale_updates[:] = total[:self.c]
-        self.bias_updates[:] = total[self.c:]
+        self.scale_updates[:] = total[: self.c]
+        self.bias_updates[:] = total[self.c :]
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", rank={self._comm.Get_rank()}/{self._comm.Get_size()})"
 
 
-def make_sync_batchnorm_layer(batch: int, w: int, h: int, c: int, comm: Any, flavor: str | Flavor = "pjreddie", *,
-                              renorm: bool = False, rmax: float = 3.0, dmax: float = 5.0) -> SyncLayer:
+def make_sync_batchnorm_layer(
+    batch: int,
+    w: int,
+    h: int,
+    c: int,
+    comm: Any,
+    flavor: str | Flavor = "pjreddie",
+    *,
+    renorm: bool = False,
+    rmax: float = 3.0,
+    dmax: float = 5.0,
+) -> SyncLayer:
     """:func:`~darknet_bn.make_batchnorm_layer` with the statistics synchronized over ``comm`` (an
     mpi4py communicator): ``batch`` is this process's slice. A collective call."""
     return SyncLayer(batch, w, h, c, comm, flavor, renorm=renorm, rmax=rmax, dmax=dmax)

@@ -78,21 +78,53 @@ class Flavor:
     @property
     def exact_gradient(self) -> bool:
         """Whether the training backward is the exact gradient of the training forward."""
-        return (not self.unbiased and self.eps_in_sqrt and self.bwd_eps_in_sqrt
-                and self.eps == self.bwd_eps == self.stat_eps)
+        return (
+            not self.unbiased
+            and self.eps_in_sqrt
+            and self.bwd_eps_in_sqrt
+            and self.eps == self.bwd_eps == self.stat_eps
+        )
 
 
-PJREDDIE = Flavor("pjreddie", momentum=_f32(0.01), eps=_f32(1e-6), eps_in_sqrt=False, unbiased=True,
-                  bwd_eps=_f32(1e-5), bwd_eps_in_sqrt=True, stat_eps=_f32(1e-5), fork="pjreddie")
-ALEXEYAB = Flavor("alexeyab", momentum=_f32(0.1), eps=_f32(1e-5), eps_in_sqrt=True, unbiased=True,
-                  bwd_eps=_f32(1e-5), bwd_eps_in_sqrt=False, stat_eps=_f32(1e-5), fork="alexeyab")
+PJREDDIE = Flavor(
+    "pjreddie",
+    momentum=_f32(0.01),
+    eps=_f32(1e-6),
+    eps_in_sqrt=False,
+    unbiased=True,
+    bwd_eps=_f32(1e-5),
+    bwd_eps_in_sqrt=True,
+    stat_eps=_f32(1e-5),
+    fork="pjreddie",
+)
+ALEXEYAB = Flavor(
+    "alexeyab",
+    momentum=_f32(0.1),
+    eps=_f32(1e-5),
+    eps_in_sqrt=True,
+    unbiased=True,
+    bwd_eps=_f32(1e-5),
+    bwd_eps_in_sqrt=False,
+    stat_eps=_f32(1e-5),
+    fork="alexeyab",
+)
 
 
 def torch_flavor(eps: float = 1e-5, momentum: float = 0.1) -> Flavor:
     """PyTorch's BatchNorm semantics with its ``eps`` and ``momentum`` (defaults as PyTorch's)."""
     name = "torch" if (eps, momentum) == (1e-5, 0.1) else f"torch(eps={eps!r}, momentum={momentum!r})"
-    return Flavor(name, momentum=momentum, eps=eps, eps_in_sqrt=True, unbiased=False,
-                  bwd_eps=eps, bwd_eps_in_sqrt=True, stat_eps=eps, init_rolling_variance=1.0, fork="alexeyab")
+    return Flavor(
+        name,
+        momentum=momentum,
+        eps=eps,
+        eps_in_sqrt=True,
+        unbiased=False,
+        bwd_eps=eps,
+        bwd_eps_in_sqrt=True,
+        stat_eps=eps,
+        init_rolling_variance=1.0,
+        fork="alexeyab",
+    )
 
 
 FLAVORS: dict[str, Flavor] = {f.name: f for f in (PJREDDIE, ALEXEYAB, torch_flavor())}

@@ -38,10 +38,24 @@ from ._capi import (
 from .flavors import Flavor, get_flavor
 
 __all__ = [
-    "mean_cpu", "variance_cpu", "normalize_cpu", "scale_bias", "add_bias", "backward_bias",
-    "backward_scale_cpu", "mean_delta_cpu", "variance_delta_cpu", "normalize_delta_cpu",
-    "set_num_threads", "get_num_threads", "has_openmp", "set_isa", "get_isa", "ISAS",
+    "mean_cpu",
+    "variance_cpu",
+    "normalize_cpu",
+    "scale_bias",
+    "add_bias",
+    "backward_bias",
+    "backward_scale_cpu",
+    "mean_delta_cpu",
+    "variance_delta_cpu",
+    "normalize_delta_cpu",
+    "set_num_threads",
+    "get_num_threads",
+    "has_openmp",
+    "set_isa",
+    "get_isa",
+    "ISAS",
 ]
+
 
 def _eps_of(flavor: str | Flavor, backward: bool):
     fl = get_flavor(flavor)
@@ -50,6 +64,7 @@ def _eps_of(flavor: str | Flavor, backward: bool):
 
 # ------------------------------------------------------------------------------------------------
 # The kernels, in Darknet's argument order.
+
 
 def mean_cpu(x: np.ndarray, batch: int, filters: int, spatial: int, mean: np.ndarray) -> None:
     """Per-channel mean. x: [batch, filters, spatial] float32; writes mean: [filters] float32.
@@ -63,8 +78,7 @@ def mean_cpu(x: np.ndarray, batch: int, filters: int, spatial: int, mean: np.nda
     lib.mean_cpu(px, b, f, s, pm, EXEC)
 
 
-def variance_cpu(x: np.ndarray, mean: np.ndarray, batch: int, filters: int, spatial: int,
-                 variance: np.ndarray) -> None:
+def variance_cpu(x: np.ndarray, mean: np.ndarray, batch: int, filters: int, spatial: int, variance: np.ndarray) -> None:
     """Per-channel unbiased variance around ``mean``. x: [batch, filters, spatial]; mean: [filters];
     writes variance: [filters] float32.
 
@@ -79,8 +93,16 @@ def variance_cpu(x: np.ndarray, mean: np.ndarray, batch: int, filters: int, spat
     lib.variance_cpu(px, pm, b, f, s, pv, EXEC)
 
 
-def normalize_cpu(x: np.ndarray, mean: np.ndarray, variance: np.ndarray, batch: int, filters: int,
-                  spatial: int, *, flavor: str | Flavor = "pjreddie") -> None:
+def normalize_cpu(
+    x: np.ndarray,
+    mean: np.ndarray,
+    variance: np.ndarray,
+    batch: int,
+    filters: int,
+    spatial: int,
+    *,
+    flavor: str | Flavor = "pjreddie",
+) -> None:
     """Normalize x in place. x: [batch, filters, spatial]; mean, variance: [filters].
 
     ``x = (x - mean) / (sqrt(variance) + 1e-6)`` (pjreddie) or ``(x - mean) / sqrt(variance + 1e-5)``
@@ -123,8 +145,9 @@ def backward_bias(bias_updates: np.ndarray, delta: np.ndarray, batch: int, n: in
     lib.backward_bias(pu, pd, b, f, s, EXEC)
 
 
-def backward_scale_cpu(x_norm: np.ndarray, delta: np.ndarray, batch: int, n: int, size: int,
-                       scale_updates: np.ndarray) -> None:
+def backward_scale_cpu(
+    x_norm: np.ndarray, delta: np.ndarray, batch: int, n: int, size: int, scale_updates: np.ndarray
+) -> None:
     """Accumulate scale gradients. x_norm, delta: [batch, n, size];
     ``scale_updates[f] += sum(delta * x_norm)`` over channel f (adds into scale_updates: [n])."""
     b, f, s, cnt, what = dims(batch, n, size, ("batch", "n", "size"))
@@ -135,8 +158,9 @@ def backward_scale_cpu(x_norm: np.ndarray, delta: np.ndarray, batch: int, n: int
     lib.backward_scale_cpu(px, pd, b, f, s, pu, EXEC)
 
 
-def mean_delta_cpu(delta: np.ndarray, variance: np.ndarray, batch: int, filters: int, spatial: int,
-                   mean_delta: np.ndarray) -> None:
+def mean_delta_cpu(
+    delta: np.ndarray, variance: np.ndarray, batch: int, filters: int, spatial: int, mean_delta: np.ndarray
+) -> None:
     """Delta of the batch mean. delta: [batch, filters, spatial]; variance: [filters];
     writes ``mean_delta = -sum(delta) / sqrt(variance + 1e-5)``: [filters] (every fork)."""
     b, f, s, n, what = dims(batch, filters, spatial)
@@ -147,8 +171,16 @@ def mean_delta_cpu(delta: np.ndarray, variance: np.ndarray, batch: int, filters:
     lib.mean_delta_cpu(pd, pv, b, f, s, pm, EXEC)
 
 
-def variance_delta_cpu(x: np.ndarray, delta: np.ndarray, mean: np.ndarray, variance: np.ndarray,
-                       batch: int, filters: int, spatial: int, variance_delta: np.ndarray) -> None:
+def variance_delta_cpu(
+    x: np.ndarray,
+    delta: np.ndarray,
+    mean: np.ndarray,
+    variance: np.ndarray,
+    batch: int,
+    filters: int,
+    spatial: int,
+    variance_delta: np.ndarray,
+) -> None:
     """Delta of the batch variance. x, delta: [batch, filters, spatial]; mean, variance: [filters];
     writes ``variance_delta = sum(delta*(x - mean)) * -1/2 * (variance + 1e-5)**-1.5``: [filters]."""
     b, f, s, n, what = dims(batch, filters, spatial)
@@ -161,9 +193,19 @@ def variance_delta_cpu(x: np.ndarray, delta: np.ndarray, mean: np.ndarray, varia
     lib.variance_delta_cpu(px, pd, pm, pv, b, f, s, pvd, EXEC)
 
 
-def normalize_delta_cpu(x: np.ndarray, mean: np.ndarray, variance: np.ndarray, mean_delta: np.ndarray,
-                        variance_delta: np.ndarray, batch: int, filters: int, spatial: int,
-                        delta: np.ndarray, *, flavor: str | Flavor = "pjreddie") -> None:
+def normalize_delta_cpu(
+    x: np.ndarray,
+    mean: np.ndarray,
+    variance: np.ndarray,
+    mean_delta: np.ndarray,
+    variance_delta: np.ndarray,
+    batch: int,
+    filters: int,
+    spatial: int,
+    delta: np.ndarray,
+    *,
+    flavor: str | Flavor = "pjreddie",
+) -> None:
     """The input's delta, in place in delta: [batch, filters, spatial]; x the same shape; the rest
     [filters]. With N = batch*spatial:
     ``delta = delta / D + variance_delta * 2 * (x - mean) / N + mean_delta / N`` where D is
@@ -176,6 +218,7 @@ def normalize_delta_cpu(x: np.ndarray, mean: np.ndarray, variance: np.ndarray, m
     pmd = check_buffer("mean_delta", mean_delta, f, "filters")
     pvd = check_buffer("variance_delta", variance_delta, f, "filters")
     pd = check_buffer("delta", delta, n, what, True)
-    check_no_overlap("delta", delta, x=x, mean=mean, variance=variance, mean_delta=mean_delta,
-                variance_delta=variance_delta)
+    check_no_overlap(
+        "delta", delta, x=x, mean=mean, variance=variance, mean_delta=mean_delta, variance_delta=variance_delta
+    )
     lib.normalize_delta_cpu(px, pm, pv, pmd, pvd, b, f, s, pd, eps, in_sqrt, EXEC)

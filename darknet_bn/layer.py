@@ -22,12 +22,13 @@ from .flavors import Flavor, get_flavor
 
 __all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS"]
 
+
 def _aligned_zeros(n: int, align: int = 64) -> np.ndarray:
     """A zeroed float32 array of n elements whose data starts on an `align`-byte boundary."""
     extra = align // 4
     raw = np.zeros(n + extra, dtype=np.float32)
     offset = (-raw.ctypes.data % align) // 4
-    return raw[offset:offset + n]
+    return raw[offset : offset + n]
 
 
 def _positive(name: str, v: Any) -> int:
@@ -47,8 +48,12 @@ def _number(name: str, v: Any) -> float:
 
 
 #: Darknet's activations that the inference forward can apply in the same pass (csrc/darknet_bn.h).
-ACTIVATIONS = {name: i for i, name in enumerate(
-    ("linear", "leaky", "relu", "relu6", "logistic", "tanh", "elu", "selu", "gelu", "swish", "mish", "hard_mish"))}
+ACTIVATIONS = {
+    name: i
+    for i, name in enumerate(
+        ("linear", "leaky", "relu", "relu6", "logistic", "tanh", "elu", "selu", "gelu", "swish", "mish", "hard_mish")
+    )
+}
 
 
 def _activation(name: Any) -> int:
@@ -60,8 +65,20 @@ def _activation(name: Any) -> int:
         raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {name!r}") from None
 
 
-_PER_CHANNEL = ("scales", "biases", "scale_updates", "bias_updates", "mean", "variance",
-                "rolling_mean", "rolling_variance", "mean_delta", "variance_delta", "r", "d")
+_PER_CHANNEL = (
+    "scales",
+    "biases",
+    "scale_updates",
+    "bias_updates",
+    "mean",
+    "variance",
+    "rolling_mean",
+    "rolling_variance",
+    "mean_delta",
+    "variance_delta",
+    "r",
+    "d",
+)
 
 
 class Layer:
@@ -90,22 +107,60 @@ class Layer:
     the one that normalized: unbiased for the Darknet flavors, biased for torch).
     """
 
-    __slots__ = ("_batch", "_w", "_h", "_c", "_n", "_count", "_shape", "_flavor", "_cflavor",
-                 "_output", "_delta", "_params", "_x", "_p_x", "_train", "_x_norm", "_x_norm_valid", "_x_copy",
-                 "_x_bufs", "_x_lost",
-                 "_p_output", "_p_delta", "_p", "_rows", "_what", "_view_shape", "_view",
-                 "_a_train", "_a_infer", "_a_bwd", "_renorm", "__weakref__")
+    __slots__ = (
+        "_batch",
+        "_w",
+        "_h",
+        "_c",
+        "_n",
+        "_count",
+        "_shape",
+        "_flavor",
+        "_cflavor",
+        "_output",
+        "_delta",
+        "_params",
+        "_x",
+        "_p_x",
+        "_train",
+        "_x_norm",
+        "_x_norm_valid",
+        "_x_copy",
+        "_x_bufs",
+        "_x_lost",
+        "_p_output",
+        "_p_delta",
+        "_p",
+        "_rows",
+        "_what",
+        "_view_shape",
+        "_view",
+        "_a_train",
+        "_a_infer",
+        "_a_bwd",
+        "_renorm",
+        "__weakref__",
+    )
 
-    def __init__(self, batch: int, w: int, h: int, c: int, flavor: str | Flavor = "pjreddie", *,
-                 renorm: bool = False, rmax: float = 3.0, dmax: float = 5.0) -> None:
-        batch, w, h, c = (_positive("batch", batch), _positive("w", w), _positive("h", h),
-                          _positive("c", c))
+    def __init__(
+        self,
+        batch: int,
+        w: int,
+        h: int,
+        c: int,
+        flavor: str | Flavor = "pjreddie",
+        *,
+        renorm: bool = False,
+        rmax: float = 3.0,
+        dmax: float = 5.0,
+    ) -> None:
+        batch, w, h, c = (_positive("batch", batch), _positive("w", w), _positive("h", h), _positive("c", c))
         n = batch * c * h * w
         if n > INT64_MAX // 4:
             raise ValueError(f"batch*c*h*w = {n} elements is too large to allocate")
         self._batch, self._w, self._h, self._c = batch, w, h, c
         self._n = n
-        self._count = batch * h * w          # N: values per channel
+        self._count = batch * h * w  # N: values per channel
         self._shape = (batch, c, h, w)
         self._flavor = get_flavor(flavor)
         self._cflavor = c_flavor(self._flavor)
@@ -118,20 +173,20 @@ class Layer:
         self._params[_PER_CHANNEL.index("r")] = 1.0
         self._p_output = ffi.from_buffer("float[]", self._output)
         self._p_delta = ffi.from_buffer("float[]", self._delta)
-        self._rows = tuple(self._params)     # the per-channel fields: one view each, made once
+        self._rows = tuple(self._params)  # the per-channel fields: one view each, made once
         self._p = {name: ffi.from_buffer("float[]", row) for name, row in zip(_PER_CHANNEL, self._rows)}
 
-        self._x: np.ndarray | None = None    # the last forward's input (a reference) ...
-        self._p_x = None                     # ... and its cffi pointer
-        self._train = True                   # the mode of the last forward
-        self._x_lost = False                 # the last forward: inference in place on output (x is gone)
+        self._x: np.ndarray | None = None  # the last forward's input (a reference) ...
+        self._p_x = None  # ... and its cffi pointer
+        self._train = True  # the mode of the last forward
+        self._x_lost = False  # the last forward: inference in place on output (x is gone)
         self._x_norm: np.ndarray | None = None
         self._x_norm_valid = False
-        self._x_copy: np.ndarray | None = None   # what x shows before the first forward (zeros)
-        self._x_bufs: list = [None, None]        # where a forward's input is copied when it must be
+        self._x_copy: np.ndarray | None = None  # what x shows before the first forward (zeros)
+        self._x_bufs: list = [None, None]  # where a forward's input is copied when it must be
         self._what = f"batch*inputs = {batch}*{c * h * w}"
-        self._view_shape: tuple = self._shape      # the last shape forward returned ...
-        self._view: np.ndarray = self._output      # ... and the output viewed in it
+        self._view_shape: tuple = self._shape  # the last shape forward returned ...
+        self._view: np.ndarray = self._output  # ... and the output viewed in it
 
         # Batch renormalization: the C struct (rmax, dmax, where r and d go), or NULL for plain BN.
         if not isinstance(renorm, (bool, np.bool_)):
@@ -142,16 +197,38 @@ class Layer:
 
         # The arguments of each C call but the per-call arrays, made once: a call is one C call.
         p, s = self._p, h * w
-        self._a_train = (self._p_output, p["scales"], p["biases"], p["mean"], p["variance"], p["rolling_mean"],
-                         p["rolling_variance"], batch, c, s, self._cflavor, self._renorm, EXEC)
-        self._a_infer = (self._p_output, p["scales"], p["biases"], p["rolling_mean"], p["rolling_variance"],
-                         batch, c, s, self._cflavor)
-        tail = (p["scale_updates"], p["bias_updates"], p["mean_delta"], p["variance_delta"], batch, c, s,
-                self._cflavor)
+        self._a_train = (
+            self._p_output,
+            p["scales"],
+            p["biases"],
+            p["mean"],
+            p["variance"],
+            p["rolling_mean"],
+            p["rolling_variance"],
+            batch,
+            c,
+            s,
+            self._cflavor,
+            self._renorm,
+            EXEC,
+        )
+        self._a_infer = (
+            self._p_output,
+            p["scales"],
+            p["biases"],
+            p["rolling_mean"],
+            p["rolling_variance"],
+            batch,
+            c,
+            s,
+            self._cflavor,
+        )
+        tail = (p["scale_updates"], p["bias_updates"], p["mean_delta"], p["variance_delta"], batch, c, s, self._cflavor)
         rd = (p["r"], p["d"]) if renorm else (ffi.NULL, ffi.NULL)
-        self._a_bwd = {True: (p["scales"], p["mean"], p["variance"]) + rd + tail + (1, EXEC),
-                       False: (p["scales"], p["rolling_mean"], p["rolling_variance"], ffi.NULL, ffi.NULL) + tail
-                       + (0, EXEC)}
+        self._a_bwd = {
+            True: (p["scales"], p["mean"], p["variance"]) + rd + tail + (1, EXEC),
+            False: (p["scales"], p["rolling_mean"], p["rolling_variance"], ffi.NULL, ffi.NULL) + tail + (0, EXEC),
+        }
 
     # ---------------------------------------------------------------------------------------------
     # Passes
@@ -183,8 +260,9 @@ class Layer:
         """
         act = 0 if activation is None else _activation(activation)
         if act and train:
-            raise ValueError(f"activation: fused with the inference forward only (train=False), got {activation!r} "
-                             "with train=True")
+            raise ValueError(
+                f"activation: fused with the inference forward only (train=False), got {activation!r} with train=True"
+            )
         input, p_in, train, lost = self._take_input(input, train, self._count)
         if train:
             lib.dbn_forward_train(p_in, *self._a_train)
@@ -203,30 +281,39 @@ class Layer:
         in a training forward (the output overwrites it, the backward needs it). keep_x: the copy must
         leave the last forward's x intact (for a caller that may still raise after this returns)."""
         n = self._n
-        fast = (isinstance(input, np.ndarray) and input.dtype == F32 and input.size == n
-                and (fl := input.flags).c_contiguous and fl.aligned)
-        if not fast:   # float32 in any byte order and layout can be copied; anything else raises
+        fast = (
+            isinstance(input, np.ndarray)
+            and input.dtype == F32
+            and input.size == n
+            and (fl := input.flags).c_contiguous
+            and fl.aligned
+        )
+        if not fast:  # float32 in any byte order and layout can be copied; anything else raises
             f32 = isinstance(input, np.ndarray) and input.dtype.kind == "f" and input.dtype.itemsize == 4
             if not f32 or input.size != n:
                 explain_buffer("input", input.view(F32) if f32 else input, n, self._what, False)
         train = bool(train)
         if train and count < 2:
-            raise ValueError("train: a training forward needs batch*h*w >= 2 values per channel "
-                             f"(the batch variance is undefined), this layer has {count}")
+            raise ValueError(
+                "train: a training forward needs batch*h*w >= 2 values per channel "
+                f"(the batch variance is undefined), this layer has {count}"
+            )
         if not fast:
             return self._copy_input(input, input, keep_x) + (train, False)
         p_in = ffi.from_buffer("float[]", input)
         # An array that owns its memory cannot share it with this layer's buffers; a view might.
         if input.base is not None:
             if np.may_share_memory(input, self._delta):
-                raise ValueError("input: shares memory with this layer's delta buffer, which the backward "
-                                 "overwrites while it reads the input")
+                raise ValueError(
+                    "input: shares memory with this layer's delta buffer, which the backward "
+                    "overwrites while it reads the input"
+                )
             if np.may_share_memory(input, self._output):
                 if not (p_in == self._p_output):
                     raise ValueError("input: partially overlaps this layer's output buffer")
                 if train:  # the output overwrites its input: keep x for the backward
                     return self._copy_input(self._output, input, keep_x) + (train, False)
-                return input, p_in, train, True   # inference in place: no copy, x is overwritten
+                return input, p_in, train, True  # inference in place: no copy, x is overwritten
         return input, p_in, train, False
 
     def _copy_input(self, src: np.ndarray, like: np.ndarray, keep_x: bool):
@@ -241,7 +328,7 @@ class Layer:
             if not (holds_x or np.may_share_memory(b, src)):
                 buf = b
                 break
-        if buf is None:   # src is a view of one buffer, x lives in the other: a third, not kept
+        if buf is None:  # src is a view of one buffer, x lives in the other: a third, not kept
             buf = _aligned_zeros(self._n).reshape(self._shape)
         view = buf.reshape(like.shape)
         np.copyto(view, src.reshape(like.shape))
@@ -282,20 +369,22 @@ class Layer:
         lib.dbn_backward(self._p_x, self._p_delta, p_nd, *self._a_bwd[self._train])
         return net_delta
 
-    def _take_net_delta(self, net_delta: Any):
+    def _take_net_delta(self, net_delta: Any) -> tuple[np.ndarray, Any]:
         """Check (or allocate) a backward's net_delta; returns it and its pointer (NULL: in place)."""
         x = self._x
         if x is None:
             raise ValueError("backward: call forward first (the backward needs the forward's input)")
         if self._x_lost:
-            raise ValueError("backward: the last forward was an inference forward in place on output, which "
-                             "overwrote its input; the backward needs that input (pass it in another array)")
+            raise ValueError(
+                "backward: the last forward was an inference forward in place on output, which "
+                "overwrote its input; the backward needs that input (pass it in another array)"
+            )
         if net_delta is None:
             net_delta = np.empty(x.shape, dtype=np.float32)
             return net_delta, ffi.from_buffer("float[]", net_delta)
         p_nd = check_buffer("net_delta", net_delta, self._n, self._what, True)
         if p_nd == self._p_delta:
-            return net_delta, ffi.NULL        # in place: delta is the input's delta already
+            return net_delta, ffi.NULL  # in place: delta is the input's delta already
         if net_delta.base is not None or x.base is not None or net_delta is x:
             if np.may_share_memory(net_delta, self._delta):
                 raise ValueError("net_delta: partially overlaps this layer's delta buffer")
@@ -345,8 +434,9 @@ class Layer:
         (into a buffer allocated on the first read ever; zeros before the first forward). ValueError
         after an inference forward in place on ``output`` (its input was overwritten)."""
         if self._x_lost:
-            raise ValueError("x_norm: the last forward was an inference forward in place on output, which "
-                             "overwrote its input")
+            raise ValueError(
+                "x_norm: the last forward was an inference forward in place on output, which overwrote its input"
+            )
         if self._x_norm is None:
             self._x_norm = _aligned_zeros(self._n).reshape(self._shape)
         if self._x is not None and not self._x_norm_valid:
@@ -356,8 +446,20 @@ class Layer:
                 r, d = (p["r"], p["d"]) if self._renorm else (ffi.NULL, ffi.NULL)
             else:
                 m, v, r, d = p["rolling_mean"], p["rolling_variance"], ffi.NULL, ffi.NULL
-            lib.dbn_normalize_into(self._p_x, ffi.from_buffer("float[]", self._x_norm), m, v, r, d, self._batch,
-                                   self._c, self._h * self._w, fl.eps, fl.eps_in_sqrt, EXEC)
+            lib.dbn_normalize_into(
+                self._p_x,
+                ffi.from_buffer("float[]", self._x_norm),
+                m,
+                v,
+                r,
+                d,
+                self._batch,
+                self._c,
+                self._h * self._w,
+                fl.eps,
+                fl.eps_in_sqrt,
+                EXEC,
+            )
             self._x_norm_valid = True
         return self._x_norm
 
@@ -366,16 +468,21 @@ class Layer:
     scale_updates = property(lambda self: self._rows[2], doc="float32 (c,): accumulated scale delta.")
     bias_updates = property(lambda self: self._rows[3], doc="float32 (c,): accumulated bias delta.")
     mean = property(lambda self: self._rows[4], doc="float32 (c,): the last training batch's mean.")
-    variance = property(lambda self: self._rows[5],
-                        doc="float32 (c,): the last training batch's variance (the one that normalized).")
+    variance = property(
+        lambda self: self._rows[5], doc="float32 (c,): the last training batch's variance (the one that normalized)."
+    )
     rolling_mean = property(lambda self: self._rows[6], doc="float32 (c,): running mean for inference.")
     rolling_variance = property(lambda self: self._rows[7], doc="float32 (c,): running variance for inference.")
     mean_delta = property(lambda self: self._rows[8], doc="float32 (c,): delta of the batch mean.")
     variance_delta = property(lambda self: self._rows[9], doc="float32 (c,): delta of the batch variance.")
-    r = property(lambda self: self._rows[10],
-                 doc="float32 (c,): batch renormalization's r of the last training forward (1 without renorm).")
-    d = property(lambda self: self._rows[11],
-                 doc="float32 (c,): batch renormalization's d of the last training forward (0 without renorm).")
+    r = property(
+        lambda self: self._rows[10],
+        doc="float32 (c,): batch renormalization's r of the last training forward (1 without renorm).",
+    )
+    d = property(
+        lambda self: self._rows[11],
+        doc="float32 (c,): batch renormalization's d of the last training forward (0 without renorm).",
+    )
 
     @property
     def renorm(self) -> bool:
@@ -422,12 +529,20 @@ class Layer:
     flavor = property(lambda self: self._flavor, doc="Flavor: the semantics this layer follows.")
 
     def __repr__(self) -> str:
-        return (f"Layer(batch={self._batch}, w={self._w}, h={self._h}, c={self._c}, "
-                f"flavor={self._flavor.name!r})")
+        return f"Layer(batch={self._batch}, w={self._w}, h={self._h}, c={self._c}, flavor={self._flavor.name!r})"
 
 
-def make_batchnorm_layer(batch: int, w: int, h: int, c: int, flavor: str | Flavor = "pjreddie", *,
-                         renorm: bool = False, rmax: float = 3.0, dmax: float = 5.0) -> Layer:
+def make_batchnorm_layer(
+    batch: int,
+    w: int,
+    h: int,
+    c: int,
+    flavor: str | Flavor = "pjreddie",
+    *,
+    renorm: bool = False,
+    rmax: float = 3.0,
+    dmax: float = 5.0,
+) -> Layer:
     """Darknet's ``make_batchnorm_layer(batch, w, h, c)``: a :class:`Layer` for ``batch`` images of
     ``c`` channels of ``h`` x ``w``, following ``flavor`` ("pjreddie", "alexeyab", "torch" or a
     :class:`~darknet_bn.flavors.Flavor`).

@@ -36,10 +36,19 @@ import darknet_bn.torch as dbt
 
 def make_model() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 4),
+    )
 
 
 def batch(step: int, n: int):
@@ -63,9 +72,9 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="rank 0 also trains one process on the whole batches")
     args = ap.parse_args()
 
-    dist.init_process_group("gloo")      # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+    dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(0)                 # the same initial model everywhere (DDP broadcasts rank 0's anyway)
+    torch.manual_seed(0)  # the same initial model everywhere (DDP broadcasts rank 0's anyway)
     reference = make_model()
     model = make_model()
     model.load_state_dict(reference.state_dict())
@@ -74,11 +83,13 @@ def main() -> None:
     opt = torch.optim.SGD(ddp.parameters(), lr=args.lr, momentum=0.9)
 
     sizes = slice_sizes(args.batch, world)
-    lo, hi = sum(sizes[:rank]), sum(sizes[:rank + 1])
+    lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
     if rank == 0:
         nsync = sum(isinstance(m, dbt.SyncBatchNorm) for m in model.modules())
-        print(f"world {world}: SyncBatchNorm x{nsync}, global batch {args.batch} (slices {sizes}), "
-              f"{args.steps} steps", flush=True)
+        print(
+            f"world {world}: SyncBatchNorm x{nsync}, global batch {args.batch} (slices {sizes}), {args.steps} steps",
+            flush=True,
+        )
     for step in range(args.steps):
         x, y = batch(step, args.batch)
         opt.zero_grad()
@@ -99,7 +110,8 @@ def main() -> None:
     if rank == 0:
         same = all(torch.equal(r, rows[0]) for r in rows)
         print(f"parameters and running statistics identical on all {world} processes: {same}", flush=True)
-        if args.check:   # one process on the whole batches: torch.nn.BatchNorm2d in float64, and in float32
+        if args.check:  # one process on the whole batches: torch.nn.BatchNorm2d in float64, and in float32
+
             def train_alone(net: nn.Module, dtype: torch.dtype) -> dict:
                 net = net.to(dtype)
                 opt_one = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
@@ -115,12 +127,19 @@ def main() -> None:
             theirs32 = train_alone(f32, torch.float32)
             theirs = train_alone(reference, torch.float64)
 
-            def rel(sd: dict) -> float:   # per tensor, relative to its largest value; the worst tensor
-                return max(float((sd[k].double() - theirs[k]).abs().max() / theirs[k].abs().max()) for k in sd
-                           if not k.endswith("num_batches_tracked"))
+            def rel(sd: dict) -> float:  # per tensor, relative to its largest value; the worst tensor
+                return max(
+                    float((sd[k].double() - theirs[k]).abs().max() / theirs[k].abs().max())
+                    for k in sd
+                    if not k.endswith("num_batches_tracked")
+                )
+
             ours = rel(model.state_dict())
-            print(f"max relative difference from one process on the whole batch (float64): {ours:.2g}"
-                  f" (torch.nn in float32, one process: {rel(theirs32):.2g})", flush=True)
+            print(
+                f"max relative difference from one process on the whole batch (float64): {ours:.2g}"
+                f" (torch.nn in float32, one process: {rel(theirs32):.2g})",
+                flush=True,
+            )
         print("done", flush=True)
     dist.destroy_process_group()
 

@@ -34,8 +34,12 @@ def isa(request):
 
 
 def pytest_addoption(parser):
-    parser.addoption("--run-slow", action="store_true", default=False,
-                     help="also run the tests marked slow (a tensor of more than 2**31 elements: 8 GiB)")
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help="also run the tests marked slow (a tensor of more than 2**31 elements: 8 GiB)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):

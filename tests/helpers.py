@@ -21,13 +21,13 @@ from darknet_bn.darknet import FoldReport, Network
 DATA = Path(__file__).resolve().parent / "data" / "darknet"
 
 SHAPES = [  # (batch, c, h, w)
-    (1, 3, 5, 7),      # batch 1, spatial > 1
-    (4, 1, 5, 7),      # one channel
-    (16, 8, 1, 1),     # the MLP case: 1x1 spatial, batch > 1
-    (3, 5, 7, 11),     # odd and prime sizes
+    (1, 3, 5, 7),  # batch 1, spatial > 1
+    (4, 1, 5, 7),  # one channel
+    (16, 8, 1, 1),  # the MLP case: 1x1 spatial, batch > 1
+    (3, 5, 7, 11),  # odd and prime sizes
     (2, 13, 17, 19),
-    (1, 1, 1, 2),      # the smallest trainable: N = 2
-    (256, 32, 1, 1),   # an MLP batch
+    (1, 1, 1, 2),  # the smallest trainable: N = 2
+    (256, 32, 1, 1),  # an MLP batch
     (2, 64, 9, 9),
     (5, 3, 31, 37),
 ]
@@ -61,9 +61,11 @@ def make_data(shape, seed, offset=True):
 # ------------------------------------------------------------------------------------------------
 # The command line
 
+
 def run_cli(argv, capsys):
     """``darknet-bn argv`` (each argument str()-ed) in this process: (exit code, stdout, stderr)."""
     from darknet_bn import cli
+
     code = cli.main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out, out.err
@@ -91,6 +93,7 @@ def skip_unless_isa(name: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # Bench peers
 
+
 def _installed(peer: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in bench.PEER_MODULES.get(peer, ()))
 
@@ -100,20 +103,28 @@ def skip_unless_usable(peer: str) -> None:
     if not _installed(peer):
         pytest.skip(f"{peer} is not installed ({bench.PEER_INSTALL[peer]})")
     if peer == "openvino" and "libasan" in os.environ.get("LD_PRELOAD", ""):
-        pytest.skip("OpenVINO's TBB dlopens libtbbbind with RTLD_DEEPBIND, which the AddressSanitizer runtime "
-                    "rejects (google/sanitizers#611): not under the sanitizer stage")
+        pytest.skip(
+            "OpenVINO's TBB dlopens libtbbbind with RTLD_DEEPBIND, which the AddressSanitizer runtime "
+            "rejects (google/sanitizers#611): not under the sanitizer stage"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # Folding: the checks of a folded network against the float64 references
 
 CASES = Path(__file__).resolve().parent / "data" / "fold_cases"
-F32_UNIT = 2.0 ** -24  # float32's unit roundoff
+F32_UNIT = 2.0**-24  # float32's unit roundoff
 BN_NAMES = ("scales", "biases", "rolling_mean", "rolling_variance")
 
+
 def geometry(lyr) -> dict:
-    return dict(stride_x=lyr.stride_x or lyr.stride, stride_y=lyr.stride_y or lyr.stride, pad=lyr.pad,
-                dilation=lyr.dilation or 1, groups=lyr.groups)
+    return dict(
+        stride_x=lyr.stride_x or lyr.stride,
+        stride_y=lyr.stride_y or lyr.stride,
+        pad=lyr.pad,
+        dilation=lyr.dilation or 1,
+        groups=lyr.groups,
+    )
 
 
 def fill_random(net: Network, seed: int, *, rv_zero: float = 0.0) -> None:
@@ -166,9 +177,19 @@ def chains(net: Network, report: FoldReport) -> dict:
     return out
 
 
-def check_folded_layer(net: Network, folded: Network, report: FoldReport, flavor: str, key: tuple, chain: dict,
-                       rng: np.random.Generator, *, batch: int = 2, max_hw: int | None = None,
-                       binary: bool = False) -> None:
+def check_folded_layer(
+    net: Network,
+    folded: Network,
+    report: FoldReport,
+    flavor: str,
+    key: tuple,
+    chain: dict,
+    rng: np.random.Generator,
+    *,
+    batch: int = 2,
+    max_hw: int | None = None,
+    binary: bool = False,
+) -> None:
     """The original layer -> BN(s) equals the folded layer on random inputs (float64 references)."""
     index, part = key
     lyr = net.layers[index]
@@ -188,8 +209,9 @@ def check_folded_layer(net: Network, folded: Network, report: FoldReport, flavor
             h, w = min(h, max_hw), min(w, max_hw)
             oh = (h + 2 * g["pad"] - host.size) // g["stride_y"] + 1
             ow = (w + 2 * g["pad"] - host.size) // g["stride_x"] + 1
-        x = rng.normal(0, 1, (batch, host.c, h, w)) * rng.uniform(0.5, 2, (1, host.c, 1, 1)) \
-            + rng.uniform(-1, 1, (1, host.c, 1, 1))
+        x = rng.normal(0, 1, (batch, host.c, h, w)) * rng.uniform(0.5, 2, (1, host.c, 1, 1)) + rng.uniform(
+            -1, 1, (1, host.c, 1, 1)
+        )
         x = x.astype(np.float32).astype(np.float64)
         if binary:
             x = np.where(x > 0, 1.0, -1.0)
@@ -231,8 +253,7 @@ def check_fold(net: Network, folded: Network, report: FoldReport, flavor: str, s
     ch = chains(net, report)
     for key, chain in ch.items():
         lyr = net.layers[key[0]]
-        binary = lyr.type == "convolutional" and any(
-            net.cfg.sections[key[0]].get_int(k, 0) for k in ("xnor", "binary"))
+        binary = lyr.type == "convolutional" and any(net.cfg.sections[key[0]].get_int(k, 0) for k in ("xnor", "binary"))
         check_folded_layer(net, folded, report, flavor, key, chain, rng, binary=binary, **kw)
     # the arrays of layers not folded are the original's, bit for bit; BN flags as before
     touched = {k[0] for k in ch}
@@ -248,7 +269,9 @@ def check_fold(net: Network, folded: Network, report: FoldReport, flavor: str, s
             nhost = new.parts[pname] if pname else new
             for name in nhost.array_names():
                 if name in host.arrays:
-                    assert np.array_equal(nhost.array(name).view(np.uint32), host.arrays[name].view(np.uint32)), \
-                        (lyr.index, pname, name)
+                    assert np.array_equal(nhost.array(name).view(np.uint32), host.arrays[name].view(np.uint32)), (
+                        lyr.index,
+                        pname,
+                        name,
+                    )
     return len(ch)
-

@@ -20,12 +20,36 @@ F32_1e6 = float(np.float32(1e-6))  # Darknet's .000001f
 # name: (momentum, eps, eps in sqrt, unbiased normalizing variance, backward eps, backward eps in sqrt,
 #        mean/variance-delta eps, initial rolling variance)
 FLAVORS = {
-    "pjreddie": dict(momentum=float(np.float32(.01)), eps=F32_1e6, eps_in_sqrt=False, unbiased=True,
-                     bwd_eps=F32_1e5, bwd_eps_in_sqrt=True, stat_eps=F32_1e5, init_rv=0.0),
-    "alexeyab": dict(momentum=float(np.float32(.1)), eps=F32_1e5, eps_in_sqrt=True, unbiased=True,
-                     bwd_eps=F32_1e5, bwd_eps_in_sqrt=False, stat_eps=F32_1e5, init_rv=0.0),
-    "torch": dict(momentum=0.1, eps=1e-5, eps_in_sqrt=True, unbiased=False,
-                  bwd_eps=1e-5, bwd_eps_in_sqrt=True, stat_eps=1e-5, init_rv=1.0),
+    "pjreddie": dict(
+        momentum=float(np.float32(0.01)),
+        eps=F32_1e6,
+        eps_in_sqrt=False,
+        unbiased=True,
+        bwd_eps=F32_1e5,
+        bwd_eps_in_sqrt=True,
+        stat_eps=F32_1e5,
+        init_rv=0.0,
+    ),
+    "alexeyab": dict(
+        momentum=float(np.float32(0.1)),
+        eps=F32_1e5,
+        eps_in_sqrt=True,
+        unbiased=True,
+        bwd_eps=F32_1e5,
+        bwd_eps_in_sqrt=False,
+        stat_eps=F32_1e5,
+        init_rv=0.0,
+    ),
+    "torch": dict(
+        momentum=0.1,
+        eps=1e-5,
+        eps_in_sqrt=True,
+        unbiased=False,
+        bwd_eps=1e-5,
+        bwd_eps_in_sqrt=True,
+        stat_eps=1e-5,
+        init_rv=1.0,
+    ),
 }
 
 
@@ -45,6 +69,7 @@ def denominator(var, eps, in_sqrt):
 
 # ------------------------------------------------------------------------------------------------
 # Darknet's named kernels
+
 
 def mean_cpu(x, batch, filters, spatial):
     return _t(x, batch, filters, spatial).sum(axis=(0, 2)) / (batch * spatial)
@@ -74,7 +99,9 @@ def backward_bias(bias_updates, delta, batch, n, size):
 
 
 def backward_scale_cpu(x_norm, delta, batch, n, size, scale_updates):
-    return np.asarray(scale_updates, np.float64) + (_t(x_norm, batch, n, size) * _t(delta, batch, n, size)).sum(axis=(0, 2))
+    return np.asarray(scale_updates, np.float64) + (_t(x_norm, batch, n, size) * _t(delta, batch, n, size)).sum(
+        axis=(0, 2)
+    )
 
 
 def mean_delta_cpu(delta, variance, batch, filters, spatial):
@@ -86,16 +113,18 @@ def variance_delta_cpu(x, delta, mean, variance, batch, filters, spatial):
     return s * -0.5 * (np.asarray(variance, np.float64) + F32_1e5) ** -1.5
 
 
-def normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta, batch, filters, spatial, delta,
-                        eps, in_sqrt):
+def normalize_delta_cpu(x, mean, variance, mean_delta, variance_delta, batch, filters, spatial, delta, eps, in_sqrt):
     n = batch * spatial
-    return (_t(delta, batch, filters, spatial) / _c(denominator(variance, eps, in_sqrt))
-            + _c(variance_delta) * 2.0 * (_t(x, batch, filters, spatial) - _c(mean)) / n
-            + _c(mean_delta) / n)
+    return (
+        _t(delta, batch, filters, spatial) / _c(denominator(variance, eps, in_sqrt))
+        + _c(variance_delta) * 2.0 * (_t(x, batch, filters, spatial) - _c(mean)) / n
+        + _c(mean_delta) / n
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # The layer's passes, per flavor. x: [batch, c, h, w] (or any shape of that size).
+
 
 def forward(x, scales, biases, rolling_mean, rolling_variance, shape, flavor, train=True):
     """Returns a dict: output, x_norm, and for train also mean, variance, rolling_mean, rolling_variance."""
@@ -114,8 +143,14 @@ def forward(x, scales, biases, rolling_mean, rolling_variance, shape, flavor, tr
         rv = (1 - m) * np.asarray(rolling_variance, np.float64) + m * var_unbiased
         x_norm = (xt - _c(mean)) / _c(denominator(var, fl["eps"], fl["eps_in_sqrt"]))
         out = x_norm * _c(scales) + _c(biases)
-        return dict(output=out.reshape(shape), x_norm=x_norm.reshape(shape), mean=mean, variance=var,
-                    rolling_mean=rm, rolling_variance=rv)
+        return dict(
+            output=out.reshape(shape),
+            x_norm=x_norm.reshape(shape),
+            mean=mean,
+            variance=var,
+            rolling_mean=rm,
+            rolling_variance=rv,
+        )
     x_norm = (xt - _c(rolling_mean)) / _c(denominator(rolling_variance, fl["eps"], fl["eps_in_sqrt"]))
     out = x_norm * _c(scales) + _c(biases)
     return dict(output=out.reshape(shape), x_norm=x_norm.reshape(shape))
@@ -135,19 +170,27 @@ def backward(x, delta, scales, mean, variance, shape, flavor, train=True):
     x_norm = (xt - _c(mean)) / _c(denominator(variance, fl["eps"], fl["eps_in_sqrt"]))
     bias_updates = dt.sum(axis=(0, 2))
     scale_updates = (dt * x_norm).sum(axis=(0, 2))
-    ds = dt * _c(scales)                                  # Darknet: scale_bias(l.delta, l.scales, ...)
+    ds = dt * _c(scales)  # Darknet: scale_bias(l.delta, l.scales, ...)
     if train:
         vs = np.asarray(variance, np.float64) + fl["stat_eps"]
         mean_delta = -ds.sum(axis=(0, 2)) / np.sqrt(vs)
-        variance_delta = (ds * (xt - _c(mean))).sum(axis=(0, 2)) * -0.5 * vs ** -1.5
-        din = (ds / _c(denominator(variance, fl["bwd_eps"], fl["bwd_eps_in_sqrt"]))
-               + _c(variance_delta) * 2.0 * (xt - _c(mean)) / n + _c(mean_delta) / n)
+        variance_delta = (ds * (xt - _c(mean))).sum(axis=(0, 2)) * -0.5 * vs**-1.5
+        din = (
+            ds / _c(denominator(variance, fl["bwd_eps"], fl["bwd_eps_in_sqrt"]))
+            + _c(variance_delta) * 2.0 * (xt - _c(mean)) / n
+            + _c(mean_delta) / n
+        )
     else:
         mean_delta = np.zeros(c)
         variance_delta = np.zeros(c)
         din = ds / _c(denominator(variance, fl["eps"], fl["eps_in_sqrt"]))
-    return dict(delta=din.reshape(shape), scale_updates=scale_updates, bias_updates=bias_updates,
-                mean_delta=mean_delta, variance_delta=variance_delta)
+    return dict(
+        delta=din.reshape(shape),
+        scale_updates=scale_updates,
+        bias_updates=bias_updates,
+        mean_delta=mean_delta,
+        variance_delta=variance_delta,
+    )
 
 
 def exact_training_gradient(x, g, scales, shape, eps):
@@ -159,20 +202,30 @@ def exact_training_gradient(x, g, scales, shape, eps):
     var = xt.var(axis=(0, 2), keepdims=True)
     xhat = (xt - mu) / np.sqrt(var + eps)
     gs = gt * _c(scales)
-    dx = (gs - gs.mean(axis=(0, 2), keepdims=True) - xhat * (gs * xhat).mean(axis=(0, 2), keepdims=True)) / np.sqrt(var + eps)
+    dx = (gs - gs.mean(axis=(0, 2), keepdims=True) - xhat * (gs * xhat).mean(axis=(0, 2), keepdims=True)) / np.sqrt(
+        var + eps
+    )
     return dx.reshape(shape), (gt * xhat).sum(axis=(0, 2)), gt.sum(axis=(0, 2))
 
 
 def update(scales, scale_updates, biases, bias_updates, learning_rate, momentum, batch):
     """Darknet's update_batchnorm_layer. Returns (scales, scale_updates, biases, bias_updates)."""
     r = learning_rate / batch
-    f = lambda a: np.asarray(a, np.float64)
-    return (f(scales) + r * f(scale_updates), f(scale_updates) * momentum,
-            f(biases) + r * f(bias_updates), f(bias_updates) * momentum)
+
+    def f(a):
+        return np.asarray(a, np.float64)
+
+    return (
+        f(scales) + r * f(scale_updates),
+        f(scale_updates) * momentum,
+        f(biases) + r * f(bias_updates),
+        f(bias_updates) * momentum,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Batch renormalization (Ioffe 2017, arXiv:1702.03275, Algorithm 1), per flavor
+
 
 def forward_renorm(x, scales, biases, rolling_mean, rolling_variance, shape, flavor, rmax, dmax):
     """The paper's training forward with the flavor's statistics: sigma_B = the flavor's batch
@@ -187,8 +240,7 @@ def forward_renorm(x, scales, biases, rolling_mean, rolling_variance, shape, fla
     d = np.clip((e["mean"] - np.asarray(rolling_mean, np.float64)) / sigma, -dmax, dmax)
     batch, c, h, w = shape
     x_hat = (_t(x, batch, c, h * w) - _c(e["mean"])) / _c(sigma_b) * _c(r) + _c(d)
-    e.update(r=r, d=d, x_norm=x_hat.reshape(shape),
-             output=(x_hat * _c(scales) + _c(biases)).reshape(shape))
+    e.update(r=r, d=d, x_norm=x_hat.reshape(shape), output=(x_hat * _c(scales) + _c(biases)).reshape(shape))
     return e
 
 
@@ -204,15 +256,24 @@ def backward_renorm(x, delta, scales, mean, variance, r, d, shape, flavor):
     hs = dt * _c(np.asarray(scales, np.float64) * np.asarray(r, np.float64))
     vs = np.asarray(variance, np.float64) + fl["stat_eps"]
     mean_delta = -hs.sum(axis=(0, 2)) / np.sqrt(vs)
-    variance_delta = (hs * (xt - _c(mean))).sum(axis=(0, 2)) * -0.5 * vs ** -1.5
-    din = (hs / _c(denominator(variance, fl["bwd_eps"], fl["bwd_eps_in_sqrt"]))
-           + _c(variance_delta) * 2.0 * (xt - _c(mean)) / n + _c(mean_delta) / n)
-    return dict(delta=din.reshape(shape), scale_updates=(dt * x_hat).sum(axis=(0, 2)),
-                bias_updates=dt.sum(axis=(0, 2)), mean_delta=mean_delta, variance_delta=variance_delta)
+    variance_delta = (hs * (xt - _c(mean))).sum(axis=(0, 2)) * -0.5 * vs**-1.5
+    din = (
+        hs / _c(denominator(variance, fl["bwd_eps"], fl["bwd_eps_in_sqrt"]))
+        + _c(variance_delta) * 2.0 * (xt - _c(mean)) / n
+        + _c(mean_delta) / n
+    )
+    return dict(
+        delta=din.reshape(shape),
+        scale_updates=(dt * x_hat).sum(axis=(0, 2)),
+        bias_updates=dt.sum(axis=(0, 2)),
+        mean_delta=mean_delta,
+        variance_delta=variance_delta,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Inference BN, convolution and connected layers: the references of folding
+
 
 def ref_denominator(rv: np.ndarray, flavor: str) -> np.ndarray:
     """The inference denominators as the issue states them (Darknet's constants are float literals):
@@ -226,20 +287,32 @@ def ref_bn(z: np.ndarray, p: dict, flavor: str) -> np.ndarray:
     """Inference BN on (batch, channels, ...) float64: scales*(z - mean)/s + biases."""
     shape = (1, -1) + (1,) * (z.ndim - 2)
     g = lambda k: np.asarray(p[k], dtype=np.float64).reshape(shape)  # noqa: E731
-    return g("scales") * (z - g("rolling_mean")) / ref_denominator(p["rolling_variance"], flavor).reshape(shape) \
-        + g("biases")
+    return g("scales") * (z - g("rolling_mean")) / ref_denominator(p["rolling_variance"], flavor).reshape(shape) + g(
+        "biases"
+    )
 
 
 def ref_bn_abs(m: np.ndarray, p: dict, flavor: str) -> np.ndarray:
     """A bound on |the values ref_bn sums| given a bound m on |z| (for the float64 error term)."""
     shape = (1, -1) + (1,) * (m.ndim - 2)
     g = lambda k: np.abs(np.asarray(p[k], dtype=np.float64)).reshape(shape)  # noqa: E731
-    return g("scales") * (m + g("rolling_mean")) / ref_denominator(p["rolling_variance"], flavor).reshape(shape) \
-        + g("biases")
+    return g("scales") * (m + g("rolling_mean")) / ref_denominator(p["rolling_variance"], flavor).reshape(shape) + g(
+        "biases"
+    )
 
 
-def ref_conv(x: np.ndarray, w: np.ndarray, *, stride_x: int, stride_y: int, pad: int, dilation: int, groups: int,
-             out_h: int, out_w: int) -> np.ndarray:
+def ref_conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    *,
+    stride_x: int,
+    stride_y: int,
+    pad: int,
+    dilation: int,
+    groups: int,
+    out_h: int,
+    out_w: int,
+) -> np.ndarray:
     """Darknet's convolution in float64 (im2col_cpu / AlexeyAB's im2col_cpu_ext): x (B, C, H, W), w
     (n, C/groups, k, k); output channel o of group g = o // (n/groups) sums input channels
     g*C/groups ... over kernel offsets (ky, kx) of x[b, c, oy*stride_y - P + ky*dilation, ox*stride_x - P +
@@ -258,8 +331,9 @@ def ref_conv(x: np.ndarray, w: np.ndarray, *, stride_x: int, stride_y: int, pad:
         my, mx = (iy >= 0) & (iy < h), (ix >= 0) & (ix < wd)
         patch = x[:, :, np.clip(iy, 0, h - 1)][:, :, :, np.clip(ix, 0, wd - 1)] * (my[:, None] & mx[None, :])
         for g in range(groups):
-            out[:, g * ng:(g + 1) * ng] += np.einsum("bchw,oc->bohw", patch[:, g * cg:(g + 1) * cg],
-                                                     w[g * ng:(g + 1) * ng, :, ky, kx])
+            out[:, g * ng : (g + 1) * ng] += np.einsum(
+                "bchw,oc->bohw", patch[:, g * cg : (g + 1) * cg], w[g * ng : (g + 1) * ng, :, ky, kx]
+            )
     return out
 
 
@@ -303,7 +377,10 @@ def act64(name, x):
     at this precision but mish(x > 20) = x, which is kept)."""
     x = np.asarray(x, np.float64)
     with np.errstate(all="ignore"):
-        logistic = lambda v: 1.0 / (1.0 + np.exp(-v))
+
+        def logistic(v):
+            return 1.0 / (1.0 + np.exp(-v))
+
         return {
             "linear": lambda: x,
             "leaky": lambda: np.where(x > 0, x, np.float32(0.1) * x),
@@ -314,7 +391,7 @@ def act64(name, x):
             "elu": lambda: np.where(x >= 0, x, np.expm1(x)),
             "selu": lambda: np.where(x >= 0, SELU_A * x, SELU_L * np.expm1(x)),
             # 0.5x (1 + tanh(u)) = x logistic(2u): the same function, without float64's cancellation
-            "gelu": lambda: x * logistic(2 * (0.797885 * x + 0.035677 * x ** 3)),
+            "gelu": lambda: x * logistic(2 * (0.797885 * x + 0.035677 * x**3)),
             "swish": lambda: x * logistic(x),
             "mish": lambda: np.where(x > 20, x, x * np.tanh(np.logaddexp(0.0, x))),
             "hard_mish": lambda: np.where(x > 0, x, np.where(x > -2, x * x / 2 + x, 0.0)),

@@ -13,7 +13,7 @@ from reference import act64
 from darknet_bn import ACTIVATIONS, Flavor, make_batchnorm_layer
 from darknet_bn._capi import ffi, lib
 
-EXACT = {"linear", "leaky", "relu", "relu6"}     # selects and one float32 multiply: exact
+EXACT = {"linear", "leaky", "relu", "relu6"}  # selects and one float32 multiply: exact
 
 
 def check(name, got, y32):
@@ -30,19 +30,20 @@ def check(name, got, y32):
     ok = ~np.isnan(want) & ~inf
     if name in EXACT:
         with np.errstate(all="ignore"):
-            want32 = act64(name, y32).astype(np.float32)   # the same float32 operations
+            want32 = act64(name, y32).astype(np.float32)  # the same float32 operations
         assert np.array_equal(got[ok], want32.astype(np.float64)[ok]), name
         return
     err = np.abs(got[ok] - want[ok])
     bound = 1e-6 * np.abs(want[ok]) + 1.2e-38
-    if name == "hard_mish":   # x*x/2 + x rounds each term: relative to the terms, not their difference
+    if name == "hard_mish":  # x*x/2 + x rounds each term: relative to the terms, not their difference
         v = y32.astype(np.float64)[ok]
         bound = 1.2e-7 * (v * v / 2 + np.abs(v)) + 1.2e-38
     if name == "gelu":
         bound = bound + 1.2e-7 * np.abs(want[ok]).max()
     bad = err > bound
-    assert not bad.any(), f"{name}: {bad.sum()} values off, e.g. act({y32[ok][bad][:3]}) = {got[ok][bad][:3]}, " \
-                          f"want {want[ok][bad][:3]}"
+    assert not bad.any(), (
+        f"{name}: {bad.sum()} values off, e.g. act({y32[ok][bad][:3]}) = {got[ok][bad][:3]}, want {want[ok][bad][:3]}"
+    )
 
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
@@ -68,12 +69,45 @@ def test_dense_sweep_and_special_values(name, isa):
     """With an identity BN (eps 0, rolling variance 1, scale 1, bias 0) the output is act(x) itself:
     a dense sweep over [-120, 120], the thresholds, and Inf/NaN."""
     sweep = np.linspace(-120, 120, 480001, dtype=np.float32)
-    special = np.array([0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, 20.0, 20.000002, -20.0, -2.0, 6.0, 88.7, 88.8, -87.4,
-                        -103.9, -104.1, 1e30, -1e30, np.inf, -np.inf, np.nan], np.float32)
+    special = np.array(
+        [
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            1e-7,
+            -1e-7,
+            20.0,
+            20.000002,
+            -20.0,
+            -2.0,
+            6.0,
+            88.7,
+            88.8,
+            -87.4,
+            -103.9,
+            -104.1,
+            1e30,
+            -1e30,
+            np.inf,
+            -np.inf,
+            np.nan,
+        ],
+        np.float32,
+    )
     x = np.concatenate([sweep, special])
     n = x.size
-    identity = Flavor("identity", momentum=0.1, eps=0.0, eps_in_sqrt=True, unbiased=False, bwd_eps=0.0,
-                      bwd_eps_in_sqrt=True, stat_eps=0.0, init_rolling_variance=1.0)
+    identity = Flavor(
+        "identity",
+        momentum=0.1,
+        eps=0.0,
+        eps_in_sqrt=True,
+        unbiased=False,
+        bwd_eps=0.0,
+        bwd_eps_in_sqrt=True,
+        stat_eps=0.0,
+        init_rolling_variance=1.0,
+    )
     layer = make_batchnorm_layer(1, n, 1, 1, identity)
     out = layer.forward(x.reshape(1, 1, 1, n), train=False, activation=name).reshape(-1)
     check(name, out, x)
@@ -97,7 +131,7 @@ def test_in_place_and_errors():
     x = make_data(shape, 3)
     expect = act64("mish", x.astype(np.float64) / np.sqrt(1 + 1e-5))
     layer.output[:] = x
-    layer.forward(layer.output, train=False, activation="mish")     # in place
+    layer.forward(layer.output, train=False, activation="mish")  # in place
     assert_close(layer.output, expect, rtol=2e-6, name="in place mish")
     with pytest.raises(ValueError, match="train=False"):
         layer.forward(x, train=True, activation="leaky")

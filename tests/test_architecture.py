@@ -19,7 +19,7 @@ import pytest
 import darknet_bn
 
 ROOT = Path(darknet_bn.__file__).resolve().parent
-ENTRY_POINTS = {"darknet_bn.__main__"}     # python -m darknet_bn: runs the command line
+ENTRY_POINTS = {"darknet_bn.__main__"}  # python -m darknet_bn: runs the command line
 
 
 def module_name(path: Path) -> str:
@@ -45,7 +45,7 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - (node.level - 1)]
+                base = base[: len(base) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
@@ -114,11 +114,11 @@ def g() -> dict[str, set[str]]:
 
 def test_the_graph_reader_sees_the_imports(g):
     # a reader that missed relative imports would pass every rule below: check known edges first
-    assert "darknet_bn._capi" in g["darknet_bn.kernels"]                 # from ._capi import ...
-    assert "darknet_bn._dbn" in g["darknet_bn._capi"]                    # from ._dbn import ffi, lib
-    assert "darknet_bn.cli.bench" in g["darknet_bn.cli"]                 # from .bench import ... (a package)
-    assert "darknet_bn.bench" in g["darknet_bn.cli.bench"]               # from .. import bench
-    assert "darknet_bn.layer" in g["darknet_bn.bench.peers"]             # from ..layer import Layer
+    assert "darknet_bn._capi" in g["darknet_bn.kernels"]  # from ._capi import ...
+    assert "darknet_bn._dbn" in g["darknet_bn._capi"]  # from ._dbn import ffi, lib
+    assert "darknet_bn.cli.bench" in g["darknet_bn.cli"]  # from .bench import ... (a package)
+    assert "darknet_bn.bench" in g["darknet_bn.cli.bench"]  # from .. import bench
+    assert "darknet_bn.layer" in g["darknet_bn.bench.peers"]  # from ..layer import Layer
     assert "argparse" in g["darknet_bn.cli.common"]
     assert "torch" in g["darknet_bn.torch._backend"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
@@ -147,22 +147,30 @@ def test_only_capi_touches_the_compiled_library(g):
 
 def test_nothing_below_the_command_line_imports_it(g):
     for package in ("darknet_bn.cli", "darknet_bn.examples"):
-        bad = sorted(m for m, ts in g.items()
-                     if any(under(t, package) for t in ts) and not under(m, "darknet_bn.cli")
-                     and not under(m, package) and m not in ENTRY_POINTS)
+        bad = sorted(
+            m
+            for m, ts in g.items()
+            if any(under(t, package) for t in ts)
+            and not under(m, "darknet_bn.cli")
+            and not under(m, package)
+            and m not in ENTRY_POINTS
+        )
         assert bad == [], package
 
 
 def test_the_library_does_not_import_the_torch_face(g):
-    bad = sorted(m for m, ts in g.items()
-                 if any(under(t, "darknet_bn.torch") for t in ts) and not under(m, "darknet_bn.torch"))
+    bad = sorted(
+        m for m, ts in g.items() if any(under(t, "darknet_bn.torch") for t in ts) and not under(m, "darknet_bn.torch")
+    )
     assert bad == []
 
 
 def test_import_darknet_bn_does_not_import_torch_or_the_cli(tmp_path):
     prefixes = ("torch", "darknet_bn.cli", "darknet_bn.examples", "darknet_bn.torch", "darknet_bn.bench")
-    code = (f"import sys, darknet_bn; print(sorted(m for m in sys.modules if m in {prefixes!r} "
-            f"or m.startswith(tuple(p + '.' for p in {prefixes!r}))))")
+    code = (
+        f"import sys, darknet_bn; print(sorted(m for m in sys.modules if m in {prefixes!r} "
+        f"or m.startswith(tuple(p + '.' for p in {prefixes!r}))))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"

@@ -20,21 +20,32 @@ def _reference64(s: bench.Setup) -> dict:
     running statistics), inference + leaky, and the training backward of dy (the gradient of the
     training forward w.r.t. x)."""
     x, dy = s.x.astype(np.float64), s.dy.astype(np.float64)
-    col = lambda v: np.asarray(v, np.float64).reshape(1, -1, 1, 1)   # noqa: E731
+    col = lambda v: np.asarray(v, np.float64).reshape(1, -1, 1, 1)  # noqa: E731
     ax = (0, 2, 3)
     m, v = x.mean(axis=ax, keepdims=True), x.var(axis=ax, keepdims=True)
     xhat = (x - m) / np.sqrt(v + EPS)
     y_infer = (x - col(s.rm)) / np.sqrt(col(s.rv) + EPS) * col(s.gamma) + col(s.beta)
     g = dy * col(s.gamma)
     dx = (g - g.mean(axis=ax, keepdims=True) - xhat * (g * xhat).mean(axis=ax, keepdims=True)) / np.sqrt(v + EPS)
-    return {"train": xhat * col(s.gamma) + col(s.beta), "infer": y_infer,
-            "infer+leaky": np.where(y_infer > 0, y_infer, 0.1 * y_infer), "backward": dx}
+    return {
+        "train": xhat * col(s.gamma) + col(s.beta),
+        "infer": y_infer,
+        "infer+leaky": np.where(y_infer > 0, y_infer, 0.1 * y_infer),
+        "backward": dx,
+    }
 
 
 def _setup(shape=SHAPE) -> bench.Setup:
     x, dy = bench.make_data(shape)
-    return bench.Setup(shape, get_flavor("torch"), x, dy, *bench.make_params(shape[1]),
-                       threads=kernels.get_num_threads(), passes=bench.PASSES)
+    return bench.Setup(
+        shape,
+        get_flavor("torch"),
+        x,
+        dy,
+        *bench.make_params(shape[1]),
+        threads=kernels.get_num_threads(),
+        passes=bench.PASSES,
+    )
 
 
 PEERS = ["numpy", "torch", "torch-out", "ort", "openvino", "jax"]
@@ -65,6 +76,7 @@ def test_ours_reference_matches_the_math():
 
 class _SpyLayer(Layer):
     """A Layer that records, for every backward, whether the last forward of that layer trained."""
+
     log: list = []
 
     def forward(self, input, train=True, activation=None):
@@ -85,7 +97,7 @@ def test_every_backward_row_times_the_training_backward(monkeypatch):
     results = bench.run([SHAPE], ["numpy"], rounds=2, passes=passes)
     assert [r.pass_ for r in results] == list(passes)
     calls = _SpyLayer.log
-    assert {renorm for _, renorm, _ in calls} == {False, True}    # both layers' backwards ran
+    assert {renorm for _, renorm, _ in calls} == {False, True}  # both layers' backwards ran
     assert all(train for _, _, train in calls), "a backward ran after an inference forward"
     # the training backward leaves the batch statistics' deltas it computed (the inference one zeroes them)
     layer = _SpyLayer(*SHAPE[:1], SHAPE[3], SHAPE[2], SHAPE[1], "torch")
@@ -104,11 +116,12 @@ def test_a_peer_that_differs_is_reported_not_timed(monkeypatch):
         f = impl.calls["infer"]
         impl.calls["infer"] = impl.outputs["infer"] = lambda: f() * np.float32(1.01)
         return impl
+
     monkeypatch.setitem(bench.MAKERS, "numpy", wrong)
     results = {r.pass_: r for r in bench.run([SHAPE], ["numpy"], rounds=2)}
     assert "numpy" not in results["infer"].median_ms
     assert "differs from ours" in results["infer"].not_timed["numpy"]
-    assert results["infer"].ratio("numpy") != results["infer"].ratio("numpy")   # NaN
+    assert results["infer"].ratio("numpy") != results["infer"].ratio("numpy")  # NaN
     for p in ("train", "infer+leaky", "backward"):
         assert "numpy" in results[p].median_ms and results[p].check_error["numpy"] < 1e-5
     text = bench.format_table(list(results.values()), ["numpy"])
@@ -118,6 +131,7 @@ def test_a_peer_that_differs_is_reported_not_timed(monkeypatch):
 def test_a_peer_that_fails_to_set_up_is_reported(monkeypatch):
     def broken(s):
         raise RuntimeError("no such device")
+
     monkeypatch.setitem(bench.MAKERS, "numpy", broken)
     results = bench.run([SHAPE], ["numpy"], rounds=2)
     assert all("numpy" not in r.median_ms for r in results)
@@ -139,6 +153,7 @@ def test_cpu_info_names_the_cpu_and_its_caches():
     assert info["cores"] >= 1 and info["logical_cpus"] >= info["cores"]
     import glob
     import platform
+
     if platform.system() == "Linux":
         assert info["cpu"]
         sysfs = {}

@@ -24,8 +24,11 @@ CC = shutil.which("gcc") or shutil.which("cc")
 def test_c_sources_compile_clean(variant, tmp_path):
     flags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-fPIC"] + variant
     for src in sorted(CSRC.glob("*.c")):
-        r = subprocess.run([CC, *flags, "-I", str(CSRC), "-c", str(src), "-o", str(tmp_path / (src.stem + ".o"))],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [CC, *flags, "-I", str(CSRC), "-c", str(src), "-o", str(tmp_path / (src.stem + ".o"))],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, f"{src.name}:\n{r.stderr}"
 
 
@@ -38,7 +41,7 @@ def test_every_header_function_is_in_the_module():
 
 
 def test_subnormals_and_nan_survive():
-    tiny = np.full(8, 1e-40, np.float32)          # subnormal in float32
+    tiny = np.full(8, 1e-40, np.float32)  # subnormal in float32
     assert tiny[0] != 0
     K.scale_bias(tiny, np.ones(1, np.float32), 1, 1, 8)
     assert (tiny == np.float32(1e-40)).all(), "flush-to-zero is on (an -Ofast/-ffast-math build?)"

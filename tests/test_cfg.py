@@ -44,6 +44,7 @@ def parse(text: str, flavor: str = "pjreddie", name: str = "t.cfg") -> CfgFile:
 
 # -- lines, whitespace, comments ---------------------------------------------------------------------
 
+
 def test_whitespace_inside_a_line_is_removed():
     c = parse(NET + "[convolutional]\nfil ters = 3 2\n\tsize\t=\t3  \nactivation = leaky\n")
     (conv,) = c.sections
@@ -93,6 +94,7 @@ def test_bytes_are_read_byte_for_byte():
 
 # -- keys ----------------------------------------------------------------------------------------
 
+
 def test_first_occurrence_of_a_duplicate_key_wins_and_the_rest_warn():
     c = parse(NET + "[convolutional]\nfilters=16\nsize=3\nfilters=32\n")
     assert c.sections[0].get_int("filters", 1) == 16
@@ -113,13 +115,21 @@ def test_duplicate_net_keys_in_real_cfgs():
     assert sum("repeats the key" in w and f"{batches[1]} " in w for w in c.warnings) == 1
 
 
-@pytest.mark.parametrize("flavor,key,known", [
-    ("pjreddie", "dilation", False), ("alexeyab", "dilation", True),
-    ("pjreddie", "stride_x", False), ("alexeyab", "stride_x", True),
-    ("pjreddie", "groups", True), ("alexeyab", "share_index", True),
-    ("pjreddie", "dontloadscales", True), ("alexeyab", "dontloadscales", True),
-    ("pjreddie", "nonsense", False), ("alexeyab", "nonsense", False),
-])
+@pytest.mark.parametrize(
+    "flavor,key,known",
+    [
+        ("pjreddie", "dilation", False),
+        ("alexeyab", "dilation", True),
+        ("pjreddie", "stride_x", False),
+        ("alexeyab", "stride_x", True),
+        ("pjreddie", "groups", True),
+        ("alexeyab", "share_index", True),
+        ("pjreddie", "dontloadscales", True),
+        ("alexeyab", "dontloadscales", True),
+        ("pjreddie", "nonsense", False),
+        ("alexeyab", "nonsense", False),
+    ],
+)
 def test_unknown_keys_are_warnings(flavor, key, known):
     c = parse(NET + f"[convolutional]\nfilters=4\n{key}=1\n", flavor)
     warned = any(f"does not read '{key}'" in w for w in c.warnings)
@@ -137,16 +147,32 @@ def test_route_groups_are_unknown_to_pjreddie():
 
 # -- sections ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("header,fork,type_", [
-    ("[conv]", "pjreddie", "convolutional"), ("[convolutional]", "alexeyab", "convolutional"),
-    ("[net]", "pjreddie", "network"), ("[network]", "alexeyab", "network"), ("[conn]", "pjreddie", "connected"),
-    ("[max]", "alexeyab", "maxpool"), ("[avg]", "pjreddie", "avgpool"), ("[soft]", "alexeyab", "softmax"),
-    ("[lrn]", "pjreddie", "normalization"), ("[reorg]", "pjreddie", "reorg"), ("[reorg]", "alexeyab", "reorg_old"),
-    ("[reorg3d]", "alexeyab", "reorg"), ("[reorg3d]", "pjreddie", None), ("[sam]", "pjreddie", None),
-    ("[Gaussian_yolo]", "alexeyab", "gaussian_yolo"), ("[gaussian_yolo]", "alexeyab", None),
-    ("[local_avg]", "alexeyab", "local_avgpool"), ("[silence]", "alexeyab", "empty"),
-    ("[logistic]", "pjreddie", "logxent"), ("[activation]", "alexeyab", "active"),
-])
+
+@pytest.mark.parametrize(
+    "header,fork,type_",
+    [
+        ("[conv]", "pjreddie", "convolutional"),
+        ("[convolutional]", "alexeyab", "convolutional"),
+        ("[net]", "pjreddie", "network"),
+        ("[network]", "alexeyab", "network"),
+        ("[conn]", "pjreddie", "connected"),
+        ("[max]", "alexeyab", "maxpool"),
+        ("[avg]", "pjreddie", "avgpool"),
+        ("[soft]", "alexeyab", "softmax"),
+        ("[lrn]", "pjreddie", "normalization"),
+        ("[reorg]", "pjreddie", "reorg"),
+        ("[reorg]", "alexeyab", "reorg_old"),
+        ("[reorg3d]", "alexeyab", "reorg"),
+        ("[reorg3d]", "pjreddie", None),
+        ("[sam]", "pjreddie", None),
+        ("[Gaussian_yolo]", "alexeyab", "gaussian_yolo"),
+        ("[gaussian_yolo]", "alexeyab", None),
+        ("[local_avg]", "alexeyab", "local_avgpool"),
+        ("[silence]", "alexeyab", "empty"),
+        ("[logistic]", "pjreddie", "logxent"),
+        ("[activation]", "alexeyab", "active"),
+    ],
+)
 def test_section_aliases(header, fork, type_):
     assert section_type(header, fork) == type_
 
@@ -159,19 +185,22 @@ def test_first_section_must_be_net():
     parse("[network]\nwidth=1\nheight=1\nchannels=1\n")
 
 
-@pytest.mark.parametrize("text,line,words", [
-    ("filters=3\n[net]\n", 1, "before any section"),
-    ("\n\n", None, "no sections"),
-    ("# only comments\n", None, "no sections"),
-    (NET + "[conv]\nfilters=\n", 7, "no value"),
-    (NET + "[conv]\nfilters\n", 7, "no '='"),
-    (NET + "[conv]\n=3\n", 7, "no key"),
-    (NET + "[conv]\n=\n", 7, "no value"),
-    (NET + "[convolution]\n", 6, "unknown section type [convolution]"),
-    (NET + "[sam]\nfrom=-1\n", 6, "alexeyab"),
-    (NET + "[net]junk\n", 6, "unknown section type"),
-    (NET + "[conv]\nfilters=99999999999\n", 7, "C int"),
-])
+@pytest.mark.parametrize(
+    "text,line,words",
+    [
+        ("filters=3\n[net]\n", 1, "before any section"),
+        ("\n\n", None, "no sections"),
+        ("# only comments\n", None, "no sections"),
+        (NET + "[conv]\nfilters=\n", 7, "no value"),
+        (NET + "[conv]\nfilters\n", 7, "no '='"),
+        (NET + "[conv]\n=3\n", 7, "no key"),
+        (NET + "[conv]\n=\n", 7, "no value"),
+        (NET + "[convolution]\n", 6, "unknown section type [convolution]"),
+        (NET + "[sam]\nfrom=-1\n", 6, "alexeyab"),
+        (NET + "[net]junk\n", 6, "unknown section type"),
+        (NET + "[conv]\nfilters=99999999999\n", 7, "C int"),
+    ],
+)
 def test_errors_name_file_line_and_problem(text, line, words):
     with pytest.raises(DarknetCfgError) as e:
         load_network(text, flavor="pjreddie") if "99999" in text else parse(text)
@@ -188,6 +217,7 @@ def test_error_names_the_file(tmp_path):
 
 
 # -- path or text -----------------------------------------------------------------------------------
+
 
 def test_path_or_text(tmp_path):
     p = tmp_path / "n.cfg"
@@ -210,6 +240,7 @@ def test_fork_of():
     assert fork_of("pjreddie") == "pjreddie"
     assert fork_of("alexeyab") == fork_of("torch") == "alexeyab"
     from darknet_bn.flavors import torch_flavor
+
     assert fork_of(torch_flavor(eps=1e-3)) == "alexeyab"
     with pytest.raises(ValueError):
         fork_of("caffe")
@@ -217,10 +248,12 @@ def test_fork_of():
 
 def test_flavor_knows_its_fork():
     from darknet_bn.flavors import FLAVORS, Flavor, torch_flavor
+
     assert [FLAVORS[n].fork for n in ("pjreddie", "alexeyab", "torch")] == ["pjreddie", "alexeyab", "alexeyab"]
     assert torch_flavor(eps=1e-3).fork == "alexeyab"
-    base = dict(momentum=0.1, eps=1e-5, eps_in_sqrt=True, unbiased=False, bwd_eps=1e-5, bwd_eps_in_sqrt=True,
-                stat_eps=1e-5)
+    base = dict(
+        momentum=0.1, eps=1e-5, eps_in_sqrt=True, unbiased=False, bwd_eps=1e-5, bwd_eps_in_sqrt=True, stat_eps=1e-5
+    )
     assert Flavor("mine", **base).fork == "alexeyab"  # the default, as fork_of read any other Flavor
     assert fork_of(Flavor("mine", **base, fork="pjreddie")) == "pjreddie"
     with pytest.raises(ValueError, match="Flavor.fork"):
@@ -231,18 +264,40 @@ def test_flavor_knows_its_fork():
 
 # -- atoi / atof ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,value,exact", [
-    ("42", 42, True), ("-7", -7, True), ("+3", 3, True), ("3.9", 3, False), ("12abc", 12, False), ("abc", 0, False),
-    ("", 0, False), ("0x10", 0, False), ("9" * 5000, 2**63 - 1, True), ("-" + "9" * 30, -2**63, True),
-])
+
+@pytest.mark.parametrize(
+    "text,value,exact",
+    [
+        ("42", 42, True),
+        ("-7", -7, True),
+        ("+3", 3, True),
+        ("3.9", 3, False),
+        ("12abc", 12, False),
+        ("abc", 0, False),
+        ("", 0, False),
+        ("0x10", 0, False),
+        ("9" * 5000, 2**63 - 1, True),
+        ("-" + "9" * 30, -(2**63), True),
+    ],
+)
 def test_c_atoi(text, value, exact):
     assert c_atoi(text) == (value, exact)
 
 
-@pytest.mark.parametrize("text,value", [
-    ("0.5", 0.5), (".5", 0.5), ("5.", 5.0), ("1e-3", 1e-3), ("1e5x", 1e5), ("0x1p3", 8.0), ("-inf", float("-inf")),
-    ("x", 0.0), ("2,3", 2.0),
-])
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("0.5", 0.5),
+        (".5", 0.5),
+        ("5.", 5.0),
+        ("1e-3", 1e-3),
+        ("1e5x", 1e5),
+        ("0x1p3", 8.0),
+        ("-inf", float("-inf")),
+        ("x", 0.0),
+        ("2,3", 2.0),
+    ],
+)
 def test_c_atof(text, value):
     assert c_atof(text)[0] == value
 
@@ -273,62 +328,207 @@ def test_all_real_cfgs_parse(flavor):
 
 # -- random text never raises anything but DarknetCfgError ----------------------------------------------
 
-_KEYS = sorted({k for t in ("network", "convolutional", "route", "shortcut", "yolo", "maxpool", "connected",
-                            "rnn", "crnn", "region", "upsample", "reorg", "softmax")
-                for fork in ("pjreddie", "alexeyab") for k in known_keys(t, fork)})
-_HEADERS = ["[net]", "[network]", "[convolutional]", "[conv]", "[maxpool]", "[avgpool]", "[route]", "[shortcut]",
-            "[upsample]", "[yolo]", "[region]", "[detection]", "[connected]", "[batchnorm]", "[dropout]", "[softmax]",
-            "[cost]", "[crop]", "[local]", "[reorg]", "[reorg3d]", "[rnn]", "[gru]", "[lstm]", "[crnn]", "[sam]",
-            "[scale_channels]", "[Gaussian_yolo]", "[local_avgpool]", "[contrastive]", "[implicit]", "[empty]",
-            "[activation]", "[normalization]", "[iseg]", "[l2norm]", "[logistic]", "[deconvolutional]", "[bogus]"]
+_KEYS = sorted(
+    {
+        k
+        for t in (
+            "network",
+            "convolutional",
+            "route",
+            "shortcut",
+            "yolo",
+            "maxpool",
+            "connected",
+            "rnn",
+            "crnn",
+            "region",
+            "upsample",
+            "reorg",
+            "softmax",
+        )
+        for fork in ("pjreddie", "alexeyab")
+        for k in known_keys(t, fork)
+    }
+)
+_HEADERS = [
+    "[net]",
+    "[network]",
+    "[convolutional]",
+    "[conv]",
+    "[maxpool]",
+    "[avgpool]",
+    "[route]",
+    "[shortcut]",
+    "[upsample]",
+    "[yolo]",
+    "[region]",
+    "[detection]",
+    "[connected]",
+    "[batchnorm]",
+    "[dropout]",
+    "[softmax]",
+    "[cost]",
+    "[crop]",
+    "[local]",
+    "[reorg]",
+    "[reorg3d]",
+    "[rnn]",
+    "[gru]",
+    "[lstm]",
+    "[crnn]",
+    "[sam]",
+    "[scale_channels]",
+    "[Gaussian_yolo]",
+    "[local_avgpool]",
+    "[contrastive]",
+    "[implicit]",
+    "[empty]",
+    "[activation]",
+    "[normalization]",
+    "[iseg]",
+    "[l2norm]",
+    "[logistic]",
+    "[deconvolutional]",
+    "[bogus]",
+]
 _VALUES = st.one_of(
-    st.integers(-3, 40).map(str), st.integers(-2**40, 2**40).map(str),
-    st.sampled_from(["-1", "-2", "-3,-1", "1,2", "0", "2,-4", "leaky", "0.5", "1e9", "", "abc", "=", " 3 ",
-                     "per_feature", "per_channel", "relu", "1#2", "\t", "0,1,2", "-1,61", "3.7"]),
-    st.text(string.printable, max_size=8))
+    st.integers(-3, 40).map(str),
+    st.integers(-(2**40), 2**40).map(str),
+    st.sampled_from(
+        [
+            "-1",
+            "-2",
+            "-3,-1",
+            "1,2",
+            "0",
+            "2,-4",
+            "leaky",
+            "0.5",
+            "1e9",
+            "",
+            "abc",
+            "=",
+            " 3 ",
+            "per_feature",
+            "per_channel",
+            "relu",
+            "1#2",
+            "\t",
+            "0,1,2",
+            "-1,61",
+            "3.7",
+        ]
+    ),
+    st.text(string.printable, max_size=8),
+)
 _LINE = st.one_of(
     st.sampled_from(_HEADERS),
     st.tuples(st.sampled_from(_KEYS + ["x", ""]), _VALUES).map(lambda kv: f"{kv[0]}={kv[1]}"),
     st.sampled_from(["", "#c", ";c", "   ", "=", "noequals", "\r", "[", "]"]),
-    st.text(string.printable + "\0é", max_size=20))
+    st.text(string.printable + "\0é", max_size=20),
+)
 
 
-_SMALL = st.one_of(st.integers(-2, 6).map(str), st.sampled_from(["-1", "-2", "-3", "-1,-3", "0", "1,2", "-1,-2,-4",
-                                                                  "leaky", "linear", "per_feature", "relu", "16",
-                                                                  "32", "255", "0,1,2", "2.5", "x"]))
+_SMALL = st.one_of(
+    st.integers(-2, 6).map(str),
+    st.sampled_from(
+        [
+            "-1",
+            "-2",
+            "-3",
+            "-1,-3",
+            "0",
+            "1,2",
+            "-1,-2,-4",
+            "leaky",
+            "linear",
+            "per_feature",
+            "relu",
+            "16",
+            "32",
+            "255",
+            "0,1,2",
+            "2.5",
+            "x",
+        ]
+    ),
+)
 
 
 @st.composite
 def _section(draw):
     header = draw(st.sampled_from(_HEADERS[2:]))
-    keys = st.sampled_from(["filters", "size", "stride", "pad", "padding", "groups", "batch_normalize", "layers",
-                            "from", "classes", "num", "mask", "output", "hidden", "stride_x", "stride_y",
-                            "dilation", "reverse", "extra", "side", "coords", "crop_width", "crop_height",
-                            "group_id", "scale_wh", "yolo_layer", "embedding_layer", "share_index", "xnor",
-                            "antialiasing", "maxpool_depth", "out_channels", "weights_type", "atoms", "ids",
-                            "output_filters", "hidden_filters", "flipped", "numload", "dontload", "cbn"])
+    keys = st.sampled_from(
+        [
+            "filters",
+            "size",
+            "stride",
+            "pad",
+            "padding",
+            "groups",
+            "batch_normalize",
+            "layers",
+            "from",
+            "classes",
+            "num",
+            "mask",
+            "output",
+            "hidden",
+            "stride_x",
+            "stride_y",
+            "dilation",
+            "reverse",
+            "extra",
+            "side",
+            "coords",
+            "crop_width",
+            "crop_height",
+            "group_id",
+            "scale_wh",
+            "yolo_layer",
+            "embedding_layer",
+            "share_index",
+            "xnor",
+            "antialiasing",
+            "maxpool_depth",
+            "out_channels",
+            "weights_type",
+            "atoms",
+            "ids",
+            "output_filters",
+            "hidden_filters",
+            "flipped",
+            "numload",
+            "dontload",
+            "cbn",
+        ]
+    )
     opts = draw(st.lists(st.tuples(keys, _SMALL), max_size=6))
     return header + "\n" + "".join(f"{k}={v}\n" for k, v in opts)
 
 
 def _cfg_texts():
-    net = st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 5), st.integers(-1, 4),
-                    st.integers(-1, 3)).map(
-        lambda t: f"[net]\nwidth={t[0]}\nheight={t[1]}\nchannels={t[2]}\nbatch={t[3]}\nsubdivisions={t[4]}\n")
+    net = st.tuples(
+        st.integers(0, 20), st.integers(0, 20), st.integers(0, 5), st.integers(-1, 4), st.integers(-1, 3)
+    ).map(lambda t: f"[net]\nwidth={t[0]}\nheight={t[1]}\nchannels={t[2]}\nbatch={t[3]}\nsubdivisions={t[4]}\n")
     good_net = st.tuples(st.integers(1, 24), st.integers(1, 24), st.integers(1, 4)).map(
-        lambda t: f"[net]\nwidth={t[0]}\nheight={t[1]}\nchannels={t[2]}\n")
+        lambda t: f"[net]\nwidth={t[0]}\nheight={t[1]}\nchannels={t[2]}\n"
+    )
     body = st.lists(_LINE, max_size=40).map("\n".join)
     sections = st.lists(_section(), min_size=1, max_size=8).map("".join)
-    return st.one_of(st.tuples(good_net, sections).map("".join),
-                     st.tuples(good_net, sections).map("".join),
-                     st.tuples(net, body).map(lambda t: t[0] + t[1] + "\n"),
-                     st.text(string.printable + "\0\x85é[]=", max_size=300).map(lambda s: s + "\n"),
-                     st.binary(max_size=200).map(lambda b: b + b"\n"))
+    return st.one_of(
+        st.tuples(good_net, sections).map("".join),
+        st.tuples(good_net, sections).map("".join),
+        st.tuples(net, body).map(lambda t: t[0] + t[1] + "\n"),
+        st.text(string.printable + "\0\x85é[]=", max_size=300).map(lambda s: s + "\n"),
+        st.binary(max_size=200).map(lambda b: b + b"\n"),
+    )
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=_cfg_texts(), flavor=st.sampled_from(["pjreddie", "alexeyab", "torch"]),
-       batch=st.sampled_from([1, 3, None]))
+@given(
+    text=_cfg_texts(), flavor=st.sampled_from(["pjreddie", "alexeyab", "torch"]), batch=st.sampled_from([1, 3, None])
+)
 def test_random_cfg_text_raises_only_darknet_cfg_error(text, flavor, batch):
     try:
         net = load_network(text, batch=batch, flavor=flavor)
@@ -355,11 +555,18 @@ def test_random_text_parses_or_raises_darknet_cfg_error(text):
 def test_path_helper_reads_a_real_file():
     p = Path(DATA / "cfg" / "oracle" / "bn_small.cfg")
     c = parse_cfg(p)
-    assert [s.type for s in c.sections] == ["convolutional", "batchnorm", "maxpool", "connected", "batchnorm",
-                                            "connected"]
+    assert [s.type for s in c.sections] == [
+        "convolutional",
+        "batchnorm",
+        "maxpool",
+        "connected",
+        "batchnorm",
+        "connected",
+    ]
 
 
 # -- the fork detected from the cfg, and the keys it ignores, as Python warnings ----------------------
+
 
 def test_unknown_key_warns_with_file_line_and_key(tmp_path):
     p = tmp_path / "typo.cfg"
@@ -373,6 +580,7 @@ def test_unknown_key_warns_with_file_line_and_key(tmp_path):
     assert net.layers[0].batch_normalize == 0  # the misspelled key is not read: no BN, as in Darknet
     assert [k.key for k in net.cfg.ignored] == ["batch_normalise"]
     import darknet_bn
+
     assert darknet_bn.DarknetCfgWarning is DarknetCfgWarning
 
 
@@ -400,7 +608,10 @@ EXPECTED_IGNORED = {
     "alexeyab/writing.cfg": {("[net]", "seen", "unread")},
     "alexeyab/yolo9000.cfg": {("[net]", "batch", "repeated"), ("[net]", "subdivisions", "repeated")},
     "alexeyab/yolov3-openimages.cfg": {("[net]", "batch", "repeated"), ("[net]", "subdivisions", "repeated")},
-    "alexeyab/yolov4-sam-mish-csp-reorg-bfm.cfg": {("[yolo]", "beta1", "unread"), ("[yolo]", "uc_normalizer", "unread")},
+    "alexeyab/yolov4-sam-mish-csp-reorg-bfm.cfg": {
+        ("[yolo]", "beta1", "unread"),
+        ("[yolo]", "uc_normalizer", "unread"),
+    },
     "pjreddie/rnn.cfg": {("[rnn]", "hidden", "unread")},
     "pjreddie/rnn.train.cfg": {("[rnn]", "hidden", "unread")},
     "pjreddie/writing.cfg": {("[net]", "seen", "unread")},
@@ -425,16 +636,19 @@ def test_no_false_warnings_on_the_shared_cfgs():
     assert got == EXPECTED_IGNORED
 
 
-@pytest.mark.parametrize("body,line,what", [
-    ("[route]\nlayers=-1\ngroups=2\ngroup_id=1\n", 10, "[route] groups="),
-    ("[sam]\nfrom=-1\n", 8, "section [sam]"),
-    ("[scale_channels]\nfrom=-1\n", 8, "section [scale_channels]"),
-    ("[implicit]\n", 8, "section [implicit]"),
-    ("[convolutional]\nfilters=2\nactivation=mish\n", 10, "[convolutional] activation=mish"),
-    ("[convolutional]\nfilters=2\nstride_x=2\n", 10, "[convolutional] stride_x="),
-    ("[maxpool]\nmaxpool_depth=1\n", 9, "[maxpool] maxpool_depth="),
-    ("[yolo]\niou_loss=ciou\n", 9, "[yolo] iou_loss="),
-])
+@pytest.mark.parametrize(
+    "body,line,what",
+    [
+        ("[route]\nlayers=-1\ngroups=2\ngroup_id=1\n", 10, "[route] groups="),
+        ("[sam]\nfrom=-1\n", 8, "section [sam]"),
+        ("[scale_channels]\nfrom=-1\n", 8, "section [scale_channels]"),
+        ("[implicit]\n", 8, "section [implicit]"),
+        ("[convolutional]\nfilters=2\nactivation=mish\n", 10, "[convolutional] activation=mish"),
+        ("[convolutional]\nfilters=2\nstride_x=2\n", 10, "[convolutional] stride_x="),
+        ("[maxpool]\nmaxpool_depth=1\n", 9, "[maxpool] maxpool_depth="),
+        ("[yolo]\niou_loss=ciou\n", 9, "[yolo] iou_loss="),
+    ],
+)
 def test_alexeyab_only_content_picks_alexeyabs_rules(body, line, what):
     text = NET + "[convolutional]\nfilters=4\n" + body
     fork, why = detect_fork(text)
@@ -453,8 +667,14 @@ def test_net_policy_sgdr_and_pjreddie_content():
 
 
 def test_alexeyab_only_sets_come_from_the_key_tables():
-    assert {"[sam]", "[scale_channels]", "[implicit]", "[Gaussian_yolo]", "[conv_lstm]", "[reorg3d]"} <= \
-        ALEXEYAB_ONLY_SECTIONS
+    assert {
+        "[sam]",
+        "[scale_channels]",
+        "[implicit]",
+        "[Gaussian_yolo]",
+        "[conv_lstm]",
+        "[reorg3d]",
+    } <= ALEXEYAB_ONLY_SECTIONS
     assert not ALEXEYAB_ONLY_SECTIONS & {"[route]", "[reorg]", "[convolutional]", "[yolo]"}
     assert {"groups", "group_id"} <= ALEXEYAB_ONLY_KEYS["[route]"] and "layers" not in ALEXEYAB_ONLY_KEYS["[route]"]
     assert {"mosaic", "letter_box", "ema_alpha"} <= ALEXEYAB_ONLY_KEYS["[net]"]

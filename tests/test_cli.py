@@ -24,21 +24,40 @@ def test_info(capsys):
 
 def test_bench_small_run_with_json(tmp_path, capsys):
     path = tmp_path / "r.json"
-    code, out, _ = run(["bench", "--shape", "2x3x4x5", "--shape", "8X16x1x1", "--repeat", "3",
-                        "--compare", "plain,numpy", "--threads", "1", "--flavor", "pjreddie",
-                        "--json", str(path)], capsys)
+    code, out, _ = run(
+        [
+            "bench",
+            "--shape",
+            "2x3x4x5",
+            "--shape",
+            "8X16x1x1",
+            "--repeat",
+            "3",
+            "--compare",
+            "plain,numpy",
+            "--threads",
+            "1",
+            "--flavor",
+            "pjreddie",
+            "--json",
+            str(path),
+        ],
+        capsys,
+    )
     assert code == 0, out
     assert "2x3x4x5" in out and "8x16x1x1" in out and "x plain" in out and "x numpy" in out
     data = json.loads(path.read_text())
     assert data["machine"]["threads"] == 1
     rows = data["results"]
     assert {(tuple(r["shape"]), r["pass"]) for r in rows} == {
-        (s, p) for s in ((2, 3, 4, 5), (8, 16, 1, 1)) for p in ("train", "infer", "infer+leaky", "backward")}
+        (s, p) for s in ((2, 3, 4, 5), (8, 16, 1, 1)) for p in ("train", "infer", "infer+leaky", "backward")
+    }
     for r in rows:
         assert r["median_ms"]["ours"] > 0 and r["median_ms"]["plain"] > 0 and r["median_ms"]["numpy"] > 0
         assert r["q1_ms"]["ours"] <= r["median_ms"]["ours"] <= r["q3_ms"]["ours"]
-        assert r["triad_gbs"] > 0 and r["bytes_min"] == {"train": 12, "infer": 8, "infer+leaky": 8, "backward": 20}[r["pass"]] * (
-            2 * 3 * 4 * 5 if r["shape"][0] == 2 else 8 * 16)
+        assert r["triad_gbs"] > 0 and r["bytes_min"] == {"train": 12, "infer": 8, "infer+leaky": 8, "backward": 20}[
+            r["pass"]
+        ] * (2 * 3 * 4 * 5 if r["shape"][0] == 2 else 8 * 16)
         assert r["ratios"]["plain"] == pytest.approx(r["median_ms"]["plain"] / r["median_ms"]["ours"])
     kernels.set_num_threads(None)
 
@@ -78,7 +97,8 @@ def test_bench_default_peers_are_the_installed_ones(monkeypatch, tmp_path, capsy
 
     def fake_run(shapes, peers, **kw):
         seen["peers"] = list(peers)
-        return real(shapes, [p for p in peers if p == "numpy"], **kw)   # time nothing heavy
+        return real(shapes, [p for p in peers if p == "numpy"], **kw)  # time nothing heavy
+
     monkeypatch.setattr(bench, "run", fake_run)
     path = tmp_path / "r.json"
     code, out, _ = run(["bench", "--shape", "2x3x4x5", "--repeat", "2", "--json", str(path)], capsys)
@@ -96,6 +116,7 @@ def test_bench_default_peers_are_the_installed_ones(monkeypatch, tmp_path, capsy
 
 def test_bench_cfg_keeps_only_peers_with_every_pass(monkeypatch):
     import argparse
+
     monkeypatch.setattr(bench, "available", lambda p: True)
     args = argparse.Namespace(threads=None, repeat=None, compare="plain,ort,openvino", plot=None, cfg="x.cfg")
     peers, notes, _ = cli.common.bench_options(args)
@@ -106,29 +127,33 @@ def test_bench_cfg_keeps_only_peers_with_every_pass(monkeypatch):
 def test_bench_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install matplotlib)")
     path = tmp_path / "p.png"
-    code, _, _ = run(["bench", "--shape", "2x3x4x5", "--repeat", "2", "--compare", "plain", "--plot", str(path)],
-                     capsys)
+    code, _, _ = run(
+        ["bench", "--shape", "2x3x4x5", "--repeat", "2", "--compare", "plain", "--plot", str(path)], capsys
+    )
     assert code == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["bench", "--shape", "2x3x4"], "BxCxHxW"),
-    (["bench", "--shape", "2x0x4x4"], "BxCxHxW"),
-    (["bench", "--shape", "axbxcxd"], "BxCxHxW"),
-    (["bench", "--compare", "caffe"], "unknown peer"),
-    (["bench", "--threads", "0"], "--threads"),
-    (["bench", "--repeat", "0"], "--repeat"),
-    (["bench", "--budget", "0"], "--budget"),
-    (["bench", "--compare", "torch,pytorch"], "unknown peer"),
-    (["bench", "--flavor", "caffe"], "invalid choice"),
-    (["bench", "--threads", "two"], "invalid int"),
-    (["nonsense"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["bench", "--shape", "2x3x4"], "BxCxHxW"),
+        (["bench", "--shape", "2x0x4x4"], "BxCxHxW"),
+        (["bench", "--shape", "axbxcxd"], "BxCxHxW"),
+        (["bench", "--compare", "caffe"], "unknown peer"),
+        (["bench", "--threads", "0"], "--threads"),
+        (["bench", "--repeat", "0"], "--repeat"),
+        (["bench", "--budget", "0"], "--budget"),
+        (["bench", "--compare", "torch,pytorch"], "unknown peer"),
+        (["bench", "--flavor", "caffe"], "invalid choice"),
+        (["bench", "--threads", "two"], "invalid int"),
+        (["nonsense"], "invalid choice"),
+    ],
+)
 def test_bad_arguments_exit_2(argv, words, capsys):
     try:
         code = cli.main(argv)
-    except SystemExit as e:   # argparse's own errors
+    except SystemExit as e:  # argparse's own errors
         code = e.code
     err = capsys.readouterr().err
     assert code == 2
@@ -140,7 +165,13 @@ def test_console_script_and_module(tmp_path):
     script = Path(sys.executable).parent / "darknet-bn"
     for cmd in ([str(script)] if script.exists() else []) + [[sys.executable, "-m", "darknet_bn"]]:
         cmd = cmd if isinstance(cmd, list) else [cmd]
-        r = subprocess.run(cmd + ["info"], capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                           env={**os.environ, "PYTHONPATH": ""})
+        r = subprocess.run(
+            cmd + ["info"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": ""},
+        )
         assert r.returncode == 0, r.stderr
         assert "self-check" in r.stdout

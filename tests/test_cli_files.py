@@ -38,11 +38,18 @@ def _table_rows(fork, name):
 
 # -- darknet-bn layers ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fork,name", [("pjreddie", "yolov3-tiny"), ("alexeyab", "yolov4-tiny"),
-                                       ("alexeyab", "efficientnet_b0"), ("pjreddie", "xyolo.test")])
+
+@pytest.mark.parametrize(
+    "fork,name",
+    [
+        ("pjreddie", "yolov3-tiny"),
+        ("alexeyab", "yolov4-tiny"),
+        ("alexeyab", "efficientnet_b0"),
+        ("pjreddie", "xyolo.test"),
+    ],
+)
 def test_layers_prints_darknets_sizes(fork, name, capsys):
-    cfg = next(p for p in [DATA / "cfg" / fork / f"{name}.cfg", DATA / "cfg" / "oracle" / f"{name}.cfg"]
-               if p.exists())
+    cfg = next(p for p in [DATA / "cfg" / fork / f"{name}.cfg", DATA / "cfg" / "oracle" / f"{name}.cfg"] if p.exists())
     code, out, err = run(["layers", cfg, "--flavor", fork], capsys)
     assert code == 0, err
     lines = out.splitlines()
@@ -72,8 +79,10 @@ def test_layers_with_weights_prints_bn_statistics(capsys):
         scales = np.fromfile(PJ_SMALL / "arrays" / f"L{index:03d}_{typ}_scales.f32", dtype="<f4")
         rv = np.fromfile(PJ_SMALL / "arrays" / f"L{index:03d}_{typ}_rolling_variance.f32", dtype="<f4")
         line = next(ln for ln in lines[2:] if ln.split()[0] == str(index))
-        assert line.split()[-2:] == [f"{np.abs(scales).astype(np.float64).mean():.4g}",
-                                     f"{rv.astype(np.float64).mean():.4g}"]
+        assert line.split()[-2:] == [
+            f"{np.abs(scales).astype(np.float64).mean():.4g}",
+            f"{rv.astype(np.float64).mean():.4g}",
+        ]
 
 
 def test_layers_recurrent_and_warnings(capsys):
@@ -87,8 +96,9 @@ def test_layers_recurrent_and_warnings(capsys):
     assert [ln.split()[0] for ln in lines[3:6]] == [".input_layer", ".self_layer", ".output_layer"]
     assert all(ln.split()[-2:] == ["1", "bn"] for ln in lines[3:6])
     assert err.count("\n") == 1 and "warning(s)" in err
-    code, out, err = run(["layers", DATA / "cfg" / "alexeyab" / "rnn.cfg", "--flavor", "alexeyab", "--warnings"],
-                         capsys)
+    code, out, err = run(
+        ["layers", DATA / "cfg" / "alexeyab" / "rnn.cfg", "--flavor", "alexeyab", "--warnings"], capsys
+    )
     assert code == 0 and "divides by zero" in err and err.startswith("warning: ")
 
 
@@ -134,19 +144,43 @@ def test_layers_exit_2_on_short_or_long_weights(tmp_path, capsys):
 
 # -- darknet-bn bench --cfg ----------------------------------------------------------------------
 
+
 def test_bench_cfg_per_layer_and_total(tmp_path, capsys):
     js = tmp_path / "b.json"
-    code, out, err = run(["bench", "--cfg", BN_SMALL_CFG, "--batch", "2", "--repeat", "2", "--compare", "plain",
-                          "--threads", "1", "--flavor", "pjreddie", "--json", js], capsys)
+    code, out, err = run(
+        [
+            "bench",
+            "--cfg",
+            BN_SMALL_CFG,
+            "--batch",
+            "2",
+            "--repeat",
+            "2",
+            "--compare",
+            "plain",
+            "--threads",
+            "1",
+            "--flavor",
+            "pjreddie",
+            "--json",
+            js,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "pjreddie's rules, as asked (flavor 'pjreddie')" in out and "batch 2" in out
     rows = [ln for ln in out.splitlines() if ln[:1].isdigit()]
-    assert [r.split()[:3] for r in rows] == [["0", "convolutional", "2x4x8x8"], ["1", "batchnorm", "2x4x8x8"],
-                                             ["3", "connected", "2x10x1x1"], ["4", "batchnorm", "2x10x1x1"]]
+    assert [r.split()[:3] for r in rows] == [
+        ["0", "convolutional", "2x4x8x8"],
+        ["1", "batchnorm", "2x4x8x8"],
+        ["3", "connected", "2x10x1x1"],
+        ["4", "batchnorm", "2x10x1x1"],
+    ]
     total = next(ln for ln in out.splitlines() if ln.startswith("total"))
     data = json.loads(js.read_text())
     assert [ly["index"] for ly in data["layers"]] == [0, 1, 3, 4] and data["fork"] == "pjreddie"
     from darknet_bn import bench
+
     assert set(data["total_ms"]) == set(bench.PASSES)
     for p in bench.PASSES:
         ours = [ly["median_ms"][p]["ours"] for ly in data["layers"]]
@@ -158,8 +192,7 @@ def test_bench_cfg_per_layer_and_total(tmp_path, capsys):
 
 
 def test_bench_cfg_skips_layers_without_a_training_batch(capsys):
-    code, out, err = run(["bench", "--cfg", BN_SMALL_CFG, "--repeat", "2", "--compare", "", "--threads", "1"],
-                         capsys)
+    code, out, err = run(["bench", "--cfg", BN_SMALL_CFG, "--repeat", "2", "--compare", "", "--threads", "1"], capsys)
     assert code == 0, err
     assert "not timed: 3 connected, 4 batchnorm" in out
     assert len([ln for ln in out.splitlines() if ln[:1].isdigit()]) == 2
@@ -184,13 +217,30 @@ def test_bench_cfg_with_a_peer_that_fails_its_check_on_one_shape(monkeypatch, tm
             f = impl.calls["infer"]
             impl.calls["infer"] = impl.outputs["infer"] = lambda: f() * np.float32(1.01)
         return impl
+
     monkeypatch.setitem(bench.MAKERS, "numpy", wrong_on_one_shape)
     js = tmp_path / "cfg.json"
-    code, out, err = run(["bench", "--cfg", BN_SMALL_CFG, "--batch", "2", "--repeat", "1", "--compare", "numpy",
-                          "--threads", "1", "--json", js], capsys)
+    code, out, err = run(
+        [
+            "bench",
+            "--cfg",
+            BN_SMALL_CFG,
+            "--batch",
+            "2",
+            "--repeat",
+            "1",
+            "--compare",
+            "numpy",
+            "--threads",
+            "1",
+            "--json",
+            js,
+        ],
+        capsys,
+    )
     assert code == 0, err
     rows = {ln.split()[0] + " " + ln.split()[1]: ln.split() for ln in out.splitlines() if ln[:1].isdigit()}
-    assert rows["0 convolutional"][-1] == "-" and rows["1 batchnorm"][-1] == "-"     # numpy not timed on infer
+    assert rows["0 convolutional"][-1] == "-" and rows["1 batchnorm"][-1] == "-"  # numpy not timed on infer
     assert float(rows["3 connected"][-1]) > 0 and float(rows["4 batchnorm"][-1]) > 0
     total = next(ln for ln in out.splitlines() if ln.startswith("total"))
     assert total.split()[-1] == "-"
@@ -231,6 +281,7 @@ def test_load_or_error_returns_the_network():
 
 # -- the default rules: detected from the cfg; ignored keys listed ------------------------------------
 
+
 def test_layers_default_rules_follow_the_cfg(capsys):
     """The issue's case: yolov4-tiny by default has Darknet's (AlexeyAB's) 32 channels at route layer 3
     (tests/data/darknet/expected/tables/alexeyab/yolov4-tiny.txt), and the header says why."""
@@ -257,26 +308,34 @@ def test_layers_lists_every_ignored_key(tmp_path, capsys):
     line = next(ln for ln in cfg.read_text().splitlines() if ln == "strde=2")
     no = cfg.read_text().splitlines().index(line) + 1
     ignored = [ln for ln in out.splitlines() if ln.startswith("ignored: ")]
-    assert ignored == [f"ignored: {cfg}:{no}: [maxpool] strde=2: pjreddie's Darknet does not read 'strde' in a "
-                       "[maxpool] section, it is ignored (Darknet: 'Unused field')"]
+    assert ignored == [
+        f"ignored: {cfg}:{no}: [maxpool] strde=2: pjreddie's Darknet does not read 'strde' in a "
+        "[maxpool] section, it is ignored (Darknet: 'Unused field')"
+    ]
     assert "DarknetCfgWarning" not in err
 
 
 def test_bench_cfg_default_rules_follow_the_cfg(tmp_path, capsys):
     js = tmp_path / "b.json"
     cfg = DATA / "cfg" / "oracle" / "yolov4-tiny-mini.cfg"
-    code, out, err = run(["bench", "--cfg", cfg, "--batch", "1", "--repeat", "1", "--compare", "", "--threads", "1",
-                          "--json", js], capsys)
+    code, out, err = run(
+        ["bench", "--cfg", cfg, "--batch", "1", "--repeat", "1", "--compare", "", "--threads", "1", "--json", js],
+        capsys,
+    )
     assert code == 0, err
     assert "AlexeyAB's rules, detected: line 60" in out and "flavor torch timed" in out
     data = json.loads(js.read_text())
     assert data["fork"] == "alexeyab" and data["flavor"] == "torch"
     # every BN layer timed has the shape of AlexeyAB's own table (batch, out_c, out_h, out_w)
-    want = [(i, [1, oc, oh, ow]) for i, typ, bn, w, h, c, ow, oh, oc in _table_rows("alexeyab", "yolov4-tiny-mini")
-            if bn == 1]
+    want = [
+        (i, [1, oc, oh, ow])
+        for i, typ, bn, w, h, c, ow, oh, oc in _table_rows("alexeyab", "yolov4-tiny-mini")
+        if bn == 1
+    ]
     assert [(ly["index"], ly["shape"]) for ly in data["layers"]] == want and len(want) == 19
-    code, out, err = run(["bench", "--cfg", cfg, "--repeat", "1", "--compare", "", "--threads", "1", "--flavor",
-                          "pjreddie"], capsys)
+    code, out, err = run(
+        ["bench", "--cfg", cfg, "--repeat", "1", "--compare", "", "--threads", "1", "--flavor", "pjreddie"], capsys
+    )
     assert code == 0 and "pjreddie's rules, as asked (flavor 'pjreddie')" in out and "ignored: " in out
     res = bench.bench_cfg(cfg, repeat=1, passes=("train",))
     assert res.net.fork == "alexeyab"

@@ -47,9 +47,21 @@ def run_layer(fork):
 
 
 # Darknet runs in float32 (built -Ofast); ours accumulates in double: agreement to float32 rounding.
-COMPARED = ["train_output", "train_x", "train_x_norm", "train_mean", "train_variance", "train_rolling_mean",
-            "train_rolling_variance", "bwd_scale_updates", "bwd_mean_delta", "bwd_variance_delta",
-            "bwd_layer_delta", "bwd_input_delta", "infer_output"]
+COMPARED = [
+    "train_output",
+    "train_x",
+    "train_x_norm",
+    "train_mean",
+    "train_variance",
+    "train_rolling_mean",
+    "train_rolling_variance",
+    "bwd_scale_updates",
+    "bwd_mean_delta",
+    "bwd_variance_delta",
+    "bwd_layer_delta",
+    "bwd_input_delta",
+    "infer_output",
+]
 
 
 @pytest.mark.parametrize("fork", ["pjreddie", "alexeyab"])
@@ -82,8 +94,9 @@ def test_alexeyab_update():
     assert_close(layer.scale_updates, e["upd_scale_updates"], rtol=1e-5, name="scale_updates")
     # Darknet's biases do not move (its bias_updates were 0); ours follow the same rule with ours.
     assert np.array_equal(e["upd_biases"], e["init_biases"])
-    eb, ebu = ref.update(e["init_scales"], got["bwd_scale_updates"], e["init_biases"], got["bwd_bias_updates"],
-                         0.01, 0.9, 4)[2:]
+    eb, ebu = ref.update(
+        e["init_scales"], got["bwd_scale_updates"], e["init_biases"], got["bwd_bias_updates"], 0.01, 0.9, 4
+    )[2:]
     assert_close(layer.biases, eb, rtol=1e-6, name="biases")
     assert_close(layer.bias_updates, ebu, rtol=1e-6, name="bias_updates")
 
@@ -93,9 +106,11 @@ def test_reference_reproduces_darknet():
     for fork in ("pjreddie", "alexeyab"):
         e = load(fork)
         x = e["input"].reshape(SHAPE)
-        f = ref.forward(x, e["init_scales"], e["init_biases"], e["init_rolling_mean"], e["init_rolling_variance"],
-                        SHAPE, fork)
+        f = ref.forward(
+            x, e["init_scales"], e["init_biases"], e["init_rolling_mean"], e["init_rolling_variance"], SHAPE, fork
+        )
         assert_close(f["output"], e["train_output"], name=f"{fork} output")
-        b = ref.backward(x, e["delta_in"].reshape(SHAPE), e["init_scales"], e["train_mean"], e["train_variance"],
-                         SHAPE, fork)
+        b = ref.backward(
+            x, e["delta_in"].reshape(SHAPE), e["init_scales"], e["train_mean"], e["train_variance"], SHAPE, fork
+        )
         assert_close(b["delta"], e["bwd_input_delta"], name=f"{fork} delta")

@@ -1,6 +1,7 @@
 """The demo (darknet_bn.examples.digits, its command darknet_bn.cli.demo): its numpy gradients against
-finite differences, Darknet's SGD, the evaluation Layers, a short real run on the digits (both runs learn; the BN layers' rolling statistics are
-what the training activations make them), and the command (output, JSON, plot, missing packages).
+finite differences, Darknet's SGD, the evaluation Layers, a short real run on the digits (both runs
+learn; the BN layers' rolling statistics are what the training activations make them), and the command
+(output, JSON, plot, missing packages).
 
 Expected values come from independent float64 numpy computations written here from the math (the BN
 formulas from the README's flavor table), never from the code under test."""
@@ -53,8 +54,11 @@ def ref_forward(x, weights, biases, bn=None, flavor="pjreddie", mode="train", ro
             y = z
         else:
             z = a @ w.T
-            n = (bn_normalize_train(z, flavor) if mode == "train"
-                 else bn_normalize_infer(z, *[np.asarray(r, np.float64) for r in rolling[i]], flavor))
+            n = (
+                bn_normalize_train(z, flavor)
+                if mode == "train"
+                else bn_normalize_infer(z, *[np.asarray(r, np.float64) for r in rolling[i]], flavor)
+            )
             y = n * np.asarray(bn[i][0], np.float64) + np.asarray(bn[i][1], np.float64)
         zs.append(z)
         a = np.maximum(y, 0)
@@ -73,14 +77,17 @@ def synthetic(n_train=96, n_val=40, seed=0):
     """Small separable data shaped like the digits' (64 features in [0, 1], 10 classes)."""
     rng = np.random.default_rng(seed)
     centers = rng.uniform(0, 1, size=(10, 64))
+
     def draw(n):
         y = rng.integers(0, 10, n)
         return np.clip(centers[y] + 0.15 * rng.standard_normal((n, 64)), 0, 1).astype(np.float32), y
+
     return (*draw(n_train), *draw(n_val))
 
 
 # ---------------------------------------------------------------------------------------------------
 # Gradients: finite differences
+
 
 def central_diff(f, p, h):
     """d f / d p, element by element, by central differences (p is modified and restored)."""
@@ -100,8 +107,11 @@ def test_helpers_backward_match_finite_differences():
     """linear, ReLU and softmax cross-entropy deltas (negative gradients) in float64, every element."""
     rng = np.random.default_rng(0)
     x, w, b = rng.standard_normal((5, 7)), rng.standard_normal((4, 7)), rng.standard_normal(4)
-    g = rng.standard_normal((5, 4))          # L = sum(g * linear(x)): the output's delta is -g
-    loss = lambda: float(np.sum(g * demo.linear_forward(x, w, b)))
+    g = rng.standard_normal((5, 4))  # L = sum(g * linear(x)): the output's delta is -g
+
+    def loss():
+        return float(np.sum(g * demo.linear_forward(x, w, b)))
+
     dx, dw, db = demo.linear_backward(-g, x, w)
     assert dx.dtype == np.float64
     assert_close(-dx, central_diff(loss, x, 1e-6), 1e-8, name="linear dx")
@@ -110,16 +120,23 @@ def test_helpers_backward_match_finite_differences():
     assert demo.linear_backward(-g, x, w, need_dx=False)[0] is None
 
     z = rng.standard_normal((6, 5))
-    z[np.abs(z) < 1e-3] = 0.5                # no value within h of the kink
+    z[np.abs(z) < 1e-3] = 0.5  # no value within h of the kink
     g = rng.standard_normal(z.shape)
     out = demo.relu(z)
     assert_close(out, np.where(z > 0, z, 0.0), 0, name="relu")
-    assert_close(-demo.relu_backward(-g, out), central_diff(lambda: float(np.sum(g * demo.relu(z))), z, 1e-6),
-                 1e-8, name="relu backward")
+    assert_close(
+        -demo.relu_backward(-g, out),
+        central_diff(lambda: float(np.sum(g * demo.relu(z))), z, 1e-6),
+        1e-8,
+        name="relu backward",
+    )
 
     logits = 3 * rng.standard_normal((6, 10))
     labels = rng.integers(0, 10, 6)
-    loss_sum = lambda: len(labels) * demo.softmax_cross_entropy(logits, labels)[0]
+
+    def loss_sum():
+        return len(labels) * demo.softmax_cross_entropy(logits, labels)[0]
+
     loss, probs = demo.softmax_cross_entropy(logits, labels)
     assert loss == pytest.approx(ref_loss(logits, labels), rel=1e-12)
     assert_close(probs, np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 1e-12, name="probs")
@@ -141,12 +158,15 @@ def test_mlp_backward_without_bn_matches_finite_differences():
         b[:] = 0.1 * rng.standard_normal(b.shape)
     _, cache = model.forward(x, y, train=True)
     model.backward(cache, y)
-    loss_sum = lambda: 6 * model.forward(x, y)[0]
+
+    def loss_sum():
+        return 6 * model.forward(x, y)[0]
+
     for i in range(3):
-        assert_close(-model.weight_updates[i], central_diff(loss_sum, model.weights[i], 1e-6), 1e-7,
-                     name=f"weights[{i}]")
-        assert_close(-model.bias_updates[i], central_diff(loss_sum, model.biases[i], 1e-6), 1e-7,
-                     name=f"biases[{i}]")
+        assert_close(
+            -model.weight_updates[i], central_diff(loss_sum, model.weights[i], 1e-6), 1e-7, name=f"weights[{i}]"
+        )
+        assert_close(-model.bias_updates[i], central_diff(loss_sum, model.biases[i], 1e-6), 1e-7, name=f"biases[{i}]")
 
 
 def test_mlp_backward_with_bn_matches_finite_differences():
@@ -164,8 +184,11 @@ def test_mlp_backward_with_bn_matches_finite_differences():
     _, cache = model.forward(x, y, train=True)
     model.backward(cache, y)
     params = model.weights + [model.biases[2]] + [p for layer in model.bn for p in (layer.scales, layer.biases)]
-    grads = model.weight_updates + [model.bias_updates[2]] + [
-        p for layer in model.bn for p in (layer.scale_updates, layer.bias_updates)]
+    grads = (
+        model.weight_updates
+        + [model.bias_updates[2]]
+        + [p for layer in model.bn for p in (layer.scale_updates, layer.bias_updates)]
+    )
     grads = [-g.astype(np.float64) for g in grads]
 
     def loss_and_masks():
@@ -187,7 +210,7 @@ def test_mlp_backward_with_bn_matches_finite_differences():
             p[:] = b0
         _, masks0 = loss_and_masks()
         if any((m1 != m0).any() or (m2 != m0).any() for m1, m2, m0 in zip(results[0][1], results[1][1], masks0)):
-            continue                          # a ReLU crossed its kink: the difference is not a derivative
+            continue  # a ReLU crossed its kink: the difference is not a derivative
         fd = (results[0][0] - results[1][0]) / (2 * h)
         analytic = sum(float(np.sum(g * d)) for g, d in zip(grads, dirs))
         assert fd == pytest.approx(analytic, rel=1e-2, abs=1.5e-3), (trial, fd, analytic)
@@ -197,6 +220,7 @@ def test_mlp_backward_with_bn_matches_finite_differences():
 
 # ---------------------------------------------------------------------------------------------------
 # SGD, evaluation
+
 
 def test_update_is_darknets_sgd():
     """One step: W += lr/B * (U - decay*B*W), then U = momentum * that; biases without decay; BN
@@ -231,8 +255,11 @@ def test_evaluation_uses_rolling_statistics_and_leaves_the_model_alone(flavor):
     xt, yt, xv, yv = synthetic()
     cfg = demo.DemoConfig(epochs=2, batch=16, learning_rate=0.05, flavor=flavor)
     model = demo.run_demo(cfg, (xt, yt, xv, yv)).bn.model
-    state = {(i, k): getattr(l, k).copy() for i, l in enumerate(model.bn)
-             for k in ("scales", "biases", "rolling_mean", "rolling_variance", "mean", "variance")}
+    state = {
+        (i, k): getattr(l, k).copy()
+        for i, l in enumerate(model.bn)
+        for k in ("scales", "biases", "rolling_mean", "rolling_variance", "mean", "variance")
+    }
     bn = [(l.scales, l.biases) for l in model.bn]
     rolling = [(l.rolling_mean, l.rolling_variance) for l in model.bn]
 
@@ -241,7 +268,7 @@ def test_evaluation_uses_rolling_statistics_and_leaves_the_model_alone(flavor):
     assert loss == pytest.approx(ref_loss(logits, yv), rel=1e-4)
     assert acc == np.mean(logits.argmax(1) == yv)
 
-    loss4, acc4 = demo.evaluate_train_mode(model, xv, yv, batch=4)     # 40 rows: 10 chunks of 4
+    loss4, acc4 = demo.evaluate_train_mode(model, xv, yv, batch=4)  # 40 rows: 10 chunks of 4
     ref_l, ref_c = 0.0, 0
     for idx in np.split(np.arange(40), 10):
         _, lg = ref_forward(xv[idx], model.weights, model.biases, bn, flavor, mode="train")
@@ -249,9 +276,9 @@ def test_evaluation_uses_rolling_statistics_and_leaves_the_model_alone(flavor):
         ref_c += int(np.sum(lg.argmax(1) == yv[idx]))
     assert loss4 == pytest.approx(ref_l / 40, rel=1e-4) and acc4 == ref_c / 40
 
-    demo.evaluate_train_mode(model, xv[:39], yv[:39], batch=4)       # uneven: chunks of 4 and 5
+    demo.evaluate_train_mode(model, xv[:39], yv[:39], batch=4)  # uneven: chunks of 4 and 5
     with pytest.raises(ValueError, match="batch"):
-        demo.evaluate_train_mode(model, xv, yv, batch=1)             # no batch variance of 1 row
+        demo.evaluate_train_mode(model, xv, yv, batch=1)  # no batch variance of 1 row
     for (i, k), v in state.items():
         assert np.array_equal(getattr(model.bn[i], k), v), (i, k)
 
@@ -270,15 +297,16 @@ def test_both_runs_start_from_the_same_weights_and_see_the_same_batches():
     assert len(seen[False]) == len(seen[True]) == 3 * (96 // 16)
     assert all(np.array_equal(a, b) for a, b in zip(seen[False], seen[True]))
     assert not all(np.array_equal(a, b) for a, b in zip(seen[True][:6], seen[True][6:12])), "reshuffled per epoch"
-    for e in range(3):   # each epoch: every image at most once
-        assert len(np.unique(np.concatenate(seen[True][6 * e:6 * e + 6]))) == 96
+    for e in range(3):  # each epoch: every image at most once
+        assert len(np.unique(np.concatenate(seen[True][6 * e : 6 * e + 6]))) == 96
     w1 = demo.init_weights(7)[0].astype(np.float64)
-    for use_bn in (False, True):   # the first step's z1 = x @ W1.T with the initial W1 (biases start at 0)
+    for use_bn in (False, True):  # the first step's z1 = x @ W1.T with the initial W1 (biases start at 0)
         assert_close(first_z[use_bn], xt[seen[use_bn][0]].astype(np.float64) @ w1.T, 1e-6, name=str(use_bn))
 
 
 # ---------------------------------------------------------------------------------------------------
 # The real run: a short demo on the digits
+
 
 @pytest.fixture(scope="module")
 def digits():
@@ -323,10 +351,15 @@ def test_short_demo_learns_and_rolling_statistics_follow_the_training_activation
     steps = []
 
     def on_step(use_bn, model, cache, idx):
-        if use_bn:   # after the step's update: the state the next step starts from
-            steps.append({"idx": idx.copy(), "z": [z.astype(np.float64) for z in cache.z],
-                          "w": [w.astype(np.float64) for w in model.weights[:2]],
-                          "bn0": (model.bn[0].scales.astype(np.float64), model.bn[0].biases.astype(np.float64))})
+        if use_bn:  # after the step's update: the state the next step starts from
+            steps.append(
+                {
+                    "idx": idx.copy(),
+                    "z": [z.astype(np.float64) for z in cache.z],
+                    "w": [w.astype(np.float64) for w in model.weights[:2]],
+                    "bn0": (model.bn[0].scales.astype(np.float64), model.bn[0].biases.astype(np.float64)),
+                }
+            )
 
     result = demo.run_demo(cfg, (xt, yt, xv, yv), on_step=on_step)
 
@@ -346,7 +379,7 @@ def test_short_demo_learns_and_rolling_statistics_follow_the_training_activation
 
     # 2. exactly the moving average of the recorded batches' statistics
     for k in range(2):
-        s = np.array([[st["z"][k].mean(0), st["z"][k].var(0, ddof=1)] for st in steps])   # (T, 2, 32)
+        s = np.array([[st["z"][k].mean(0), st["z"][k].var(0, ddof=1)] for st in steps])  # (T, 2, 32)
         ema = w_init * r0 + np.tensordot(w_ema, s, 1)
         for j, name in enumerate(("rolling_mean", "rolling_variance")):
             assert_close(rolling[k][j], ema[j], 1e-5, name=f"layer {k} {name}")
@@ -364,15 +397,15 @@ def test_short_demo_learns_and_rolling_statistics_follow_the_training_activation
             z1 = x64[idx] @ state["w"][0].T
             z2 = np.maximum(bn_normalize_train(z1, flavor) * state["bn0"][0] + state["bn0"][1], 0) @ state["w"][1].T
             stats.append([[z.mean(0), z.var(0, ddof=1)] for z in (z1, z2)])
-            if np.array_equal(idx, st["idx"]):      # the batch this step trained on: the same activations
+            if np.array_equal(idx, st["idx"]):  # the batch this step trained on: the same activations
                 for k, z in enumerate((z1, z2)):
                     assert_close(st["z"][k], z, 1e-5, name=f"step {t} z{k + 1}")
-        stats = np.array(stats)                     # (batches, layer, stat, channel)
+        stats = np.array(stats)  # (batches, layer, stat, channel)
         S[:, t], V[:, t] = stats.mean(0), stats.var(0, ddof=1)
         state = st
     for k in range(2):
         expected = w_init * r0 + np.tensordot(w_ema, S[k], 1)
-        se = np.sqrt(np.tensordot(w_ema ** 2, V[k], 1))
+        se = np.sqrt(np.tensordot(w_ema**2, V[k], 1))
         dev = np.abs(rolling[k] - expected) / se
         assert dev.max() < 5, (k, dev.max(axis=1))
         # the bound discriminates: the final network's statistics alone ...
@@ -381,12 +414,13 @@ def test_short_demo_learns_and_rolling_statistics_follow_the_training_activation
         m2 = 0.1 if m == 0.01 else 0.01
         w2 = m2 * (1 - m2) ** age
         wrong = np.abs(rolling[k] - ((1 - m2) ** T * r0 + np.tensordot(w2, S[k], 1)))
-        wrong /= np.maximum(se, np.sqrt(np.tensordot(w2 ** 2, V[k], 1)))
+        wrong /= np.maximum(se, np.sqrt(np.tensordot(w2**2, V[k], 1)))
         assert naive.max() > 5 and wrong.max() > 5, (k, naive.max(), wrong.max())
 
 
 # ---------------------------------------------------------------------------------------------------
 # The command
+
 
 def run_main(argv, capsys):
     code = demo_cli.main(argv)
@@ -397,8 +431,25 @@ def run_main(argv, capsys):
 def test_command_output_json_and_plot(digits, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'darknet_bn[demo]')")
     js, png = tmp_path / "d.json", tmp_path / "d.png"
-    code, out, err = run_main(["--epochs", "3", "--batch", "64", "--lr", "0.05", "--seed", "1",
-                               "--flavor", "alexeyab", "--json", str(js), "--plot", str(png)], capsys)
+    code, out, err = run_main(
+        [
+            "--epochs",
+            "3",
+            "--batch",
+            "64",
+            "--lr",
+            "0.05",
+            "--seed",
+            "1",
+            "--flavor",
+            "alexeyab",
+            "--json",
+            str(js),
+            "--plot",
+            str(png),
+        ],
+        capsys,
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert "1438 train, 359 validation" in lines[0] and "flavor alexeyab" in lines[0]
@@ -406,8 +457,16 @@ def test_command_output_json_and_plot(digits, tmp_path, capsys):
     assert [int(r.split("|")[0]) for r in rows] == [1, 2, 3]
     assert sum("training mode on 4-image batches" in l for l in lines) == 1
     data = json.loads(js.read_text())
-    assert data["config"] == {"epochs": 3, "batch": 64, "learning_rate": 0.05, "momentum": 0.9, "decay": 0.0005,
-                              "seed": 1, "flavor": "alexeyab", "train_mode_batch": 4}
+    assert data["config"] == {
+        "epochs": 3,
+        "batch": 64,
+        "learning_rate": 0.05,
+        "momentum": 0.9,
+        "decay": 0.0005,
+        "seed": 1,
+        "flavor": "alexeyab",
+        "train_mode_batch": 4,
+    }
     assert data["data"]["n_train"] == 1438 and data["data"]["n_val"] == 359
     for run in ("no_bn", "bn"):
         assert [e["epoch"] for e in data["runs"][run]] == [1, 2, 3]
@@ -421,6 +480,7 @@ def test_command_output_json_and_plot(digits, tmp_path, capsys):
     assert f"accuracy {100 * tm['val_accuracy']:.1f}% instead of {100 * bn3['val_accuracy']:.1f}%" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
+
     assert matplotlib.image.imread(str(png)).shape[:2] == (700, 1000)
 
 
@@ -431,7 +491,7 @@ def test_default_run_is_under_a_minute(digits, tmp_path, capsys, monkeypatch):
     took = time.perf_counter() - t0
     assert code == 0, err
     assert took < 60, took
-    data = json.loads((tmp_path / "demo.json").read_text())     # the default JSON path
+    data = json.loads((tmp_path / "demo.json").read_text())  # the default JSON path
     assert len(data["runs"]["bn"]) == demo.DemoConfig().epochs
     for run in ("no_bn", "bn"):
         assert data["runs"][run][-1]["val_accuracy"] > 0.8, (run, data["runs"][run][-1])
@@ -448,24 +508,30 @@ def test_add_demo_parser_wires_a_subcommand(digits, capsys):
 
 
 def test_missing_scikit_learn_exits_2(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "sklearn", None)        # import sklearn raises ImportError
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn raises ImportError
     code, out, err = run_main(["--epochs", "1", "--json", ""], capsys)
     assert code == 2 and out == ""
     assert "scikit-learn" in err and "pip install 'darknet_bn[demo]'" in err
 
 
 def test_missing_matplotlib_exits_2_only_with_plot(monkeypatch, capsys, tmp_path):
-    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))   # present (never used here)
+    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))  # present (never used here)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, out, err = run_main(["--epochs", "1", "--plot", str(tmp_path / "p.png")], capsys)
     assert code == 2 and out == "" and not (tmp_path / "p.png").exists()
     assert "--plot needs matplotlib" in err and "pip install 'darknet_bn[demo]'" in err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--epochs", "0"], "--epochs"), (["--batch", "1"], "--batch"), (["--lr", "-1"], "--lr"),
-    (["--momentum", "nan"], "--momentum"), (["--decay", "inf"], "--decay"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--batch", "1"], "--batch"),
+        (["--lr", "-1"], "--lr"),
+        (["--momentum", "nan"], "--momentum"),
+        (["--decay", "inf"], "--decay"),
+    ],
+)
 def test_bad_arguments_exit_2(argv, message, capsys):
     code, out, err = run_main(argv + ["--json", ""], capsys)
     assert code == 2 and out == "" and message in err

@@ -26,8 +26,14 @@ def _mpiexec():
 @pytest.mark.parametrize("procs", [2, 3])
 def test_sync_batchnorm_equals_one_process(procs, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
-    r = subprocess.run([_mpiexec(), "-n", str(procs), sys.executable, str(WORKER)], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=600, env=env)
+    r = subprocess.run(
+        [_mpiexec(), "-n", str(procs), sys.executable, str(WORKER)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"OK 36 checks on {procs} processes" in r.stdout
 
@@ -38,6 +44,7 @@ def test_single_process_communicator():
 
     from darknet_bn import make_batchnorm_layer
     from darknet_bn.distributed import MPI, make_sync_batchnorm_layer
+
     comm = MPI.COMM_SELF
     x = np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(np.float32)
     a, b = make_sync_batchnorm_layer(4, 5, 5, 3, comm, "torch"), make_batchnorm_layer(4, 5, 5, 3, "torch")

@@ -77,8 +77,9 @@ def check_structure(net: Network, folded: Network, report: FoldReport) -> None:
     kept_idx = {(k.index, k.part) for k in report.kept}
     assert not folded_idx & kept_idx
     assert {(b.index, b.part) for b in net.bn_layers} == folded_idx | kept_idx
-    assert sorted((report.index_map[k.index], k.part or "") for k in report.kept) == \
-        sorted((b.index, b.part or "") for b in folded.bn_layers)
+    assert sorted((report.index_map[k.index], k.part or "") for k in report.kept) == sorted(
+        (b.index, b.part or "") for b in folded.bn_layers
+    )
     for lyr in net.layers:
         if lyr.index in report.removed:
             assert lyr.type == "batchnorm"
@@ -97,10 +98,15 @@ def check_structure(net: Network, folded: Network, report: FoldReport) -> None:
         if src is not None:
             assert new.extras["share_index"] == report.index_map[src]
             assert new.arrays is folded.layers[report.index_map[src]].arrays
-    want = [(report.index_map[s.layer], s.layer_type, s.name, s.count) for s in net.weights_layout(write=True)
-            if s.layer not in report.removed
-            and not (s.name.split(".")[-1] in ("scales", "rolling_mean", "rolling_variance")
-                     and (s.layer, s.name.split(".")[0] if "." in s.name else None) in folded_idx)]
+    want = [
+        (report.index_map[s.layer], s.layer_type, s.name, s.count)
+        for s in net.weights_layout(write=True)
+        if s.layer not in report.removed
+        and not (
+            s.name.split(".")[-1] in ("scales", "rolling_mean", "rolling_variance")
+            and (s.layer, s.name.split(".")[0] if "." in s.name else None) in folded_idx
+        )
+    ]
     got = [(s.layer, s.layer_type, s.name, s.count) for s in folded.weights_layout(write=True)]
     assert got == want
 
@@ -118,8 +124,11 @@ def roundtrip(folded: Network, report: FoldReport, flavor: str, tmp_path: Path) 
             hb = b.parts[pname] if pname else b
             for name in ha.array_names():
                 if name in ha.arrays or name in hb.arrays:
-                    assert np.array_equal(ha.array(name).view(np.uint32), hb.array(name).view(np.uint32)), \
-                        (a.index, pname, name)
+                    assert np.array_equal(ha.array(name).view(np.uint32), hb.array(name).view(np.uint32)), (
+                        a.index,
+                        pname,
+                        name,
+                    )
     again = tmp_path / "again.weights"
     back.save_weights(again)
     assert again.read_bytes() == weights.read_bytes()
@@ -146,9 +155,14 @@ def fold_and_check_all(net: Network, flavor: str, tmp_path: Path, seed: int = 0,
 # The references themselves
 
 CONV_GEOMS = [  # (c, n, k, stride_x, stride_y, pad, dilation, groups, h, w)
-    (3, 4, 3, 1, 1, 1, 1, 1, 5, 6), (4, 6, 3, 2, 2, 1, 1, 2, 7, 5), (4, 4, 3, 1, 2, 1, 1, 4, 6, 6),
-    (2, 3, 3, 1, 1, 1, 2, 1, 7, 7), (3, 2, 1, 2, 1, 0, 1, 1, 5, 4), (6, 6, 2, 1, 1, 1, 1, 3, 4, 5),
-    (2, 2, 5, 3, 2, 2, 1, 1, 8, 7), (4, 2, 3, 2, 1, 1, 3, 2, 9, 8),
+    (3, 4, 3, 1, 1, 1, 1, 1, 5, 6),
+    (4, 6, 3, 2, 2, 1, 1, 2, 7, 5),
+    (4, 4, 3, 1, 2, 1, 1, 4, 6, 6),
+    (2, 3, 3, 1, 1, 1, 2, 1, 7, 7),
+    (3, 2, 1, 2, 1, 0, 1, 1, 5, 4),
+    (6, 6, 2, 1, 1, 1, 1, 3, 4, 5),
+    (2, 2, 5, 3, 2, 2, 1, 1, 8, 7),
+    (4, 2, 3, 2, 1, 1, 3, 2, 9, 8),
 ]
 
 
@@ -161,8 +175,15 @@ def test_reference_conv_equals_loops(geom):
     c, n, k, sx, sy, pad, d, groups, h, w = geom
     rng = np.random.default_rng(1)
     x, wt = rng.normal(size=(2, c, h, w)), rng.normal(size=(n, c // groups, k, k))
-    kw = dict(stride_x=sx, stride_y=sy, pad=pad, dilation=d, groups=groups, out_h=_out(h, k, sy, pad),
-              out_w=_out(w, k, sx, pad))
+    kw = dict(
+        stride_x=sx,
+        stride_y=sy,
+        pad=pad,
+        dilation=d,
+        groups=groups,
+        out_h=_out(h, k, sy, pad),
+        out_w=_out(w, k, sx, pad),
+    )
     np.testing.assert_allclose(ref_conv(x, wt, **kw), loop_conv(x, wt, **kw), rtol=1e-12, atol=1e-12)
 
 
@@ -174,8 +195,9 @@ def test_reference_conv_equals_torch(geom):
     c, n, k, sx, sy, pad, d, groups, h, w = geom
     rng = np.random.default_rng(2)
     x, wt = rng.normal(size=(2, c, h, w)), rng.normal(size=(n, c // groups, k, k))
-    t = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt), stride=(sy, sx),
-                                   padding=pad * d, dilation=d, groups=groups).numpy()
+    t = torch.nn.functional.conv2d(
+        torch.from_numpy(x), torch.from_numpy(wt), stride=(sy, sx), padding=pad * d, dilation=d, groups=groups
+    ).numpy()
     oh, ow = _out(h, k, sy, pad), _out(w, k, sx, pad)
     assert t.shape[2:] == (oh, ow)
     got = ref_conv(x, wt, stride_x=sx, stride_y=sy, pad=pad, dilation=d, groups=groups, out_h=oh, out_w=ow)
@@ -199,6 +221,7 @@ def test_inference_denominator_uses_the_flavor_fields():
 # ================================================================================================
 # The oracle cfgs with the real Darknet's .weights files
 
+
 def _weight_cases():
     cases = []
     for fork_dir in sorted(p for p in EXPECTED_W.iterdir() if p.is_dir()):
@@ -215,8 +238,11 @@ WEIGHT_CASES = _weight_cases()
 
 
 def test_the_weight_files_are_there():
-    assert {(f, c) for f, c, _ in WEIGHT_CASES} >= {("pjreddie", "bn_small"), ("alexeyab", "bn_small"),
-                                                     ("pjreddie", "yolov3-tiny-mini")}
+    assert {(f, c) for f, c, _ in WEIGHT_CASES} >= {
+        ("pjreddie", "bn_small"),
+        ("alexeyab", "bn_small"),
+        ("pjreddie", "yolov3-tiny-mini"),
+    }
 
 
 @pytest.mark.parametrize("fork,name,flavor", WEIGHT_CASES, ids=["-".join(c) for c in WEIGHT_CASES])
@@ -272,8 +298,9 @@ def test_oracle_cfgs_against_darknet_bn_layer(fork, name, flavor):
 # ================================================================================================
 # The oracle cfgs with random parameters, the fold cases, a selection of public cfgs
 
-ORACLE_RANDOM = [(name, fl) for name in ("bn_small", "xyolo.test", "yolov3-tiny-mini", "yolov4-tiny-mini")
-                 for fl in FLAVORS]
+ORACLE_RANDOM = [
+    (name, fl) for name in ("bn_small", "xyolo.test", "yolov3-tiny-mini", "yolov4-tiny-mini") for fl in FLAVORS
+]
 
 
 @pytest.mark.parametrize("name,flavor", ORACLE_RANDOM, ids=["-".join(c) for c in ORACLE_RANDOM])
@@ -292,8 +319,10 @@ def _case(name, flavor):
     return load_network(CASES / f"{name}.cfg", flavor=flavor)
 
 
-FOLD_CASES = [(name, fl) for name in ("chain", "crlf", "recurrent", "crnn") for fl in FLAVORS] + \
-             [("alexeyab", "alexeyab"), ("alexeyab", "torch")]
+FOLD_CASES = [(name, fl) for name in ("chain", "crlf", "recurrent", "crnn") for fl in FLAVORS] + [
+    ("alexeyab", "alexeyab"),
+    ("alexeyab", "torch"),
+]
 
 
 @pytest.mark.parametrize("name,flavor", FOLD_CASES, ids=["-".join(c) for c in FOLD_CASES])
@@ -315,14 +344,20 @@ def test_fold_cases(name, flavor, tmp_path):
         assert report.cfg_text == (CASES / "chain.folded.cfg").read_text()
         gone = Counter(text.splitlines()) - Counter(report.cfg_text.splitlines())
         added = Counter(report.cfg_text.splitlines()) - Counter(text.splitlines())
-        assert gone == {"[batchnorm]": 5, "": 3, "batch_normalize=1": 4, "batch_normalize = 1": 1,
-                        "layers = -1, 4,-6": 1}
+        assert gone == {
+            "[batchnorm]": 5,
+            "": 3,
+            "batch_normalize=1": 4,
+            "batch_normalize = 1": 1,
+            "layers = -1, 4,-6": 1,
+        }
         assert added == {"layers = -1, 1,-5": 1}
     elif name == "crlf":
         assert "\r\n" in report.cfg_text and "\n" not in report.cfg_text.replace("\r\n", "")
         assert "layers = -3 ,  1\r\n" in report.cfg_text
-        assert report.cfg_text == text.replace("[batchnorm]\r\n\r\n", "").replace("batch_normalize=1\r\n", "") \
-            .replace("layers = - 4 ,  2", "layers = -3 ,  1")
+        assert report.cfg_text == text.replace("[batchnorm]\r\n\r\n", "").replace("batch_normalize=1\r\n", "").replace(
+            "layers = - 4 ,  2", "layers = -3 ,  1"
+        )
     elif name == "alexeyab":
         assert report.removed == (1, 3, 11)
         assert [(k.index, k.type) for k in report.kept] == [(7, "batchnorm"), (9, "batchnorm")]
@@ -330,8 +365,14 @@ def test_fold_cases(name, flavor, tmp_path):
         assert "antialiasing=1" in report.kept[1].reason
         gone = Counter(text.splitlines()) - Counter(report.cfg_text.splitlines())
         added = Counter(report.cfg_text.splitlines()) - Counter(text.splitlines())
-        assert gone == {"batch_normalize=1": 6, "cbn=1": 1, "[batchnorm]": 3, "": 3, "share_index=5": 1,
-                        "layers=-1,-3": 1}
+        assert gone == {
+            "batch_normalize=1": 6,
+            "cbn=1": 1,
+            "[batchnorm]": 3,
+            "": 3,
+            "share_index=5": 1,
+            "layers=-1,-3": 1,
+        }
         assert added == {"share_index=3": 1, "layers=-1,-2": 1}
         assert "from=-2, -3\n" in report.cfg_text  # layers 12 and 11 (now 9 and 8): the same offsets
         assert [f for f in report.folded if f.index == 6] == [FoldedBN(6, "convolutional", None, 5, 3)]
@@ -342,10 +383,20 @@ def test_fold_cases(name, flavor, tmp_path):
         assert len(parts) == sum(len(lyr.parts) for lyr in net.layers)
 
 
-PUBLIC = [("pjreddie", "yolov3-tiny"), ("pjreddie", "tiny"), ("pjreddie", "rnn"), ("pjreddie", "gru"),
-          ("alexeyab", "yolov4-tiny"), ("alexeyab", "efficientnet_b0"), ("alexeyab", "yolov1/xyolo.test"),
-          ("alexeyab", "tiny-yolo_xnor"), ("alexeyab", "crnn.train"), ("alexeyab", "lstm.train"),
-          ("alexeyab", "enet-coco"), ("alexeyab", "yolov3-tiny-prn")]
+PUBLIC = [
+    ("pjreddie", "yolov3-tiny"),
+    ("pjreddie", "tiny"),
+    ("pjreddie", "rnn"),
+    ("pjreddie", "gru"),
+    ("alexeyab", "yolov4-tiny"),
+    ("alexeyab", "efficientnet_b0"),
+    ("alexeyab", "yolov1/xyolo.test"),
+    ("alexeyab", "tiny-yolo_xnor"),
+    ("alexeyab", "crnn.train"),
+    ("alexeyab", "lstm.train"),
+    ("alexeyab", "enet-coco"),
+    ("alexeyab", "yolov3-tiny-prn"),
+]
 
 
 @pytest.mark.parametrize("fork,name", PUBLIC, ids=["-".join(c) for c in PUBLIC])
@@ -370,6 +421,7 @@ def test_share_index_in_a_public_cfg(tmp_path):
 
 # ================================================================================================
 # Random layers
+
 
 @st.composite
 def conv_cases(draw):
@@ -421,8 +473,12 @@ def connected_cases(draw):
     inputs, outputs = draw(st.integers(1, 40)), draw(st.integers(1, 12))
     bn = draw(st.booleans())
     after = draw(st.integers(0 if bn else 1, 2))
-    text = (f"[net]\nbatch=3\ninputs={inputs}\n\n[connected]\noutput={outputs}\n"
-            + ("batch_normalize=1\n" if bn else "") + "activation=linear\n" + "\n[batchnorm]\n" * after)
+    text = (
+        f"[net]\nbatch=3\ninputs={inputs}\n\n[connected]\noutput={outputs}\n"
+        + ("batch_normalize=1\n" if bn else "")
+        + "activation=linear\n"
+        + "\n[batchnorm]\n" * after
+    )
     return text, flavor, draw(st.integers(0, 2**32 - 1)), draw(st.booleans())
 
 
@@ -451,13 +507,14 @@ def test_random_connected_layers(case, tmp_path_factory):
     lyr = folded.layers[0]
     raw = np.fromfile(out, dtype="<f4", offset=folded.header.nbytes if folded.header else 20)
     assert raw.size == lyr.outputs * (lyr.inputs + 1)
-    stored = raw[lyr.outputs:].reshape((lyr.inputs, lyr.outputs) if transposed else (lyr.outputs, lyr.inputs))
+    stored = raw[lyr.outputs :].reshape((lyr.inputs, lyr.outputs) if transposed else (lyr.outputs, lyr.inputs))
     assert np.array_equal(stored.T if transposed else stored, lyr.weights)
     assert folded.header == net.header
 
 
 # ================================================================================================
 # What is left in place, and why
+
 
 def _one(text, flavor="pjreddie", arrays=None, seed=0):
     """A network from cfg text with random parameters, some of them set: arrays {(layer, name): values}."""
@@ -471,13 +528,16 @@ def _one(text, flavor="pjreddie", arrays=None, seed=0):
 CONV = "[net]\nbatch=1\nwidth=5\nheight=4\nchannels=2\n\n[convolutional]\nfilters=3\nsize=3\npad=1\n"
 
 
-@pytest.mark.parametrize("extra,flavor,reason", [
-    ("dontload=1\n", "pjreddie", "dontload=1"),
-    ("dontloadscales=1\n", "alexeyab", "dontloadscales=1"),
-    ("numload=2\n", "pjreddie", "numload=2"),
-    ("dontsave=1\n", "pjreddie", "dontsave=1"),
-    ("sway=1\n", "alexeyab", "sway=1: its weights are tied across filters"),
-])
+@pytest.mark.parametrize(
+    "extra,flavor,reason",
+    [
+        ("dontload=1\n", "pjreddie", "dontload=1"),
+        ("dontloadscales=1\n", "alexeyab", "dontloadscales=1"),
+        ("numload=2\n", "pjreddie", "numload=2"),
+        ("dontsave=1\n", "pjreddie", "dontsave=1"),
+        ("sway=1\n", "alexeyab", "sway=1: its weights are tied across filters"),
+    ],
+)
 def test_kept_options(extra, flavor, reason, tmp_path):
     net = _one(CONV + "batch_normalize=1\nactivation=linear\n" + extra + "\n[batchnorm]\n", flavor)
     before = snapshot(net)
@@ -529,18 +589,27 @@ def test_kept_binary_sign():
     check_fold(net, folded, report, "alexeyab")
 
 
-@pytest.mark.parametrize("text,reason", [
-    ("[net]\nbatch=1\nwidth=4\nheight=4\nchannels=2\n\n[batchnorm]\n", "there is no layer before it"),
-    (CONV + "activation=linear\n\n[maxpool]\nsize=2\nstride=2\n\n[batchnorm]\n",
-     "layer 1 before it is a maxpool layer, not convolutional or connected"),
-    (CONV + "\n[batchnorm]\n", "layer 0 before it has activation=logistic, not linear"),  # Darknet's default
-    (CONV + "activation=relu\n\n[batchnorm]\n", "layer 0 before it has activation=relu, not linear"),
-    (CONV + "activation=linear\n\n[route]\nlayers=-1\n\n[batchnorm]\n", "layer 1 before it is a route layer"),
-    (CONV + "activation=linear\n\n[batchnorm]\n\n[route]\nlayers=0\n",
-     "the output of layer 0 before it is also read by layer(s) 2"),
-    (CONV + "activation=linear\n\n[batchnorm]\n\n[batchnorm]\n\n[route]\nlayers=-2\n",
-     "the output of layer 1 before it is also read by layer(s) 3"),
-])
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("[net]\nbatch=1\nwidth=4\nheight=4\nchannels=2\n\n[batchnorm]\n", "there is no layer before it"),
+        (
+            CONV + "activation=linear\n\n[maxpool]\nsize=2\nstride=2\n\n[batchnorm]\n",
+            "layer 1 before it is a maxpool layer, not convolutional or connected",
+        ),
+        (CONV + "\n[batchnorm]\n", "layer 0 before it has activation=logistic, not linear"),  # Darknet's default
+        (CONV + "activation=relu\n\n[batchnorm]\n", "layer 0 before it has activation=relu, not linear"),
+        (CONV + "activation=linear\n\n[route]\nlayers=-1\n\n[batchnorm]\n", "layer 1 before it is a route layer"),
+        (
+            CONV + "activation=linear\n\n[batchnorm]\n\n[route]\nlayers=0\n",
+            "the output of layer 0 before it is also read by layer(s) 2",
+        ),
+        (
+            CONV + "activation=linear\n\n[batchnorm]\n\n[batchnorm]\n\n[route]\nlayers=-2\n",
+            "the output of layer 1 before it is also read by layer(s) 3",
+        ),
+    ],
+)
 def test_kept_batchnorm_sections(text, reason):
     net = _one(text)
     folded, report = fold_network(net)
@@ -549,14 +618,19 @@ def test_kept_batchnorm_sections(text, reason):
     check_fold(net, folded, report, "pjreddie")
 
 
-@pytest.mark.parametrize("bn0,bn1,reason", [
-    (1, 0, "layer 1 shares its weights (share_index) without batch normalization"),
-    (0, 1, "it shares the weights of layer 0, which has no batch normalization"),
-])
+@pytest.mark.parametrize(
+    "bn0,bn1,reason",
+    [
+        (1, 0, "layer 1 shares its weights (share_index) without batch normalization"),
+        (0, 1, "it shares the weights of layer 0, which has no batch normalization"),
+    ],
+)
 def test_kept_share_index_mismatch(bn0, bn1, reason):
-    text = (f"[net]\nbatch=1\nwidth=5\nheight=5\nchannels=3\n\n[convolutional]\nbatch_normalize={bn0}\nfilters=3\n"
-            f"size=1\nactivation=linear\n\n[convolutional]\nbatch_normalize={bn1}\nshare_index=0\nfilters=3\nsize=1\n"
-            "activation=linear\n")
+    text = (
+        f"[net]\nbatch=1\nwidth=5\nheight=5\nchannels=3\n\n[convolutional]\nbatch_normalize={bn0}\nfilters=3\n"
+        f"size=1\nactivation=linear\n\n[convolutional]\nbatch_normalize={bn1}\nshare_index=0\nfilters=3\nsize=1\n"
+        "activation=linear\n"
+    )
     net = _one(text, "alexeyab")
     folded, report = fold_network(net)
     assert report.folded == () and [k.reason for k in report.kept] == [reason]
@@ -589,6 +663,7 @@ def test_recurrent_all_or_nothing():
 
 # ================================================================================================
 # API details
+
 
 def test_original_network_untouched_even_without_weights():
     """Without weights the original's missing arrays are not created by folding."""
@@ -632,8 +707,10 @@ def test_summary_text():
     fill_random(net, 1)
     _, report = fold_network(net)
     s = report.summary().splitlines()
-    assert s[0] == ("folded 10 of 12 BN layers (4 convolutional, 5 [batchnorm] merged, 1 connected) with the "
-                    "pjreddie flavor, s = sqrt(rolling_variance) + 1e-06")
+    assert s[0] == (
+        "folded 10 of 12 BN layers (4 convolutional, 5 [batchnorm] merged, 1 connected) with the "
+        "pjreddie flavor, s = sqrt(rolling_variance) + 1e-06"
+    )
     assert s[1].startswith("removed 5 [batchnorm] section(s): layers 1, 2, 4, 14, 16")
     assert s[2] == "kept layer 6 batchnorm: layer 5 before it has activation=leaky, not linear"
 
@@ -647,8 +724,18 @@ run = run_cli
 def test_cli_folds_and_writes(tmp_path, capsys):
     src = EXPECTED_W / "pjreddie" / "yolov3-tiny-mini"
     out_cfg, out_w = tmp_path / "f.cfg", tmp_path / "f.weights"
-    code, out, err = run(["fold", ORACLE / "yolov3-tiny-mini.cfg", src / "yolov3-tiny-mini.weights",
-                          "--out-cfg", out_cfg, "--out-weights", out_w], capsys)
+    code, out, err = run(
+        [
+            "fold",
+            ORACLE / "yolov3-tiny-mini.cfg",
+            src / "yolov3-tiny-mini.weights",
+            "--out-cfg",
+            out_cfg,
+            "--out-weights",
+            out_w,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert out.startswith("folded 11 of 11 BN layers (11 convolutional) with the pjreddie flavor")
     assert f"wrote {out_cfg} and {out_w}" in out
@@ -667,21 +754,55 @@ def test_cli_flavors(tmp_path, capsys):
     src = EXPECTED_W / "alexeyab" / "bn_small" / "bn_small.weights"
     outs = {}
     for fl in ("alexeyab", "torch"):
-        code, out, err = run(["fold", ORACLE / "bn_small.cfg", src, "--out-cfg", tmp_path / f"{fl}.cfg",
-                              "--out-weights", tmp_path / f"{fl}.weights", "--flavor", fl], capsys)
+        code, out, err = run(
+            [
+                "fold",
+                ORACLE / "bn_small.cfg",
+                src,
+                "--out-cfg",
+                tmp_path / f"{fl}.cfg",
+                "--out-weights",
+                tmp_path / f"{fl}.weights",
+                "--flavor",
+                fl,
+            ],
+            capsys,
+        )
         assert code == 0, err
         assert "s = sqrt(rolling_variance + 1e-05)" in out and "kept layer 1 batchnorm" in out
         outs[fl] = tmp_path / f"{fl}.weights"
     # the same denominator formula; eps 1e-5 rounded to float32 (alexeyab) or not (torch)
     a, b = (np.fromfile(outs[f], dtype="<f4", offset=20) for f in ("alexeyab", "torch"))
     assert a.shape == b.shape and np.max(np.abs(a - b) / (np.abs(a) + 1e-30)) < 1e-5
-    code, out, err = run(["fold", ORACLE / "bn_small.cfg", src, "--out-cfg", tmp_path / "p.cfg",
-                          "--out-weights", tmp_path / "p.weights", "--flavor", "pjreddie"], capsys)
+    code, out, err = run(
+        [
+            "fold",
+            ORACLE / "bn_small.cfg",
+            src,
+            "--out-cfg",
+            tmp_path / "p.cfg",
+            "--out-weights",
+            tmp_path / "p.weights",
+            "--flavor",
+            "pjreddie",
+        ],
+        capsys,
+    )
     assert code == 2 and err.count("\n") == 1 and "bn_small.weights" in err  # pjreddie's layout: no [batchnorm] biases
 
 
-@pytest.mark.parametrize("what", ["missing cfg", "missing weights", "bad cfg", "short weights", "overwrite input",
-                                  "same outputs", "unwritable output"])
+@pytest.mark.parametrize(
+    "what",
+    [
+        "missing cfg",
+        "missing weights",
+        "bad cfg",
+        "short weights",
+        "overwrite input",
+        "same outputs",
+        "unwritable output",
+    ],
+)
 def test_cli_errors(what, tmp_path, capsys):
     cfg = ORACLE / "bn_small.cfg"
     weights = EXPECTED_W / "pjreddie" / "bn_small" / "bn_small.weights"
@@ -727,8 +848,9 @@ def test_cli_usage(capsys):
 
 
 def test_fold_files_verifies(tmp_path):
-    report = fold_files(CASES / "crlf.cfg", _weights_for(tmp_path, "crlf", "pjreddie"), tmp_path / "o.cfg",
-                        tmp_path / "o.weights")
+    report = fold_files(
+        CASES / "crlf.cfg", _weights_for(tmp_path, "crlf", "pjreddie"), tmp_path / "o.cfg", tmp_path / "o.weights"
+    )
     assert report.removed == (2,) and (tmp_path / "o.cfg").read_bytes() == report.cfg_text.encode("latin-1")
     assert cmd_fold is not None
 
@@ -749,6 +871,7 @@ def test_cfg_errors_name_the_file(tmp_path):
 
 
 # -- the default rules: detected from the cfg (AlexeyAB-only content -> AlexeyAB's rules and flavor) ----
+
 
 def _random_weights(cfg, path, fork):
     net = load_network(cfg, fork=fork)
@@ -781,8 +904,9 @@ def test_cli_fold_says_the_rules_and_lists_ignored_keys(tmp_path, capsys):
     cfg.write_text((ORACLE / "yolov4-tiny-mini.cfg").read_text().replace("[net]\n", "[net]\nfoo_bar=3\n", 1))
     w = tmp_path / "m.weights"
     _random_weights(cfg, w, "alexeyab")
-    code, out, err = run(["fold", cfg, w, "--out-cfg", tmp_path / "f.cfg", "--out-weights", tmp_path / "f.weights"],
-                         capsys)
+    code, out, err = run(
+        ["fold", cfg, w, "--out-cfg", tmp_path / "f.cfg", "--out-weights", tmp_path / "f.weights"], capsys
+    )
     assert code == 0, err
     assert "with the alexeyab flavor" in out and "AlexeyAB's rules, detected: line 61: [route] groups=" in out
     assert f"ignored: {cfg}:2: [net] foo_bar=3:" in out and "DarknetCfgWarning" not in err

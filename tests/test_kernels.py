@@ -21,7 +21,10 @@ def _inputs(shape, seed=0):
     delta = rng.standard_normal(shape).astype(np.float32)
     mean = x.astype(np.float64).mean(axis=(0, 2, 3)).astype(np.float32)
     var = rng.uniform(0.2, 4.0, c).astype(np.float32)
-    per = lambda: rng.standard_normal(c).astype(np.float32)
+
+    def per():
+        return rng.standard_normal(c).astype(np.float32)
+
     return x, delta, mean, var, per
 
 
@@ -65,28 +68,40 @@ def check_all_kernels(shape, flavor="pjreddie", seed=0):
     su = start.copy()
     K.backward_scale_cpu(xn, delta, b, c, s, su)
     expect = ref.backward_scale_cpu(xn, delta, b, c, s, start)
-    assert_close(su, expect, scale=np.abs(xn * delta).sum(axis=(0, 2, 3)).max() + np.abs(start).max(),
-                 name="backward_scale_cpu")
+    assert_close(
+        su, expect, scale=np.abs(xn * delta).sum(axis=(0, 2, 3)).max() + np.abs(start).max(), name="backward_scale_cpu"
+    )
 
     md = np.full(c, np.nan, np.float32)
     K.mean_delta_cpu(delta, var, b, c, s, md)
-    assert_close(md, ref.mean_delta_cpu(delta, var, b, c, s),
-                 scale=(np.abs(delta).sum(axis=(0, 2, 3)) / np.sqrt(var)).max(), name="mean_delta_cpu")
+    assert_close(
+        md,
+        ref.mean_delta_cpu(delta, var, b, c, s),
+        scale=(np.abs(delta).sum(axis=(0, 2, 3)) / np.sqrt(var)).max(),
+        name="mean_delta_cpu",
+    )
 
     vd = np.full(c, np.nan, np.float32)
     K.variance_delta_cpu(x, delta, mean_in, var, b, c, s, vd)
     expect = ref.variance_delta_cpu(x, delta, mean_in, var, b, c, s)
-    sc_vd = (np.abs(delta * (x - mean_in[None, :, None, None])).sum(axis=(0, 2, 3)) * var ** -1.5).max()
+    sc_vd = (np.abs(delta * (x - mean_in[None, :, None, None])).sum(axis=(0, 2, 3)) * var**-1.5).max()
     assert_close(vd, expect, scale=sc_vd, name="variance_delta_cpu")
 
     d = delta.copy()
     K.normalize_delta_cpu(x, mean_in, var, md, vd, b, c, s, d, flavor=flavor)
     # the scale of the result is that of its three terms (they may cancel)
     n = b * s
-    terms = (np.abs(delta).max() / np.sqrt(var).min() + np.abs(vd).max() * 2 * np.abs(x - mean_in[None, :, None, None]).max() / n
-             + np.abs(md).max() / n)
-    assert_close(d, ref.normalize_delta_cpu(x, mean_in, var, md, vd, b, c, s, delta, fl["bwd_eps"],
-                                            fl["bwd_eps_in_sqrt"]), scale=terms, name="normalize_delta_cpu")
+    terms = (
+        np.abs(delta).max() / np.sqrt(var).min()
+        + np.abs(vd).max() * 2 * np.abs(x - mean_in[None, :, None, None]).max() / n
+        + np.abs(md).max() / n
+    )
+    assert_close(
+        d,
+        ref.normalize_delta_cpu(x, mean_in, var, md, vd, b, c, s, delta, fl["bwd_eps"], fl["bwd_eps_in_sqrt"]),
+        scale=terms,
+        name="normalize_delta_cpu",
+    )
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -96,8 +111,14 @@ def test_kernels_match_reference(shape, flavor):
 
 
 @settings(max_examples=60, deadline=None)
-@given(b=st.integers(1, 6), c=st.integers(1, 9), h=st.integers(1, 9), w=st.integers(1, 9),
-       flavor=st.sampled_from(FLAVOR_NAMES), seed=st.integers(0, 2**31))
+@given(
+    b=st.integers(1, 6),
+    c=st.integers(1, 9),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    flavor=st.sampled_from(FLAVOR_NAMES),
+    seed=st.integers(0, 2**31),
+)
 def test_kernels_random_shapes(b, c, h, w, flavor, seed):
     check_all_kernels((b, c, h, w), flavor, seed)
 
@@ -140,18 +161,18 @@ def test_large_mean_accuracy():
 def test_zero_sizes_are_no_ops_or_nan():
     x = np.zeros(0, np.float32)
     mean = np.full(3, 7, np.float32)
-    K.mean_cpu(x, 0, 3, 5, mean)          # no values: the mean is undefined
+    K.mean_cpu(x, 0, 3, 5, mean)  # no values: the mean is undefined
     assert np.isnan(mean).all()
     K.scale_bias(x, np.ones(3, np.float32), 0, 3, 5)
     K.add_bias(x, np.ones(0, np.float32), 4, 0, 5)
     bu = np.ones(3, np.float32)
-    K.backward_bias(bu, x, 3, 3, 0)       # nothing to add
+    K.backward_bias(bu, x, 3, 3, 0)  # nothing to add
     assert (bu == 1).all()
 
 
 def test_outputs_written_in_place_no_copy():
     x, delta, mean, var, per = _inputs((2, 3, 4, 5))
-    view = x.reshape(2, 3, 20)            # any shape of the right size, the caller's memory
+    view = x.reshape(2, 3, 20)  # any shape of the right size, the caller's memory
     K.normalize_cpu(view, mean, var, 2, 3, 20)
     assert np.shares_memory(view, x) and not np.allclose(x, make_data((2, 3, 4, 5), 0))
 
@@ -159,20 +180,24 @@ def test_outputs_written_in_place_no_copy():
 # ------------------------------------------------------------------------------------------------
 # Bad input: a clear TypeError/ValueError naming the argument, and nothing written.
 
+
 def _good():
     x = make_data((2, 3, 4, 5), 1)
     return dict(x=x, mean=np.zeros(3, np.float32), variance=np.ones(3, np.float32))
 
 
-@pytest.mark.parametrize("bad, exc, words", [
-    ([1.0] * 120, TypeError, "numpy.ndarray"),
-    (np.zeros(120, np.float64), TypeError, "float32"),
-    (np.zeros(120, ">f4"), TypeError, "float32"),
-    (np.zeros(119, np.float32), ValueError, "120"),
-    (np.zeros((120, 2), np.float32)[:, 0], ValueError, "C-contiguous"),
-    ("abc", TypeError, "ndarray"),
-    (None, TypeError, "ndarray"),
-])
+@pytest.mark.parametrize(
+    "bad, exc, words",
+    [
+        ([1.0] * 120, TypeError, "numpy.ndarray"),
+        (np.zeros(120, np.float64), TypeError, "float32"),
+        (np.zeros(120, ">f4"), TypeError, "float32"),
+        (np.zeros(119, np.float32), ValueError, "120"),
+        (np.zeros((120, 2), np.float32)[:, 0], ValueError, "C-contiguous"),
+        ("abc", TypeError, "ndarray"),
+        (None, TypeError, "ndarray"),
+    ],
+)
 def test_bad_tensor_argument(bad, exc, words):
     g = _good()
     before = g["mean"].copy()
@@ -200,16 +225,19 @@ def test_read_only_inputs_accepted():
     assert_close(g["mean"], ref.mean_cpu(g["x"], 2, 3, 20), name="mean")
 
 
-@pytest.mark.parametrize("sizes, exc, words", [
-    ((-2, 3, 20), ValueError, "batch.*>= 0"),
-    ((2, -3, 20), ValueError, "filters"),
-    ((2, 3, 20.0), TypeError, "spatial.*int"),
-    ((2, 3, "20"), TypeError, "spatial"),
-    ((True, 3, 20), TypeError, "batch"),
-    ((2, 3, 2**63), ValueError, "spatial"),
-    ((2, 3, 19), ValueError, "x: expected 114"),
-    ((2, 4, 15), ValueError, "mean: expected 4"),
-])
+@pytest.mark.parametrize(
+    "sizes, exc, words",
+    [
+        ((-2, 3, 20), ValueError, "batch.*>= 0"),
+        ((2, -3, 20), ValueError, "filters"),
+        ((2, 3, 20.0), TypeError, "spatial.*int"),
+        ((2, 3, "20"), TypeError, "spatial"),
+        ((True, 3, 20), TypeError, "batch"),
+        ((2, 3, 2**63), ValueError, "spatial"),
+        ((2, 3, 19), ValueError, "x: expected 114"),
+        ((2, 4, 15), ValueError, "mean: expected 4"),
+    ],
+)
 def test_bad_sizes(sizes, exc, words):
     g = _good()
     with pytest.raises(exc, match=words):
@@ -239,18 +267,33 @@ def test_bad_flavor():
         K.normalize_cpu(g["x"], g["mean"], g["variance"], 2, 3, 20, flavor=3)
 
 
-@pytest.mark.parametrize("fn, args", [
-    ("variance_cpu", lambda g: (g["x"], g["mean"], 2, 3, 20, np.zeros(2, np.float32))),
-    ("normalize_cpu", lambda g: (g["x"], g["mean"], np.ones(4, np.float32), 2, 3, 20)),
-    ("scale_bias", lambda g: (g["x"], np.ones(3, np.float64), 2, 3, 20)),
-    ("add_bias", lambda g: (g["x"], np.ones(3, np.float32), 2, 3, 21)),
-    ("backward_bias", lambda g: (np.ones(3, np.float32), g["x"][:1], 2, 3, 20)),
-    ("backward_scale_cpu", lambda g: (g["x"], g["x"], 2, 3, 20, [0.0, 0.0, 0.0])),
-    ("mean_delta_cpu", lambda g: (g["x"], g["variance"], 2, 3, 20, np.zeros(3, np.int32))),
-    ("variance_delta_cpu", lambda g: (g["x"], g["x"], g["mean"], g["variance"], 2, 3, 20, None)),
-    ("normalize_delta_cpu", lambda g: (g["x"], g["mean"], g["variance"], g["mean"], g["variance"], 2, 3, 20,
-                                       np.zeros((2, 3, 20), np.float32).transpose(0, 2, 1))),
-])
+@pytest.mark.parametrize(
+    "fn, args",
+    [
+        ("variance_cpu", lambda g: (g["x"], g["mean"], 2, 3, 20, np.zeros(2, np.float32))),
+        ("normalize_cpu", lambda g: (g["x"], g["mean"], np.ones(4, np.float32), 2, 3, 20)),
+        ("scale_bias", lambda g: (g["x"], np.ones(3, np.float64), 2, 3, 20)),
+        ("add_bias", lambda g: (g["x"], np.ones(3, np.float32), 2, 3, 21)),
+        ("backward_bias", lambda g: (np.ones(3, np.float32), g["x"][:1], 2, 3, 20)),
+        ("backward_scale_cpu", lambda g: (g["x"], g["x"], 2, 3, 20, [0.0, 0.0, 0.0])),
+        ("mean_delta_cpu", lambda g: (g["x"], g["variance"], 2, 3, 20, np.zeros(3, np.int32))),
+        ("variance_delta_cpu", lambda g: (g["x"], g["x"], g["mean"], g["variance"], 2, 3, 20, None)),
+        (
+            "normalize_delta_cpu",
+            lambda g: (
+                g["x"],
+                g["mean"],
+                g["variance"],
+                g["mean"],
+                g["variance"],
+                2,
+                3,
+                20,
+                np.zeros((2, 3, 20), np.float32).transpose(0, 2, 1),
+            ),
+        ),
+    ],
+)
 def test_every_kernel_checks_its_arguments(fn, args):
     g = _good()
     x_before = g["x"].copy()
@@ -279,13 +322,17 @@ def test_threads_setting():
 # Misaligned memory (issue 12): a float* that is not 4-byte aligned is undefined in C, and the
 # engine's store-alignment peel loops never met an aligned address: the process crashed.
 
+
 def test_issue_12_misaligned_array_raises():
     """The issue's snippet, exactly: a ValueError naming the argument (add_bias calls it ``output``,
     Darknet's name) and its address offset, instead of SIGSEGV; nothing written."""
-    x = np.frombuffer(bytearray(4 * 4000 + 8), np.float32, count=4000, offset=1)   # x.flags.aligned is False
-    with pytest.raises(ValueError, match=r"^output: expected an aligned float32 array \(address % 4 == 0\), "
-                                         r"got address offset 1"):
-        K.add_bias(x, np.ones(4, np.float32), 1, 4, 1000)                           # SIGSEGV
+    x = np.frombuffer(bytearray(4 * 4000 + 8), np.float32, count=4000, offset=1)  # x.flags.aligned is False
+    with pytest.raises(
+        ValueError,
+        match=r"^output: expected an aligned float32 array \(address % 4 == 0\), "
+        r"got address offset 1",
+    ):
+        K.add_bias(x, np.ones(4, np.float32), 1, 4, 1000)  # SIGSEGV
     assert not x.any()
 
 
@@ -295,8 +342,11 @@ def test_misaligned_input_named_x(offset):
     raw = bytearray(4 * 4000 + 8)
     x = np.frombuffer(raw, np.float32, count=4000, offset=offset)
     mean = np.full(4, 7, np.float32)
-    with pytest.raises(ValueError, match=rf"^x: expected an aligned float32 array \(address % 4 == 0\), "
-                                         rf"got address offset {offset}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^x: expected an aligned float32 array \(address % 4 == 0\), "
+        rf"got address offset {offset}",
+    ):
         K.mean_cpu(x, 1, 4, 1000, mean)
     assert (mean == 7).all() and not any(raw)
 
@@ -305,7 +355,7 @@ def test_aligned_to_4_but_not_to_a_vector_is_fine():
     """4-byte aligned but 4..60 bytes off every vector boundary: accepted, right (the peel loops)."""
     raw = np.zeros(4000 + 32, np.float32)
     for k in range(1, 16):
-        x = raw[k:k + 4000]
+        x = raw[k : k + 4000]
         x[:] = np.arange(4000, dtype=np.float32)
         K.add_bias(x, np.arange(4, dtype=np.float32), 1, 4, 1000)
         assert np.array_equal(x, np.arange(4000) + np.repeat(np.arange(4), 1000))

@@ -32,8 +32,10 @@ def check_layer(shape, flavor, seed=0, train=True):
     b, c, h, w = shape
     layer = _layer_with_params(shape, flavor, seed)
     x = make_data(shape, seed)
-    p0 = {k: getattr(layer, k).copy() for k in ("scales", "biases", "rolling_mean", "rolling_variance",
-                                                "scale_updates", "bias_updates")}
+    p0 = {
+        k: getattr(layer, k).copy()
+        for k in ("scales", "biases", "rolling_mean", "rolling_variance", "scale_updates", "bias_updates")
+    }
 
     out = layer.forward(x, train=train)
     e = ref.forward(x, p0["scales"], p0["biases"], p0["rolling_mean"], p0["rolling_variance"], shape, flavor, train)
@@ -57,8 +59,9 @@ def check_layer(shape, flavor, seed=0, train=True):
     r = layer.backward(net_delta)
     assert r is net_delta
     # The reference backward uses the float32 statistics the layer stored, as Darknet's does.
-    g = ref.backward(x, dy, p0["scales"], layer.mean if train else mean, layer.variance if train else var,
-                     shape, flavor, train)
+    g = ref.backward(
+        x, dy, p0["scales"], layer.mean if train else mean, layer.variance if train else var, shape, flavor, train
+    )
     # the input's delta is a sum of terms of size |dy| * scale / sigma, which may cancel (N = 2)
     fl = ref.FLAVORS[flavor]
     sigma = ref.denominator(var, fl["eps"], fl["eps_in_sqrt"])
@@ -66,11 +69,19 @@ def check_layer(shape, flavor, seed=0, train=True):
     assert np.array_equal(layer.delta, net_delta)
     gs = np.abs(dy).sum(axis=(0, 2, 3))
     assert_close(layer.bias_updates, p0["bias_updates"] + g["bias_updates"], scale=gs.max() + 3, name="bias_updates")
-    assert_close(layer.scale_updates, p0["scale_updates"] + g["scale_updates"],
-                 scale=np.abs(dy * e["x_norm"]).sum(axis=(0, 2, 3)).max() + 3, name="scale_updates")
+    assert_close(
+        layer.scale_updates,
+        p0["scale_updates"] + g["scale_updates"],
+        scale=np.abs(dy * e["x_norm"]).sum(axis=(0, 2, 3)).max() + 3,
+        name="scale_updates",
+    )
     if train:
-        assert_close(layer.mean_delta, g["mean_delta"], scale=np.abs(g["mean_delta"]).max() + gs.max() / np.sqrt(var).min(),
-                     name="mean_delta")
+        assert_close(
+            layer.mean_delta,
+            g["mean_delta"],
+            scale=np.abs(g["mean_delta"]).max() + gs.max() / np.sqrt(var).min(),
+            name="mean_delta",
+        )
         assert_close(layer.variance_delta, g["variance_delta"], name="variance_delta")
     else:
         assert not layer.mean_delta.any() and not layer.variance_delta.any()
@@ -93,8 +104,15 @@ def test_layer_matches_reference(shape, flavor, train):
 
 
 @settings(max_examples=60, deadline=None)
-@given(b=st.integers(1, 6), c=st.integers(1, 9), h=st.integers(1, 9), w=st.integers(1, 9),
-       flavor=st.sampled_from(FLAVOR_NAMES), train=st.booleans(), seed=st.integers(0, 2**31))
+@given(
+    b=st.integers(1, 6),
+    c=st.integers(1, 9),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    flavor=st.sampled_from(FLAVOR_NAMES),
+    train=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
 def test_layer_random_shapes(b, c, h, w, flavor, train, seed):
     if train and b * h * w < 2:
         return
@@ -106,8 +124,18 @@ def test_new_layer_fields():
     assert (layer.batch, layer.w, layer.h, layer.c) == (2, 5, 3, 4)
     assert (layer.out_w, layer.out_h, layer.out_c, layer.inputs, layer.outputs) == (5, 3, 4, 60, 60)
     assert layer.output.shape == layer.delta.shape == layer.x.shape == layer.x_norm.shape == (2, 4, 3, 5)
-    for name in ("scales", "biases", "scale_updates", "bias_updates", "mean", "variance", "rolling_mean",
-                 "rolling_variance", "mean_delta", "variance_delta"):
+    for name in (
+        "scales",
+        "biases",
+        "scale_updates",
+        "bias_updates",
+        "mean",
+        "variance",
+        "rolling_mean",
+        "rolling_variance",
+        "mean_delta",
+        "variance_delta",
+    ):
         a = getattr(layer, name)
         assert a.shape == (4,) and a.dtype == np.float32, name
         assert (a == (1 if name == "scales" else 0)).all(), name
@@ -164,10 +192,11 @@ def test_training_forward_in_place_on_output_keeps_x():
     x = make_data(shape, 21)
     layer.output[:] = x
     layer.forward(layer.output)
-    e = ref.forward(x, *(np.asarray(v) for v in (layer.scales, layer.biases)),
-                    np.zeros(3), np.zeros(3), shape, "alexeyab")
+    e = ref.forward(
+        x, *(np.asarray(v) for v in (layer.scales, layer.biases)), np.zeros(3), np.zeros(3), shape, "alexeyab"
+    )
     assert_close(layer.output, e["output"], name="output")
-    assert np.array_equal(layer.x, x)        # x was saved before the output overwrote it
+    assert np.array_equal(layer.x, x)  # x was saved before the output overwrote it
 
 
 def test_inference_forward_in_place_on_output():
@@ -191,14 +220,17 @@ def test_n_equal_one_training_raises_and_changes_nothing():
     layer.forward(x, train=False)  # inference is defined
 
 
-@pytest.mark.parametrize("bad, exc", [
-    (np.zeros((2, 3, 4, 4), np.float64), TypeError),
-    (np.zeros(95, np.float32), ValueError),
-    (np.zeros((2, 3, 4, 8), np.float32)[..., ::3], ValueError),   # strided, and 72 values, not 96
-    (np.zeros(95, ">f4"), ValueError),                            # byte-swapped: copyable, but 95 values
-    ([0.0] * 96, TypeError),
-    (None, TypeError),
-])
+@pytest.mark.parametrize(
+    "bad, exc",
+    [
+        (np.zeros((2, 3, 4, 4), np.float64), TypeError),
+        (np.zeros(95, np.float32), ValueError),
+        (np.zeros((2, 3, 4, 8), np.float32)[..., ::3], ValueError),  # strided, and 72 values, not 96
+        (np.zeros(95, ">f4"), ValueError),  # byte-swapped: copyable, but 95 values
+        ([0.0] * 96, TypeError),
+        (None, TypeError),
+    ],
+)
 def test_forward_bad_input(bad, exc):
     layer = make_batchnorm_layer(2, 4, 4, 3)
     before = layer.output.copy()
@@ -255,8 +287,16 @@ def test_forward_copies_an_odd_float32_input_once(how, train):
     dy = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
     layer.delta[:] = dy
     got = layer.backward()
-    g = ref.backward(x, dy, p0["scales"], layer.mean if train else p0["rolling_mean"],
-                     layer.variance if train else p0["rolling_variance"], shape, "alexeyab", train)
+    g = ref.backward(
+        x,
+        dy,
+        p0["scales"],
+        layer.mean if train else p0["rolling_mean"],
+        layer.variance if train else p0["rolling_variance"],
+        shape,
+        "alexeyab",
+        train,
+    )
     assert_close(got, g["delta"], rtol=1e-4, name="input delta")
     assert odd.tobytes() == before
 
@@ -269,17 +309,19 @@ def test_forward_odd_input_that_is_a_view_of_the_layers_buffers():
     x = make_data(shape, 2)
     layer.output[:] = x
     p0 = {k: getattr(layer, k).copy() for k in ("scales", "biases", "rolling_mean", "rolling_variance")}
-    view = layer.output.transpose(0, 1, 3, 2)   # 96 values of output, not C-contiguous
-    want = ref.forward(view.copy(), p0["scales"], p0["biases"], p0["rolling_mean"], p0["rolling_variance"], shape,
-                       "pjreddie", True)
+    view = layer.output.transpose(0, 1, 3, 2)  # 96 values of output, not C-contiguous
+    want = ref.forward(
+        view.copy(), p0["scales"], p0["biases"], p0["rolling_mean"], p0["rolling_variance"], shape, "pjreddie", True
+    )
     xt = view.copy()
     layer.forward(view, train=True)
     assert_close(layer.output.reshape(-1), want["output"].reshape(-1), name="output")
     assert np.array_equal(layer.x.reshape(-1), xt.reshape(-1))
     # feeding the layer its own (copied) x in an odd form again: copied into the other buffer
     again = layer.x.transpose(0, 1, 3, 2)
-    want2 = ref.forward(again.copy(), layer.scales, layer.biases, layer.rolling_mean, layer.rolling_variance,
-                        shape, "pjreddie", False)
+    want2 = ref.forward(
+        again.copy(), layer.scales, layer.biases, layer.rolling_mean, layer.rolling_variance, shape, "pjreddie", False
+    )
     expect_x = again.copy()
     layer.forward(again, train=False)
     assert np.array_equal(layer.x.reshape(-1), expect_x.reshape(-1))
@@ -303,8 +345,11 @@ def test_backward_misaligned_or_swapped_net_delta_raises(offset):
     layer.delta[:] = 1.0
     before = (layer.delta.copy(), layer.scale_updates.copy(), layer.bias_updates.copy())
     nd = _misaligned(np.zeros((2, 3, 4, 4), np.float32), offset)
-    with pytest.raises(ValueError, match=r"^net_delta: expected an aligned float32 array \(address % 4 == 0\), "
-                                         rf"got address offset {offset}"):
+    with pytest.raises(
+        ValueError,
+        match=r"^net_delta: expected an aligned float32 array \(address % 4 == 0\), "
+        rf"got address offset {offset}",
+    ):
         layer.backward(nd)
     with pytest.raises(TypeError, match="^net_delta: .*byte-swapped"):
         layer.backward(np.zeros((2, 3, 4, 4), ">f4"))
@@ -341,8 +386,8 @@ def _shifted_view(a):
     flat = base.reshape(-1)
     start = (a.__array_interface__["data"][0] - flat.__array_interface__["data"][0]) // 4
     if start + 1 + a.size <= flat.size:
-        return flat[start + 1:start + 1 + a.size]
-    return flat[start - 1:start - 1 + a.size]
+        return flat[start + 1 : start + 1 + a.size]
+    return flat[start - 1 : start - 1 + a.size]
 
 
 def test_update_arguments():
@@ -357,12 +402,15 @@ def test_update_arguments():
         layer.update(0.1, 0.9, 0.0, 2.0)
 
 
-@pytest.mark.parametrize("args, exc", [
-    ((0, 4, 4, 3), ValueError),
-    ((2, 4, -4, 3), ValueError),
-    ((2, 4, 4, 3.0), TypeError),
-    ((2, 4, 4, None), TypeError),
-])
+@pytest.mark.parametrize(
+    "args, exc",
+    [
+        ((0, 4, 4, 3), ValueError),
+        ((2, 4, -4, 3), ValueError),
+        ((2, 4, 4, 3.0), TypeError),
+        ((2, 4, 4, None), TypeError),
+    ],
+)
 def test_make_layer_bad_arguments(args, exc):
     with pytest.raises(exc):
         make_batchnorm_layer(*args)
@@ -382,12 +430,21 @@ def test_custom_flavor_and_torch_eps():
     assert_close(layer.output, e, name="output")
     assert_close(layer.rolling_variance, 0.99 + 0.01 * x64.var(axis=(0, 2, 3), ddof=1), name="rolling_variance")
     with pytest.raises(ValueError):
-        Flavor("bad", momentum=2.0, eps=1e-5, eps_in_sqrt=True, unbiased=False, bwd_eps=1e-5,
-               bwd_eps_in_sqrt=True, stat_eps=1e-5)
+        Flavor(
+            "bad",
+            momentum=2.0,
+            eps=1e-5,
+            eps_in_sqrt=True,
+            unbiased=False,
+            bwd_eps=1e-5,
+            bwd_eps_in_sqrt=True,
+            stat_eps=1e-5,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # Gradients
+
 
 def _fd_grad(f, x, h=1e-6):
     g = np.zeros_like(x)
@@ -412,13 +469,20 @@ def test_reference_torch_flavor_gradient_by_finite_differences(shape):
     x = rng.standard_normal(shape) * 2 + 1
     sc, bi = rng.uniform(0.5, 1.5, c), rng.standard_normal(c)
     g = rng.standard_normal(shape)  # the output's delta
-    f = lambda: float((g * ref.forward(x, sc, bi, np.zeros(c), np.ones(c), shape, "torch")["output"]).sum())
+
+    def f():
+        return float((g * ref.forward(x, sc, bi, np.zeros(c), np.ones(c), shape, "torch")["output"]).sum())
+
     dx_fd = _fd_grad(f, x)
     e = ref.forward(x, sc, bi, np.zeros(c), np.ones(c), shape, "torch")
     bw = ref.backward(x, g, sc, e["mean"], e["variance"], shape, "torch")
     assert_close(bw["delta"], dx_fd, rtol=1e-7, name="dx")
-    dsc = _fd_grad(lambda: float((g * ref.forward(x, sc, bi, np.zeros(c), np.ones(c), shape, "torch")["output"]).sum()), sc)
-    dbi = _fd_grad(lambda: float((g * ref.forward(x, sc, bi, np.zeros(c), np.ones(c), shape, "torch")["output"]).sum()), bi)
+    dsc = _fd_grad(
+        lambda: float((g * ref.forward(x, sc, bi, np.zeros(c), np.ones(c), shape, "torch")["output"]).sum()), sc
+    )
+    dbi = _fd_grad(
+        lambda: float((g * ref.forward(x, sc, bi, np.zeros(c), np.ones(c), shape, "torch")["output"]).sum()), bi
+    )
     assert_close(bw["scale_updates"], dsc, rtol=1e-7, name="dscale")
     assert_close(bw["bias_updates"], dbi, rtol=1e-7, name="dbias")
     tx, ts, tb = ref.exact_training_gradient(x, g, sc, shape, 1e-5)
@@ -440,7 +504,10 @@ def test_c_torch_flavor_gradient_matches_finite_differences(shape):
     dx = layer.backward()
     x64 = x.astype(np.float64)
     sc, bi = layer.scales.astype(np.float64), layer.biases.astype(np.float64)
-    f = lambda: float((g * ref.forward(x64, sc, bi, np.zeros(c), np.ones(c), shape, "torch")["output"]).sum())
+
+    def f():
+        return float((g * ref.forward(x64, sc, bi, np.zeros(c), np.ones(c), shape, "torch")["output"]).sum())
+
     dx_fd = _fd_grad(f, x64)
     assert_close(dx, dx_fd, rtol=1e-5, name="dx")
     assert_close(layer.scale_updates, _fd_grad(f, sc), rtol=1e-5, name="scale_updates")
@@ -461,6 +528,9 @@ def test_inference_backward_is_the_gradient_of_inference_forward():
         dx = layer.backward()
         args = [a.astype(np.float64) for a in (layer.scales, layer.biases, layer.rolling_mean, layer.rolling_variance)]
         x64 = x.astype(np.float64)
-        f = lambda: float((g * ref.forward(x64, *args, shape, flavor, False)["output"]).sum())
+
+        def f(g=g, x64=x64, args=args, flavor=flavor):
+            return float((g * ref.forward(x64, *args, shape, flavor, False)["output"]).sum())
+
         assert_close(dx, _fd_grad(f, x64), rtol=1e-5, name=f"{flavor} dx")
         assert_close(layer.scale_updates, _fd_grad(f, args[0]), rtol=1e-5, name=f"{flavor} scale_updates")

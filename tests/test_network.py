@@ -1,6 +1,6 @@
-"""darknet_bn.darknet (the builder and the model): the layers each fork builds from a cfg, against the tables the real Darknet printed
-(tests/data/darknet/expected/tables/), every real cfg with both forks' rules, the BN layers, and
-Darknet's crashes turned into DarknetCfgError."""
+"""darknet_bn.darknet (the builder and the model): the layers each fork builds from a cfg, against the
+tables the real Darknet printed (tests/data/darknet/expected/tables/), every real cfg with both forks' rules,
+the BN layers, and Darknet's crashes turned into DarknetCfgError."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def read_table(path: Path):
         elif line and not line.startswith("#"):
             t = line.split()
             row = {f: (None if v == "-" else v if f == "type" else int(v)) for f, v in zip(FIELDS, t)}
-            row.update((k, int(v)) for k, v in (kv.split("=") for kv in t[len(FIELDS):]))
+            row.update((k, int(v)) for k, v in (kv.split("=") for kv in t[len(FIELDS) :]))
             rows.append(row)
     assert ended, f"{path}: the table did not end with '#END ok'"
     return head, rows
@@ -70,16 +70,31 @@ def test_layers_equal_darknets_table(fork, table):
         for key, want in row.items():
             if key in SIZE_FIELDS and want == 0:
                 continue
-            assert got[key] == want, f"{table.name} layer {row['index']} ({row['type']}): {key} = {got[key]}, " \
-                                      f"Darknet built {want}"
+            assert got[key] == want, (
+                f"{table.name} layer {row['index']} ({row['type']}): {key} = {got[key]}, Darknet built {want}"
+            )
             compared += 1
     assert compared >= 8 * len(rows)
 
 
 def test_tables_cover_the_layer_types():
     types = {row["type"] for _, p in TABLE_CASES for row in read_table(p)[1]}
-    assert types >= {"convolutional", "batchnorm", "connected", "maxpool", "route", "upsample", "yolo", "shortcut",
-                     "avgpool", "dropout", "softmax", "scale_channels", "region", "detection"}
+    assert types >= {
+        "convolutional",
+        "batchnorm",
+        "connected",
+        "maxpool",
+        "route",
+        "upsample",
+        "yolo",
+        "shortcut",
+        "avgpool",
+        "dropout",
+        "softmax",
+        "scale_channels",
+        "region",
+        "detection",
+    }
 
 
 # -- every real cfg, both forks ---------------------------------------------------------------------
@@ -87,8 +102,16 @@ def test_tables_cover_the_layer_types():
 CFGS = sorted((DATA / "cfg").rglob("*.cfg"))
 # Where the fork's own parser fails on a cfg while building its layers (tests/data/darknet/README.md):
 # AlexeyAB asserts on shortcuts between different sizes in the resnet family.
-ALEXEYAB_SHORTCUT_ASSERTS = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50",
-                             "resnext101-32x4d", "resnext152-32x4d"}
+ALEXEYAB_SHORTCUT_ASSERTS = {
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50",
+    "resnext101-32x4d",
+    "resnext152-32x4d",
+}
 
 
 @pytest.mark.parametrize("flavor", ["pjreddie", "alexeyab", "torch"])
@@ -136,10 +159,19 @@ def test_alexeyab_recurrent_cfgs_give_correct_results(name):
 def test_alexeyab_rnn_sizes():
     net = load_network(DATA / "cfg" / "alexeyab" / "rnn.cfg", flavor="alexeyab")
     first = net.layers[0]
-    assert (first.type, first.inputs, first.outputs, first.out_w, first.out_h, first.out_c) == \
-        ("rnn", 256, 1024, 1, 1, 1024)
-    assert [(n, p.inputs, p.outputs) for n, p in first.parts.items()] == \
-        [("input_layer", 256, 1024), ("self_layer", 1024, 1024), ("output_layer", 1024, 1024)]
+    assert (first.type, first.inputs, first.outputs, first.out_w, first.out_h, first.out_c) == (
+        "rnn",
+        256,
+        1024,
+        1,
+        1,
+        1024,
+    )
+    assert [(n, p.inputs, p.outputs) for n, p in first.parts.items()] == [
+        ("input_layer", 256, 1024),
+        ("self_layer", 1024, 1024),
+        ("output_layer", 1024, 1024),
+    ]
     bn = net.bn_layers[0]
     assert (bn.index, bn.type, bn.part, bn.shape) == (0, "rnn", "input_layer", (1, 1024, 1, 1))
 
@@ -158,7 +190,13 @@ def test_gru_and_lstm_part_orders():
     assert list(gru.parts) == ["wz", "wr", "wh", "uz", "ur", "uh"]  # pjreddie's file order
     assert [(p.inputs, p.outputs) for p in gru.parts.values()] == [(6, 6)] * 3 + [(10, 6)] * 3
     assert [s.name for s in load_network(text).weights_layout()][:6] == [
-        "wz.biases", "wz.weights", "wz.scales", "wz.rolling_mean", "wz.rolling_variance", "wr.biases"]
+        "wz.biases",
+        "wz.weights",
+        "wz.scales",
+        "wz.rolling_mean",
+        "wz.rolling_variance",
+        "wr.biases",
+    ]
     agru = load_network(DATA / "cfg" / "alexeyab" / "gru.cfg", flavor="alexeyab").layers[0]
     assert list(agru.parts)[:3] == ["input_z_layer", "input_r_layer", "input_h_layer"]
     lstm = load_network(DATA / "cfg" / "alexeyab" / "lstm.train.cfg", flavor="alexeyab").layers[0]
@@ -169,11 +207,15 @@ def test_crnn_parts_are_convolutions():
     net = load_network(DATA / "cfg" / "alexeyab" / "crnn.train.cfg", flavor="alexeyab")
     crnn = net.layers[1]
     assert crnn.type == "crnn" and (crnn.w, crnn.h, crnn.c, crnn.out_c) == (1, 1, 256, 1024)
-    assert [(p.type, p.c, p.n, p.size) for p in crnn.parts.values()] == \
-        [("convolutional", 256, 1024, 1), ("convolutional", 1024, 1024, 1), ("convolutional", 1024, 1024, 1)]
+    assert [(p.type, p.c, p.n, p.size) for p in crnn.parts.values()] == [
+        ("convolutional", 256, 1024, 1),
+        ("convolutional", 1024, 1024, 1),
+        ("convolutional", 1024, 1024, 1),
+    ]
 
 
 # -- the BN layers -------------------------------------------------------------------------------
+
 
 def test_bn_layers_of_bn_small():
     """tests/data/darknet/cfg/oracle/bn_small.cfg: conv+BN, [batchnorm], maxpool, connected+BN,
@@ -181,8 +223,11 @@ def test_bn_layers_of_bn_small():
     for flavor in ("pjreddie", "alexeyab", "torch"):
         net = load_network(DATA / "cfg" / "oracle" / "bn_small.cfg", batch=5, flavor=flavor)
         assert [(b.index, b.type, b.part, b.shape) for b in net.bn_layers] == [
-            (0, "convolutional", None, (5, 4, 8, 8)), (1, "batchnorm", None, (5, 4, 8, 8)),
-            (3, "connected", None, (5, 10, 1, 1)), (4, "batchnorm", None, (5, 10, 1, 1))]
+            (0, "convolutional", None, (5, 4, 8, 8)),
+            (1, "batchnorm", None, (5, 4, 8, 8)),
+            (3, "connected", None, (5, 10, 1, 1)),
+            (4, "batchnorm", None, (5, 10, 1, 1)),
+        ]
         for b in net.bn_layers:
             lyr = b.layer
             assert isinstance(lyr, Layer) and (lyr.batch, lyr.c, lyr.h, lyr.w) == b.shape
@@ -231,13 +276,30 @@ def test_batch_semantics():
 def test_table_rows_have_darknets_fields():
     net = load_network(DATA / "cfg" / "alexeyab" / "yolov4-tiny.cfg", flavor="alexeyab")
     r = net.table()[0]
-    assert r == {"index": 0, "type": "convolutional", "batch_normalize": 1, "w": 416, "h": 416, "c": 3,
-                 "out_w": 208, "out_h": 208, "out_c": 32, "n": 32, "size": 3, "stride": 2, "pad": 1, "groups": 1,
-                 "stride_x": 2, "stride_y": 2, "dilation": 1}
+    assert r == {
+        "index": 0,
+        "type": "convolutional",
+        "batch_normalize": 1,
+        "w": 416,
+        "h": 416,
+        "c": 3,
+        "out_w": 208,
+        "out_h": 208,
+        "out_c": 32,
+        "n": 32,
+        "size": 3,
+        "stride": 2,
+        "pad": 1,
+        "groups": 1,
+        "stride_x": 2,
+        "stride_y": 2,
+        "dilation": 1,
+    }
     assert isinstance(net, Network) and isinstance(net.bn_layers[0], BNLayer)
 
 
 # -- fork differences ----------------------------------------------------------------------------
+
 
 def test_route_groups_only_in_alexeyab():
     """pjreddie ignores [route] groups=/group_id= and so mis-sizes yolov4-tiny."""
@@ -249,8 +311,10 @@ def test_route_groups_only_in_alexeyab():
 
 
 def test_dilation_and_stride_xy_only_in_alexeyab():
-    text = "[net]\nwidth=20\nheight=10\nchannels=3\n[convolutional]\nfilters=4\nsize=3\npad=1\nstride_x=2\nstride_y=1\n" \
-           "dilation=2\n"
+    text = (
+        "[net]\nwidth=20\nheight=10\nchannels=3\n[convolutional]\nfilters=4\nsize=3\npad=1\nstride_x=2\nstride_y=1\n"
+        "dilation=2\n"
+    )
     ab = load_network(text, flavor="alexeyab").layers[0]
     assert (ab.out_w, ab.out_h, ab.stride, ab.stride_x, ab.stride_y, ab.dilation) == (10, 10, 2, 2, 1, 2)
     pj = load_network(text, flavor="pjreddie").layers[0]
@@ -264,23 +328,29 @@ def test_upsample_negative_stride_downsamples():
 
 
 def test_maxpool_padding_and_depth():
-    text = "[net]\nwidth=13\nheight=13\nchannels=8\n[maxpool]\nsize=2\nstride=1\n[maxpool]\nmaxpool_depth=1\n" \
-           "out_channels=2\n"
+    text = (
+        "[net]\nwidth=13\nheight=13\nchannels=8\n[maxpool]\nsize=2\nstride=1\n[maxpool]\nmaxpool_depth=1\n"
+        "out_channels=2\n"
+    )
     a, b = load_network(text, flavor="alexeyab").layers
     assert (a.out_w, a.out_h) == (13, 13)  # (13 + 1 - 2)/1 + 1
     assert (b.out_w, b.out_h, b.out_c) == (13, 13, 2)
 
 
 def test_antialiasing_gives_the_next_layer_the_blurred_size():
-    text = "[net]\nwidth=16\nheight=16\nchannels=3\n[convolutional]\nfilters=4\nsize=3\npad=1\nstride=2\n" \
-           "antialiasing=1\n[convolutional]\nfilters=2\nsize=1\n"
+    text = (
+        "[net]\nwidth=16\nheight=16\nchannels=3\n[convolutional]\nfilters=4\nsize=3\npad=1\nstride=2\n"
+        "antialiasing=1\n[convolutional]\nfilters=2\nsize=1\n"
+    )
     a, b = load_network(text, flavor="alexeyab").layers
     assert (a.stride, a.out_w) == (1, 16) and (b.w, b.h, b.c) == (8, 8, 4)
 
 
 def test_shared_convolution_has_no_arrays_in_the_file():
-    text = "[net]\nwidth=8\nheight=8\nchannels=4\n[convolutional]\nfilters=4\nsize=3\npad=1\nbatch_normalize=1\n" \
-           "[convolutional]\nfilters=4\nsize=3\npad=1\nbatch_normalize=1\nshare_index=-1\n"
+    text = (
+        "[net]\nwidth=8\nheight=8\nchannels=4\n[convolutional]\nfilters=4\nsize=3\npad=1\nbatch_normalize=1\n"
+        "[convolutional]\nfilters=4\nsize=3\npad=1\nbatch_normalize=1\nshare_index=-1\n"
+    )
     net = load_network(text, flavor="alexeyab")
     assert net.layers[1].extras["share_index"] == 0
     assert {s.layer for s in net.weights_layout()} == {0}
@@ -292,39 +362,51 @@ def test_shared_convolution_has_no_arrays_in_the_file():
 NET = "[net]\nwidth=8\nheight=8\nchannels=3\n"
 
 
-@pytest.mark.parametrize("body,flavor,words", [
-    ("[convolutional]\nfilters=4\nstride=0\n", "pjreddie", "divides by zero"),
-    ("[convolutional]\nfilters=4\ngroups=0\n", "pjreddie", "divides by zero"),
-    ("[maxpool]\nstride=0\n", "alexeyab", "divides by zero"),
-    ("[route]\nlayers=-1\n", "pjreddie", "not a layer before"),
-    ("[convolutional]\nfilters=4\n[route]\nlayers=3\n", "alexeyab", "not a layer before"),
-    ("[convolutional]\nfilters=4\n[route]\n", "alexeyab", "layers= is missing"),
-    ("[convolutional]\nfilters=4\n[route]\nlayers=-1\ngroups=0\n", "alexeyab", "divides by zero"),
-    ("[convolutional]\nfilters=4\n[shortcut]\n", "pjreddie", "from= is missing"),
-    ("[convolutional]\nfilters=4\n[shortcut]\nfrom=-5\n", "alexeyab", "not a layer before"),
-    ("[convolutional]\nfilters=4\nsize=3\n[shortcut]\nfrom=-2\n", "alexeyab", "not a layer before"),
-    ("[convolutional]\nfilters=4\n[convolutional]\nfilters=4\nstride=2\n[shortcut]\nfrom=-2\n", "alexeyab",
-     "assert"),
-    ("[convolutional]\nfilters=4\nsize=3\n[yolo]\nclasses=1\n", "pjreddie", "does not match"),
-    ("[convolutional]\nfilters=4\nsize=3\n[region]\n", "alexeyab", "does not match"),
-    ("[connected]\noutput=10\n[detection]\n", "pjreddie", "assert"),
-    ("[connected]\noutput=10\n[softmax]\ngroups=3\n", "pjreddie", "does not divide"),
-    ("[connected]\noutput=10\n[softmax]\n[convolutional]\nfilters=2\n", "pjreddie", "must output an image"),
-    ("[convolutional]\nfilters=4\nsize=12\n", "pjreddie", "negative size"),
-    ("[convolutional]\nfilters=4\nsize=9\nbatch_normalize=1\n", "pjreddie", "empty tensor"),
-    ("[convolutional]\nfilters=65536\nsize=1\n[convolutional]\nfilters=65536\nsize=1\n", "pjreddie", "overflows"),
-    ("[reorg]\nstride=0\n", "pjreddie", "divides by zero"),
-    ("[convolutional]\nfilters=4\nsway=1\nrotate=1\nsize=3\n", "alexeyab", "only one of"),
-    ("[convolutional]\nfilters=4\nshare_index=0\n", "alexeyab", "not a layer before"),
-    ("[convolutional]\nfilters=4\n[convolutional]\nfilters=8\nshare_index=-1\n", "alexeyab", "share_index"),
-    ("[convolutional]\nfilters=4\n[shortcut]\nfrom=-1\nweights_type=per_feature\n", "alexeyab",
-     "weights_normalization"),
-    ("[convolutional]\nfilters=4\n[convolutional]\nfilters=2\n[sam]\nfrom=-2\n", "alexeyab", "assert"),
-    ("[convolutional]\nfilters=4\n[avgpool]\n[convolutional]\nfilters=2\n[scale_channels]\nfrom=-3\n", "alexeyab",
-     "assert"),
-    ("[contrastive]\n", "alexeyab", "yolo_layer"),
-    ("[deconvolutional]\nfilters=2\n", "pjreddie", "not supported"),
-])
+@pytest.mark.parametrize(
+    "body,flavor,words",
+    [
+        ("[convolutional]\nfilters=4\nstride=0\n", "pjreddie", "divides by zero"),
+        ("[convolutional]\nfilters=4\ngroups=0\n", "pjreddie", "divides by zero"),
+        ("[maxpool]\nstride=0\n", "alexeyab", "divides by zero"),
+        ("[route]\nlayers=-1\n", "pjreddie", "not a layer before"),
+        ("[convolutional]\nfilters=4\n[route]\nlayers=3\n", "alexeyab", "not a layer before"),
+        ("[convolutional]\nfilters=4\n[route]\n", "alexeyab", "layers= is missing"),
+        ("[convolutional]\nfilters=4\n[route]\nlayers=-1\ngroups=0\n", "alexeyab", "divides by zero"),
+        ("[convolutional]\nfilters=4\n[shortcut]\n", "pjreddie", "from= is missing"),
+        ("[convolutional]\nfilters=4\n[shortcut]\nfrom=-5\n", "alexeyab", "not a layer before"),
+        ("[convolutional]\nfilters=4\nsize=3\n[shortcut]\nfrom=-2\n", "alexeyab", "not a layer before"),
+        (
+            "[convolutional]\nfilters=4\n[convolutional]\nfilters=4\nstride=2\n[shortcut]\nfrom=-2\n",
+            "alexeyab",
+            "assert",
+        ),
+        ("[convolutional]\nfilters=4\nsize=3\n[yolo]\nclasses=1\n", "pjreddie", "does not match"),
+        ("[convolutional]\nfilters=4\nsize=3\n[region]\n", "alexeyab", "does not match"),
+        ("[connected]\noutput=10\n[detection]\n", "pjreddie", "assert"),
+        ("[connected]\noutput=10\n[softmax]\ngroups=3\n", "pjreddie", "does not divide"),
+        ("[connected]\noutput=10\n[softmax]\n[convolutional]\nfilters=2\n", "pjreddie", "must output an image"),
+        ("[convolutional]\nfilters=4\nsize=12\n", "pjreddie", "negative size"),
+        ("[convolutional]\nfilters=4\nsize=9\nbatch_normalize=1\n", "pjreddie", "empty tensor"),
+        ("[convolutional]\nfilters=65536\nsize=1\n[convolutional]\nfilters=65536\nsize=1\n", "pjreddie", "overflows"),
+        ("[reorg]\nstride=0\n", "pjreddie", "divides by zero"),
+        ("[convolutional]\nfilters=4\nsway=1\nrotate=1\nsize=3\n", "alexeyab", "only one of"),
+        ("[convolutional]\nfilters=4\nshare_index=0\n", "alexeyab", "not a layer before"),
+        ("[convolutional]\nfilters=4\n[convolutional]\nfilters=8\nshare_index=-1\n", "alexeyab", "share_index"),
+        (
+            "[convolutional]\nfilters=4\n[shortcut]\nfrom=-1\nweights_type=per_feature\n",
+            "alexeyab",
+            "weights_normalization",
+        ),
+        ("[convolutional]\nfilters=4\n[convolutional]\nfilters=2\n[sam]\nfrom=-2\n", "alexeyab", "assert"),
+        (
+            "[convolutional]\nfilters=4\n[avgpool]\n[convolutional]\nfilters=2\n[scale_channels]\nfrom=-3\n",
+            "alexeyab",
+            "assert",
+        ),
+        ("[contrastive]\n", "alexeyab", "yolo_layer"),
+        ("[deconvolutional]\nfilters=2\n", "pjreddie", "not supported"),
+    ],
+)
 def test_darknet_crashes_become_errors(body, flavor, words):
     with pytest.raises(DarknetCfgError) as e:
         load_network(NET + body, flavor=flavor)
@@ -343,8 +425,9 @@ def test_net_errors():
         load_network("[net]\nwidth=1\nheight=1\nchannels=1\npolicy=steps\nsteps=10\n[connected]\n")
     with pytest.raises(DarknetCfgError, match="batch of 0"):
         load_network("[net]\nbatch=1\nsubdivisions=2\nwidth=1\nheight=1\nchannels=1\n[connected]\n", batch=None)
-    net = load_network("[net]\nbatch=1\nsubdivisions=2\nwidth=1\nheight=1\nchannels=1\n[connected]\n", batch=None,
-                       flavor="alexeyab")
+    net = load_network(
+        "[net]\nbatch=1\nsubdivisions=2\nwidth=1\nheight=1\nchannels=1\n[connected]\n", batch=None, flavor="alexeyab"
+    )
     assert net.batch == 1  # AlexeyAB raises a batch below 1 to 1
 
 
@@ -358,12 +441,14 @@ def test_route_of_mismatched_sizes_has_no_output_size():
 
 def test_route_trailing_comma_is_layer_zero():
     """atoi('') is 0: 'layers=-1,' routes the previous layer and layer 0, as Darknet does."""
-    net = load_network(NET + "[convolutional]\nfilters=4\nsize=1\n[convolutional]\nfilters=2\nsize=1\n"
-                             "[route]\nlayers=-1,\n")
+    net = load_network(
+        NET + "[convolutional]\nfilters=4\nsize=1\n[convolutional]\nfilters=2\nsize=1\n[route]\nlayers=-1,\n"
+    )
     assert net.layers[2].input_layers == (1, 0) and net.layers[2].out_c == 6
 
 
 # -- the default rules: detected from the cfg --------------------------------------------------------
+
 
 def _compare(rows, net, skip=()):
     compared = 0
@@ -372,8 +457,9 @@ def _compare(rows, net, skip=()):
         for key, want in row.items():
             if (key in SIZE_FIELDS and want == 0) or (row["type"], key) in skip or key in skip:
                 continue
-            assert got[key] == want, f"{net.name} layer {row['index']} ({row['type']}): {key} = {got[key]}, " \
-                                     f"Darknet built {want}"
+            assert got[key] == want, (
+                f"{net.name} layer {row['index']} ({row['type']}): {key} = {got[key]}, Darknet built {want}"
+            )
             compared += 1
     return compared
 
@@ -401,8 +487,9 @@ def test_default_loading_gives_alexeyabs_tables(table):
     assert net.rules.startswith("pjreddie's rules, detected: no section")
     pj_head, pj_rows = read_table(TABLES / "pjreddie" / table.name)
     assert _compare(pj_rows, net) >= 8 * len(rows)
-    assert _compare(rows, net, skip=("stride_x", "stride_y", "dilation", ("route", "w"), ("route", "h"),
-                                     ("route", "c"))) >= 8 * len(rows)
+    assert _compare(
+        rows, net, skip=("stride_x", "stride_y", "dilation", ("route", "w"), ("route", "h"), ("route", "c"))
+    ) >= 8 * len(rows)
     for row in rows:
         if row["type"] == "convolutional":
             assert row["stride_x"] == row["stride_y"] == row["stride"] and row["dilation"] == 1
@@ -428,8 +515,9 @@ def test_yolov4_tiny_default_is_alexeyabs_route():
         pj = load_network(DATA / "cfg" / "alexeyab" / "yolov4-tiny.cfg", flavor="pjreddie")
     assert pj.fork == "pjreddie" and pj.layers[3].out_c == 64 and "as asked (flavor 'pjreddie')" in pj.rules
     assert any(w.message.key == "groups" and w.message.line == 60 for w in rec)
-    assert load_network(DATA / "cfg" / "alexeyab" / "yolov4-tiny.cfg", fork="pjreddie", flavor="torch").fork == \
-        "pjreddie"
+    assert (
+        load_network(DATA / "cfg" / "alexeyab" / "yolov4-tiny.cfg", fork="pjreddie", flavor="torch").fork == "pjreddie"
+    )
 
 
 def test_every_pjreddie_cfg_is_read_by_pjreddies_rules():
@@ -440,8 +528,9 @@ def test_every_pjreddie_cfg_is_read_by_pjreddies_rules():
 
 
 def _sizes(net):
-    return [(lyr.type.replace("reorg_old", "reorg"), lyr.out_w, lyr.out_h, lyr.out_c, lyr.outputs)
-            for lyr in net.layers]
+    return [
+        (lyr.type.replace("reorg_old", "reorg"), lyr.out_w, lyr.out_h, lyr.out_c, lyr.outputs) for lyr in net.layers
+    ]
 
 
 def test_alexeyab_cfgs_read_by_pjreddies_rules_build_alexeyabs_sizes():
@@ -483,8 +572,14 @@ REC = {
 }
 REC_FLAG = {"rnn": 0, "crnn": 0, "gru": 1, "lstm": 1, "conv_lstm": 1}
 REC_PARTS = {
-    ("rnn", "pjreddie"): 3, ("rnn", "alexeyab"): 3, ("gru", "pjreddie"): 6, ("gru", "alexeyab"): 6,
-    ("lstm", "pjreddie"): 8, ("lstm", "alexeyab"): 8, ("crnn", "pjreddie"): 3, ("crnn", "alexeyab"): 3,
+    ("rnn", "pjreddie"): 3,
+    ("rnn", "alexeyab"): 3,
+    ("gru", "pjreddie"): 6,
+    ("gru", "alexeyab"): 6,
+    ("lstm", "pjreddie"): 8,
+    ("lstm", "alexeyab"): 8,
+    ("crnn", "pjreddie"): 3,
+    ("crnn", "alexeyab"): 3,
     ("conv_lstm", "alexeyab"): 8,
 }
 
@@ -531,5 +626,13 @@ def test_conv_lstm_sizes_and_weights_from_alexeyabs_source():
     peep = load_network(text + "peephole=1\nbottleneck=1\n").layers[0]
     assert list(peep.parts) == ["uf", "ui", "ug", "uo", "wf", "vf", "vi", "vo"]
     assert peep.parts["wf"].c == 10
-    assert [s.name.split(".")[0] for s in load_network(text + "peephole=1\nbottleneck=1\n").weights_layout()][::5] \
-        == ["vf", "vi", "vo", "wf", "uf", "ui", "ug", "uo"]
+    assert [s.name.split(".")[0] for s in load_network(text + "peephole=1\nbottleneck=1\n").weights_layout()][::5] == [
+        "vf",
+        "vi",
+        "vo",
+        "wf",
+        "uf",
+        "ui",
+        "ug",
+        "uo",
+    ]

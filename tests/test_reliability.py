@@ -45,14 +45,22 @@ def test_nan_and_inf_stay_in_their_channel(shape, flavor, bad):
     out0, dx0 = _run(clean, x, dy)
     xb = x.copy()
     ch = c // 2
-    xb[b // 2, ch, h // 2, w // 2] = bad          # one value of one channel
+    xb[b // 2, ch, h // 2, w // 2] = bad  # one value of one channel
     out1, dx1 = _run(dirty, xb, dy)
     others = np.arange(c) != ch
     # the other channels are exactly what they were
     assert np.array_equal(out1[:, others], out0[:, others])
     assert np.array_equal(dx1[:, others], dx0[:, others])
-    for k in ("mean", "variance", "rolling_mean", "rolling_variance", "scale_updates", "bias_updates",
-              "mean_delta", "variance_delta"):
+    for k in (
+        "mean",
+        "variance",
+        "rolling_mean",
+        "rolling_variance",
+        "scale_updates",
+        "bias_updates",
+        "mean_delta",
+        "variance_delta",
+    ):
         assert np.array_equal(getattr(dirty, k)[others], getattr(clean, k)[others]), k
     # the channel that saw it: its statistics are not finite; its rolling statistics are NaN as in
     # Darknet for NaN (and for Inf, whose variance is NaN)
@@ -93,7 +101,7 @@ def test_threads_give_the_sequential_results():
         layer = make_batchnorm_layer(b, w, h, c, ["pjreddie", "alexeyab", "torch"][seed % 3])
         x, dy = make_data(shape, seed), make_data(shape, seed + 100)
         outs = []
-        for step in range(20):
+        for _step in range(20):
             layer.forward(x)
             layer.delta[:] = dy
             layer.backward(layer.delta)
@@ -106,7 +114,9 @@ def test_threads_give_the_sequential_results():
     for idx, (shape, seed) in enumerate(jobs):
         work(shape, seed, sequential, idx)
     parallel = [None] * len(jobs)
-    threads = [threading.Thread(target=work, args=(shape, seed, parallel, idx)) for idx, (shape, seed) in enumerate(jobs)]
+    threads = [
+        threading.Thread(target=work, args=(shape, seed, parallel, idx)) for idx, (shape, seed) in enumerate(jobs)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -118,7 +128,7 @@ def test_threads_give_the_sequential_results():
 
 def test_c_calls_release_the_gil():
     """While one thread is inside a long C call, another thread runs Python code."""
-    x = np.ones(1 << 26, np.float32)          # 256 MiB: the plain reference kernel takes a while
+    x = np.ones(1 << 26, np.float32)  # 256 MiB: the plain reference kernel takes a while
     mean = np.zeros(1, np.float32)
     px, pm = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", mean)
     inside = threading.Event()
@@ -135,7 +145,7 @@ def test_c_calls_release_the_gil():
     t.start()
     inside.wait()
     while not done.is_set():
-        ticks += 1                            # only possible while the other thread holds no GIL
+        ticks += 1  # only possible while the other thread holds no GIL
         time.sleep(0.001)
     t.join()
     assert mean[0] == 1.0
@@ -147,13 +157,16 @@ def _rss_bytes():
     if not statm.exists():
         pytest.skip("no /proc/self/statm on this platform (Linux only)")
     import os
+
     return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.skipif("libasan" in __import__("os").environ.get("LD_PRELOAD", ""),
-                    reason="under AddressSanitizer freed memory waits in its quarantine: RSS measures nothing")
+@pytest.mark.skipif(
+    "libasan" in __import__("os").environ.get("LD_PRELOAD", ""),
+    reason="under AddressSanitizer freed memory waits in its quarantine: RSS measures nothing",
+)
 def test_memory_stays_flat_over_10000_layers():
-    shape = (8, 16, 8, 8)                     # 64 KiB per tensor buffer: a leak of any would show
+    shape = (8, 16, 8, 8)  # 64 KiB per tensor buffer: a leak of any would show
     x, dy = make_data(shape, 5), make_data(shape, 6)
 
     def cycle(n):
@@ -167,7 +180,7 @@ def test_memory_stays_flat_over_10000_layers():
             _ = layer.x_norm
             del layer
 
-    cycle(300)                                # warm up the allocators
+    cycle(300)  # warm up the allocators
     gc.collect()
     before = _rss_bytes()
     cycle(10_000)
@@ -187,8 +200,8 @@ def test_buffers_stay_alive_while_c_may_use_them():
     _, expect = _run(ref_layer, x, dy)
 
     layer = make_batchnorm_layer(b, w, h, c, "torch")
-    layer.forward(x.copy())                   # the only reference to that copy is the layer's
-    junk = [np.full(x.size, 7.0, np.float32) for _ in range(20)]   # reuse freed memory, if any was freed
+    layer.forward(x.copy())  # the only reference to that copy is the layer's
+    junk = [np.full(x.size, 7.0, np.float32) for _ in range(20)]  # reuse freed memory, if any was freed
     gc.collect()
     layer.delta[:] = dy
     assert np.array_equal(layer.backward(), expect)
@@ -199,13 +212,13 @@ def test_buffers_stay_alive_while_c_may_use_them():
 # ------------------------------------------------------------------------------------------------
 # Big tensors: 64-bit indexing. Run by .ci/run (pytest --run-slow -m slow).
 
-BIG_S = (1 << 30) + 2048                      # two channels of 2**30 + 2048: 2**31 + 4096 elements, 8 GiB
+BIG_S = (1 << 30) + 2048  # two channels of 2**30 + 2048: 2**31 + 4096 elements, 8 GiB
 
 
 def _fill(x):
     """x[c, i] = 1 + (i mod 1000)/1000, chunk by chunk (a pattern whose sums are known exactly), so no
     second tensor-sized array is ever allocated."""
-    chunk = 16_000_000                        # a multiple of 1000: every chunk starts the pattern afresh
+    chunk = 16_000_000  # a multiple of 1000: every chunk starts the pattern afresh
     pattern = (1.0 + (np.arange(chunk, dtype=np.int64) % 1000) / 1000.0).astype(np.float32)
     for ch in range(x.shape[0]):
         for lo in range(0, x.shape[1], chunk):
@@ -248,8 +261,8 @@ def test_more_than_2_31_elements():
     # channel sums of the normalized values, in float64, chunk by chunk: sum 0, sum of squares (n-1)/n*var/(var+eps)
     chunk = 1 << 26
     for ch in range(2):
-        t1 = sum(float(x[ch, lo:lo + chunk].astype(np.float64).sum()) for lo in range(0, n, chunk))
-        t2 = sum(float(np.square(x[ch, lo:lo + chunk].astype(np.float64)).sum()) for lo in range(0, n, chunk))
+        t1 = sum(float(x[ch, lo : lo + chunk].astype(np.float64).sum()) for lo in range(0, n, chunk))
+        t2 = sum(float(np.square(x[ch, lo : lo + chunk].astype(np.float64)).sum()) for lo in range(0, n, chunk))
         assert abs(t1) / n < 1e-5
         want = (n - 1) / n * var64 / (var64 + 1e-5)
         assert abs(t2 / n - want) < 1e-5

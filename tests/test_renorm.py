@@ -20,8 +20,12 @@ def _pair(shape, flavor, seed=0, **renorm):
     b, c, h, w = shape
     rng = np.random.default_rng(seed)
     layers = [make_batchnorm_layer(b, w, h, c, flavor), make_batchnorm_layer(b, w, h, c, flavor, renorm=True, **renorm)]
-    vals = dict(scales=rng.uniform(0.5, 1.5, c), biases=rng.standard_normal(c),
-                rolling_mean=rng.standard_normal(c), rolling_variance=rng.uniform(0.5, 2, c))
+    vals = dict(
+        scales=rng.uniform(0.5, 1.5, c),
+        biases=rng.standard_normal(c),
+        rolling_mean=rng.standard_normal(c),
+        rolling_variance=rng.uniform(0.5, 2, c),
+    )
     for layer in layers:
         for k, v in vals.items():
             getattr(layer, k)[:] = v
@@ -36,14 +40,21 @@ def test_rmax_1_dmax_0_is_plain_bn_bit_for_bit(shape, flavor):
     plain, rn = _pair(shape, flavor, rmax=1.0, dmax=0.0)
     x = make_data(shape, 1)
     dy = make_data(shape, 2)
-    for step in range(2):   # twice: the second step runs with rolling statistics the first one updated
+    for step in range(2):  # twice: the second step runs with rolling statistics the first one updated
         for layer in (plain, rn):
             layer.forward(x, train=True)
             layer.delta[:] = dy
             layer.backward(layer.delta)
             layer.update(0.1, 0.9, 0.0, shape[0])
-        for k in FIELDS + ("delta", "scales", "biases", "scale_updates", "bias_updates", "mean_delta",
-                           "variance_delta"):
+        for k in FIELDS + (
+            "delta",
+            "scales",
+            "biases",
+            "scale_updates",
+            "bias_updates",
+            "mean_delta",
+            "variance_delta",
+        ):
             assert np.array_equal(getattr(plain, k), getattr(rn, k)), (step, k)
         assert (rn.r == 1).all() and (rn.d == 0).all()
 
@@ -62,9 +73,10 @@ def test_unclipped_renorm_matches_the_papers_equations(shape, flavor):
     rm = x64.mean(axis=(0, 2, 3)) + rng.uniform(-0.5, 0.5, c)
     rv = x64.var(axis=(0, 2, 3), ddof=1) * rng.uniform(0.5, 2, c)
     layer.scales[:], layer.biases[:], layer.rolling_mean[:], layer.rolling_variance[:] = sc, bi, rm, rv
-    e = ref.forward_renorm(x, layer.scales, layer.biases, layer.rolling_mean, layer.rolling_variance, shape, flavor,
-                           10.0, 10.0)
-    assert ((e["r"] > 0.1) & (e["r"] < 10)).all() and (np.abs(e["d"]) < 10).all()   # inside the bounds
+    e = ref.forward_renorm(
+        x, layer.scales, layer.biases, layer.rolling_mean, layer.rolling_variance, shape, flavor, 10.0, 10.0
+    )
+    assert ((e["r"] > 0.1) & (e["r"] < 10)).all() and (np.abs(e["d"]) < 10).all()  # inside the bounds
     layer.forward(x)
     for k in FIELDS:
         assert_close(getattr(layer, k), e[k], name=k)
@@ -88,10 +100,11 @@ def test_clipping_bounds_r_and_d(flavor):
     shape = (8, 4, 3, 3)
     x = make_data(shape, 6)
     layer = make_batchnorm_layer(8, 3, 3, 4, flavor, renorm=True, rmax=1.5, dmax=0.25)
-    layer.rolling_mean[:] = [-10, 0, 10, 0]          # d clipped both ways (channels 0, 2) ...
-    layer.rolling_variance[:] = [1e-4, 1e4, 1, 1]     # ... and r (channels 0, 1)
-    e = ref.forward_renorm(x, layer.scales, layer.biases, layer.rolling_mean, layer.rolling_variance, shape, flavor,
-                           1.5, 0.25)
+    layer.rolling_mean[:] = [-10, 0, 10, 0]  # d clipped both ways (channels 0, 2) ...
+    layer.rolling_variance[:] = [1e-4, 1e4, 1, 1]  # ... and r (channels 0, 1)
+    e = ref.forward_renorm(
+        x, layer.scales, layer.biases, layer.rolling_mean, layer.rolling_variance, shape, flavor, 1.5, 0.25
+    )
     layer.forward(x)
     assert_close(layer.r, e["r"], name="r")
     assert_close(layer.d, e["d"], scale=0.25, name="d")
@@ -133,6 +146,7 @@ def test_backward_treats_r_and_d_as_constants():
         e[i] = eps
         fd.reshape(-1)[i] = (y_sum(x64 + e.reshape(shape)) - y_sum(x64 - e.reshape(shape))) / (2 * eps)
     assert_close(dx, fd, rtol=1e-5, scale=np.abs(g).max() * (sc * r).max(), name="dx")
+
     # and it is not the gradient through r and d: differentiating them too gives a different answer
     def y_sum_full(x64):
         xt = x64.reshape(b, c, h * w)
@@ -142,8 +156,13 @@ def test_backward_treats_r_and_d_as_constants():
         rr = np.clip(sig / sigma, 1 / 3, 3)
         dd = np.clip((mu - np.array([0.5, -0.3])[None, :, None]) / sigma, -5, 5)
         return float((g.reshape(b, c, h * w) * (((xt - mu) / sig * rr + dd) * sc[None, :, None])).sum())
-    full = np.array([(y_sum_full(x64 + e) - y_sum_full(x64 - e)) / (2 * eps)
-                     for e in (np.eye(x64.size)[i].reshape(shape) * eps for i in range(x64.size))]).reshape(shape)
+
+    full = np.array(
+        [
+            (y_sum_full(x64 + e) - y_sum_full(x64 - e)) / (2 * eps)
+            for e in (np.eye(x64.size)[i].reshape(shape) * eps for i in range(x64.size))
+        ]
+    ).reshape(shape)
     assert np.abs(full - fd).max() > 1e-3
 
 

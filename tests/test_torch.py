@@ -12,15 +12,23 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 
 
 def _torch_run(x, dy, scales, biases, rm, rv, train):
-    t = lambda a: torch.tensor(np.asarray(a, np.float64))
+    def t(a):
+        return torch.tensor(np.asarray(a, np.float64))
+
     xt = t(x).requires_grad_(True)
     w, b = t(scales).requires_grad_(True), t(biases).requires_grad_(True)
     rmt, rvt = t(rm), t(rv)
     y = torch.nn.functional.batch_norm(xt, rmt, rvt, w, b, training=train, momentum=0.1, eps=1e-5)
     # Darknet's delta is the negative gradient: loss = -sum(delta * y)
     (-(t(dy) * y).sum()).backward()
-    return dict(output=y.detach().numpy(), rolling_mean=rmt.numpy(), rolling_variance=rvt.numpy(),
-                dx=-xt.grad.numpy(), dscale=-w.grad.numpy(), dbias=-b.grad.numpy())
+    return dict(
+        output=y.detach().numpy(),
+        rolling_mean=rmt.numpy(),
+        rolling_variance=rvt.numpy(),
+        dx=-xt.grad.numpy(),
+        dscale=-w.grad.numpy(),
+        dbias=-b.grad.numpy(),
+    )
 
 
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s[0] * s[2] * s[3] > 1])

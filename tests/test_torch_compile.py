@@ -18,8 +18,11 @@ nn = torch.nn
 def _samples():
     g = torch.Generator().manual_seed(0)
     out = []
-    for shape, fmt in [((4, 3, 5, 6), torch.contiguous_format), ((4, 3, 5, 6), torch.channels_last),
-                       ((16, 5), torch.contiguous_format)]:
+    for shape, fmt in [
+        ((4, 3, 5, 6), torch.contiguous_format),
+        ((4, 3, 5, 6), torch.channels_last),
+        ((16, 5), torch.contiguous_format),
+    ]:
         x = (torch.randn(shape, generator=g) * 2 + 1).contiguous(memory_format=fmt).requires_grad_()
         c = shape[1]
         w = (torch.rand(c, generator=g) + 0.5).requires_grad_()
@@ -46,7 +49,7 @@ def test_ops_match_torch():
     ref = torch.nn.functional.batch_norm(x, rm2, rv2, w, b, True, 0.1, 1e-5)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(nrm, rm2), torch.testing.assert_close(nrv, rv2)
-    assert not torch.equal(rm, rm2)        # functional: the inputs are not written
+    assert not torch.equal(rm, rm2)  # functional: the inputs are not written
     assert out.stride() == ref.stride()
 
 
@@ -71,7 +74,7 @@ def test_compiled_model_equals_eager():
     comp_m = copy.deepcopy(eager)
     comp = torch.compile(comp_m, fullgraph=True)
     g = torch.Generator().manual_seed(1)
-    for step in range(2):
+    for _step in range(2):
         x = torch.randn(8, 3, 8, 8, generator=g).contiguous(memory_format=torch.channels_last)
         gy = torch.randn(8, 8, generator=g)
         ys = []
@@ -82,9 +85,9 @@ def test_compiled_model_equals_eager():
             ys.append(y.detach())
         torch.testing.assert_close(ys[1], ys[0], rtol=1e-6, atol=1e-6)
         for (n, p), (_, q) in zip(eager.named_parameters(), comp_m.named_parameters()):
-            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-5, msg=n)   # fc.bias: ~0 (BN follows)
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-5, msg=n)  # fc.bias: ~0 (BN follows)
         for (n, p), (_, q) in zip(eager.named_buffers(), comp_m.named_buffers()):
-            assert torch.equal(p, q), n            # the running statistics: the same C update
+            assert torch.equal(p, q), n  # the running statistics: the same C update
     eager.eval(), comp_m.eval()
     with torch.no_grad():
         x = torch.randn(8, 3, 8, 8, generator=g)

@@ -27,8 +27,8 @@ import darknet_bn.torch as dbt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "torch_dist"))
-from launch import free_port, launch  # noqa: E402
 import worker  # noqa: E402
+from launch import free_port, launch  # noqa: E402
 
 if not (dist.is_available() and dist.is_gloo_available()):  # pragma: no cover - depends on the build
     pytest.skip("torch.distributed with gloo is not available in this torch build", allow_module_level=True)
@@ -61,8 +61,10 @@ def test_case_on_every_rank(launched, name):
     n, results, _, procs = launched
     for r in range(n):
         res = results[r].get(name)
-        assert res is not None, (f"rank {r} of {n} did not report {name!r} (the ranks got out of step after an "
-                                 f"earlier failure, or a rank crashed):\n{_diagnose(procs)}")
+        assert res is not None, (
+            f"rank {r} of {n} did not report {name!r} (the ranks got out of step after an "
+            f"earlier failure, or a rank crashed):\n{_diagnose(procs)}"
+        )
         assert res == "ok", f"rank {r} of {n}, {name}:\n{res}"
 
 
@@ -80,10 +82,30 @@ def test_torchrun_example(tmp_path):
     """examples/torchrun_train.py under torchrun (python -m torch.distributed.run), 2 processes."""
     script = HERE.parent / "examples" / "torchrun_train.py"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script),
-                        "--steps", "4", "--batch", "12", "--check"],
-                       capture_output=True, text=True, timeout=150, env=env, cwd=tmp_path)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+            str(script),
+            "--steps",
+            "4",
+            "--batch",
+            "12",
+            "--check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=env,
+        cwd=tmp_path,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     lines = p.stdout.splitlines()
     assert lines[0] == "world 2: SyncBatchNorm x3, global batch 12 (slices [6, 6]), 4 steps", p.stdout
@@ -93,14 +115,16 @@ def test_torchrun_example(tmp_path):
     # ours (2 processes, float32) is as close to the float64 single-process run as torch's float32 one is
     diff = [line for line in lines if line.startswith("max relative difference from one process on the whole batch")]
     assert len(diff) == 1, p.stdout
-    ours, torch32 = map(float, re.fullmatch(r".*\(float64\): (\S+) \(torch.nn in float32, one process: (\S+)\)",
-                                            diff[0]).groups())
+    ours, torch32 = map(
+        float, re.fullmatch(r".*\(float64\): (\S+) \(torch.nn in float32, one process: (\S+)\)", diff[0]).groups()
+    )
     assert ours <= 4 * torch32 + 1e-6, p.stdout
     assert lines[-1] == "done", p.stdout
 
 
 # ------------------------------------------------------------------------------------------------
 # One process, no process group: the class, the constructor, conversion, the plain behaviour
+
 
 def test_constructor_matches_torch():
     ours = inspect.signature(dbt.SyncBatchNorm.__init__)
@@ -137,8 +161,9 @@ def test_plain_without_process_group():
 
 
 def test_convert_without_process_group():
-    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.SyncBatchNorm(3),
-                              dbt.BatchNorm2d(3))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.SyncBatchNorm(3), dbt.BatchNorm2d(3)
+    )
     w = net[1].weight
     net = dbt.SyncBatchNorm.convert_sync_batchnorm(net)
     assert [type(m) for m in net[1:]] == [dbt.SyncBatchNorm] * 3

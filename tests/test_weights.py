@@ -41,16 +41,21 @@ def read_layout(d: Path):
     """(header facts from the comment line, rows (layer, type, array, count, offset), end offset)."""
     lines = (d / "layout.tsv").read_text().splitlines()
     head = dict(kv.split("=") for kv in lines[0].split() if "=" in kv and not kv.startswith("file="))
-    rows = [(int(a), t, n, int(c), int(o)) for a, t, n, c, o in
-            (ln.split("\t") for ln in lines[2:] if ln and not ln.startswith("#"))]
+    rows = [
+        (int(a), t, n, int(c), int(o))
+        for a, t, n, c, o in (ln.split("\t") for ln in lines[2:] if ln and not ln.startswith("#"))
+    ]
     end = dict(kv.split("=") for kv in lines[-1][2:].split())
     assert int(end["manifest_mismatches"]) == 0
     return head, rows, int(end["end_offset"])
 
 
 def test_weights_data_is_there():
-    assert [f"{f}/{d.name}" for f, d in CASES] == ["pjreddie/bn_small", "pjreddie/yolov3-tiny-mini",
-                                                    "alexeyab/bn_small"]
+    assert [f"{f}/{d.name}" for f, d in CASES] == [
+        "pjreddie/bn_small",
+        "pjreddie/yolov3-tiny-mini",
+        "alexeyab/bn_small",
+    ]
 
 
 @pytest.mark.parametrize("fork,d", CASES, ids=IDS)
@@ -59,7 +64,12 @@ def test_header_and_layout_match_darknets(fork, d):
     net = load_network(cfg_for(fork, d.name), d / f"{d.name}.weights", flavor=fork)
     h = net.header
     assert (h.major, h.minor, h.revision, h.seen, h.seen_size) == (
-        int(head["major"]), int(head["minor"]), int(head["revision"]), int(head["seen"]), 8)
+        int(head["major"]),
+        int(head["minor"]),
+        int(head["revision"]),
+        int(head["seen"]),
+        8,
+    )
     assert h.nbytes == rows[0][4] == 20
     got, off = [], h.nbytes
     for s in net.weights_layout():
@@ -103,7 +113,7 @@ def test_read_write_is_byte_identical(fork, d, make_layers, tmp_path):
     net = load_network(cfg_for(fork, d.name), src, flavor=fork)
     if make_layers:
         for bn in net.bn_layers:
-            bn.layer  # the host arrays become the Layer's
+            _ = bn.layer  # the host arrays become the Layer's
     out = tmp_path / "out.weights"
     assert net.save_weights(out) == src.stat().st_size
     assert out.read_bytes() == src.read_bytes()
@@ -123,6 +133,7 @@ def test_changed_scales_are_what_is_saved(tmp_path):
 
 # -- the forks' [batchnorm] layouts differ ---------------------------------------------------------------
 
+
 def test_pjreddie_file_is_short_for_alexeyab_rules():
     """AlexeyAB stores [batchnorm] biases, pjreddie does not: pjreddie's bn_small.weights lacks 2 x (4 + 10)
     floats for AlexeyAB's rules."""
@@ -130,18 +141,21 @@ def test_pjreddie_file_is_short_for_alexeyab_rules():
     _, ab_rows, ab_end = read_layout(WEIGHTS / "alexeyab" / "bn_small")
     assert ab_end - pj_end == 4 * (4 + 10)
     with pytest.raises(DarknetWeightsError) as e:
-        load_network(cfg_for("alexeyab", "bn_small"), WEIGHTS / "pjreddie" / "bn_small" / "bn_small.weights",
-                     flavor="alexeyab")
+        load_network(
+            cfg_for("alexeyab", "bn_small"), WEIGHTS / "pjreddie" / "bn_small" / "bn_small.weights", flavor="alexeyab"
+        )
     assert e.value.missing == ab_end - pj_end
     assert f"{ab_end - pj_end} bytes short" in str(e.value)
     with pytest.raises(DarknetWeightsError, match=f"{ab_end - pj_end} bytes follow the last array") as e:
         load_network(cfg_for("pjreddie", "bn_small"), WEIGHTS / "alexeyab" / "bn_small" / "bn_small.weights")
-    net = load_network(cfg_for("pjreddie", "bn_small"), WEIGHTS / "alexeyab" / "bn_small" / "bn_small.weights",
-                       allow_trailing=True)
+    net = load_network(
+        cfg_for("pjreddie", "bn_small"), WEIGHTS / "alexeyab" / "bn_small" / "bn_small.weights", allow_trailing=True
+    )
     assert net.weights_trailing == ab_end - pj_end
 
 
 # -- truncated files -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fork,d", CASES, ids=IDS)
 def test_truncated_files_name_layer_array_and_missing_bytes(fork, d, tmp_path):
@@ -198,12 +212,16 @@ _SMALL_SRC = (WEIGHTS / "pjreddie" / "bn_small" / "bn_small.weights").read_bytes
 
 
 @settings(max_examples=300, deadline=None)
-@given(head=st.binary(min_size=0, max_size=24), cut=st.integers(0, len(_SMALL_SRC)), junk=st.binary(max_size=12),
-       flavor=st.sampled_from(["pjreddie", "alexeyab"]))
+@given(
+    head=st.binary(min_size=0, max_size=24),
+    cut=st.integers(0, len(_SMALL_SRC)),
+    junk=st.binary(max_size=12),
+    flavor=st.sampled_from(["pjreddie", "alexeyab"]),
+)
 def test_corrupted_files_raise_only_darknet_weights_error(head, cut, junk, flavor, tmp_path_factory):
     """Any header bytes, any length, any tail: the file loads or raises DarknetWeightsError."""
     p = tmp_path_factory.mktemp("w") / "c.weights"
-    p.write_bytes(head + _SMALL_SRC[len(head):cut] + junk)
+    p.write_bytes(head + _SMALL_SRC[len(head) : cut] + junk)
     cfg = cfg_for("pjreddie", "bn_small")
     try:
         net = load_network(cfg, p, flavor=flavor)
@@ -215,10 +233,21 @@ def test_corrupted_files_raise_only_darknet_weights_error(head, cut, junk, flavo
 
 # -- headers -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("major,minor,pj,ab", [
-    (0, 2, 8, 8), (0, 1, 4, 4), (0, 0, 4, 4), (1, 0, 8, 8), (0, 1000, 4, 8), (1000, 0, 4, 8), (1001, 2, 4, 8),
-    (0, 999, 8, 8), (-1, 5, 4, 4),
-])
+
+@pytest.mark.parametrize(
+    "major,minor,pj,ab",
+    [
+        (0, 2, 8, 8),
+        (0, 1, 4, 4),
+        (0, 0, 4, 4),
+        (1, 0, 8, 8),
+        (0, 1000, 4, 8),
+        (1000, 0, 4, 8),
+        (1001, 2, 4, 8),
+        (0, 999, 8, 8),
+        (-1, 5, 4, 4),
+    ],
+)
 def test_seen_size_rule(major, minor, pj, ab):
     """README: 8 bytes when major*10+minor >= 2 (pjreddie also requires major and minor < 1000)."""
     assert seen_bytes(major, minor, "pjreddie") == pj
@@ -261,8 +290,10 @@ def test_transposed_connected_weights(tmp_path):
         stored = np.frombuffer(src, dtype="<f4", count=count, offset=off)
         assert net.layers[layer].weights.shape == (outputs, inputs)
         assert np.array_equal(net.layers[layer].weights, stored.reshape(inputs, outputs).T)
-    assert np.array_equal(net.layers[0].weights.reshape(-1),  # convolutional weights are not transposed
-                          load_network(cfg, d / "bn_small.weights", flavor="alexeyab").layers[0].weights.reshape(-1))
+    assert np.array_equal(
+        net.layers[0].weights.reshape(-1),  # convolutional weights are not transposed
+        load_network(cfg, d / "bn_small.weights", flavor="alexeyab").layers[0].weights.reshape(-1),
+    )
     out = tmp_path / "o.weights"
     net.save_weights(out)
     assert out.read_bytes() == p.read_bytes()
@@ -323,7 +354,12 @@ def test_dontload_and_dontloadscales_change_what_is_read():
 def test_numload_reads_the_first_filters(tmp_path):
     net = load_network(CONV + "numload=2\n")
     assert [(s.name, s.count) for s in net.weights_layout()] == [
-        ("biases", 2), ("scales", 2), ("rolling_mean", 2), ("rolling_variance", 2), ("weights", 2 * 2 * 2 * 2)]
+        ("biases", 2),
+        ("scales", 2),
+        ("rolling_mean", 2),
+        ("rolling_variance", 2),
+        ("weights", 2 * 2 * 2 * 2),
+    ]
     values = np.arange(2 + 6 + 16, dtype=np.float32) + 1
     p = tmp_path / "n.weights"
     p.write_bytes(WeightsHeader(0, 2, 0).to_bytes() + values.tobytes())
@@ -352,8 +388,13 @@ def test_recurrent_layers_hold_their_inner_arrays(tmp_path):
     text = "[net]\ninputs=4\n[rnn]\noutput=3\nhidden=5\nbatch_normalize=1\n"
     net = load_network(text, flavor="alexeyab")
     names = [(s.name, s.count) for s in net.weights_layout()]
-    assert names[:5] == [("input_layer.biases", 5), ("input_layer.weights", 20), ("input_layer.scales", 5),
-                         ("input_layer.rolling_mean", 5), ("input_layer.rolling_variance", 5)]
+    assert names[:5] == [
+        ("input_layer.biases", 5),
+        ("input_layer.weights", 20),
+        ("input_layer.scales", 5),
+        ("input_layer.rolling_mean", 5),
+        ("input_layer.rolling_variance", 5),
+    ]
     assert sum(c for _, c in names) == (5 + 20 + 15) + (5 + 25 + 15) + (3 + 15 + 9)
     values = np.arange(sum(c for _, c in names), dtype=np.float32)
     p = tmp_path / "r.weights"
@@ -381,13 +422,16 @@ def test_read_write_weights_directly(tmp_path):
 
 # -- speed ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_250_mb_file_loads_about_as_fast_as_it_reads(tmp_path):
     """4 connected layers of 4096x4096 with BN: 268,697,620 bytes. Loading (header, 20 array views,
     4 BN parameter sets) must take about the time of reading the file (the best of 3 runs each,
     page cache warm)."""
-    cfg = "[net]\nbatch=1\nwidth=1\nheight=1\nchannels=4096\n" + \
-          "[connected]\noutput=4096\nbatch_normalize=1\nactivation=leaky\n" * 4
+    cfg = (
+        "[net]\nbatch=1\nwidth=1\nheight=1\nchannels=4096\n"
+        + "[connected]\noutput=4096\nbatch_normalize=1\nactivation=leaky\n" * 4
+    )
     net = load_network(cfg)
     rng = np.random.default_rng(0)
     for layer in net.layers:
@@ -408,8 +452,7 @@ def test_a_250_mb_file_loads_about_as_fast_as_it_reads(tmp_path):
 
     t_read = best(lambda: np.fromfile(p, dtype=np.uint8))
     t_load = best(lambda: load_network(cfg, p))
-    print(f"\n250 MB weights: np.fromfile {t_read:.3f} s, load_network {t_load:.3f} s "
-          f"({size / t_load / 1e9:.2f} GB/s)")
+    print(f"\n250 MB weights: np.fromfile {t_read:.3f} s, load_network {t_load:.3f} s ({size / t_load / 1e9:.2f} GB/s)")
     assert t_load < 2 * t_read + 0.1, (t_load, t_read)
     back = load_network(cfg, p)
     assert np.array_equal(back.layers[2].weights, net.layers[2].weights)

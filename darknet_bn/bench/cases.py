@@ -11,13 +11,21 @@ import numpy as np
 
 from ..flavors import Flavor
 
-DEFAULT_SHAPES = [(1, 16, 416, 416), (8, 32, 208, 208), (16, 128, 52, 52), (32, 256, 26, 26),
-                  (64, 64, 56, 56), (64, 512, 7, 7), (256, 32, 1, 1), (128, 1024, 1, 1)]
+DEFAULT_SHAPES = [
+    (1, 16, 416, 416),
+    (8, 32, 208, 208),
+    (16, 128, 52, 52),
+    (32, 256, 26, 26),
+    (64, 64, 56, 56),
+    (64, 512, 7, 7),
+    (256, 32, 1, 1),
+    (128, 1024, 1, 1),
+]
 #: --large adds it: 205 MB per tensor (beyond most last-level caches; the run's longest shape)
 LARGE_SHAPES = [(64, 64, 112, 112)]
-PASSES = ("train", "infer", "infer+leaky", "backward")   # infer+leaky: BN and Darknet's leaky in one pass
-RENORM_PASSES = ("train+renorm", "backward+renorm")   # --renorm: ours with batch renormalization
-PEER_PASS = {"train+renorm": "train", "backward+renorm": "backward"}   # peers have no renorm: plain BN
+PASSES = ("train", "infer", "infer+leaky", "backward")  # infer+leaky: BN and Darknet's leaky in one pass
+RENORM_PASSES = ("train+renorm", "backward+renorm")  # --renorm: ours with batch renormalization
+PEER_PASS = {"train+renorm": "train", "backward+renorm": "backward"}  # peers have no renorm: plain BN
 # passes that also time our plain pass in their rounds ("ours:<pass>"), to report what their extra costs
 OURS_BASELINE = {"infer+leaky": "ours:infer", "train+renorm": "ours:train", "backward+renorm": "ours:backward"}
 
@@ -40,6 +48,7 @@ class Setup:
     the check share (``gamma``, ``beta``, running ``rm``/``rv`` for inference), the flavor darknet_bn
     and ``plain`` follow (the peers follow PyTorch's math: eps 1e-5, momentum 0.1), the thread count
     and the passes to time."""
+
     shape: tuple
     flavor: Flavor
     x: np.ndarray
@@ -56,9 +65,9 @@ class Setup:
 
 @dataclass
 class Impl:
-    calls: dict                                       # pass -> one call
-    outputs: dict = field(default_factory=dict)       # pass -> run once, return the output (numpy)
-    prepare: dict = field(default_factory=dict)       # pass -> untimed, once before the pass's rounds
+    calls: dict  # pass -> one call
+    outputs: dict = field(default_factory=dict)  # pass -> run once, return the output (numpy)
+    prepare: dict = field(default_factory=dict)  # pass -> untimed, once before the pass's rounds
     version: str = ""
 
 

@@ -29,25 +29,25 @@ from .cases import OURS_BASELINE, PASSES, PEER_PASS, Setup, default_rounds, make
 from .peers import MAKERS, check_peer, offers, reference_outputs
 from .roofline import BYTES_PER_ELEMENT, Triad
 
-DEFAULT_BUDGET_S = 40.0       # what the default run aims at, setup included (each row still gets MIN_ROUNDS)
+DEFAULT_BUDGET_S = 40.0  # what the default run aims at, setup included (each row still gets MIN_ROUNDS)
 MIN_ROUNDS = 3
-MIN_SAMPLE_S = 200e-6          # a sample of a tiny pass repeats the call until it lasts this long
+MIN_SAMPLE_S = 200e-6  # a sample of a tiny pass repeats the call until it lasts this long
 
 
 @dataclass
 class Result:
     shape: tuple
     pass_: str
-    median_ms: dict = field(default_factory=dict)      # implementation -> median ms
+    median_ms: dict = field(default_factory=dict)  # implementation -> median ms
     q1_ms: dict = field(default_factory=dict)
     q3_ms: dict = field(default_factory=dict)
     triad_gbs: float = 0.0
     bytes_min: int = 0
     rounds: int = 0
-    check_error: dict = field(default_factory=dict)    # peer -> max |peer - ours| of the check
-    not_timed: dict = field(default_factory=dict)      # peer -> why it was not timed in this row
-    setup_s: dict = field(default_factory=dict)        # the shape's setup and checks (its first row only)
-    rounds_s: float = 0.0                              # the time the row's rounds took
+    check_error: dict = field(default_factory=dict)  # peer -> max |peer - ours| of the check
+    not_timed: dict = field(default_factory=dict)  # peer -> why it was not timed in this row
+    setup_s: dict = field(default_factory=dict)  # the shape's setup and checks (its first row only)
+    rounds_s: float = 0.0  # the time the row's rounds took
 
     @property
     def ours_ms(self) -> float:
@@ -86,9 +86,16 @@ def _reps_for(f: Callable[[], object]) -> tuple[int, float]:
     return max(1, min(10000, math.ceil(MIN_SAMPLE_S / max(t, 1e-7)))), t
 
 
-def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None, flavor: str | Flavor = "torch",
-        progress: Callable[[int], None] | None = None, triad: Triad | None = None,
-        passes: Sequence[str] = PASSES, budget_s: float | None = None) -> list[Result]:
+def run(
+    shapes: Sequence[tuple],
+    peers: Sequence[str],
+    rounds: int | None = None,
+    flavor: str | Flavor = "torch",
+    progress: Callable[[int], None] | None = None,
+    triad: Triad | None = None,
+    passes: Sequence[str] = PASSES,
+    budget_s: float | None = None,
+) -> list[Result]:
     """Time every (shape, pass) for darknet_bn and the peers, interleaved round by round. A pass of
     RENORM_PASSES times darknet_bn with batch renormalization against the peers' plain pass.
 
@@ -121,7 +128,7 @@ def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None
         impls = {"ours": MAKERS["ours"](s)}
         setup_s["ours"] = time.perf_counter() - t0
         errors: dict = {}
-        not_timed: dict = {}   # peer -> {pass: reason} (pass "*": every pass)
+        not_timed: dict = {}  # peer -> {pass: reason} (pass "*": every pass)
         ref: dict | None = None
         scratch: np.ndarray | None = None
         for name in peers:
@@ -147,7 +154,7 @@ def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None
         for p in passes:
             pp = PEER_PASS.get(p, p)
             entries = {"ours": ("ours", p)}
-            if p in OURS_BASELINE:   # our pass without its extra, in the same rounds: their ratio is fair
+            if p in OURS_BASELINE:  # our pass without its extra, in the same rounds: their ratio is fair
                 entries[OURS_BASELINE[p]] = ("ours", OURS_BASELINE[p].split(":", 1)[1])
             r = Result(shape=shape, pass_=p, bytes_min=BYTES_PER_ELEMENT[p] * math.prod(shape))
             for name in peers:
@@ -180,7 +187,7 @@ def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None
                 # over the layer sees; in round 0 it also tells how many calls make a sample), and the
                 # order rotates, so no implementation always follows another (or the triad, which
                 # flushes the cache)
-                for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+                for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
                     f = call[name]
                     if rnd == 0:
                         reps[name], one = _reps_for(f)
@@ -200,7 +207,7 @@ def run(shapes: Sequence[tuple], peers: Sequence[str], rounds: int | None = None
             if progress and this_rounds < n_rounds:
                 progress(n_rounds - this_rounds)
             r.triad_gbs, r.rounds = statistics.median(bw), this_rounds
-            r.setup_s, setup_s = setup_s, {}   # the shape's setup, on its first row
+            r.setup_s, setup_s = setup_s, {}  # the shape's setup, on its first row
             r.rounds_s = time.perf_counter() - t0
             for name, ts in samples.items():
                 qs = statistics.quantiles(ts, n=4) if len(ts) > 1 else [ts[0]] * 3

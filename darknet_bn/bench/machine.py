@@ -72,13 +72,20 @@ def peer_versions(peers: Sequence[str]) -> dict:
         for m in mods:
             try:
                 v.append(f"{m} {__import__(m).__version__}")
-            except Exception:   # noqa: BLE001 - a version is informative only
+            except Exception:  # noqa: BLE001 - a version is informative only
                 pass
         versions[p] = ", ".join(v) if v else "darknet_bn"
     return versions
 
 
 def machine_info(threads: int, peers: Sequence[str] = ()) -> dict:
-    return {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine(),
-            "threads": threads, "isa": get_isa(), "openmp": has_openmp(), **cpu_info(),
-            "peers": peer_versions(peers)}
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "threads": threads,
+        "isa": get_isa(),
+        "openmp": has_openmp(),
+        **cpu_info(),
+        "peers": peer_versions(peers),
+    }

@@ -46,10 +46,19 @@ class CfgBench:
         return sum(self.layer_ms(bn, pass_, impl) for bn in self.timed)
 
 
-def bench_cfg(cfg: CfgSource | CfgFile, *, batch: int = 1, flavor: str | None = None, weights: str | None = None,
-              threads: int | None = None, repeat: int | None = None, peers: Sequence[str] = (),
-              passes: Sequence[str] | None = None, progress: Callable[[int], None] | None = None,
-              fork: str | None = None) -> CfgBench:
+def bench_cfg(
+    cfg: CfgSource | CfgFile,
+    *,
+    batch: int = 1,
+    flavor: str | None = None,
+    weights: str | None = None,
+    threads: int | None = None,
+    repeat: int | None = None,
+    peers: Sequence[str] = (),
+    passes: Sequence[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+    fork: str | None = None,
+) -> CfgBench:
     """Time darknet_bn (and ``peers``) on every BN layer of a cfg's network.
 
     Args:
@@ -77,8 +86,10 @@ def bench_cfg(cfg: CfgSource | CfgFile, *, batch: int = 1, flavor: str | None = 
         raise ValueError(f"{net.name}: the network has no batch-normalization layer to time")
     timed = [bn for bn in net.bn_layers if bn.batch * bn.h * bn.w >= 2]
     if not timed:
-        raise ValueError(f"{net.name}: every BN layer has batch*h*w = 1 at batch {net.batch}, where a training "
-                         "forward is undefined; use a batch of 2 or more")
+        raise ValueError(
+            f"{net.name}: every BN layer has batch*h*w = 1 at batch {net.batch}, where a training "
+            "forward is undefined; use a batch of 2 or more"
+        )
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise ValueError(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
@@ -88,8 +99,9 @@ def bench_cfg(cfg: CfgSource | CfgFile, *, batch: int = 1, flavor: str | None = 
     passes = tuple(passes) if passes is not None else tuple(PASSES)
     kw: dict[str, Any] = {} if passes == tuple(PASSES) else {"passes": passes}
     results = run(shapes, list(peers), rounds=repeat, flavor=flavor, progress=progress, **kw)
-    out = CfgBench(net, list(peers), passes, results, timed=timed,
-                   skipped=[bn for bn in net.bn_layers if bn not in timed])
+    out = CfgBench(
+        net, list(peers), passes, results, timed=timed, skipped=[bn for bn in net.bn_layers if bn not in timed]
+    )
     out.by_shape = {(tuple(r.shape), r.pass_): r for r in results}
     return out
 
@@ -120,11 +132,15 @@ def format_bench_cfg(res: CfgBench) -> str:
     lines.append(line)
     lines.append("")
     if res.skipped:
-        lines.append(f"not timed: {', '.join(bn.name for bn in res.skipped)} (batch*h*w = 1: a training forward is "
-                     "undefined; use --batch 2 or more)")
-    lines.append(f"ms: medians of interleaved rounds per distinct shape ({len(res.results) // len(passes)} here); "
-                 "total = the sum over the BN layers (one network pass)"
-                 + ("; x peer = the peer's time / ours over the passes (- : not timed on every pass)" if peers else ""))
+        lines.append(
+            f"not timed: {', '.join(bn.name for bn in res.skipped)} (batch*h*w = 1: a training forward is "
+            "undefined; use --batch 2 or more)"
+        )
+    lines.append(
+        f"ms: medians of interleaved rounds per distinct shape ({len(res.results) // len(passes)} here); "
+        "total = the sum over the BN layers (one network pass)"
+        + ("; x peer = the peer's time / ours over the passes (- : not timed on every pass)" if peers else "")
+    )
     lines.extend(check_notes(res.results, peers))
     return "\n".join(lines)
 

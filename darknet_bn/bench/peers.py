@@ -53,9 +53,11 @@ def _numpy_of(f: Callable[[], Any]) -> Callable[[], np.ndarray]:
 
 def _run_then(f: Callable[[], None], state: dict, key: str) -> Callable[[], np.ndarray]:
     """A call of f, then ``state[key]`` as numpy."""
+
     def run() -> np.ndarray:
         f()
         return np.asarray(state[key])
+
     return run
 
 
@@ -112,6 +114,7 @@ def reference_outputs(s: Setup, passes: Collection[str]) -> dict:
 
     def inference_stats():
         ly.rolling_mean[:], ly.rolling_variance[:] = s.rm, s.rv
+
     if "train" in passes or "backward" in passes:
         inference_stats()
         y = ly.forward(s.x, True)
@@ -144,19 +147,38 @@ def _plain(s: Setup) -> Impl:
     cf = c_flavor(s.flavor)
 
     def forward(train):
-        lib.forward_batchnorm_layer_ref(px, p["out"], p["x"], p["x_norm"], ps, pb, p["mean"], p["var"], p["rm"],
-                                        p["rv"], b, c, sp, cf, train)
+        lib.forward_batchnorm_layer_ref(
+            px, p["out"], p["x"], p["x_norm"], ps, pb, p["mean"], p["var"], p["rm"], p["rv"], b, c, sp, cf, train
+        )
 
-    def infer_leaky():   # Darknet: the BN, then activate_array over the output
+    def infer_leaky():  # Darknet: the BN, then activate_array over the output
         forward(0)
         lib.dbn_activate_ref(p["out"], b * c * sp, lib.DBN_ACT_LEAKY)
 
-    def backward():      # Darknet's backward reads x, x_norm and the batch statistics of the last training forward
-        lib.backward_batchnorm_layer_ref(p["x"], p["x_norm"], pd, p["net_delta"], ps, p["mean"], p["var"], p["su"],
-                                         p["bu"], p["md"], p["vd"], b, c, sp, cf)
+    def backward():  # Darknet's backward reads x, x_norm and the batch statistics of the last training forward
+        lib.backward_batchnorm_layer_ref(
+            p["x"],
+            p["x_norm"],
+            pd,
+            p["net_delta"],
+            ps,
+            p["mean"],
+            p["var"],
+            p["su"],
+            p["bu"],
+            p["md"],
+            p["vd"],
+            b,
+            c,
+            sp,
+            cf,
+        )
+
     forward(1)
-    return Impl({"train": lambda: forward(1), "infer": lambda: forward(0), "infer+leaky": infer_leaky,
-                 "backward": backward}, prepare={"backward": lambda: forward(1)})
+    return Impl(
+        {"train": lambda: forward(1), "infer": lambda: forward(0), "infer+leaky": infer_leaky, "backward": backward},
+        prepare={"backward": lambda: forward(1)},
+    )
 
 
 def _numpy(s: Setup) -> Impl:
@@ -188,7 +210,7 @@ def _numpy(s: Setup) -> Impl:
     m = x.mean(axis=axes, keepdims=True)
     inv = 1 / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
 
-    def backward():      # from the training forward's statistics m, inv
+    def backward():  # from the training forward's statistics m, inv
         xhat = (x - m) * inv
         dg = dy * g
         return inv * (dg - dg.mean(axis=axes, keepdims=True) - xhat * (dg * xhat).mean(axis=axes, keepdims=True))
@@ -208,8 +230,8 @@ def _torch(s: Setup) -> Impl:
     xg = xt.clone().requires_grad_(True)
     wt = torch.from_numpy(s.gamma.copy()).requires_grad_(True)
     bt = torch.from_numpy(s.beta.copy()).requires_grad_(True)
-    rm, rv = torch.from_numpy(s.rm.copy()), torch.from_numpy(s.rv.copy())        # inference
-    trm, trv = rm.clone(), rv.clone()                                              # updated by training
+    rm, rv = torch.from_numpy(s.rm.copy()), torch.from_numpy(s.rv.copy())  # inference
+    trm, trv = rm.clone(), rv.clone()  # updated by training
     go = torch.from_numpy(s.dy)
     eps, mom = s.eps, s.momentum
 
@@ -223,8 +245,10 @@ def _torch(s: Setup) -> Impl:
 
     def infer_leaky():
         with torch.no_grad():
-            return F.leaky_relu(F.batch_norm(xt, rm, rv, wt, bt, training=False, momentum=mom, eps=eps), 0.1,
-                                inplace=True)
+            return F.leaky_relu(
+                F.batch_norm(xt, rm, rv, wt, bt, training=False, momentum=mom, eps=eps), 0.1, inplace=True
+            )
+
     y = F.batch_norm(xg, trm.clone(), trv.clone(), wt, bt, training=True, momentum=mom, eps=eps)
 
     def backward():
@@ -255,7 +279,7 @@ def _torch_out(s: Setup) -> Impl:
     def train():
         aten.native_batch_norm.out(xt, g, bt, trm, trv, True, mom, eps, out=y, save_mean=sm, save_invstd=si)
 
-    def infer():   # in eval mode save_mean/save_invstd are not written (empty): separate buffers
+    def infer():  # in eval mode save_mean/save_invstd are not written (empty): separate buffers
         aten.native_batch_norm.out(xt, g, bt, rm, rv, False, mom, eps, out=y, save_mean=sm0, save_invstd=si0)
 
     def infer_leaky():
@@ -263,8 +287,10 @@ def _torch_out(s: Setup) -> Impl:
         aten.leaky_relu_(y, 0.1)
 
     def backward():
-        aten.native_batch_norm_backward.out(go, xt, g, trm, trv, sm, si, True, eps, [True, True, True],
-                                            out0=dx, out1=dg, out2=db)
+        aten.native_batch_norm_backward.out(
+            go, xt, g, trm, trv, sm, si, True, eps, [True, True, True], out0=dx, out1=dg, out2=db
+        )
+
     calls = {"train": train, "infer": infer, "infer+leaky": infer_leaky, "backward": backward}
     outputs = {p: (lambda f=f, o=(dx if p == "backward" else y): (f(), o.numpy())[1]) for p, f in calls.items()}
     return Impl(calls, outputs, prepare={"backward": train}, version=torch.__version__)
@@ -291,12 +317,18 @@ def _ort(s: Setup) -> Impl:
     yout = ort.OrtValue.ortvalue_from_numpy(y)
 
     def session(leaky: bool):
-        nodes = [helper.make_node("BatchNormalization", ["x", "g", "b", "rm", "rv"], ["bn" if leaky else "y"],
-                                  epsilon=s.eps)]
+        nodes = [
+            helper.make_node("BatchNormalization", ["x", "g", "b", "rm", "rv"], ["bn" if leaky else "y"], epsilon=s.eps)
+        ]
         if leaky:
             nodes.append(helper.make_node("LeakyRelu", ["bn"], ["y"], alpha=0.1))
-        graph = helper.make_graph(nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+        graph = helper.make_graph(
+            nodes,
+            "bn",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+            inits,
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
         model.ir_version = 8
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -304,6 +336,7 @@ def _ort(s: Setup) -> Impl:
         io.bind_ortvalue_input("x", xin)
         io.bind_ortvalue_output("y", yout)
         return lambda: sess.run_with_iobinding(io)
+
     calls = {p: session(p == "infer+leaky") for p in ("infer", "infer+leaky") if p in peer_passes(s.passes)}
     outputs = {p: (lambda f=f: (f(), y)[1]) for p, f in calls.items()}
     return Impl(calls, outputs, version=f"{ort.__version__} (onnx {onnx.__version__})")
@@ -336,6 +369,7 @@ def _openvino(s: Setup) -> Impl:
         req.set_input_tensor(xin)
         req.set_output_tensor(yout)
         return req.infer
+
     calls = {p: request(p == "infer+leaky") for p in ("infer", "infer+leaky") if p in peer_passes(s.passes)}
     outputs = {p: (lambda f=f: (f(), y)[1]) for p, f in calls.items()}
     return Impl(calls, outputs, version=ov.__version__)
@@ -354,7 +388,7 @@ def _jax(s: Setup) -> Impl:
     b, c, h, w = s.shape
     eps, mom = s.eps, s.momentum
     n = b * h * w
-    col = lambda v: v[:, None, None]   # noqa: E731  (c,) -> (c, 1, 1), broadcast over (b, c, h, w)
+    col = lambda v: v[:, None, None]  # noqa: E731  (c,) -> (c, 1, 1), broadcast over (b, c, h, w)
     axes = (0, 2, 3)
     x = jnp.asarray(s.x)
     g, beta = jnp.asarray(s.gamma), jnp.asarray(s.beta)
@@ -389,6 +423,7 @@ def _jax(s: Setup) -> Impl:
         def call_train():
             state["y"], state["rm"], state["rv"] = ft(x, g, beta, state["rm"], state["rv"], state["y"])
             state["y"].block_until_ready()
+
         calls["train"] = call_train
     for p, f in (("infer", infer), ("infer+leaky", infer_leaky)):
         if p in want:
@@ -397,6 +432,7 @@ def _jax(s: Setup) -> Impl:
             def call_infer(fc=fc):
                 state["y"] = fc(x, g, beta, rm, rv, state["y"])
                 state["y"].block_until_ready()
+
             calls[p] = call_infer
     if "backward" in want:
         # the training forward's vjp function (its residuals), made by a jitted forward
@@ -408,22 +444,41 @@ def _jax(s: Setup) -> Impl:
         def call_backward():
             state["dx"] = fb(vjp_fn, dy, state["dx"])[0]
             state["dx"].block_until_ready()
+
         calls["backward"] = call_backward
     for p, call in calls.items():
         outputs[p] = _run_then(call, state, "dx" if p == "backward" else "y")
     return Impl(calls, outputs, version=jax.__version__)
 
 
-MAKERS = {"ours": _ours, "plain": _plain, "numpy": _numpy, "torch": _torch, "torch-out": _torch_out,
-          "ort": _ort, "openvino": _openvino, "jax": _jax}
+MAKERS = {
+    "ours": _ours,
+    "plain": _plain,
+    "numpy": _numpy,
+    "torch": _torch,
+    "torch-out": _torch_out,
+    "ort": _ort,
+    "openvino": _openvino,
+    "jax": _jax,
+}
 #: the module each peer needs (the peer is compared only when it imports)
-PEER_MODULES = {"torch": ("torch",), "torch-out": ("torch",), "ort": ("onnxruntime", "onnx"),
-                "openvino": ("openvino",), "jax": ("jax",)}
-PEER_INSTALL = {"torch": "pip install torch", "torch-out": "pip install torch", "ort": "pip install onnxruntime onnx",
-                "openvino": "pip install openvino", "jax": "pip install jax"}
+PEER_MODULES = {
+    "torch": ("torch",),
+    "torch-out": ("torch",),
+    "ort": ("onnxruntime", "onnx"),
+    "openvino": ("openvino",),
+    "jax": ("jax",),
+}
+PEER_INSTALL = {
+    "torch": "pip install torch",
+    "torch-out": "pip install torch",
+    "ort": "pip install onnxruntime onnx",
+    "openvino": "pip install openvino",
+    "jax": "pip install jax",
+}
 #: the passes each peer offers (the others are not timed for it; see each maker's docstring)
 PEER_OFFERS = {"ort": ("infer", "infer+leaky"), "openvino": ("infer", "infer+leaky")}
-CHECK_RTOL = 1e-4   # a peer's output must be within CHECK_RTOL * max(1, max|ours|) of ours, everywhere
+CHECK_RTOL = 1e-4  # a peer's output must be within CHECK_RTOL * max(1, max|ours|) of ours, everywhere
 
 
 def offers(peer: str, pass_: str) -> bool:
@@ -447,7 +502,7 @@ def check_peer(impl: Impl, ref: dict, passes: Sequence[str], scratch: np.ndarray
         want, top = ref[p]
         try:
             out = np.asarray(impl.outputs[p]()).reshape(want.shape)
-        except Exception as e:   # a peer that fails is reported and not timed
+        except Exception as e:  # a peer that fails is reported and not timed
             bad[p] = f"failed: {type(e).__name__}: {e}"
             continue
         scale = max(1.0, top)

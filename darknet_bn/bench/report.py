@@ -33,25 +33,29 @@ def format_table(results: list[Result], peers: Sequence[str]) -> str:
         line += "".join(f" {_fmt_ratio(r.ratio(p)):>{wd}}" for p, wd in zip(peers, widths))
         lines.append(line)
     lines.append("")
-    lines.append("peer time / our time, geometric mean over the shapes (above 1: darknet_bn is faster; "
-                 "- : not timed):")
+    lines.append("peer time / our time, geometric mean over the shapes (above 1: darknet_bn is faster; - : not timed):")
     all_passes = list(dict.fromkeys(r.pass_ for r in results))
     for p in peers:
         timed = [r for r in results if p in r.median_ms]
         if not timed:
             lines.append(f"  {p:>9}: not timed")
             continue
-        per = ", ".join(f"{ps} {geomean([r.ratio(p) for r in timed if r.pass_ == ps]):.2f}"
-                        for ps in all_passes if any(r.pass_ == ps for r in timed))
+        per = ", ".join(
+            f"{ps} {geomean([r.ratio(p) for r in timed if r.pass_ == ps]):.2f}"
+            for ps in all_passes
+            if any(r.pass_ == ps for r in timed)
+        )
         worst = min(timed, key=lambda r: r.ratio(p))
         lines.append(f"  {p:>9}: {per}; lowest {worst.ratio(p):.2f} ({'x'.join(map(str, worst.shape))} {worst.pass_})")
     for p, base in OURS_BASELINE.items():
         extra = [(r.ours_ms / r.median_ms[base], r.shape) for r in results if r.pass_ == p and base in r.median_ms]
         if extra:
             highest = max(extra)
-            lines.append(f"ours, {p} / {base.split(':')[1]}, timed in the same rounds: geometric mean "
-                         f"{geomean([f for f, _ in extra]):.2f}, highest {highest[0]:.2f} "
-                         f"({'x'.join(map(str, highest[1]))})")
+            lines.append(
+                f"ours, {p} / {base.split(':')[1]}, timed in the same rounds: geometric mean "
+                f"{geomean([f for f, _ in extra]):.2f}, highest {highest[0]:.2f} "
+                f"({'x'.join(map(str, highest[1]))})"
+            )
     lines.extend(check_notes(results, peers))
     return "\n".join(lines)
 
@@ -60,11 +64,15 @@ def check_notes(results: list[Result], peers: Sequence[str]) -> list[str]:
     """Lines saying how each peer's output compared with ours, and every row a peer was not timed in
     for a reason other than not offering the pass."""
     lines = []
-    checked = [f"{p} {max(r.check_error[p] for r in results if p in r.check_error):.1e}"
-               for p in peers if any(p in r.check_error for r in results)]
+    checked = [
+        f"{p} {max(r.check_error[p] for r in results if p in r.check_error):.1e}"
+        for p in peers
+        if any(p in r.check_error for r in results)
+    ]
     if checked:
-        lines.append(f"checked against ours before timing (max |error| over the rows, outputs of order 1): "
-                     f"{', '.join(checked)}")
+        lines.append(
+            f"checked against ours before timing (max |error| over the rows, outputs of order 1): {', '.join(checked)}"
+        )
     for p in peers:
         missing = [r.pass_ for r in results if r.not_timed.get(p) == "does not offer this pass"]
         if missing:
@@ -86,22 +94,21 @@ def write_json(path: str, results: list[Result], info: dict) -> None:
 
 def plot(path: str, results: list[Result], peers: Sequence[str]) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     shapes = list(dict.fromkeys(r.shape for r in results))
     passes = list(dict.fromkeys(r.pass_ for r in results))
-    fig, axes = plt.subplots(1, len(passes) + 1, figsize=(5 * (len(passes) + 1), 0.6 * len(shapes) + 2),
-                             sharey=True)
+    fig, axes = plt.subplots(1, len(passes) + 1, figsize=(5 * (len(passes) + 1), 0.6 * len(shapes) + 2), sharey=True)
     labels = ["x".join(map(str, s)) for s in shapes]
     ys = np.arange(len(shapes))
     width = 0.8 / max(1, len(peers))
     for ax, p in zip(axes, passes):
         rs = {r.shape: r for r in results if r.pass_ == p}
         for i, peer in enumerate(peers):
-            vals = [rs[s].ratio(peer) for s in shapes]   # NaN (not timed): no bar
-            ax.barh(ys + i * width, [v if v == v else 0 for v in vals], height=width, label=peer,
-                    color=f"C{i % 10}")
+            vals = [rs[s].ratio(peer) for s in shapes]  # NaN (not timed): no bar
+            ax.barh(ys + i * width, [v if v == v else 0 for v in vals], height=width, label=peer, color=f"C{i % 10}")
         ax.axvline(1.0, color="k", lw=0.8)
         ax.set_xscale("log")
         ax.set_title(f"{p}: peer time / darknet_bn time")

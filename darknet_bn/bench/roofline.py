@@ -15,9 +15,15 @@ import numpy as np
 
 from .._capi import EXEC, ffi, lib
 
-BYTES_PER_ELEMENT = {"train": 12, "infer": 8, "infer+leaky": 8, "backward": 20, "train+renorm": 12,
-                     "backward+renorm": 20}
-TRIAD_N = 1 << 24              # 3 arrays of 64 MiB: well beyond the last-level cache
+BYTES_PER_ELEMENT = {
+    "train": 12,
+    "infer": 8,
+    "infer+leaky": 8,
+    "backward": 20,
+    "train+renorm": 12,
+    "backward+renorm": 20,
+}
+TRIAD_N = 1 << 24  # 3 arrays of 64 MiB: well beyond the last-level cache
 
 
 class Triad:

@@ -27,11 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``darknet-bn`` parser: a subcommand per command module (each sets ``func`` and ``parser``)."""
     p = argparse.ArgumentParser(prog="darknet-bn", description="Darknet's batch normalization, fast on the CPU.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_info_parser(sub)            # info
-    add_bench_parser(sub)           # bench [--shape S]... | bench --cfg CFG [--weights W] [--batch B]
-    add_layers_parser(sub)          # layers CFG [--weights W] [--flavor F]
-    add_fold_parser(sub)            # fold CFG WEIGHTS --out-cfg F --out-weights G [--flavor F]
-    add_demo_parser(sub)            # demo
+    add_info_parser(sub)  # info
+    add_bench_parser(sub)  # bench [--shape S]... | bench --cfg CFG [--weights W] [--batch B]
+    add_layers_parser(sub)  # layers CFG [--weights W] [--flavor F]
+    add_fold_parser(sub)  # fold CFG WEIGHTS --out-cfg F --out-weights G [--flavor F]
+    add_demo_parser(sub)  # demo
     return p
 
 

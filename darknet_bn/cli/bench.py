@@ -45,20 +45,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     bar = Progress(total, "bench")
     start = time.perf_counter()
     try:
-        results = bench.run(shapes, peers, rounds=args.repeat, flavor=args.flavor, progress=bar.update,
-                            passes=passes, budget_s=budget)
+        results = bench.run(
+            shapes, peers, rounds=args.repeat, flavor=args.flavor, progress=bar.update, passes=passes, budget_s=budget
+        )
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
     info["elapsed_s"] = elapsed
     print(f"darknet-bn bench: {bench.describe_cpu(info)}")
-    print(f"flavor {args.flavor}, {threads} thread(s) for every implementation, {info['isa']}, "
-          f"triad bandwidth {min(r.triad_gbs for r in results):.1f}-{max(r.triad_gbs for r in results):.1f} GB/s, "
-          f"{elapsed:.0f} s")
+    print(
+        f"flavor {args.flavor}, {threads} thread(s) for every implementation, {info['isa']}, "
+        f"triad bandwidth {min(r.triad_gbs for r in results):.1f}-{max(r.triad_gbs for r in results):.1f} GB/s, "
+        f"{elapsed:.0f} s"
+    )
     if peers:
         print("peers: " + "; ".join(f"{p} ({v})" for p, v in info["peers"].items()))
-    print("medians of interleaved rounds; spread = quartiles; backward = layer.backward(layer.delta), in place, "
-          "after a training forward")
+    print(
+        "medians of interleaved rounds; spread = quartiles; backward = layer.backward(layer.delta), in place, "
+        "after a training forward"
+    )
     if args.renorm:
         print("+renorm rows: darknet_bn with batch renormalization (rmax 3, dmax 5) against the peers' plain BN")
     for n in notes:
@@ -73,27 +78,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``darknet-bn bench`` (and its ``--cfg`` options; ``func=cmd_bench``, ``parser`` set)."""
-    b = subparsers.add_parser("bench", help="time the passes against the memory roofline and peers",
-                       description="Time darknet_bn's training forward, inference forward and backward on a "
-                                   "table of shapes (or --shape), interleaved with the peers of --compare, "
-                                   "against a triad bandwidth measured in the same run.")
-    b.add_argument("--shape", action="append", metavar="BxCxHxW", help="a shape to run (repeatable); "
-                   "default: the built-in table")
-    add_threads_option(b, help="threads for darknet_bn and every peer "
-                   "(default: OMP_NUM_THREADS or the cores)")
+    b = subparsers.add_parser(
+        "bench",
+        help="time the passes against the memory roofline and peers",
+        description="Time darknet_bn's training forward, inference forward and backward on a "
+        "table of shapes (or --shape), interleaved with the peers of --compare, "
+        "against a triad bandwidth measured in the same run.",
+    )
+    b.add_argument(
+        "--shape", action="append", metavar="BxCxHxW", help="a shape to run (repeatable); default: the built-in table"
+    )
+    add_threads_option(b, help="threads for darknet_bn and every peer (default: OMP_NUM_THREADS or the cores)")
     b.add_argument("--repeat", type=int, metavar="R", help="rounds per shape and pass (default: 5-15 by size)")
     add_flavor_option(b, "torch", help="the layer's flavor (default: torch)")
-    b.add_argument("--compare", default=None, metavar="PEERS",
-                   help="comma-separated peers among plain, numpy, torch, torch-out, ort, openvino, jax (default: "
-                        "every installed one of torch, torch-out, ort, openvino, jax; '' for none)")
-    b.add_argument("--budget", type=float, default=None, metavar="S",
-                   help="seconds the whole run aims at, setup included (default 40: under a minute); each row "
-                        "gets 3 rounds or more, 5-15 at most by size; ignored with --repeat")
+    b.add_argument(
+        "--compare",
+        default=None,
+        metavar="PEERS",
+        help="comma-separated peers among plain, numpy, torch, torch-out, ort, openvino, jax (default: "
+        "every installed one of torch, torch-out, ort, openvino, jax; '' for none)",
+    )
+    b.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds the whole run aims at, setup included (default 40: under a minute); each row "
+        "gets 3 rounds or more, 5-15 at most by size; ignored with --repeat",
+    )
     b.add_argument("--large", action="store_true", help="add 64x64x112x112 (205 MB per tensor) to the shapes")
-    b.add_argument("--renorm", action="store_true",
-                   help="add rows for the training forward and backward with batch renormalization")
+    b.add_argument(
+        "--renorm",
+        action="store_true",
+        help="add rows for the training forward and backward with batch renormalization",
+    )
     add_json_option(b, help="write the results as JSON")
     add_plot_option(b, help="draw the ratios and roofline fractions (needs matplotlib)")
     b.set_defaults(func=cmd_bench, parser=b)
-    add_bench_cfg_arguments(b)      # bench --cfg CFG [--weights W] [--batch B] [--fork K]: every BN layer of a network
+    add_bench_cfg_arguments(b)  # bench --cfg CFG [--weights W] [--batch B] [--fork K]: every BN layer of a network
     return b

@@ -36,12 +36,19 @@ def add_bench_cfg_arguments(bench_parser: argparse.ArgumentParser) -> None:
     parser (its ``--flavor`` default stays ``"torch"``, marked so that ``--cfg`` can tell it was not
     given)."""
     bench_parser.set_defaults(flavor=_DEFAULT_FLAVOR)
-    bench_parser.add_argument("--cfg", metavar="CFG", help="time every BN layer of this Darknet .cfg's network "
-                              "instead of the shape table (its rules: --fork, else --flavor's fork when given, "
-                              "else detected from the cfg)")
-    bench_parser.add_argument("--fork", default=None, choices=FORKS,
-                              help="with --cfg: whose rules read the cfg (default: --flavor's fork when given, "
-                                   "else detected from the cfg)")
+    bench_parser.add_argument(
+        "--cfg",
+        metavar="CFG",
+        help="time every BN layer of this Darknet .cfg's network "
+        "instead of the shape table (its rules: --fork, else --flavor's fork when given, "
+        "else detected from the cfg)",
+    )
+    bench_parser.add_argument(
+        "--fork",
+        default=None,
+        choices=FORKS,
+        help="with --cfg: whose rules read the cfg (default: --flavor's fork when given, else detected from the cfg)",
+    )
     bench_parser.add_argument("--weights", metavar="W", help="with --cfg: a .weights file checked against the cfg")
     bench_parser.add_argument("--batch", type=int, default=1, metavar="B", help="with --cfg: batch size (default 1)")
 
@@ -66,36 +73,60 @@ def cmd_bench_cfg(args: argparse.Namespace) -> int:
     if not net.bn_layers:
         return error(f"{net.name}: the network has no batch-normalization layer to time")
     if not any(bn.batch * bn.h * bn.w >= 2 for bn in net.bn_layers):
-        return error(f"{net.name}: every BN layer has batch*h*w = 1 at batch {net.batch}, where a training forward "
-                      "is undefined; use --batch 2 or more")
-    passes = tuple(bench.PASSES) + (tuple(bench.RENORM_PASSES) if getattr(args, "renorm", False)
-                                    else ())
+        return error(
+            f"{net.name}: every BN layer has batch*h*w = 1 at batch {net.batch}, where a training forward "
+            "is undefined; use --batch 2 or more"
+        )
+    passes = tuple(bench.PASSES) + (tuple(bench.RENORM_PASSES) if getattr(args, "renorm", False) else ())
     shapes = list(dict.fromkeys(bn.shape for bn in net.bn_layers if bn.batch * bn.h * bn.w >= 2))
     total = sum(len(passes) * (args.repeat or bench.default_rounds(s)) for s in shapes)
     bar = Progress(total, "bench --cfg")
     try:
-        res = bench.bench_cfg(net.cfg, batch=net.batch, flavor=flavor, fork=net.fork, repeat=args.repeat, peers=peers,
-                        passes=passes, progress=bar.update)
+        res = bench.bench_cfg(
+            net.cfg,
+            batch=net.batch,
+            flavor=flavor,
+            fork=net.fork,
+            repeat=args.repeat,
+            peers=peers,
+            passes=passes,
+            progress=bar.update,
+        )
     finally:
         bar.close()
     info = bench.machine_info(threads)
     print(f"darknet-bn bench --cfg: {summary(net)}")
     for line in format_ignored(net):
         print(line)
-    print(f"flavor {flavor} timed, {threads} thread(s), {info['isa']}, triad bandwidth "
-          f"{min(r.triad_gbs for r in res.results):.1f}-{max(r.triad_gbs for r in res.results):.1f} GB/s")
+    print(
+        f"flavor {flavor} timed, {threads} thread(s), {info['isa']}, triad bandwidth "
+        f"{min(r.triad_gbs for r in res.results):.1f}-{max(r.triad_gbs for r in res.results):.1f} GB/s"
+    )
     for n in notes:
         print("note:", n)
     print(bench.format_bench_cfg(res))
     if getattr(args, "json", None):
-        data = {"machine": info, "cfg": net.name, "fork": net.fork, "rules": net.rules, "flavor": flavor,
-                "batch": net.batch,
-                "layers": [{"index": bn.index, "type": bn.type, "part": bn.part, "shape": list(bn.shape),
-                            "median_ms": {p: {impl: res.layer_ms(bn, p, impl) for impl in ["ours", *peers]}
-                                          for p in passes}} for bn in res.timed],
-                "not_timed": [bn.name for bn in res.skipped],
-                "total_ms": {p: {impl: res.total_ms(p, impl) for impl in ["ours", *peers]} for p in passes},
-                "results": [r.as_dict() for r in res.results]}
+        data = {
+            "machine": info,
+            "cfg": net.name,
+            "fork": net.fork,
+            "rules": net.rules,
+            "flavor": flavor,
+            "batch": net.batch,
+            "layers": [
+                {
+                    "index": bn.index,
+                    "type": bn.type,
+                    "part": bn.part,
+                    "shape": list(bn.shape),
+                    "median_ms": {p: {impl: res.layer_ms(bn, p, impl) for impl in ["ours", *peers]} for p in passes},
+                }
+                for bn in res.timed
+            ],
+            "not_timed": [bn.name for bn in res.skipped],
+            "total_ms": {p: {impl: res.total_ms(p, impl) for impl in ["ours", *peers]} for p in passes},
+            "results": [r.as_dict() for r in res.results],
+        }
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1)
     if getattr(args, "plot", None):

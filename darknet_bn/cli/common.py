@@ -14,8 +14,18 @@ from typing import Any, TextIO
 from ..darknet import DarknetCfgError, DarknetCfgWarning, DarknetWeightsError, Network, load_network
 from ..flavors import FLAVORS
 
-__all__ = ["PROG", "error", "usage_error", "Progress", "add_threads_option", "add_flavor_option", "add_json_option",
-           "add_plot_option", "bench_options", "load_or_error"]
+__all__ = [
+    "PROG",
+    "error",
+    "usage_error",
+    "Progress",
+    "add_threads_option",
+    "add_flavor_option",
+    "add_json_option",
+    "add_plot_option",
+    "bench_options",
+    "load_or_error",
+]
 
 PROG = "darknet-bn"
 
@@ -47,6 +57,7 @@ class Progress:
     def __init__(self, total: int, desc: str):
         try:
             from tqdm import tqdm
+
             self._bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
         except ImportError:
             self._bar = None
@@ -68,6 +79,7 @@ class Progress:
 
 # ------------------------------------------------------------------------------------------------
 # Options several commands take
+
 
 def add_threads_option(p: argparse.ArgumentParser, help: str) -> None:
     """``--threads N`` (an int; checked by the command)."""
@@ -91,6 +103,7 @@ def add_plot_option(p: argparse.ArgumentParser, help: str) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # The options every bench shares
+
 
 def bench_options(args: argparse.Namespace) -> tuple[list[str], list[str], int]:
     """Check and apply the options every bench shares (``--threads``, ``--repeat``, ``--compare``,
@@ -137,6 +150,7 @@ def bench_options(args: argparse.Namespace) -> tuple[list[str], list[str], int]:
         torch.set_num_threads(threads)
     if "jax" in peers:
         import os
+
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         if threads != cores:
             notes.append(f"jax runs on XLA's own thread pool (one thread per core), not {threads}")
@@ -146,8 +160,15 @@ def bench_options(args: argparse.Namespace) -> tuple[list[str], list[str], int]:
 # ------------------------------------------------------------------------------------------------
 # Darknet files
 
-def load_or_error(cfg: str, weights: str | None, batch: int | None, flavor: str | None,
-                  allow_trailing: bool = False, fork: str | None = None) -> Network | int:
+
+def load_or_error(
+    cfg: str,
+    weights: str | None,
+    batch: int | None,
+    flavor: str | None,
+    allow_trailing: bool = False,
+    fork: str | None = None,
+) -> Network | int:
     """:func:`~darknet_bn.darknet.load_network`, or the exit code 2 after one line on stderr when a file
     is missing or unreadable, the cfg is bad or the weights do not match. The ignored keys are not
     emitted as Python warnings here (the commands print them as lines)."""

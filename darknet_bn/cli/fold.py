@@ -14,7 +14,6 @@ from .common import PROG, add_flavor_option, error
 __all__ = ["add_fold_parser", "cmd_fold"]
 
 
-
 def cmd_fold(args: argparse.Namespace) -> int:
     """``darknet-bn fold``: 0 on success; 2 on a missing file, a bad cfg, mismatched weights, or an
     output that would overwrite an input; 1 if the written files do not load back identical."""

@@ -16,10 +16,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     import darknet_bn
     from darknet_bn import kernels
 
-    print(f"darknet_bn {darknet_bn.__version__} on Python {platform.python_version()}, numpy {np.__version__}, "
-          f"{platform.machine()}")
-    print(f"OpenMP: {'yes' if kernels.has_openmp() else 'no'}, threads: {kernels.get_num_threads()}, "
-          f"instruction set: {kernels.get_isa()}")
+    print(
+        f"darknet_bn {darknet_bn.__version__} on Python {platform.python_version()}, numpy {np.__version__}, "
+        f"{platform.machine()}"
+    )
+    print(
+        f"OpenMP: {'yes' if kernels.has_openmp() else 'no'}, threads: {kernels.get_num_threads()}, "
+        f"instruction set: {kernels.get_isa()}"
+    )
     shape = (8, 16, 13, 13)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 3 + 100
     layer = darknet_bn.make_batchnorm_layer(8, 13, 13, 16, flavor="torch")

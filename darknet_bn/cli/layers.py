@@ -25,6 +25,7 @@ __all__ = ["add_layers_parser", "cmd_layers", "format_layers", "format_ignored",
 # ------------------------------------------------------------------------------------------------
 # darknet-bn layers
 
+
 def _size(layer: DarknetLayer) -> str:
     t = layer.type
     if t == "convolutional":
@@ -55,7 +56,7 @@ def _io(layer: DarknetLayer) -> str:
     image = (layer.w and layer.h and layer.c) or (layer.out_w and layer.out_h and layer.out_c)
     if layer.type in ("connected", "rnn", "gru", "lstm") or not image:
         return f"{layer.inputs:>16d} -> {layer.outputs:<16d}"
-    return (f"{layer.w:4d} x{layer.h:4d} x{layer.c:4d} -> {layer.out_w:4d} x{layer.out_h:4d} x{layer.out_c:4d}")
+    return f"{layer.w:4d} x{layer.h:4d} x{layer.c:4d} -> {layer.out_w:4d} x{layer.out_h:4d} x{layer.out_c:4d}"
 
 
 def format_layers(net: Network) -> str:
@@ -65,8 +66,7 @@ def format_layers(net: Network) -> str:
     with the flag). The inner layers of recurrent layers follow as sub-rows (``.input_layer``, ``.uf``...)
     with their own flag and mark."""
     with_w = net.header is not None
-    head = (f"{'layer':>5}  {'type':<15} {'filters':>9}  {'size/strd':<13} {'input':>16}    {'output':<16} "
-            f"{'bnf':>3} BN")
+    head = f"{'layer':>5}  {'type':<15} {'filters':>9}  {'size/strd':<13} {'input':>16}    {'output':<16} {'bnf':>3} BN"
     if with_w:
         head += f"  {'mean|scales|':>12} {'mean(rolling_var)':>17}"
     lines = [head]
@@ -76,8 +76,10 @@ def format_layers(net: Network) -> str:
 
     def row(label: str, kind: str, layer: DarknetLayer, key: tuple) -> str:
         bn = bn_of.get(key)
-        line = (f"{label:>5}  {kind:<15} {_filters(layer):>9}  {_size(layer):<13} {_io(layer)} "
-                f"{layer.batch_normalize:>3} {'bn' if bn else '':<2}")
+        line = (
+            f"{label:>5}  {kind:<15} {_filters(layer):>9}  {_size(layer):<13} {_io(layer)} "
+            f"{layer.batch_normalize:>3} {'bn' if bn else '':<2}"
+        )
         if with_w and bn is not None:
             sc = np.abs(np.asarray(bn.scales, dtype=np.float64))
             rv = np.asarray(bn.rolling_variance, dtype=np.float64)
@@ -97,12 +99,17 @@ def format_ignored(net: Network) -> list:
 
 
 def summary(net: Network) -> str:
-    s = (f"{net.name}: {net.rules}; input {net.w}x{net.h}x{net.c}, batch {net.batch}, "
-         f"{len(net.layers)} layers, {len(net.bn_layers)} BN layers")
+    s = (
+        f"{net.name}: {net.rules}; input {net.w}x{net.h}x{net.c}, batch {net.batch}, "
+        f"{len(net.layers)} layers, {len(net.bn_layers)} BN layers"
+    )
     if net.header is not None:
         hd = net.header
-        s += (f"; weights {net.weights_file} (version {hd.major}.{hd.minor}.{hd.revision}, seen {hd.seen}"
-              + (", connected weights transposed" if hd.transpose else "") + ")")
+        s += (
+            f"; weights {net.weights_file} (version {hd.major}.{hd.minor}.{hd.revision}, seen {hd.seen}"
+            + (", connected weights transposed" if hd.transpose else "")
+            + ")"
+        )
     return s
 
 
@@ -131,22 +138,34 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def add_layers_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``darknet-bn layers`` on ``subparsers`` (``func=cmd_layers``, ``parser`` set)."""
     p = subparsers.add_parser(
-        "layers", help="print a Darknet cfg's layers and BN layers (with weights: their statistics)",
+        "layers",
+        help="print a Darknet cfg's layers and BN layers (with weights: their statistics)",
         description="Build the network of a Darknet .cfg by one fork's rules and print its layers as Darknet "
-                    "does (index, type, filters, size/stride, input -> output), marking the batch-normalization "
-                    "layers; with --weights, each BN layer's mean |scales| and mean rolling_variance.")
+        "does (index, type, filters, size/stride, input -> output), marking the batch-normalization "
+        "layers; with --weights, each BN layer's mean |scales| and mean rolling_variance.",
+    )
     p.add_argument("cfg", metavar="CFG", help="the .cfg file")
     p.add_argument("--weights", metavar="W", help="a .weights file for the cfg")
-    add_flavor_option(p, None,
-                      help="the BN layers' flavor; without --fork also whose rules read the cfg (pjreddie: "
-                        "pjreddie's Darknet; alexeyab, torch: AlexeyAB's). Default: the rules detected from the cfg "
-                        "(a section, key or value only AlexeyAB's Darknet reads means AlexeyAB's, else pjreddie's) "
-                        "and that fork's flavor")
-    p.add_argument("--fork", default=None, choices=FORKS,
-                   help="whose rules read the cfg (wins over --flavor; default: --flavor's fork, else detected)")
+    add_flavor_option(
+        p,
+        None,
+        help="the BN layers' flavor; without --fork also whose rules read the cfg (pjreddie: "
+        "pjreddie's Darknet; alexeyab, torch: AlexeyAB's). Default: the rules detected from the cfg "
+        "(a section, key or value only AlexeyAB's Darknet reads means AlexeyAB's, else pjreddie's) "
+        "and that fork's flavor",
+    )
+    p.add_argument(
+        "--fork",
+        default=None,
+        choices=FORKS,
+        help="whose rules read the cfg (wins over --flavor; default: --flavor's fork, else detected)",
+    )
     p.add_argument("--batch", type=int, metavar="B", default=1, help="batch size (default: 1)")
     p.add_argument("--allow-trailing", action="store_true", help="accept bytes after the last array of W")
-    p.add_argument("--warnings", action="store_true", help="list the cfg's other warnings (lossy numbers...) on "
-                   "stderr; the ignored keys are always listed")
+    p.add_argument(
+        "--warnings",
+        action="store_true",
+        help="list the cfg's other warnings (lossy numbers...) on stderr; the ignored keys are always listed",
+    )
     p.set_defaults(func=cmd_layers, parser=p)
     return p

@@ -16,11 +16,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..flavors import Flavor
 from .cfg import CfgFile
 from .weights import ArraySpec, WeightsHeader, read_weights, write_weights
+
+if TYPE_CHECKING:
+    from ..layer import Layer
 
 __all__ = ["DarknetLayer", "BNLayer", "Network", "LayerRef", "BN_ARRAYS"]
 
@@ -192,7 +197,7 @@ class BNLayer:
         self.index, self.type, self.part, self.host = index, type, part, host
         self.batch, self.c, self.h, self.w = batch, c, h, w
         self.flavor = flavor
-        self._layer = None
+        self._layer: Layer | None = None
 
     @property
     def shape(self) -> tuple:
@@ -200,7 +205,7 @@ class BNLayer:
         return (self.batch, self.c, self.h, self.w)
 
     @property
-    def layer(self):
+    def layer(self) -> Layer:
         if self._layer is None:
             from ..layer import Layer
 

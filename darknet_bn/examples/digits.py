@@ -53,10 +53,32 @@ import numpy as np
 from darknet_bn import Layer
 
 __all__ = [
-    "SPLIT_SEED", "HIDDEN", "DemoConfig", "EpochStats", "RunHistory", "DemoResult", "StepCache", "MLP",
-    "load_digits_split", "init_weights", "batch_orders", "train_run", "run_demo", "evaluate",
-    "evaluate_train_mode", "format_table", "train_mode_line", "result_dict", "write_json", "plot",
-    "linear_forward", "linear_backward", "relu", "relu_backward", "softmax", "softmax_cross_entropy",
+    "SPLIT_SEED",
+    "HIDDEN",
+    "DemoConfig",
+    "EpochStats",
+    "RunHistory",
+    "DemoResult",
+    "StepCache",
+    "MLP",
+    "load_digits_split",
+    "init_weights",
+    "batch_orders",
+    "train_run",
+    "run_demo",
+    "evaluate",
+    "evaluate_train_mode",
+    "format_table",
+    "train_mode_line",
+    "result_dict",
+    "write_json",
+    "plot",
+    "linear_forward",
+    "linear_backward",
+    "relu",
+    "relu_backward",
+    "softmax",
+    "softmax_cross_entropy",
     "softmax_cross_entropy_delta",
 ]
 
@@ -70,6 +92,7 @@ HIDDEN = 32
 # The numpy pieces (any float dtype: float32 in the demo, float64 in the finite-difference tests).
 # Deltas are Darknet's: negative gradients.
 
+
 def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """``x @ w.T (+ b)``: x (batch, inputs), w (outputs, inputs), b (outputs,) or None -> (batch, outputs),
     in the dtype of x (Darknet's connected layer: ``gemm(0,1,...)``)."""
@@ -79,8 +102,9 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) ->
     return z
 
 
-def linear_backward(delta: np.ndarray, x: np.ndarray, w: np.ndarray,
-                    need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+def linear_backward(
+    delta: np.ndarray, x: np.ndarray, w: np.ndarray, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """The backward of :func:`linear_forward` from the output's delta (batch, outputs).
 
     Returns ``(dx, dw, db)``: the input's delta (batch, inputs) (None when ``need_dx`` is false), the
@@ -135,8 +159,11 @@ def softmax_cross_entropy_delta(probs: np.ndarray, labels: np.ndarray) -> np.nda
 # ---------------------------------------------------------------------------------------------------
 # Data
 
-def load_digits_split(val_fraction: float = 0.2, split_seed: int = SPLIT_SEED,
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+
+def load_digits_split(
+    val_fraction: float = 0.2,
+    split_seed: int = SPLIT_SEED,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's digits, scaled to [0, 1], split by class with a fixed seed.
 
     Returns ``(x_train, y_train, x_val, y_val)``: x float32 (n, 64), C-contiguous; y int64 (n,).
@@ -156,7 +183,7 @@ def load_digits_split(val_fraction: float = 0.2, split_seed: int = SPLIT_SEED,
     for k in np.unique(y):
         idx = np.flatnonzero(y == k)
         idx = idx[rng.permutation(len(idx))]
-        val_idx.append(idx[:int(round(val_fraction * len(idx)))])
+        val_idx.append(idx[: int(round(val_fraction * len(idx)))])
     val_mask = np.zeros(len(y), dtype=bool)
     val_mask[np.concatenate(val_idx)] = True
     return (np.ascontiguousarray(x[~val_mask]), y[~val_mask], np.ascontiguousarray(x[val_mask]), y[val_mask])
@@ -165,12 +192,15 @@ def load_digits_split(val_fraction: float = 0.2, split_seed: int = SPLIT_SEED,
 # ---------------------------------------------------------------------------------------------------
 # The model
 
+
 def init_weights(seed: int, sizes: Sequence[int] = (64, HIDDEN, HIDDEN, 10)) -> list[np.ndarray]:
     """Darknet's connected-layer initialisation: weights (outputs, inputs) float32, uniform in
     ``+-sqrt(2/inputs)``, one per pair of consecutive ``sizes``, from ``numpy.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
-    return [(math.sqrt(2.0 / n_in) * rng.uniform(-1.0, 1.0, size=(n_out, n_in))).astype(np.float32)
-            for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+    return [
+        (math.sqrt(2.0 / n_in) * rng.uniform(-1.0, 1.0, size=(n_out, n_in))).astype(np.float32)
+        for n_in, n_out in zip(sizes[:-1], sizes[1:])
+    ]
 
 
 def batch_orders(n: int, batch: int, epochs: int, seed: int) -> list[np.ndarray]:
@@ -179,7 +209,7 @@ def batch_orders(n: int, batch: int, epochs: int, seed: int) -> list[np.ndarray]
     fixed). Drawn from ``numpy.random.default_rng([seed, 1])`` (a stream apart from the weights')."""
     rng = np.random.default_rng([seed, 1])
     steps = n // batch
-    return [rng.permutation(n)[:steps * batch].reshape(steps, batch) for _ in range(epochs)]
+    return [rng.permutation(n)[: steps * batch].reshape(steps, batch) for _ in range(epochs)]
 
 
 @dataclass
@@ -190,6 +220,7 @@ class StepCache:
         x: the input (batch, 64). z: the hidden linear layers' outputs, (batch, 32) each (with BN: the BN
         layers' inputs). a: the hidden ReLUs' outputs, (batch, 32) each. probs: (batch, 10).
     """
+
     x: np.ndarray
     z: list[np.ndarray]
     a: list[np.ndarray]
@@ -217,14 +248,20 @@ class MLP:
     ``scales``, ``biases``, ``rolling_mean`` and ``rolling_variance`` are copied before each forward.
     """
 
-    def __init__(self, weights: Sequence[np.ndarray], use_bn: bool, batch: int, flavor: str = "pjreddie",
-                 dtype: type = np.float32) -> None:
+    def __init__(
+        self,
+        weights: Sequence[np.ndarray],
+        use_bn: bool,
+        batch: int,
+        flavor: str = "pjreddie",
+        dtype: type = np.float32,
+    ) -> None:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype: float32 or float64, got {self.dtype}")
         if use_bn and self.dtype != np.float32:
             raise ValueError("dtype: the BN layers are float32, so a network with BN is float32")
-        self.weights = [np.array(w, dtype=self.dtype, order="C") for w in weights]   # copies
+        self.weights = [np.array(w, dtype=self.dtype, order="C") for w in weights]  # copies
         self.biases = [np.zeros(w.shape[0], dtype=self.dtype) for w in self.weights]
         self.weight_updates = [np.zeros_like(w) for w in self.weights]
         self.bias_updates = [np.zeros_like(b) for b in self.biases]
@@ -232,8 +269,9 @@ class MLP:
         self.batch = int(batch)
         self.flavor = flavor
         n_hidden = len(self.weights) - 1
-        self.bn: list[Layer] = ([Layer(self.batch, 1, 1, w.shape[0], flavor) for w in self.weights[:n_hidden]]
-                                if self.use_bn else [])
+        self.bn: list[Layer] = (
+            [Layer(self.batch, 1, 1, w.shape[0], flavor) for w in self.weights[:n_hidden]] if self.use_bn else []
+        )
         self._eval_bn: dict[tuple[int, int], Layer] = {}
 
     def _eval_layer(self, i: int, rows: int) -> Layer:
@@ -249,8 +287,9 @@ class MLP:
 
     # -- passes --------------------------------------------------------------------------------------
 
-    def forward(self, x: np.ndarray, labels: np.ndarray | None = None, train: bool = False,
-                bn_train_mode: bool | None = None) -> tuple[float, StepCache]:
+    def forward(
+        self, x: np.ndarray, labels: np.ndarray | None = None, train: bool = False, bn_train_mode: bool | None = None
+    ) -> tuple[float, StepCache]:
         """Forward ``x`` (rows, 64) (converted to the model's dtype).
 
         Args:
@@ -276,7 +315,7 @@ class MLP:
             else:
                 z = linear_forward(a, self.weights[i], self.biases[i])
                 y = z
-            a = relu(y)         # a new array: the BN layer's output buffer is not kept
+            a = relu(y)  # a new array: the BN layer's output buffer is not kept
             zs.append(z)
             acts.append(a)
         logits = linear_forward(a, self.weights[-1], self.biases[-1])
@@ -298,28 +337,29 @@ class MLP:
                 self.bias_updates[i] += db
             if i == 0:
                 break
-            assert dx is not None   # need_dx for i > 0
+            assert dx is not None  # need_dx for i > 0
             delta = relu_backward(dx, cache.a[i - 1])
             if self.use_bn:
                 layer = self.bn[i - 1]
                 layer.delta.reshape(delta.shape)[...] = delta
-                delta = layer.backward().reshape(delta.shape)   # adds into scale_updates, bias_updates
+                delta = layer.backward().reshape(delta.shape)  # adds into scale_updates, bias_updates
 
     def update(self, learning_rate: float, momentum: float, decay: float) -> None:
         """Darknet's SGD step (``update_connected_layer``) for every weight and bias, and
         :meth:`Layer.update` for the BN layers."""
         b, t = self.batch, self.dtype.type
         for w, wu, bias, bu in zip(self.weights, self.weight_updates, self.biases, self.bias_updates):
-            wu += t(-decay * b) * w                 # axpy(-decay*batch, weights, weight_updates)
-            w += t(learning_rate / b) * wu          # axpy(learning_rate/batch, weight_updates, weights)
-            wu *= t(momentum)                       # scal(momentum, weight_updates)
-            bias += t(learning_rate / b) * bu       # axpy(learning_rate/batch, bias_updates, biases)
-            bu *= t(momentum)                       # scal(momentum, bias_updates)
+            wu += t(-decay * b) * w  # axpy(-decay*batch, weights, weight_updates)
+            w += t(learning_rate / b) * wu  # axpy(learning_rate/batch, weight_updates, weights)
+            wu *= t(momentum)  # scal(momentum, weight_updates)
+            bias += t(learning_rate / b) * bu  # axpy(learning_rate/batch, bias_updates, biases)
+            bu *= t(momentum)  # scal(momentum, bias_updates)
         for layer in self.bn:
             layer.update(learning_rate, momentum, decay, b)
 
-    def train_step(self, x: np.ndarray, labels: np.ndarray, learning_rate: float, momentum: float,
-                   decay: float) -> tuple[float, StepCache]:
+    def train_step(
+        self, x: np.ndarray, labels: np.ndarray, learning_rate: float, momentum: float, decay: float
+    ) -> tuple[float, StepCache]:
         """One training step on a batch (forward, backward, update); returns the batch's mean loss and
         the forward's cache."""
         loss, cache = self.forward(x, labels, train=True)
@@ -357,11 +397,13 @@ def evaluate_train_mode(model: MLP, x: np.ndarray, y: np.ndarray, batch: int = 4
 # ---------------------------------------------------------------------------------------------------
 # Training
 
+
 @dataclass
 class EpochStats:
     """One epoch of one run: loss and accuracy (in [0, 1]) on the training and validation sets, both
     evaluated in inference mode after the epoch; ``batch_loss`` is the mean of the epoch's training-batch
     losses (measured during training, BN in training mode, the weights changing)."""
+
     epoch: int
     train_loss: float
     train_accuracy: float
@@ -373,6 +415,7 @@ class EpochStats:
 @dataclass
 class RunHistory:
     """One run: ``bn`` (with or without BN), its per-epoch :class:`EpochStats`, the final model."""
+
     bn: bool
     epochs: list[EpochStats] = field(default_factory=list)
     model: MLP | None = None
@@ -381,6 +424,7 @@ class RunHistory:
 @dataclass
 class DemoConfig:
     """The demo's settings (the command's options)."""
+
     epochs: int = 20
     batch: int = 32
     learning_rate: float = 0.01
@@ -397,6 +441,7 @@ class DemoResult:
     network (``train_mode``: batch, val_loss, val_accuracy, and the inference-mode inference_val_loss,
     inference_val_accuracy of the last epoch) and ``seconds``: the wall time of both trainings and all
     evaluations (not of loading the data)."""
+
     config: DemoConfig
     n_train: int
     n_val: int
@@ -406,9 +451,18 @@ class DemoResult:
     seconds: float
 
 
-def train_run(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
-              use_bn: bool, weights: Sequence[np.ndarray], orders: Sequence[np.ndarray], config: DemoConfig,
-              on_step: Callable[[MLP, StepCache, np.ndarray], None] | None = None) -> RunHistory:
+def train_run(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    use_bn: bool,
+    weights: Sequence[np.ndarray],
+    orders: Sequence[np.ndarray],
+    config: DemoConfig,
+    on_step: Callable[[MLP, StepCache, np.ndarray], None] | None = None,
+) -> RunHistory:
     """Train one model from ``weights`` over the batches of ``orders`` (see :func:`batch_orders`),
     evaluating after each epoch.
 
@@ -422,8 +476,9 @@ def train_run(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
     for epoch, order in enumerate(orders, start=1):
         batch_losses = []
         for idx in order:
-            loss, cache = model.train_step(x_train[idx], y_train[idx], config.learning_rate, config.momentum,
-                                           config.decay)
+            loss, cache = model.train_step(
+                x_train[idx], y_train[idx], config.learning_rate, config.momentum, config.decay
+            )
             batch_losses.append(loss)
             if on_step is not None:
                 on_step(model, cache, idx)
@@ -433,8 +488,11 @@ def train_run(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
     return hist
 
 
-def run_demo(config: DemoConfig | None = None, data: tuple[np.ndarray, ...] | None = None,
-             on_step: Callable[[bool, MLP, StepCache, np.ndarray], None] | None = None) -> DemoResult:
+def run_demo(
+    config: DemoConfig | None = None,
+    data: tuple[np.ndarray, ...] | None = None,
+    on_step: Callable[[bool, MLP, StepCache, np.ndarray], None] | None = None,
+) -> DemoResult:
     """Train the network without BN, then with BN, from the same initial weights (:func:`init_weights`)
     and the same batch order (:func:`batch_orders`), both from ``config.seed``; then evaluate the BN
     network on the validation set in training mode on ``config.train_mode_batch``-image batches.
@@ -457,50 +515,68 @@ def run_demo(config: DemoConfig | None = None, data: tuple[np.ndarray, ...] | No
     runs = {}
     for use_bn in (False, True):
         step = None if on_step is None else (lambda m, c, i, b=use_bn: on_step(b, m, c, i))
-        runs[use_bn] = train_run(x_train, y_train, x_val, y_val, use_bn=use_bn, weights=weights, orders=orders,
-                                 config=config, on_step=step)
+        runs[use_bn] = train_run(
+            x_train, y_train, x_val, y_val, use_bn=use_bn, weights=weights, orders=orders, config=config, on_step=step
+        )
     bn_model = runs[True].model
-    assert bn_model is not None   # set by train_run
+    assert bn_model is not None  # set by train_run
     tm_loss, tm_acc = evaluate_train_mode(bn_model, x_val, y_val, config.train_mode_batch)
     last = runs[True].epochs[-1]
-    train_mode = {"batch": config.train_mode_batch, "val_loss": tm_loss, "val_accuracy": tm_acc,
-                  "inference_val_loss": last.val_loss, "inference_val_accuracy": last.val_accuracy}
-    return DemoResult(config, len(x_train), len(x_val), runs[False], runs[True], train_mode,
-                      time.perf_counter() - t0)
+    train_mode = {
+        "batch": config.train_mode_batch,
+        "val_loss": tm_loss,
+        "val_accuracy": tm_acc,
+        "inference_val_loss": last.val_loss,
+        "inference_val_accuracy": last.val_accuracy,
+    }
+    return DemoResult(config, len(x_train), len(x_val), runs[False], runs[True], train_mode, time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Output
 
+
 def format_table(result: DemoResult) -> str:
     """The per-epoch table: loss and accuracy (%) on train and validation, without and with BN."""
-    head = (f"{'':>5} | {'without BN':^35} | {'with BN (' + result.config.flavor + ')':^35}\n"
-            f"{'epoch':>5} | " + " | ".join([f"{'train loss':>10} {'acc':>6} {'val loss':>9} {'acc':>6}"] * 2))
+    head = (
+        f"{'':>5} | {'without BN':^35} | {'with BN (' + result.config.flavor + ')':^35}\n"
+        f"{'epoch':>5} | " + " | ".join([f"{'train loss':>10} {'acc':>6} {'val loss':>9} {'acc':>6}"] * 2)
+    )
     lines = [head, "-" * len(head.splitlines()[1])]
     for a, b in zip(result.no_bn.epochs, result.bn.epochs):
-        lines.append(f"{a.epoch:>5} | " + " | ".join(
-            f"{e.train_loss:>10.4f} {100 * e.train_accuracy:>5.1f}% {e.val_loss:>9.4f} {100 * e.val_accuracy:>5.1f}%"
-            for e in (a, b)))
+        lines.append(
+            f"{a.epoch:>5} | "
+            + " | ".join(
+                f"{e.train_loss:>10.4f} {100 * e.train_accuracy:>5.1f}% "
+                f"{e.val_loss:>9.4f} {100 * e.val_accuracy:>5.1f}%"
+                for e in (a, b)
+            )
+        )
     return "\n".join(lines)
 
 
 def train_mode_line(result: DemoResult) -> str:
     """The one line on evaluating the BN network in training mode on small batches."""
     t = result.train_mode
-    return (f"with BN, validation evaluated in training mode on {t['batch']}-image batches (each normalized "
-            f"by its own batch statistics) instead of inference mode (rolling statistics): accuracy "
-            f"{100 * t['val_accuracy']:.1f}% instead of {100 * t['inference_val_accuracy']:.1f}%, loss "
-            f"{t['val_loss']:.4f} instead of {t['inference_val_loss']:.4f}")
+    return (
+        f"with BN, validation evaluated in training mode on {t['batch']}-image batches (each normalized "
+        f"by its own batch statistics) instead of inference mode (rolling statistics): accuracy "
+        f"{100 * t['val_accuracy']:.1f}% instead of {100 * t['inference_val_accuracy']:.1f}%, loss "
+        f"{t['val_loss']:.4f} instead of {t['inference_val_loss']:.4f}"
+    )
 
 
 def result_dict(result: DemoResult) -> dict:
     """The result as JSON-ready data (accuracies in [0, 1])."""
     return {
         "config": asdict(result.config),
-        "data": {"name": "sklearn.datasets.load_digits", "n_train": result.n_train, "n_val": result.n_val,
-                 "split_seed": SPLIT_SEED},
-        "runs": {"no_bn": [asdict(e) for e in result.no_bn.epochs],
-                 "bn": [asdict(e) for e in result.bn.epochs]},
+        "data": {
+            "name": "sklearn.datasets.load_digits",
+            "n_train": result.n_train,
+            "n_val": result.n_val,
+            "split_seed": SPLIT_SEED,
+        },
+        "runs": {"no_bn": [asdict(e) for e in result.no_bn.epochs], "bn": [asdict(e) for e in result.bn.epochs]},
         "train_mode_eval": result.train_mode,
         "seconds": result.seconds,
     }
@@ -517,14 +593,19 @@ def plot(path: str, result: DemoResult) -> None:
     """Four panels (train loss, train accuracy, validation loss, validation accuracy) per epoch, with BN
     and without; needs matplotlib."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     c = result.config
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
-    panels = [("train_loss", "train loss"), ("train_accuracy", "train accuracy"),
-              ("val_loss", "validation loss"), ("val_accuracy", "validation accuracy")]
+    panels = [
+        ("train_loss", "train loss"),
+        ("train_accuracy", "train accuracy"),
+        ("val_loss", "validation loss"),
+        ("val_accuracy", "validation accuracy"),
+    ]
     for ax, (key, title) in zip(axes.flat, panels):
         for run, label, style in ((result.bn, f"with BN ({c.flavor})", "-o"), (result.no_bn, "without BN", "-s")):
             xs = [e.epoch for e in run.epochs]
@@ -539,8 +620,11 @@ def plot(path: str, result: DemoResult) -> None:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 0].legend()
-    fig.suptitle(f"digits MLP 64-32-32-10, SGD lr {c.learning_rate:g} momentum {c.momentum:g} decay {c.decay:g}, "
-                 f"batch {c.batch}, seed {c.seed}; evaluated in inference mode after each epoch", fontsize=10)
+    fig.suptitle(
+        f"digits MLP 64-32-32-10, SGD lr {c.learning_rate:g} momentum {c.momentum:g} decay {c.decay:g}, "
+        f"batch {c.batch}, seed {c.seed}; evaluated in inference mode after each epoch",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -29,8 +29,15 @@ from . import _ops  # noqa: F401  (registers the custom operators)
 from ._backend import get_num_threads, set_num_threads
 from .functional import batch_norm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, convert
-
 from .sync import SyncBatchNorm
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "convert", "batch_norm", "set_num_threads",
-           "get_num_threads", "SyncBatchNorm"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "convert",
+    "batch_norm",
+    "set_num_threads",
+    "get_num_threads",
+    "SyncBatchNorm",
+]

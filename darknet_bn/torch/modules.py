@@ -11,10 +11,11 @@ inputs run darknet_bn's kernels, everything else PyTorch's (see :mod:`darknet_bn
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import batch_norm
 
@@ -23,13 +24,23 @@ _is_compiling = torch.compiler.is_compiling
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "convert"]
 
 
-class _DarknetBN:
+# For the type checker the mixin is a _BatchNorm (it only ever runs as one); at run time it is a plain
+# mixin placed before the torch.nn class.
+if TYPE_CHECKING:
+    _Mixin = _BatchNorm
+else:
+    _Mixin = object
+
+
+class _DarknetBN(_Mixin):
     """The forward of darknet_bn's BatchNorm modules (mixed in before the torch.nn class)."""
 
-    def forward(self, input: Tensor) -> Tensor:
+    def forward(self: _BatchNorm, input: Tensor) -> Tensor:
         self._check_input_dim(input)
         # PyTorch's _BatchNorm.forward, with darknet_bn's batch_norm. Eagerly, the parameters and
         # buffers are read from their dicts (nn.Module.__getattr__ costs ~0.5 us a read).
+        weight: Tensor | None
+        bias: Tensor | None
         if _is_compiling():
             weight, bias = self.weight, self.bias
             running_mean, running_var, nbt = self.running_mean, self.running_var, self.num_batches_tracked
@@ -49,8 +60,16 @@ class _DarknetBN:
         else:
             bn_training = running_mean is None and running_var is None
         use_stats = not training or self.track_running_stats
-        return batch_norm(input, running_mean if use_stats else None, running_var if use_stats else None,
-                          weight, bias, bn_training, exponential_average_factor, self.eps)
+        return batch_norm(
+            input,
+            running_mean if use_stats else None,
+            running_var if use_stats else None,
+            weight,
+            bias,
+            bn_training,
+            exponential_average_factor,
+            self.eps,
+        )
 
 
 class BatchNorm1d(_DarknetBN, nn.BatchNorm1d):
@@ -67,10 +86,10 @@ class BatchNorm3d(_DarknetBN, nn.BatchNorm3d):
     channels_last_3d (no copy either way)."""
 
 
-_OURS = {nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, nn.BatchNorm3d: BatchNorm3d}
+_OURS: dict[type, type[_BatchNorm]] = {nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, nn.BatchNorm3d: BatchNorm3d}
 
 
-def _swap(m: nn.Module, memo: Dict[int, nn.Module]) -> nn.Module:
+def _swap(m: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     new = memo.get(id(m))
     if new is None:
         new = _OURS[type(m)].__new__(_OURS[type(m)])
@@ -93,7 +112,7 @@ def convert(module: nn.Module) -> nn.Module:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
-    memo: Dict[int, nn.Module] = {}
+    memo: dict[int, nn.Module] = {}
     if type(module) in _OURS:
         return _swap(module, memo)
     for parent in module.modules():

@@ -41,7 +41,7 @@ break); double backward (``create_graph=True``) through it raises.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -79,7 +79,7 @@ def _group(pg: Any):
 _DESC: dict = {}
 
 
-def _header(buf: Tensor, desc: tuple, err: Optional[BaseException]) -> None:
+def _header(buf: Tensor, desc: tuple, err: BaseException | None) -> None:
     d = _DESC.get(desc)
     if d is None:
         if len(_DESC) > 256:
@@ -107,7 +107,7 @@ def _gather(buf: Tensor, pg: Any, world: int) -> Tensor:
     return out.view(world, -1)
 
 
-def _check(rows: Tensor, err: Optional[BaseException], what: str, mine: Optional[Tensor] = None) -> None:
+def _check(rows: Tensor, err: BaseException | None, what: str, mine: Tensor | None = None) -> None:
     """Raise on every rank if any rank failed or holds a different module (mine: this rank's header,
     for the fast path: every row's head equal to it)."""
     if err is not None:
@@ -124,18 +124,31 @@ def _check(rows: Tensor, err: Optional[BaseException], what: str, mine: Optional
     diff = (rows[:, 1:7] != ref).any(dim=1)
     if bool(diff.any()):
         r = int(torch.nonzero(diff)[0, 0])
-        show = lambda v: dict(zip(_DESC_NAMES, [None if (n == "momentum" and x == -1) else x  # noqa: E731
-                                                for n, x in zip(_DESC_NAMES, v.tolist())]))
-        raise ValueError(f"SyncBatchNorm {what}: the processes hold different modules: process {r} of {world} "
-                         f"has {show(rows[r, 1:7])}, process 0 has {show(ref)}")
+
+        def show(v):
+            return dict(
+                zip(
+                    _DESC_NAMES,
+                    [
+                        None if (n == "momentum" and x == -1) else x  # noqa: E731
+                        for n, x in zip(_DESC_NAMES, v.tolist())
+                    ],
+                )
+            )
+
+        raise ValueError(
+            f"SyncBatchNorm {what}: the processes hold different modules: process {r} of {world} "
+            f"has {show(rows[r, 1:7])}, process 0 has {show(ref)}"
+        )
 
 
-def _chan_ok(t: Optional[Tensor], c: int) -> bool:
-    return t is None or (isinstance(t, _Tensor) and t.dtype is _F32 and t.is_cpu and t.numel() == c
-                         and t.is_contiguous())
+def _chan_ok(t: Tensor | None, c: int) -> bool:
+    return t is None or (
+        isinstance(t, _Tensor) and t.dtype is _F32 and t.is_cpu and t.numel() == c and t.is_contiguous()
+    )
 
 
-def _check_input(x: Any, weight, bias, running_mean, running_var, c: int, c_checked: int) -> Optional[BaseException]:
+def _check_input(x: Any, weight, bias, running_mean, running_var, c: int, c_checked: int) -> BaseException | None:
     """This rank's reason to fail, as an exception (not raised), or None."""
     if c != c_checked:
         return ValueError(f"num_features changed to {c} after the first synchronized forward ({c_checked})")
@@ -144,8 +157,9 @@ def _check_input(x: Any, weight, bias, running_mean, running_var, c: int, c_chec
     if x.dim() < 2:
         return ValueError(f"expected at least 2D input (got {x.dim()}D input)")
     if x.dtype is not _F32 or not x.is_cpu:
-        return TypeError(f"input: SyncBatchNorm on darknet_bn runs float32 CPU tensors, got {x.dtype} on "
-                         f"{x.device.type}")
+        return TypeError(
+            f"input: SyncBatchNorm on darknet_bn runs float32 CPU tensors, got {x.dtype} on {x.device.type}"
+        )
     if x.shape[1] != c:
         return ValueError(f"input: expected {c} channels (dim 1), got shape {tuple(x.shape)}")
     for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
@@ -163,8 +177,9 @@ def _moments_rows(rows: Tensor, c: int) -> Tensor:
     return g
 
 
-def _sync_forward(x, weight, bias, running_mean, running_var, momentum: float, eps: float, pg, world: int,
-                  desc: tuple, c_checked: int):
+def _sync_forward(
+    x, weight, bias, running_mean, running_var, momentum: float, eps: float, pg, world: int, desc: tuple, c_checked: int
+):
     """(out, xin, b, s, stats [mean; biased var] float32, global count): the synchronized training forward."""
     c = c_checked
     err = _check_input(x, weight, bias, running_mean, running_var, int(desc[0]), c_checked)
@@ -182,11 +197,13 @@ def _sync_forward(x, weight, bias, running_mean, running_var, momentum: float, e
     g = _moments_rows(rows, c)
     count = float(g[0])
     if count < 2:
-        raise ValueError(f"Expected more than 1 value per channel when training, got {int(count)} values per "
-                         f"channel over the {world} processes (input size {list(x.shape)} on this one)")
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got {int(count)} values per "
+            f"channel over the {world} processes (input size {list(x.shape)} on this one)"
+        )
     stats = torch.empty(2 * c, dtype=_F32)
     ps = stats.data_ptr()
-    if running_mean is None:     # no running statistics: scratch ones, momentum 0
+    if running_mean is None:  # no running statistics: scratch ones, momentum 0
         prm = _scratch_ptr(c) + 8 * c
         prv, momentum = prm + 4 * c, 0.0
     else:
@@ -194,27 +211,28 @@ def _sync_forward(x, weight, bias, running_mean, running_var, momentum: float, e
     pw = _ones_ptr(c) if weight is None else weight.data_ptr()
     pb = _zeros_ptr(c) if bias is None else bias.data_ptr()
     if b * s:
+        assert xin is not None  # set with the moments above whenever the slice holds values
         out = torch.empty_like(xin)
-        _backend.forward_apply(xin.data_ptr(), out.data_ptr(), pw, pb, ps, ps + 4 * c, prm, prv, g.data_ptr(),
-                               b, c, s, momentum, eps)
-    else:   # an empty slice: the statistics and running statistics still, from one dummy value per channel
+        _backend.forward_apply(
+            xin.data_ptr(), out.data_ptr(), pw, pb, ps, ps + 4 * c, prm, prv, g.data_ptr(), b, c, s, momentum, eps
+        )
+    else:  # an empty slice: the statistics and running statistics still, from one dummy value per channel
         out = torch.empty_like(x)
         dummy = torch.zeros(2 * c, dtype=_F32)
         pd = dummy.data_ptr()
-        _backend.forward_apply(pd, pd + 4 * c, pw, pb, ps, ps + 4 * c, prm, prv, g.data_ptr(), 1, c, 1,
-                               momentum, eps)
+        _backend.forward_apply(pd, pd + 4 * c, pw, pb, ps, ps + 4 * c, prm, prv, g.data_ptr(), 1, c, 1, momentum, eps)
     if running_mean is not None:
         torch.autograd.graph.increment_version((running_mean, running_var))
     return out, xin, b, s, stats, count
 
 
 class _SyncBatchNormFn(torch.autograd.Function):
-
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, meta):
         momentum, eps, pg, world, desc, c = meta
-        out, xin, b, s, stats, count = _sync_forward(x, weight, bias, running_mean, running_var, momentum, eps,
-                                                     pg, world, desc, c)
+        out, xin, b, s, stats, count = _sync_forward(
+            x, weight, bias, running_mean, running_var, momentum, eps, pg, world, desc, c
+        )
         ctx.meta = (pg, world, desc, c, b, s, eps, count)
         ctx.stats = stats
         ctx.save_for_backward(xin, weight)
@@ -234,7 +252,7 @@ class _SyncBatchNormFn(torch.autograd.Function):
         n = b * s
         gi = torch.empty_like(xin)
         if n:
-            gi.copy_(grad)   # the C pass works in place, in xin's layout
+            gi.copy_(grad)  # the C pass works in place, in xin's layout
         lsum = torch.zeros(_HDR + 2 * c, dtype=_F64)
         pl = lsum.data_ptr() + 8 * _HDR
         if n:
@@ -252,11 +270,26 @@ class _SyncBatchNormFn(torch.autograd.Function):
             for r in range(1, world):
                 gsum += rows[r, _HDR:]
             pgs = gsum.data_ptr()
-        else:           # no input gradient: no collective, this rank's weight and bias gradients
+        else:  # no input gradient: no collective, this rank's weight and bias gradients
             pgs = pl
         if n:
-            _backend.backward_apply(xin.data_ptr(), gi.data_ptr(), pw, ps, ps + 4 * c, pl, pgs, count,
-                                    gw.data_ptr(), gb.data_ptr(), scratch, b, c, s, eps)
+            _backend.backward_apply(
+                xin.data_ptr(),
+                gi.data_ptr(),
+                pw,
+                ps,
+                ps + 4 * c,
+                pl,
+                pgs,
+                count,
+                gw.data_ptr(),
+                gb.data_ptr(),
+                scratch,
+                b,
+                c,
+                s,
+                eps,
+            )
         return (gi if need[0] else None, gw if need[1] else None, gb if need[2] else None, None, None, None)
 
 
@@ -265,9 +298,11 @@ _apply = _SyncBatchNormFn.apply
 
 @torch.compiler.disable
 def _sync_batch_norm(x, weight, bias, running_mean, running_var, momentum, eps, pg, world, desc, c):
-    if torch.is_grad_enabled() and ((isinstance(x, _Tensor) and x.requires_grad)
-                                    or (weight is not None and weight.requires_grad)
-                                    or (bias is not None and bias.requires_grad)):
+    if torch.is_grad_enabled() and (
+        (isinstance(x, _Tensor) and x.requires_grad)
+        or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad)
+    ):
         return _apply(x, weight, bias, running_mean, running_var, (momentum, eps, pg, world, desc, c))
     return _sync_forward(x, weight, bias, running_mean, running_var, momentum, eps, pg, world, desc, c)[0]
 
@@ -283,11 +318,22 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     (default: the whole world) must call it, in the same order as its other collectives.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, process_group: Optional[Any] = None, device=None, dtype=None,
-                 *, bias: bool = True) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype,
-                         bias=bias)
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: Any | None = None,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype, bias=bias
+        )
         self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -300,8 +346,14 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _descriptor(self) -> tuple:
         m = self.momentum
-        return (float(self.num_features), float(self.eps), -1.0 if m is None else float(m),
-                float(self.weight is not None), float(self.bias is not None), float(self.track_running_stats))
+        return (
+            float(self.num_features),
+            float(self.eps),
+            -1.0 if m is None else float(m),
+            float(self.weight is not None),
+            float(self.bias is not None),
+            float(self.track_running_stats),
+        )
 
     def _checked_channels(self, pg: Any, world: int, desc: tuple) -> int:
         """The channel count all ranks agreed on for pg (a descriptor-only collective the first time)."""
@@ -316,7 +368,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         pg, world = _group(self.process_group) if self.training else (None, 1)
-        if world == 1:   # plain BN: darknet_bn's module (PyTorch's checks and fallbacks)
+        if world == 1:  # plain BN: darknet_bn's module (PyTorch's checks and fallbacks)
             return _DarknetBN.forward(self, input)
         desc = self._descriptor()
         c = self._checked_channels(pg, world, desc)
@@ -328,11 +380,12 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             if momentum is None:
                 factor = 1.0 / float(nbt)
         rm, rv = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
-        return _sync_batch_norm(input, self.weight, self.bias, rm, rv, float(factor), float(self.eps), pg, world,
-                                desc, c)
+        return _sync_batch_norm(
+            input, self.weight, self.bias, rm, rv, float(factor), float(self.eps), pg, world, desc, c
+        )
 
     @classmethod
-    def convert_sync_batchnorm(cls, module: nn.Module, process_group: Optional[Any] = None) -> nn.Module:
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any | None = None) -> nn.Module:
         """Replace every BatchNorm in ``module`` -- any ``torch.nn.modules.batchnorm._BatchNorm``:
         ``torch.nn.BatchNorm1d``/``2d``/``3d``, ``torch.nn.SyncBatchNorm``, darknet_bn's modules, this
         class -- by a :class:`SyncBatchNorm` over ``process_group`` (None: the whole world), as
@@ -345,10 +398,19 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         out = module
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
-                raise ValueError("convert_sync_batchnorm: a lazy BatchNorm must be initialized (run one forward) "
-                                 "before it is converted")
-            out = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
-                      process_group, bias=module.bias is not None)
+                raise ValueError(
+                    "convert_sync_batchnorm: a lazy BatchNorm must be initialized (run one forward) "
+                    "before it is converted"
+                )
+            out = cls(
+                module.num_features,
+                module.eps,
+                module.momentum,
+                module.affine,
+                module.track_running_stats,
+                process_group,
+                bias=module.bias is not None,
+            )
             if module.affine:
                 with torch.no_grad():
                     out.weight = module.weight

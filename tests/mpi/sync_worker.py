@@ -13,7 +13,7 @@ from darknet_bn.distributed import MPI, make_sync_batchnorm_layer
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
-darknet_bn.set_num_threads(1)   # several processes share the cores
+darknet_bn.set_num_threads(1)  # several processes share the cores
 
 
 def check(name, got, want, scale=None, rtol=1e-5):
@@ -28,8 +28,9 @@ def check(name, got, want, scale=None, rtol=1e-5):
 def scenario(flavor, slices, c, h, w, renorm, seed):
     total = sum(slices)
     rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((total, c, h, w)) * rng.uniform(0.5, 3, (1, c, 1, 1))
-         + rng.uniform(-2, 2, (1, c, 1, 1))).astype(np.float32)
+    x = (
+        rng.standard_normal((total, c, h, w)) * rng.uniform(0.5, 3, (1, c, 1, 1)) + rng.uniform(-2, 2, (1, c, 1, 1))
+    ).astype(np.float32)
     dy = rng.standard_normal((total, c, h, w)).astype(np.float32)
     sc, bi = rng.uniform(0.5, 1.5, c), rng.standard_normal(c)
     rm, rv = x.mean(axis=(0, 2, 3)) + 0.3, x.var(axis=(0, 2, 3)) * 1.5
@@ -53,8 +54,12 @@ def scenario(flavor, slices, c, h, w, renorm, seed):
         scale = np.abs(dy).max() * (ref.scales / np.sqrt(ref.variance + 1e-5)).max()
         check(f"{flavor} step {step} output", out, ref.output[mine])
         for k in ("mean", "variance", "rolling_mean", "rolling_variance", "r", "d", "mean_delta", "variance_delta"):
-            check(f"{flavor} step {step} {k}", getattr(layer, k), getattr(ref, k),
-                  scale=max(1.0, np.abs(getattr(ref, k)).max()))
+            check(
+                f"{flavor} step {step} {k}",
+                getattr(layer, k),
+                getattr(ref, k),
+                scale=max(1.0, np.abs(getattr(ref, k)).max()),
+            )
         check(f"{flavor} step {step} input delta", dx, rdx[mine], scale=scale)
         sums = np.abs(dy).sum(axis=(0, 2, 3)).max() * max(1.0, np.abs(ref.x_norm).max())
         check(f"{flavor} step {step} scale_updates", layer.scale_updates, ref.scale_updates, scale=sums)
@@ -84,11 +89,11 @@ def main() -> int:
     n = 0
     for flavor in ("pjreddie", "alexeyab", "torch"):
         equal = [3] * size
-        unequal = [1 + 2 * r for r in range(size)]          # 1, 3, 5: unequal slices
+        unequal = [1 + 2 * r for r in range(size)]  # 1, 3, 5: unequal slices
         n += scenario(flavor, equal, 4, 5, 6, False, 1)
         n += scenario(flavor, unequal, 3, 4, 4, False, 2)
-        n += scenario(flavor, unequal, 5, 1, 1, False, 3)   # the MLP case; rank 0 holds 1 value per channel
-        n += scenario(flavor, unequal, 3, 3, 3, True, 4)    # batch renormalization
+        n += scenario(flavor, unequal, 5, 1, 1, False, 3)  # the MLP case; rank 0 holds 1 value per channel
+        n += scenario(flavor, unequal, 3, 3, 3, True, 4)  # batch renormalization
     # A process with a different layer: every process raises (no hang).
     try:
         make_sync_batchnorm_layer(2, 3, 3, 4 + (rank == size - 1), comm)

@@ -61,8 +61,9 @@ def slices(sizes):
     return start, start + sizes[RANK]
 
 
-def bn_step_case(sizes, shape_rest, *, cl=False, affine=True, momentum=0.1, track=True, steps=2, seed=0,
-                 dims=2, bias=True):
+def bn_step_case(
+    sizes, shape_rest, *, cl=False, affine=True, momentum=0.1, track=True, steps=2, seed=0, dims=2, bias=True
+):
     """Training steps of a SyncBatchNorm (inside DDP when it has parameters) against F.batch_norm in
     float64 on the whole batch; then an eval forward."""
     c = shape_rest[0]
@@ -104,7 +105,7 @@ def bn_step_case(sizes, shape_rest, *, cl=False, affine=True, momentum=0.1, trac
         (ref * gf.double()).sum().backward()
         close(out, ref[lo:hi], f"step {step} output")
         close(x.grad, x64.grad[lo:hi], f"step {step} input grad")
-        if affine:   # DDP averaged the ranks' contributions: the sum is world * the average
+        if affine:  # DDP averaged the ranks' contributions: the sum is world * the average
             close(mod.weight.grad * WORLD, wr.grad, f"step {step} weight grad")
             same_on_every_rank(mod.weight.grad, "weight grad")
             if bias:
@@ -115,7 +116,7 @@ def bn_step_case(sizes, shape_rest, *, cl=False, affine=True, momentum=0.1, trac
             same_on_every_rank(mod.running_mean, "running_mean")
             same_on_every_rank(mod.running_var, "running_var")
             assert int(mod.num_batches_tracked) == step + 1
-    if track:   # eval: the running statistics, no communication
+    if track:  # eval: the running statistics, no communication
         net.eval()
         xe = torch.randn((3,) + tuple(shape_rest), generator=g) + 1
         with torch.no_grad():
@@ -211,16 +212,24 @@ def eval_and_no_group_are_plain():
     with torch.no_grad():
         mod.running_mean.copy_(torch.randn(4))
     # eval: no communication (a rank alone may call it), the running statistics
-    ref = F.batch_norm(x.double(), mod.running_mean.double(), mod.running_var.double(), mod.weight.double(),
-                       mod.bias.double(), False, 0.0, 1e-5)
+    ref = F.batch_norm(
+        x.double(),
+        mod.running_mean.double(),
+        mod.running_var.double(),
+        mod.weight.double(),
+        mod.bias.double(),
+        False,
+        0.0,
+        1e-5,
+    )
     close(mod(x), ref, "eval output")
 
 
 @case
 def group_of_one_process_is_plain():
-    groups = [dist.new_group([r]) for r in range(WORLD)]    # every rank takes part in every new_group
+    groups = [dist.new_group([r]) for r in range(WORLD)]  # every rank takes part in every new_group
     mod = dbt.SyncBatchNorm(3, process_group=groups[RANK])
-    x = torch.randn(4 + RANK, 3, 2) + 1   # different sizes: if it communicated, the statistics would mix
+    x = torch.randn(4 + RANK, 3, 2) + 1  # different sizes: if it communicated, the statistics would mix
     out = mod(x)
     ref = F.batch_norm(x.double(), None, None, None, None, True, 0.1, 1e-5)
     close(out, ref, "output")
@@ -239,7 +248,7 @@ def subgroup():
     out = mod(xs[RANK])
     whole = torch.cat(xs[:2]) if RANK < 2 else xs[2]
     ref = F.batch_norm(whole.double(), None, None, None, None, True, 0.1, 1e-5)
-    close(out, ref[3 * RANK:3 * RANK + 3] if RANK < 2 else ref, "output")
+    close(out, ref[3 * RANK : 3 * RANK + 3] if RANK < 2 else ref, "output")
 
 
 def raises_everywhere(fn, exc, words):
@@ -297,6 +306,7 @@ def one_collective_per_pass():
     """Forward: one all_gather (two on a module's first training forward: the descriptor alone first);
     backward: one; none without an input gradient, none in eval."""
     from darknet_bn.torch import sync
+
     calls = []
     real = sync._gather
 
@@ -314,7 +324,7 @@ def one_collective_per_pass():
         mod(x).sum().backward()
         assert calls == [24 + 15, 24 + 10], calls
         del calls[:]
-        mod(x.detach()).sum().backward()     # weight and bias need gradients, the input does not
+        mod(x.detach()).sum().backward()  # weight and bias need gradients, the input does not
         assert calls == [24 + 15], calls
         del calls[:]
         mod.eval()
@@ -334,8 +344,9 @@ def compiled_model_equals_eager():
     nets = []
     for _ in range(2):
         torch.manual_seed(3)
-        nets.append(dbt.SyncBatchNorm.convert_sync_batchnorm(
-            nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU())))
+        nets.append(
+            dbt.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU()))
+        )
     compiled = torch.compile(nets[1], backend="eager")
     outs = []
     for net in (nets[0], compiled):
@@ -352,16 +363,26 @@ def double_backward_raises_everywhere():
     mod = dbt.SyncBatchNorm(3)
     x = torch.randn(4, 3, 2, requires_grad=True)
     out = mod(x)
-    raises_everywhere(lambda: torch.autograd.grad((out * out).sum(), x, create_graph=True), RuntimeError,
-                      ["double backward"])
+    raises_everywhere(
+        lambda: torch.autograd.grad((out * out).sum(), x, create_graph=True), RuntimeError, ["double backward"]
+    )
 
 
 class SmallCNN(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10), nn.BatchNorm1d(10))
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 10),
+            nn.BatchNorm1d(10),
+        )
         self.head = nn.Linear(10, 4)
 
     def forward(self, x):
@@ -383,7 +404,7 @@ def cnn_case(sizes, cl=False, steps=3):
     n = sum(sizes)
     lo, hi = slices(sizes)
     g = torch.Generator().manual_seed(1)
-    for step in range(steps):
+    for _step in range(steps):
         xf = torch.randn(n, 3, 6, 6, generator=g)
         yf = torch.randint(0, 4, (n,), generator=g)
         x = xf[lo:hi]
@@ -420,9 +441,16 @@ def cnn_ddp_unequal_slices_channels_last():
 @case
 def convert_and_classes():
     from torch.nn.modules.batchnorm import _BatchNorm
-    m = nn.Sequential(nn.BatchNorm1d(3), nn.Sequential(nn.BatchNorm2d(4, eps=1e-3, momentum=None)),
-                      nn.BatchNorm3d(5, affine=False), nn.SyncBatchNorm(6, track_running_stats=False),
-                      dbt.BatchNorm2d(7), dbt.SyncBatchNorm(8), nn.InstanceNorm2d(3))
+
+    m = nn.Sequential(
+        nn.BatchNorm1d(3),
+        nn.Sequential(nn.BatchNorm2d(4, eps=1e-3, momentum=None)),
+        nn.BatchNorm3d(5, affine=False),
+        nn.SyncBatchNorm(6, track_running_stats=False),
+        dbt.BatchNorm2d(7),
+        dbt.SyncBatchNorm(8),
+        nn.InstanceNorm2d(3),
+    )
     w = m[1][0].weight
     m = dbt.SyncBatchNorm.convert_sync_batchnorm(m, process_group=dist.group.WORLD)
     bns = [m[0], m[1][0], m[2], m[3], m[4], m[5]]
@@ -459,7 +487,7 @@ def rank_stops_calling_timeout():
         else:
             raise AssertionError("no error although rank 1 never called")
         assert time.monotonic() - t < 20
-    dist.barrier()   # on WORLD: the others wait here meanwhile
+    dist.barrier()  # on WORLD: the others wait here meanwhile
 
 
 def main():
@@ -506,7 +534,7 @@ def main():
         died = f"ok {time.monotonic() - t:.1f} s: {str(e).splitlines()[0][:200]}"
     with open(os.path.join(OUT, f"died{RANK}.txt"), "w") as f:
         f.write(died)
-    os._exit(0)   # the group cannot be destroyed cleanly with a dead member
+    os._exit(0)  # the group cannot be destroyed cleanly with a dead member
 
 
 if __name__ == "__main__":

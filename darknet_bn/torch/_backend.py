@@ -23,7 +23,7 @@ __all__ = ["forward_train", "forward_infer", "backward", "set_num_threads", "get
 _cast = ffi.cast
 _lib_train = lib.dbn_forward_train
 _lib_infer = lib.dbn_forward_infer
-_lib_bwd = lib.dbn_backward
+_lib_bwd = lib.dbn_backward_into
 _NULL = ffi.NULL
 _torch_threads = torch.get_num_threads
 
@@ -107,12 +107,12 @@ def forward_infer(x: int, out: int, weight: int, bias: int, running_mean: int, r
                _p(running_mean), _p(running_var), batch, c, spatial, _flavor(0.0, eps), 0, _ex())
 
 
-def backward(x: int, delta: int, weight: int, mean: int, var: int, grad_weight: int, grad_bias: int,
+def backward(x: int, delta: int, dx: int, weight: int, mean: int, var: int, grad_weight: int, grad_bias: int,
              scratch: int, batch: int, c: int, spatial: int, eps: float, train: bool) -> None:
-    """Backward, in place: delta holds the output's gradient on entry and the input's on return.
-    mean/var: the statistics the forward normalized with (the batch's, var biased, when train; the
-    running ones otherwise). grad_weight and grad_bias are *added to* (zero them first); scratch: 2*c
-    floats."""
-    _lib_bwd(_p(x), _p(delta), _NULL, _p(weight), _p(mean), _p(var), _NULL, _NULL, _p(grad_weight),
+    """Backward, out of place: reads delta (the output's gradient, left unchanged) and writes the
+    input's gradient into dx (not overlapping x or delta). mean/var: the statistics the forward
+    normalized with (the batch's, var biased, when train; the running ones otherwise). grad_weight
+    and grad_bias are *added to* (zero them first); scratch: 2*c floats."""
+    _lib_bwd(_p(x), _p(delta), _p(dx), _p(weight), _p(mean), _p(var), _NULL, _NULL, _p(grad_weight),
              _p(grad_bias), _p(scratch), _p(scratch + 4 * c), batch, c, spatial, _flavor(0.0, eps),
              1 if train else 0, _ex())

@@ -28,8 +28,14 @@ _NULL = ffi.NULL
 _torch_threads = torch.get_num_threads
 
 # Our own dbn_exec: the thread count follows torch per call; the instruction set follows
-# darknet_bn.set_isa (read from the numpy side's struct per call).
-_exec = ffi.new("dbn_exec *", {"nthreads": 0, "isa": 0})
+# darknet_bn.set_isa (read from the numpy side's struct per call). Plain stores only: every output
+# here is a new tensor, and a large one is fresh memory (glibc mmaps blocks above its threshold,
+# 32 MiB at most) whose pages the kernel has just zeroed through the cache -- non-temporal stores then
+# write each line twice. Measured (A/B, fresh outputs, 1 and 2 threads): streaming was 1.3-1.65x
+# slower on 44-205 MB outputs (8x32x208x208, 64x64x112x112; inference, training forward and
+# backward) and 0.88-1.05x (no gain) on 22 MB (16x128x52x52). The numpy Layer reuses its buffers
+# and keeps the streaming policy.
+_exec = ffi.new("dbn_exec *", {"nthreads": 0, "isa": 0, "plain_stores": 1})
 _user_threads = 0
 
 

@@ -656,3 +656,29 @@ def test_backward_reads_the_output_gradient_of_any_strides(x_layout, g_kind):
     for name, ours, t32, t64 in zip(["grad input", "grad weight", "grad bias"], (xo.grad, m.weight.grad, m.bias.grad),
                                     refs[torch.float32], refs[torch.float64]):
         check(name, ours, t32, t64)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_size_one_dims_with_odd_strides_give_torchs_strides(train):
+    """Contiguous inputs whose size-1 dims carry non-standard strides (found by hypothesis): the
+    output and the input's gradient have the strides torch.nn gives, and the values are its."""
+    cases = [torch.randn(2, 1, 1, 4).as_strided((2, 1, 1, 4), (4, 4, 9, 1)),
+             torch.randn(4, 3)[:, None, :].transpose(1, 2),
+             torch.randn(3, 2, 1, 1, 4).as_strided((3, 2, 1, 1, 4), (8, 4, 3, 5, 1))]
+    if not train:
+        cases.append(torch.randn(1, 1, 1, 2)[..., ::2])
+    for x in cases:
+        assert x.is_contiguous() and 1 in x.shape
+        cls = {3: (dbt.BatchNorm1d, torch.nn.BatchNorm1d), 4: (dbt.BatchNorm2d, torch.nn.BatchNorm2d),
+               5: (dbt.BatchNorm3d, torch.nn.BatchNorm3d)}[x.dim()]
+        ours, ref = cls[0](x.shape[1]).train(train), cls[1](x.shape[1]).train(train)
+        xo, xt = x.detach().requires_grad_(), x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        yo, yt = ours(xo), ref(xt)
+        assert yo.stride() == yt.stride(), (tuple(x.shape), x.stride(), yo.stride(), yt.stride())
+        assert torch.allclose(yo, yt, rtol=1e-5, atol=1e-5)
+        g = torch.randn(x.shape)
+        yo.backward(g)
+        yt.backward(g)
+        big = [i for i, n in enumerate(x.shape) if n > 1]   # a size-1 dim's gradient stride is immaterial
+        assert [xo.grad.stride(i) for i in big] == [xt.grad.stride(i) for i in big]
+        assert torch.allclose(xo.grad, xt.grad, rtol=1e-4, atol=1e-5)

@@ -81,6 +81,21 @@ def _strides_like_channels_last(x: Tensor) -> bool:
     return True
 
 
+def _standard_view(x: Tensor) -> Tensor:
+    """x (contiguous, with size-1 dims) as a view with the standard strides of the memory format
+    PyTorch suggests for it (the same addresses: a size-1 dim's stride never moves one), so that
+    outputs made with ``empty_like`` get the strides PyTorch's own outputs have."""
+    shape, d = x.shape, x.dim()
+    order = list(range(d - 1, -1, -1))                 # innermost first
+    if d in (4, 5) and _strides_like_channels_last(x):
+        order = [1] + list(range(d - 1, 1, -1)) + [0]
+    strides, m = [0] * d, 1
+    for k in order:
+        strides[k] = m
+        m *= max(shape[k], 1)
+    return x if tuple(strides) == x.stride() else x.as_strided(shape, strides)
+
+
 def _kernel_input(x: Tensor):
     """``(xin, batch, spatial)``: the input as the kernels read it, [batch, C, spatial] rows. ``xin``
     is ``x`` when it is contiguous or channels_last(_3d) (no copy), else a copy of ``x`` in the
@@ -88,6 +103,8 @@ def _kernel_input(x: Tensor):
     shape = x.shape
     n, c, numel = shape[0], shape[1], x.numel()
     if x.is_contiguous():
+        if 1 in shape:   # size-1 dims may carry any stride: give them the standard ones (a view)
+            x = _standard_view(x)
         return x, n, numel // (n * c)
     d = x.dim()
     if (d == 4 and x.is_contiguous(memory_format=_CL)) or (d == 5 and x.is_contiguous(memory_format=_CL3)):

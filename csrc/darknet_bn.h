@@ -28,6 +28,8 @@ typedef struct dbn_exec {
     int nthreads;        /* OpenMP team size; 0: the OpenMP default (OMP_NUM_THREADS or the cores) */
     int isa;             /* widest instruction set to use: 0 the best the CPU has, 1 baseline,
                             2 AVX2+FMA (x86-64-v3), 3 AVX-512 (x86-64-v4); capped at what the CPU has */
+    int plain_stores;    /* 1: plain stores only; 0 (default): outputs above a size (internal.h) are
+                            written with non-temporal stores. Speed only: the results are the same bits */
 } dbn_exec;
 
 /* ---------------------------------------------------------------------------------------------------
@@ -161,6 +163,16 @@ void dbn_backward(const float *restrict x, float *restrict delta, float *restric
                   float *restrict mean_delta, float *restrict variance_delta,
                   int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
                   const dbn_exec *exec);
+
+/* dbn_backward out of place: reads delta (the output's delta, left unchanged) and writes the input's
+ * delta into dx, the same bits as dbn_backward leaves in delta. dx must not overlap x or delta. */
+void dbn_backward_into(const float *restrict x, const float *restrict delta, float *restrict dx,
+                       const float *restrict scales, const float *restrict mean, const float *restrict variance,
+                       const float *restrict r, const float *restrict d,
+                       float *restrict scale_updates, float *restrict bias_updates,
+                       float *restrict mean_delta, float *restrict variance_delta,
+                       int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
+                       const dbn_exec *exec);
 
 /* x_norm = (x - mean) / denominator(variance, eps) * r + d, out of place (the layer's x_norm on
  * demand); r and d may be NULL (1 and 0). */

@@ -144,6 +144,7 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
 {
     const engine_fn fn = engine_for(dbn_isa_selected(exec));
     dbn_plan *pl = &job->plan;
+    if (exec && exec->plain_stores) job->nt = 0;
     const int bpv = job->reduce == DBN_R_DOT2 ? 8 : job->reduce == DBN_R_SUM2 ? 4 : 0;
     if (pl->c == 1) {   /* one channel: its batch*spatial values are contiguous, one long plane */
         pl->spatial *= pl->batch;

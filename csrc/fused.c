@@ -343,6 +343,25 @@ void dbn_backward(const float *restrict x, float *restrict delta, float *restric
     dbn_run(&job, exec);
 }
 
+void dbn_backward_into(const float *restrict x, const float *restrict delta, float *restrict dx,
+                       const float *restrict scales, const float *restrict mean, const float *restrict variance,
+                       const float *restrict r, const float *restrict d,
+                       float *restrict scale_updates, float *restrict bias_updates,
+                       float *restrict mean_delta, float *restrict variance_delta,
+                       int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
+                       const dbn_exec *exec)
+{
+    fctx ctx = {.scales = scales, .stat_mean = mean, .stat_var = variance, .r = r, .d = d,
+                .scale_updates = scale_updates, .bias_updates = bias_updates, .mean_delta = mean_delta,
+                .variance_delta = variance_delta, .fl = flavor, .n = (double)batch * (double)spatial,
+                .train = train};
+    dbn_job job;
+    backward_job(&job, x, delta, dx, NULL, mean, batch, c, spatial, &ctx);
+    job.reduce = DBN_R_DOT2;
+    job.coef = coef_backward;
+    dbn_run(&job, exec);
+}
+
 void dbn_backward_sums(const float *restrict x, const float *restrict delta, const float *restrict mean,
                        int64_t batch, int64_t c, int64_t spatial, double *restrict sums, const dbn_exec *exec)
 {

@@ -332,3 +332,89 @@ def test_whole_pass_references(shape, flavor):
     layer.forward(x, train=False)
     assert_close(layer.output, out_i, name="infer fast/ref output")
     backward_pair(0, rm0, rv0, "infer")
+
+
+# ------------------------------------------------------------------------------------------------
+# dbn_backward_into (out of place) and dbn_exec.plain_stores (no non-temporal stores): the same bits
+
+_FLAVORS = {   # momentum, eps, eps_in_sqrt, unbiased, bwd_eps, bwd_eps_in_sqrt, stat_eps
+    "torch": [0.1, 1e-5, 1, 0, 1e-5, 1, 1e-5],
+    "pjreddie": [0.01, float(ref.F32_1e6), 0, 1, float(ref.F32_1e5), 1, float(ref.F32_1e5)],
+}
+
+
+def _exec(plain_stores=0, nthreads=2):
+    return ffi.new("dbn_exec *", {"nthreads": nthreads, "isa": K._exec.isa, "plain_stores": plain_stores})
+
+
+def _backward_outputs(fn, shape, train, renorm, ex, out_of_place, flavor, offset=0):
+    """(input delta, scale_updates, bias_updates, mean_delta, variance_delta, dy after the call)."""
+    b, c, h, w = shape
+    x, dy, sc, bi, rm, rv, fwd, inf = data(shape)
+    mean = (fwd["mean"] if train else rm).astype(np.float32)
+    var = (fwd["variance"] if train else rv).astype(np.float32)
+    r = np.linspace(0.8, 1.2, c).astype(np.float32) if renorm else None
+    d = np.linspace(-0.1, 0.1, c).astype(np.float32) if renorm else None
+    delta = np.empty(dy.size + offset, np.float32)[offset:].reshape(shape)
+    delta[...] = dy
+    upd = [np.full(c, 0.25, np.float32) for _ in range(4)]
+    fl = ffi.new("dbn_flavor *", _FLAVORS[flavor])
+    opt = lambda a: ffi.NULL if a is None else _ptr(a)
+    args = (_ptr(sc), _ptr(mean), _ptr(var), opt(r), opt(d), *map(_ptr, upd), b, c, h * w, fl, int(train), ex)
+    if out_of_place:
+        dx = np.full(dy.size + offset, np.nan, np.float32)[offset:].reshape(shape)
+        fn(_ptr(x), _ptr(delta), _ptr(dx), *args)
+    else:
+        fn(_ptr(x), _ptr(delta), ffi.NULL, *args)
+        dx = delta
+    return [dx.copy(), *upd, delta.copy()]
+
+
+@pytest.mark.parametrize("shape", list(BIG))
+def test_backward_into_equals_backward_bit_for_bit(shape, isa):
+    x, dy, *_ = data(shape)
+    for train, renorm, flavor, offset in [(1, 0, "torch", 0), (1, 1, "pjreddie", 1), (0, 0, "torch", 3)]:
+        ex = _exec()
+        inplace = _backward_outputs(lib.dbn_backward, shape, train, renorm, ex, False, flavor, offset)
+        into = _backward_outputs(lib.dbn_backward_into, shape, train, renorm, ex, True, flavor, offset)
+        assert np.array_equal(into[-1], dy), "dbn_backward_into changed delta"
+        assert not np.array_equal(inplace[-1], dy)      # (the in-place pass did write its delta)
+        for name, a, e in zip(["dx", "scale_updates", "bias_updates", "mean_delta", "variance_delta"], into,
+                              inplace):
+            assert np.array_equal(a, e, equal_nan=False), f"{name}: train={train} renorm={renorm} {flavor}"
+
+
+@pytest.mark.parametrize("shape", list(BIG))
+def test_plain_stores_give_the_same_bits(shape, isa):
+    """exec.plain_stores = 1 (no non-temporal stores) changes no bit of any pass, in place or not."""
+    b, c, h, w = shape
+    s = h * w
+    x, dy, sc, bi, rm, rv, fwd, inf = data(shape)
+    fl = ffi.new("dbn_flavor *", _FLAVORS["torch"])
+    runs = []
+    for plain in (0, 1):
+        ex = _exec(plain)
+        out = np.full_like(x, np.nan)
+        st = [np.zeros(c, np.float32), np.zeros(c, np.float32), rm.copy(), rv.copy()]
+        lib.dbn_forward_train(_ptr(x), _ptr(out), _ptr(sc), _ptr(bi), *map(_ptr, st), b, c, s, fl, ffi.NULL, ex)
+        inf_out = np.full_like(x, np.nan)
+        lib.dbn_forward_infer(_ptr(x), _ptr(inf_out), _ptr(sc), _ptr(bi), _ptr(rm), _ptr(rv), b, c, s, fl, 0, ex)
+        bwd = _backward_outputs(lib.dbn_backward_into, shape, 1, 0, ex, True, "torch")
+        bwd_in = _backward_outputs(lib.dbn_backward, shape, 1, 0, ex, False, "torch")
+        runs.append([out, *st, inf_out, *bwd, *bwd_in])
+    for a, e in zip(*runs):
+        assert np.array_equal(a, e)
+    assert np.isfinite(runs[0][0]).all() and np.isfinite(runs[0][5]).all()
+
+
+def test_backward_into_against_float64_reference():
+    """The out-of-place pass is the backward (independent check, not only against its twin)."""
+    shape = (3, 5, 100, 97)
+    x, dy, sc, bi, rm, rv, fwd, inf = data(shape)
+    dx, su, bu, md, vd, after = _backward_outputs(lib.dbn_backward_into, shape, 1, 0, _exec(), True, "torch")
+    mean, var = fwd["mean"].astype(np.float32), fwd["variance"].astype(np.float32)
+    g = ref.backward(x, dy, sc, mean, var, shape, "torch", True)
+    sigma = np.sqrt(fwd["variance"] + 1e-5)
+    assert_close(dx, g["delta"], scale=np.abs(dy).max() * (sc / sigma).max(), name="input delta")
+    n_per = np.abs(dy).sum(axis=(0, 2, 3)).max()
+    assert_close(bu - 0.25, g["bias_updates"], scale=n_per, name="bias_updates")

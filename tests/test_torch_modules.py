@@ -609,3 +609,76 @@ def test_import_darknet_bn_does_not_import_torch():
     code = "import sys, darknet_bn; assert 'torch' not in sys.modules, 'torch imported'"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("x_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("g_kind", ["same", "contiguous", "channels_last", "expanded", "sliced"])
+def test_backward_reads_the_output_gradient_of_any_strides(x_layout, g_kind):
+    """The backward is out of place: it reads the output's gradient where it is when its strides
+    match the input's layout (no copy), copies it otherwise, never writes it, and the gradients
+    are torch.nn's (float64 reference) whatever the strides."""
+    shape = (4, 6, 5, 7)
+    x = make_input(shape, x_layout, 21)
+    base = torch.randn(shape, generator=torch.Generator().manual_seed(22))
+    fmt = torch.channels_last if x_layout == "channels_last" else torch.contiguous_format
+    g = {"same": lambda: base.contiguous(memory_format=fmt),
+         "contiguous": lambda: base.contiguous(),
+         "channels_last": lambda: base.contiguous(memory_format=torch.channels_last),
+         "expanded": lambda: base[:, :, :1, :].expand(shape),
+         "sliced": lambda: torch.randn(4, 6, 5, 14, generator=torch.Generator().manual_seed(23))[..., ::2]}[g_kind]()
+    g_before = g.clone()
+    seen = []
+    real = _backend.backward
+
+    def spy(xp, delta, dx, *a):
+        seen.append(delta)
+        assert dx not in (delta, xp)
+        return real(xp, delta, dx, *a)
+
+    m = dbt.BatchNorm2d(6)
+    xo = x.clone().requires_grad_()
+    _backend.backward = spy
+    try:
+        m(xo).backward(g)
+    finally:
+        _backend.backward = real
+    assert len(seen) == 1
+    if g_kind == "same":
+        assert seen[0] == g.data_ptr()           # read in place: no copy of the gradient
+    assert torch.equal(g, g_before)              # and never written
+    assert xo.grad.stride() == x.stride()
+    refs = {}
+    for dt in (torch.float32, torch.float64):
+        t = torch.nn.BatchNorm2d(6).to(dt)
+        xt = x.to(dt).clone().requires_grad_()
+        t(xt).backward(g.to(dt))
+        refs[dt] = (xt.grad, t.weight.grad, t.bias.grad)
+    for name, ours, t32, t64 in zip(["grad input", "grad weight", "grad bias"], (xo.grad, m.weight.grad, m.bias.grad),
+                                    refs[torch.float32], refs[torch.float64]):
+        check(name, ours, t32, t64)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_size_one_dims_with_odd_strides_give_torchs_strides(train):
+    """Contiguous inputs whose size-1 dims carry non-standard strides (found by hypothesis): the
+    output and the input's gradient have the strides torch.nn gives, and the values are its."""
+    cases = [torch.randn(2, 1, 1, 4).as_strided((2, 1, 1, 4), (4, 4, 9, 1)),
+             torch.randn(4, 3)[:, None, :].transpose(1, 2),
+             torch.randn(3, 2, 1, 1, 4).as_strided((3, 2, 1, 1, 4), (8, 4, 3, 5, 1))]
+    if not train:
+        cases.append(torch.randn(1, 1, 1, 2)[..., ::2])
+    for x in cases:
+        assert x.is_contiguous() and 1 in x.shape
+        cls = {3: (dbt.BatchNorm1d, torch.nn.BatchNorm1d), 4: (dbt.BatchNorm2d, torch.nn.BatchNorm2d),
+               5: (dbt.BatchNorm3d, torch.nn.BatchNorm3d)}[x.dim()]
+        ours, ref = cls[0](x.shape[1]).train(train), cls[1](x.shape[1]).train(train)
+        xo, xt = x.detach().requires_grad_(), x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+        yo, yt = ours(xo), ref(xt)
+        assert yo.stride() == yt.stride(), (tuple(x.shape), x.stride(), yo.stride(), yt.stride())
+        assert torch.allclose(yo, yt, rtol=1e-5, atol=1e-5)
+        g = torch.randn(x.shape)
+        yo.backward(g)
+        yt.backward(g)
+        big = [i for i, n in enumerate(x.shape) if n > 1]   # a size-1 dim's gradient stride is immaterial
+        assert [xo.grad.stride(i) for i in big] == [xt.grad.stride(i) for i in big]
+        assert torch.allclose(xo.grad, xt.grad, rtol=1e-4, atol=1e-5)

@@ -23,13 +23,19 @@ __all__ = ["forward_train", "forward_infer", "backward", "set_num_threads", "get
 _cast = ffi.cast
 _lib_train = lib.dbn_forward_train
 _lib_infer = lib.dbn_forward_infer
-_lib_bwd = lib.dbn_backward
+_lib_bwd = lib.dbn_backward_into
 _NULL = ffi.NULL
 _torch_threads = torch.get_num_threads
 
 # Our own dbn_exec: the thread count follows torch per call; the instruction set follows
-# darknet_bn.set_isa (read from the numpy side's struct per call).
-_exec = ffi.new("dbn_exec *", {"nthreads": 0, "isa": 0})
+# darknet_bn.set_isa (read from the numpy side's struct per call). Plain stores only: every output
+# here is a new tensor, and a large one is fresh memory (glibc mmaps blocks above its threshold,
+# 32 MiB at most) whose pages the kernel has just zeroed through the cache -- non-temporal stores then
+# write each line twice. Measured (A/B, fresh outputs, 1 and 2 threads): streaming was 1.3-1.65x
+# slower on 44-205 MB outputs (8x32x208x208, 64x64x112x112; inference, training forward and
+# backward) and 0.88-1.05x (no gain) on 22 MB (16x128x52x52). The numpy Layer reuses its buffers
+# and keeps the streaming policy.
+_exec = ffi.new("dbn_exec *", {"nthreads": 0, "isa": 0, "plain_stores": 1})
 _user_threads = 0
 
 
@@ -107,13 +113,13 @@ def forward_infer(x: int, out: int, weight: int, bias: int, running_mean: int, r
                _p(running_mean), _p(running_var), batch, c, spatial, _flavor(0.0, eps), 0, _ex())
 
 
-def backward(x: int, delta: int, weight: int, mean: int, var: int, grad_weight: int, grad_bias: int,
+def backward(x: int, delta: int, dx: int, weight: int, mean: int, var: int, grad_weight: int, grad_bias: int,
              scratch: int, batch: int, c: int, spatial: int, eps: float, train: bool) -> None:
-    """Backward, in place: delta holds the output's gradient on entry and the input's on return.
-    mean/var: the statistics the forward normalized with (the batch's, var biased, when train; the
-    running ones otherwise). grad_weight and grad_bias are *added to* (zero them first); scratch: 2*c
-    floats."""
-    _lib_bwd(_p(x), _p(delta), _NULL, _p(weight), _p(mean), _p(var), _NULL, _NULL, _p(grad_weight),
+    """Backward, out of place: reads delta (the output's gradient, left unchanged) and writes the
+    input's gradient into dx (not overlapping x or delta). mean/var: the statistics the forward
+    normalized with (the batch's, var biased, when train; the running ones otherwise). grad_weight
+    and grad_bias are *added to* (zero them first); scratch: 2*c floats."""
+    _lib_bwd(_p(x), _p(delta), _p(dx), _p(weight), _p(mean), _p(var), _NULL, _NULL, _p(grad_weight),
              _p(grad_bias), _p(scratch), _p(scratch + 4 * c), batch, c, spatial, _flavor(0.0, eps),
              1 if train else 0, _ex())
 

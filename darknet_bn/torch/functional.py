@@ -22,8 +22,9 @@ channels_last_3d (5-D) input is N*H*W(*D) rows of C values, used as it is: no co
 input into the layout PyTorch's own output would have (contiguous, or channels_last for strides
 that look like it) -- the output has that layout, as PyTorch's does.
 
-Autograd: the backward is darknet_bn's exact one (one fused pass, plus one copy of the output's
-gradient into the new input gradient, as the C pass works in place). Double backward works: when a
+Autograd: the backward is darknet_bn's exact one (one fused pass, out of place: it reads the
+output's gradient and writes the new input gradient; the output's gradient is copied only when its
+strides differ from the input's layout). Double backward works: when a
 graph of the backward is requested (``create_graph=True``), the backward is computed with PyTorch
 operations instead, so it is differentiable.
 
@@ -80,6 +81,21 @@ def _strides_like_channels_last(x: Tensor) -> bool:
     return True
 
 
+def _standard_view(x: Tensor) -> Tensor:
+    """x (contiguous, with size-1 dims) as a view with the standard strides of the memory format
+    PyTorch suggests for it (the same addresses: a size-1 dim's stride never moves one), so that
+    outputs made with ``empty_like`` get the strides PyTorch's own outputs have."""
+    shape, d = x.shape, x.dim()
+    order = list(range(d - 1, -1, -1))                 # innermost first
+    if d in (4, 5) and _strides_like_channels_last(x):
+        order = [1] + list(range(d - 1, 1, -1)) + [0]
+    strides, m = [0] * d, 1
+    for k in order:
+        strides[k] = m
+        m *= max(shape[k], 1)
+    return x if tuple(strides) == x.stride() else x.as_strided(shape, strides)
+
+
 def _kernel_input(x: Tensor):
     """``(xin, batch, spatial)``: the input as the kernels read it, [batch, C, spatial] rows. ``xin``
     is ``x`` when it is contiguous or channels_last(_3d) (no copy), else a copy of ``x`` in the
@@ -87,6 +103,8 @@ def _kernel_input(x: Tensor):
     shape = x.shape
     n, c, numel = shape[0], shape[1], x.numel()
     if x.is_contiguous():
+        if 1 in shape:   # size-1 dims may carry any stride: give them the standard ones (a view)
+            x = _standard_view(x)
         return x, n, numel // (n * c)
     d = x.dim()
     if (d == 4 and x.is_contiguous(memory_format=_CL)) or (d == 5 and x.is_contiguous(memory_format=_CL3)):
@@ -172,12 +190,19 @@ def _backward(g: Tensor, xin: Tensor, weight, pmean: int, pvar: int, b: int, c: 
               train: bool, need_w: bool = True, need_b: bool = True):
     """(grad_input, grad_weight, grad_bias) from darknet_bn's backward; grad_input in xin's layout;
     grad_weight/grad_bias None unless needed."""
+    # the output's gradient in xin's layout, read as it is (a copy only if autograd hands other strides)
+    if xin.is_contiguous():
+        if not g.is_contiguous():
+            g = g.contiguous()
+    else:
+        fmt = _CL if xin.dim() == 4 else _CL3
+        if not g.is_contiguous(memory_format=fmt):
+            g = g.contiguous(memory_format=fmt)
     gi = _empty_like(xin)
-    gi.copy_(g)                  # the C pass works in place; the output's gradient is not ours to overwrite
     scratch = _scratch_ptr(c)
     gw = _zeros(c, dtype=_F32) if need_w else None
     gb = _zeros(c, dtype=_F32) if need_b else None
-    _backend.backward(xin.data_ptr(), gi.data_ptr(), _ones_ptr(c) if weight is None else weight.data_ptr(),
+    _backend.backward(xin.data_ptr(), g.data_ptr(), gi.data_ptr(), _ones_ptr(c) if weight is None else weight.data_ptr(),
                       pmean, pvar, scratch if gw is None else gw.data_ptr(),
                       scratch + 4 * c if gb is None else gb.data_ptr(), scratch + 8 * c, b, c, s, eps, train)
     return gi, gw, gb

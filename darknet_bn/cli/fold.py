@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from ..darknet import DarknetCfgError, DarknetCfgWarning, DarknetWeightsError, detect_fork, fold_files, fork_of
+from ..darknet import DarknetCfgError, DarknetCfgWarning, DarknetWeightsError, fold_files
 from .common import PROG, add_flavor_option, error
 
 __all__ = ["add_fold_parser", "cmd_fold"]
@@ -41,10 +41,7 @@ def cmd_fold(args: argparse.Namespace) -> int:
     except ValueError as e:
         return error(str(e))
     print(report.summary())
-    if args.flavor is None:
-        print(f"{args.cfg}: {detect_fork(args.cfg)[1]}")
-    else:
-        print(f"{args.cfg}: {fork_of(args.flavor)}'s rules, as asked (flavor {args.flavor!r})")
+    print(f"{args.cfg}: {report.rules}")
     for w in caught:
         if isinstance(w.message, DarknetCfgWarning):
             print(f"ignored: {w.message}")

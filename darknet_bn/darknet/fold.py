@@ -177,6 +177,7 @@ class FoldReport:
         cfg_text: the folded cfg (str; bytes are Latin-1, as :mod:`darknet_bn.darknet.cfg` reads them).
         comments_kept: False when the original cfg text was not available and the cfg was written from
             the parsed options (``key=value`` lines, no comments).
+        rules: the network's file rules: which fork's, and why (asked for, or what in the cfg decided).
     """
 
     flavor: Flavor
@@ -186,6 +187,7 @@ class FoldReport:
     index_map: tuple
     cfg_text: str
     comments_kept: bool
+    rules: str = ""
 
     def denominator_text(self) -> str:
         fl = self.flavor
@@ -640,6 +642,7 @@ def fold_network(
         index_map=tuple(index_map),
         cfg_text=new_text,
         comments_kept=original,
+        rules=net.rules,
     )
     return new, report
 

@@ -39,11 +39,19 @@ import torch.nn.functional as F
 
 import darknet_bn.torch as dbt
 
-SHAPES = [(1, 16, 416, 416), (8, 32, 208, 208), (16, 128, 52, 52), (32, 256, 26, 26),
-          (64, 64, 56, 56), (64, 512, 7, 7), (256, 32, 1, 1), (128, 1024, 1, 1),
-          (64, 64, 112, 112)]          # darknet_bn.bench.DEFAULT_SHAPES
+SHAPES = [
+    (1, 16, 416, 416),
+    (8, 32, 208, 208),
+    (16, 128, 52, 52),
+    (32, 256, 26, 26),
+    (64, 64, 56, 56),
+    (64, 512, 7, 7),
+    (256, 32, 1, 1),
+    (128, 1024, 1, 1),
+    (64, 64, 112, 112),
+]  # darknet_bn.bench.DEFAULT_SHAPES
 QUICK = [(16, 128, 52, 52), (64, 512, 7, 7), (256, 32, 1, 1), (128, 1024, 1, 1)]
-MIN_SAMPLE_S = 2e-3                   # a sample of a fast call repeats it until it lasts this long
+MIN_SAMPLE_S = 2e-3  # a sample of a fast call repeats it until it lasts this long
 
 
 def _repeats(f) -> int:
@@ -69,7 +77,7 @@ def interleaved(variants: dict, rounds: int) -> dict:
     reps = {n: _repeats(variants[n]) for n in names}
     times = {n: [] for n in names}
     for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             f, k = variants[n], reps[n]
             f()
             t = time.perf_counter()
@@ -90,6 +98,7 @@ def gmean(v):
 
 # ------------------------------------------------------------------------------------------------
 # One BN module, as users call it
+
 
 def _bn_calls(shape, layout, torch_cls, ours_cls):
     g = torch.Generator().manual_seed(0)
@@ -124,24 +133,34 @@ def bench_shapes(shapes, layouts, rounds):
     for shape in shapes:
         for layout in layouts:
             if layout == "channels_last" and shape[2] * shape[3] == 1:
-                continue   # a 1x1 plane: NCHW and channels_last are the same memory
+                continue  # a 1x1 plane: NCHW and channels_last are the same memory
             calls = _bn_calls(shape, layout, nn.BatchNorm2d, dbt.BatchNorm2d)
             row = {"shape": "x".join(map(str, shape)), "layout": layout}
             for pss, idx, mode in (("train", 1, True), ("eval", 3, False)):
                 for m, *_ in calls.values():
                     m.train(mode)
                 t = interleaved({n: c[idx] for n, c in calls.items()}, rounds)
-                row[pss] = {"torch_ms": 1e3 * statistics.median(t["torch"]),
-                            "ours_ms": 1e3 * statistics.median(t["ours"]), "ratio": ratio(t, "torch", "ours"),
-                            "torch_min_ms": 1e3 * min(t["torch"]), "ours_min_ms": 1e3 * min(t["ours"])}
+                row[pss] = {
+                    "torch_ms": 1e3 * statistics.median(t["torch"]),
+                    "ours_ms": 1e3 * statistics.median(t["ours"]),
+                    "ratio": ratio(t, "torch", "ours"),
+                    "torch_min_ms": 1e3 * min(t["torch"]),
+                    "ours_min_ms": 1e3 * min(t["ours"]),
+                }
             rows.append(row)
             for pss in ("train", "eval"):
                 r = row[pss]
                 r["ratio_of_mins"] = r["torch_min_ms"] / r["ours_min_ms"]
-            print(f"{row['shape']:>16} {layout:>13}" + "".join(
-                f"  {pss} {row[pss]['torch_ms']:8.3f} / {row[pss]['ours_ms']:8.3f} ms = {row[pss]['ratio']:5.2f}x"
-                f" (mins {row[pss]['torch_min_ms']:8.3f} / {row[pss]['ours_min_ms']:8.3f} = "
-                f"{row[pss]['ratio_of_mins']:5.2f}x)" for pss in ("train", "eval")), flush=True)
+            print(
+                f"{row['shape']:>16} {layout:>13}"
+                + "".join(
+                    f"  {pss} {row[pss]['torch_ms']:8.3f} / {row[pss]['ours_ms']:8.3f} ms = {row[pss]['ratio']:5.2f}x"
+                    f" (mins {row[pss]['torch_min_ms']:8.3f} / {row[pss]['ours_min_ms']:8.3f} = "
+                    f"{row[pss]['ratio_of_mins']:5.2f}x)"
+                    for pss in ("train", "eval")
+                ),
+                flush=True,
+            )
             del calls
     return rows
 
@@ -154,14 +173,22 @@ def bench_per_call(rounds):
         for m, *_ in calls.values():
             m.train(mode)
         t = interleaved({n: c[idx] for n, c in calls.items()}, rounds)
-        out[pss] = {"torch_us": 1e6 * statistics.median(t["torch"]), "ours_us": 1e6 * statistics.median(t["ours"]),
-                    "ratio": ratio(t, "torch", "ours"), "torch_min_us": 1e6 * min(t["torch"]),
-                    "ours_min_us": 1e6 * min(t["ours"])}
-        print(f"BatchNorm1d(32) @ 256, {pss:>13}: torch {out[pss]['torch_us']:7.2f} us, "
-              f"ours {out[pss]['ours_us']:7.2f} us, {out[pss]['ratio']:5.2f}x (mins {out[pss]['torch_min_us']:7.2f} / "
-              f"{out[pss]['ours_min_us']:7.2f} us)", flush=True)
+        out[pss] = {
+            "torch_us": 1e6 * statistics.median(t["torch"]),
+            "ours_us": 1e6 * statistics.median(t["ours"]),
+            "ratio": ratio(t, "torch", "ours"),
+            "torch_min_us": 1e6 * min(t["torch"]),
+            "ours_min_us": 1e6 * min(t["ours"]),
+        }
+        print(
+            f"BatchNorm1d(32) @ 256, {pss:>13}: torch {out[pss]['torch_us']:7.2f} us, "
+            f"ours {out[pss]['ours_us']:7.2f} us, {out[pss]['ratio']:5.2f}x (mins {out[pss]['torch_min_us']:7.2f} / "
+            f"{out[pss]['ours_min_us']:7.2f} us)",
+            flush=True,
+        )
     # Why eager calls skip the custom operators: the same inference pass three ways, under no_grad.
     from darknet_bn.torch import _ops
+
     x = torch.randn(256, 32)
     m = calls["ours"][0].eval()
     rm, rv, w, b = m.running_mean, m.running_var, m.weight, m.bias
@@ -170,19 +197,28 @@ def bench_per_call(rounds):
         def g():
             with torch.no_grad():
                 f()
+
         return g
 
-    t = interleaved({"F.batch_norm": run(lambda: F.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5)),
-                     "dbt.batch_norm": run(lambda: dbt.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5)),
-                     "custom op": run(lambda: _ops.batch_norm_infer(x, w, b, rm, rv, 1e-5))}, rounds)
+    t = interleaved(
+        {
+            "F.batch_norm": run(lambda: F.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5)),
+            "dbt.batch_norm": run(lambda: dbt.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5)),
+            "custom op": run(lambda: _ops.batch_norm_infer(x, w, b, rm, rv, 1e-5)),
+        },
+        rounds,
+    )
     out["dispatch_us"] = {k: 1e6 * statistics.median(v) for k, v in t.items()}
-    print("256x32 inference, functional: " + ", ".join(f"{k} {v:.2f} us" for k, v in out["dispatch_us"].items()),
-          flush=True)
+    print(
+        "256x32 inference, functional: " + ", ".join(f"{k} {v:.2f} us" for k, v in out["dispatch_us"].items()),
+        flush=True,
+    )
     return out
 
 
 # ------------------------------------------------------------------------------------------------
 # Whole training steps
+
 
 def _conv_bn(cin, cout, k=3, stride=1, groups=1):
     return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
@@ -192,8 +228,7 @@ class _Block(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
         self.a = nn.Sequential(*_conv_bn(cin, cout, 3, stride), nn.ReLU(inplace=True), *_conv_bn(cout, cout))
-        self.short = (nn.Sequential(*_conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout
-                      else nn.Identity())
+        self.short = nn.Sequential(*_conv_bn(cin, cout, 1, stride)) if stride != 1 or cin != cout else nn.Identity()
 
     def forward(self, x):
         return F.relu(self.a(x) + self.short(x))
@@ -211,12 +246,24 @@ def resnet_style(classes=10):
 
 def mobilenet_style(classes=10):
     """MobileNet-v1's layout at half width: depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN + ReLU."""
-    cfg = [(32, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2), (256, 256, 1), (256, 512, 2),
-           (512, 512, 1), (512, 512, 1)]
+    cfg = [
+        (32, 64, 1),
+        (64, 128, 2),
+        (128, 128, 1),
+        (128, 256, 2),
+        (256, 256, 1),
+        (256, 512, 2),
+        (512, 512, 1),
+        (512, 512, 1),
+    ]
     layers = [*_conv_bn(3, 32, 3, 2), nn.ReLU(inplace=True)]
     for cin, cout, s in cfg:
-        layers += [*_conv_bn(cin, cin, 3, s, groups=cin), nn.ReLU(inplace=True), *_conv_bn(cin, cout, 1),
-                   nn.ReLU(inplace=True)]
+        layers += [
+            *_conv_bn(cin, cin, 3, s, groups=cin),
+            nn.ReLU(inplace=True),
+            *_conv_bn(cin, cout, 1),
+            nn.ReLU(inplace=True),
+        ]
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes))
 
 
@@ -243,7 +290,7 @@ def bench_steps(rounds, layouts, batch=16, hw=112):
             for name, m in models.items():
                 opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
 
-                def step(m=m, opt=opt):
+                def step(m=m, opt=opt, x=x, y=y):
                     opt.zero_grad(set_to_none=True)
                     F.cross_entropy(m(x), y).backward()
                     opt.step()
@@ -252,14 +299,25 @@ def bench_steps(rounds, layouts, batch=16, hw=112):
             t = interleaved(steps, rounds)
             med = {n: statistics.median(v) for n, v in t.items()}
             share = {n: statistics.median((a - c) / a for a, c in zip(t[n], t["no BN"])) for n in ("torch", "ours")}
-            row = {"net": net_name, "layout": layout, "batch": batch, "hw": hw,
-                   "torch_ms": 1e3 * med["torch"], "ours_ms": 1e3 * med["ours"], "no_bn_ms": 1e3 * med["no BN"],
-                   "speedup": ratio(t, "torch", "ours"), "bn_share_torch": share["torch"],
-                   "bn_share_ours": share["ours"]}
+            row = {
+                "net": net_name,
+                "layout": layout,
+                "batch": batch,
+                "hw": hw,
+                "torch_ms": 1e3 * med["torch"],
+                "ours_ms": 1e3 * med["ours"],
+                "no_bn_ms": 1e3 * med["no BN"],
+                "speedup": ratio(t, "torch", "ours"),
+                "bn_share_torch": share["torch"],
+                "bn_share_ours": share["ours"],
+            }
             out.append(row)
-            print(f"{net_name:>16} {layout:>13} batch {batch} {hw}x{hw}: step torch {row['torch_ms']:8.1f} ms, "
-                  f"ours {row['ours_ms']:8.1f} ms ({row['speedup']:.3f}x), no BN {row['no_bn_ms']:8.1f} ms; "
-                  f"BN share torch {100 * share['torch']:.1f}%, ours {100 * share['ours']:.1f}%", flush=True)
+            print(
+                f"{net_name:>16} {layout:>13} batch {batch} {hw}x{hw}: step torch {row['torch_ms']:8.1f} ms, "
+                f"ours {row['ours_ms']:8.1f} ms ({row['speedup']:.3f}x), no BN {row['no_bn_ms']:8.1f} ms; "
+                f"BN share torch {100 * share['torch']:.1f}%, ours {100 * share['ours']:.1f}%",
+                flush=True,
+            )
     return out
 
 
@@ -276,11 +334,19 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     threads = torch.get_num_threads()
     env = {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "THP_", "OMP_"))}
-    print(f"torch {torch.__version__}, {threads} threads (both), {a.rounds} interleaved rounds, "
-          f"{platform.processor() or platform.machine()}; load average {os.getloadavg()[0]:.1f}; env {env}", flush=True)
+    print(
+        f"torch {torch.__version__}, {threads} threads (both), {a.rounds} interleaved rounds, "
+        f"{platform.processor() or platform.machine()}; load average {os.getloadavg()[0]:.1f}; env {env}",
+        flush=True,
+    )
     layouts = ("contiguous", "channels_last")
-    res = {"torch": torch.__version__, "threads": threads, "rounds": a.rounds, "env": env,
-           "load_before": os.getloadavg()[0]}
+    res = {
+        "torch": torch.__version__,
+        "threads": threads,
+        "rounds": a.rounds,
+        "env": env,
+        "load_before": os.getloadavg()[0],
+    }
     if a.nets_only:
         res["steps"] = bench_steps(max(3, a.rounds // 2), layouts)
         res["load_after"] = os.getloadavg()[0]
@@ -296,8 +362,10 @@ def main(argv=None):
         rm = [row[pss]["ratio_of_mins"] for row in res["shapes"]]
         res[f"geomean_{pss}"], res[f"lowest_{pss}"] = gmean(r), min(r)
         res[f"geomean_of_mins_{pss}"], res[f"lowest_of_mins_{pss}"] = gmean(rm), min(rm)
-        print(f"geometric mean torch/ours, {pss}: {gmean(r):.2f} (lowest {min(r):.2f}); "
-              f"of the minimum times: {gmean(rm):.2f} (lowest {min(rm):.2f})")
+        print(
+            f"geometric mean torch/ours, {pss}: {gmean(r):.2f} (lowest {min(r):.2f}); "
+            f"of the minimum times: {gmean(rm):.2f} (lowest {min(rm):.2f})"
+        )
     if not a.quick and not a.no_nets:
         res["steps"] = bench_steps(max(3, a.rounds // 2), layouts)
     res["load_after"] = os.getloadavg()[0]

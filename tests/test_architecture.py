@@ -125,14 +125,8 @@ def test_the_graph_reader_sees_the_imports(g):
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-# Known, left to the owner of darknet_bn.torch: functional.batch_norm imports _ops lazily (under
-# torch.compile) and _ops takes functional's passes at import. A new cycle fails the test; so does this
-# one's removal (then delete it here).
-KNOWN_CYCLES = [["darknet_bn.torch._ops", "darknet_bn.torch.functional"]]
-
-
 def test_no_cycles(g):
-    assert cycles(internal(g)) == KNOWN_CYCLES
+    assert cycles(internal(g)) == []
 
 
 def test_argparse_only_under_cli(g):

@@ -41,11 +41,11 @@ def test_shapes_take_their_paths():
         for bpv in (4, 8):
             i = plan(shape, bpv)
             seen.add(("fused" if i.fused else "flat" if i.reduce_flat else "grid", i.tile == 1, bool(i.expand)))
-    assert ("fused", True, False) in seen       # lane groups
-    assert ("fused", False, False) in seen      # block groups
-    assert ("flat", True, False) in seen        # flat reduction
-    assert ("grid", False, True) in seen        # grid reduction, per-element map
-    assert ("grid", False, False) in seen        # grid reduction, per-plane map
+    assert ("fused", True, False) in seen  # lane groups
+    assert ("fused", False, False) in seen  # block groups
+    assert ("flat", True, False) in seen  # flat reduction
+    assert ("grid", False, True) in seen  # grid reduction, per-element map
+    assert ("grid", False, False) in seen  # grid reduction, per-plane map
     assert plan((4096, 300, 1, 1), 4).nchunks > 1
 
 
@@ -96,8 +96,9 @@ def test_layer_passes_on_every_isa(shape, isa):
     assert np.array_equal(layer.delta, nd)
     n_per = np.abs(dy).sum(axis=(0, 2, 3)).max()
     assert_close(layer.bias_updates, g["bias_updates"], scale=n_per, name=f"{isa} bias_updates")
-    assert_close(layer.scale_updates, g["scale_updates"], scale=n_per * np.abs(fwd["x_norm"]).max(),
-                 name=f"{isa} scale_updates")
+    assert_close(
+        layer.scale_updates, g["scale_updates"], scale=n_per * np.abs(fwd["x_norm"]).max(), name=f"{isa} scale_updates"
+    )
 
 
 @pytest.mark.parametrize("shape", list(BIG))
@@ -111,8 +112,16 @@ def test_results_do_not_depend_on_thread_count(shape):
             layer.forward(x, train=True)
             layer.delta[:] = dy
             layer.backward(layer.delta)
-            runs.append([layer.output.copy(), layer.delta.copy(), layer.mean.copy(), layer.variance.copy(),
-                         layer.scale_updates.copy(), layer.bias_updates.copy()])
+            runs.append(
+                [
+                    layer.output.copy(),
+                    layer.delta.copy(),
+                    layer.mean.copy(),
+                    layer.variance.copy(),
+                    layer.scale_updates.copy(),
+                    layer.bias_updates.copy(),
+                ]
+            )
     finally:
         K.set_num_threads(None)
     for other in runs[1:]:
@@ -143,46 +152,88 @@ def test_named_kernels_match_their_plain_references(shape, isa):
         for gv, ev in zip(got, exp):
             assert_close(gv, ev, scale=scale, **kw)
 
-    z = lambda n: np.zeros(n, np.float32)
-    pair(lambda o: K.mean_cpu(x, b, c, s, o[0]),
-         lambda o: lib.mean_cpu_ref(_ptr(x), b, c, s, _ptr(o[0]), ffi.NULL), [z(c)], scale=xs, name="mean_cpu")
-    pair(lambda o: K.variance_cpu(x, mean, b, c, s, o[0]),
-         lambda o: lib.variance_cpu_ref(_ptr(x), _ptr(mean), b, c, s, _ptr(o[0]), ffi.NULL), [z(c)],
-         name="variance_cpu")
-    pair(lambda o: K.normalize_cpu(o[0], mean, var, b, c, s, flavor="pjreddie"),
-         lambda o: lib.normalize_cpu_ref(_ptr(o[0]), _ptr(mean), _ptr(var), b, c, s, ref.F32_1e6, 0, ffi.NULL),
-         [x], name="normalize_cpu")
-    pair(lambda o: K.scale_bias(o[0], sc, b, c, s),
-         lambda o: lib.scale_bias_ref(_ptr(o[0]), _ptr(sc), b, c, s, ffi.NULL), [x], rtol=1e-7, name="scale_bias")
-    pair(lambda o: K.add_bias(o[0], bi, b, c, s),
-         lambda o: lib.add_bias_ref(_ptr(o[0]), _ptr(bi), b, c, s, ffi.NULL), [x], rtol=2e-7, name="add_bias")
+    def z(n):
+        return np.zeros(n, np.float32)
+
+    pair(
+        lambda o: K.mean_cpu(x, b, c, s, o[0]),
+        lambda o: lib.mean_cpu_ref(_ptr(x), b, c, s, _ptr(o[0]), ffi.NULL),
+        [z(c)],
+        scale=xs,
+        name="mean_cpu",
+    )
+    pair(
+        lambda o: K.variance_cpu(x, mean, b, c, s, o[0]),
+        lambda o: lib.variance_cpu_ref(_ptr(x), _ptr(mean), b, c, s, _ptr(o[0]), ffi.NULL),
+        [z(c)],
+        name="variance_cpu",
+    )
+    pair(
+        lambda o: K.normalize_cpu(o[0], mean, var, b, c, s, flavor="pjreddie"),
+        lambda o: lib.normalize_cpu_ref(_ptr(o[0]), _ptr(mean), _ptr(var), b, c, s, ref.F32_1e6, 0, ffi.NULL),
+        [x],
+        name="normalize_cpu",
+    )
+    pair(
+        lambda o: K.scale_bias(o[0], sc, b, c, s),
+        lambda o: lib.scale_bias_ref(_ptr(o[0]), _ptr(sc), b, c, s, ffi.NULL),
+        [x],
+        rtol=1e-7,
+        name="scale_bias",
+    )
+    pair(
+        lambda o: K.add_bias(o[0], bi, b, c, s),
+        lambda o: lib.add_bias_ref(_ptr(o[0]), _ptr(bi), b, c, s, ffi.NULL),
+        [x],
+        rtol=2e-7,
+        name="add_bias",
+    )
     sums = np.abs(dy).sum(axis=(0, 2, 3)).max()
-    pair(lambda o: K.backward_bias(o[0], dy, b, c, s),
-         lambda o: lib.backward_bias_ref(_ptr(o[0]), _ptr(dy), b, c, s, ffi.NULL), [bi], scale=sums,
-         name="backward_bias")
-    pair(lambda o: K.backward_scale_cpu(x, dy, b, c, s, o[0]),
-         lambda o: lib.backward_scale_cpu_ref(_ptr(x), _ptr(dy), b, c, s, _ptr(o[0]), ffi.NULL), [sc],
-         scale=sums * xs, name="backward_scale_cpu")
-    pair(lambda o: K.mean_delta_cpu(dy, var, b, c, s, o[0]),
-         lambda o: lib.mean_delta_cpu_ref(_ptr(dy), _ptr(var), b, c, s, _ptr(o[0]), ffi.NULL), [z(c)],
-         scale=sums / np.sqrt(var.min()), name="mean_delta_cpu")
-    pair(lambda o: K.variance_delta_cpu(x, dy, mean, var, b, c, s, o[0]),
-         lambda o: lib.variance_delta_cpu_ref(_ptr(x), _ptr(dy), _ptr(mean), _ptr(var), b, c, s, _ptr(o[0]),
-                                              ffi.NULL), [z(c)],
-         scale=sums * xs * var.min() ** -1.5, name="variance_delta_cpu")
+    pair(
+        lambda o: K.backward_bias(o[0], dy, b, c, s),
+        lambda o: lib.backward_bias_ref(_ptr(o[0]), _ptr(dy), b, c, s, ffi.NULL),
+        [bi],
+        scale=sums,
+        name="backward_bias",
+    )
+    pair(
+        lambda o: K.backward_scale_cpu(x, dy, b, c, s, o[0]),
+        lambda o: lib.backward_scale_cpu_ref(_ptr(x), _ptr(dy), b, c, s, _ptr(o[0]), ffi.NULL),
+        [sc],
+        scale=sums * xs,
+        name="backward_scale_cpu",
+    )
+    pair(
+        lambda o: K.mean_delta_cpu(dy, var, b, c, s, o[0]),
+        lambda o: lib.mean_delta_cpu_ref(_ptr(dy), _ptr(var), b, c, s, _ptr(o[0]), ffi.NULL),
+        [z(c)],
+        scale=sums / np.sqrt(var.min()),
+        name="mean_delta_cpu",
+    )
+    pair(
+        lambda o: K.variance_delta_cpu(x, dy, mean, var, b, c, s, o[0]),
+        lambda o: lib.variance_delta_cpu_ref(_ptr(x), _ptr(dy), _ptr(mean), _ptr(var), b, c, s, _ptr(o[0]), ffi.NULL),
+        [z(c)],
+        scale=sums * xs * var.min() ** -1.5,
+        name="variance_delta_cpu",
+    )
     md = np.linspace(-1, 1, c).astype(np.float32)
     vd = np.linspace(1, -1, c).astype(np.float32)
-    pair(lambda o: K.normalize_delta_cpu(x, mean, var, md, vd, b, c, s, o[0], flavor="alexeyab"),
-         lambda o: lib.normalize_delta_cpu_ref(_ptr(x), _ptr(mean), _ptr(var), _ptr(md), _ptr(vd), b, c, s,
-                                               _ptr(o[0]), ref.F32_1e5, 0, ffi.NULL),
-         [dy], name="normalize_delta_cpu")
+    pair(
+        lambda o: K.normalize_delta_cpu(x, mean, var, md, vd, b, c, s, o[0], flavor="alexeyab"),
+        lambda o: lib.normalize_delta_cpu_ref(
+            _ptr(x), _ptr(mean), _ptr(var), _ptr(md), _ptr(vd), b, c, s, _ptr(o[0]), ref.F32_1e5, 0, ffi.NULL
+        ),
+        [dy],
+        name="normalize_delta_cpu",
+    )
 
 
 @pytest.mark.parametrize("offset", [1, 3, 8])
 def test_unaligned_arrays(offset, isa):
     """Views that start off the vector alignment (the stores peel to alignment; the non-temporal path
     must not assume it)."""
-    shape = (3, 20, 300, 301)     # 21 MB: the map streams (non-temporal) in every pass
+    shape = (3, 20, 300, 301)  # 21 MB: the map streams (non-temporal) in every pass
     b, c, h, w = shape
     n = b * c * h * w
     raw = np.empty(n + offset, np.float32)
@@ -197,12 +248,19 @@ def test_unaligned_arrays(offset, isa):
     layer.delta[:] = 1.0
     layer.delta[:, :, 0, :] = -3.0
     layer.backward(nd)
-    g = ref.backward(x, np.where(np.arange(h)[None, None, :, None] == 0, -3.0, 1.0) * np.ones(shape), np.ones(c),
-                     layer.mean, layer.variance, shape, "torch")
+    g = ref.backward(
+        x,
+        np.where(np.arange(h)[None, None, :, None] == 0, -3.0, 1.0) * np.ones(shape),
+        np.ones(c),
+        layer.mean,
+        layer.variance,
+        shape,
+        "torch",
+    )
     assert_close(nd, g["delta"], scale=3.0 / np.sqrt(e["variance"].min() + 1e-5), name="input delta")
     bias = np.linspace(-1, 1, c).astype(np.float32)
     y = x.copy()
-    K.add_bias(x, bias, b, c, h * w)           # in place on the unaligned view
+    K.add_bias(x, bias, b, c, h * w)  # in place on the unaligned view
     assert np.array_equal(x, y + bias[None, :, None, None])
 
 
@@ -226,6 +284,7 @@ def test_darknet_sequence_references(flavor):
     the benchmark's baseline) compute the flavor's passes too."""
     from darknet_bn._capi import c_flavor
     from darknet_bn.flavors import get_flavor
+
     shape = (3, 4, 5, 6)
     b, c, h, w = shape
     x = make_data(shape, 1)
@@ -235,16 +294,52 @@ def test_darknet_sequence_references(flavor):
     out, xs, xn, nd = (np.zeros_like(x) for _ in range(4))
     mean, var, su, bu, md, vd = (np.zeros(c, np.float32) for _ in range(6))
     cf = c_flavor(get_flavor(flavor))
-    lib.forward_batchnorm_layer_ref(_ptr(x), _ptr(out), _ptr(xs), _ptr(xn), _ptr(sc), _ptr(bi), _ptr(mean),
-                                    _ptr(var), _ptr(rm), _ptr(rv), b, c, h * w, cf, 1)
+    lib.forward_batchnorm_layer_ref(
+        _ptr(x),
+        _ptr(out),
+        _ptr(xs),
+        _ptr(xn),
+        _ptr(sc),
+        _ptr(bi),
+        _ptr(mean),
+        _ptr(var),
+        _ptr(rm),
+        _ptr(rv),
+        b,
+        c,
+        h * w,
+        cf,
+        1,
+    )
     e = ref.forward(x, sc, bi, np.zeros(c), np.ones(c), shape, flavor)
-    for got, key in ((out, "output"), (xn, "x_norm"), (mean, "mean"), (var, "variance"), (rm, "rolling_mean"),
-                     (rv, "rolling_variance")):
+    for got, key in (
+        (out, "output"),
+        (xn, "x_norm"),
+        (mean, "mean"),
+        (var, "variance"),
+        (rm, "rolling_mean"),
+        (rv, "rolling_variance"),
+    ):
         assert_close(got, e[key], name=key)
     assert np.array_equal(xs, x)
     delta = dy.copy()
-    lib.backward_batchnorm_layer_ref(_ptr(xs), _ptr(xn), _ptr(delta), _ptr(nd), _ptr(sc), _ptr(mean), _ptr(var),
-                                     _ptr(su), _ptr(bu), _ptr(md), _ptr(vd), b, c, h * w, cf)
+    lib.backward_batchnorm_layer_ref(
+        _ptr(xs),
+        _ptr(xn),
+        _ptr(delta),
+        _ptr(nd),
+        _ptr(sc),
+        _ptr(mean),
+        _ptr(var),
+        _ptr(su),
+        _ptr(bu),
+        _ptr(md),
+        _ptr(vd),
+        b,
+        c,
+        h * w,
+        cf,
+    )
     g = ref.backward(x, dy, sc, mean, var, shape, flavor)
     assert_close(nd, g["delta"], name="delta")
     assert_close(md, g["mean_delta"], name="mean_delta")
@@ -252,8 +347,16 @@ def test_darknet_sequence_references(flavor):
 
 # Shapes for the whole-pass references: tiny fused planes, block rows, per-element coefficients, odd
 # tails, three phases (flat and grid reductions), one channel.
-REF_SHAPES = [(1, 1, 1, 2), (16, 8, 1, 1), (3, 5, 7, 11), (2, 13, 17, 19), (9, 40, 3, 2), (3, 5, 100, 97),
-              (64, 512, 7, 7), (7, 1, 33, 33)]
+REF_SHAPES = [
+    (1, 1, 1, 2),
+    (16, 8, 1, 1),
+    (3, 5, 7, 11),
+    (2, 13, 17, 19),
+    (9, 40, 3, 2),
+    (3, 5, 100, 97),
+    (64, 512, 7, 7),
+    (7, 1, 33, 33),
+]
 
 
 @pytest.mark.parametrize("flavor", ["pjreddie", "alexeyab", "torch"])
@@ -264,6 +367,7 @@ def test_whole_pass_references(shape, flavor):
     layer's) against them."""
     from darknet_bn._capi import c_flavor
     from darknet_bn.flavors import get_flavor
+
     b, c, h, w = shape
     s = h * w
     cf = c_flavor(get_flavor(flavor))
@@ -278,46 +382,77 @@ def test_whole_pass_references(shape, flavor):
 
     # training forward
     out, mean, var, rm, rv = np.zeros_like(x), np.zeros(c, np.float32), np.zeros(c, np.float32), rm0.copy(), rv0.copy()
-    lib.dbn_forward_train_ref(_ptr(x), _ptr(out), _ptr(sc), _ptr(bi), _ptr(mean), _ptr(var), _ptr(rm), _ptr(rv),
-                              b, c, s, cf, ffi.NULL)
+    lib.dbn_forward_train_ref(
+        _ptr(x), _ptr(out), _ptr(sc), _ptr(bi), _ptr(mean), _ptr(var), _ptr(rm), _ptr(rv), b, c, s, cf, ffi.NULL
+    )
     e = ref.forward(x, sc, bi, rm0, rv0, shape, flavor, True)
     layer.forward(x, train=True)
-    for got, fast, key, scale in ((out, layer.output, "output", None), (mean, layer.mean, "mean", xs),
-                                  (var, layer.variance, "variance", None), (rm, layer.rolling_mean, "rolling_mean", xs),
-                                  (rv, layer.rolling_variance, "rolling_variance", None)):
+    for got, fast, key, scale in (
+        (out, layer.output, "output", None),
+        (mean, layer.mean, "mean", xs),
+        (var, layer.variance, "variance", None),
+        (rm, layer.rolling_mean, "rolling_mean", xs),
+        (rv, layer.rolling_variance, "rolling_variance", None),
+    ):
         assert_close(got, e[key], rtol=1e-6, scale=scale, name=f"train_ref {key}")
         assert_close(fast, got, scale=scale, name=f"train fast/ref {key}")
 
     # x_norm of that forward
     xn = np.zeros_like(x)
-    lib.dbn_normalize_into_ref(_ptr(x), _ptr(xn), _ptr(mean), _ptr(var), b, c, s, fl["eps"], fl["eps_in_sqrt"],
-                               ffi.NULL)
-    assert_close(xn, ref.normalize_cpu(x, mean, var, b, c, s, fl["eps"], fl["eps_in_sqrt"]), rtol=1e-6,
-                 name="normalize_into_ref")
+    lib.dbn_normalize_into_ref(
+        _ptr(x), _ptr(xn), _ptr(mean), _ptr(var), b, c, s, fl["eps"], fl["eps_in_sqrt"], ffi.NULL
+    )
+    assert_close(
+        xn, ref.normalize_cpu(x, mean, var, b, c, s, fl["eps"], fl["eps_in_sqrt"]), rtol=1e-6, name="normalize_into_ref"
+    )
     assert_close(layer.x_norm, xn, name="x_norm fast/ref")
 
     # training backward, from the forward's statistics
-    n_per = float(np.abs(dy).sum(axis=(0, 2, 3)).max())   # the largest sum of |delta| over a channel
+    n_per = float(np.abs(dy).sum(axis=(0, 2, 3)).max())  # the largest sum of |delta| over a channel
 
     def backward_pair(train, m, v, tag):
         delta, nd = dy.copy(), np.zeros_like(dy)
         su, bu, md, vd = (np.zeros(c, np.float32) for _ in range(4))
-        lib.dbn_backward_ref(_ptr(x), _ptr(delta), _ptr(nd), _ptr(sc), _ptr(m), _ptr(v), _ptr(su), _ptr(bu),
-                             _ptr(md), _ptr(vd), b, c, s, cf, train, ffi.NULL)
+        lib.dbn_backward_ref(
+            _ptr(x),
+            _ptr(delta),
+            _ptr(nd),
+            _ptr(sc),
+            _ptr(m),
+            _ptr(v),
+            _ptr(su),
+            _ptr(bu),
+            _ptr(md),
+            _ptr(vd),
+            b,
+            c,
+            s,
+            cf,
+            train,
+            ffi.NULL,
+        )
         g = ref.backward(x, dy, sc, m, v, shape, flavor, bool(train))
         layer.scale_updates[:] = 0
         layer.bias_updates[:] = 0
         layer.delta[:] = dy
         fast = layer.backward(np.empty_like(dy))
         assert np.array_equal(delta, nd), f"{tag}: net_delta is not delta"
-        sv = float(np.sqrt(v.astype(np.float64).min() + 1e-5))   # the smallest denominator, about
+        sv = float(np.sqrt(v.astype(np.float64).min() + 1e-5))  # the smallest denominator, about
         x_norm_max = float(np.abs(x - m[None, :, None, None]).max()) / sv
-        scales = {"delta": float(np.abs(dy).max()) * float(sc.max()) / sv, "bias_updates": n_per,
-                  "scale_updates": n_per * x_norm_max, "mean_delta": n_per * float(sc.max()) / sv,
-                  "variance_delta": n_per * float(sc.max()) * x_norm_max / sv ** 2}
-        for key, got, fst in (("delta", delta, fast), ("bias_updates", bu, layer.bias_updates),
-                              ("scale_updates", su, layer.scale_updates), ("mean_delta", md, layer.mean_delta),
-                              ("variance_delta", vd, layer.variance_delta)):
+        scales = {
+            "delta": float(np.abs(dy).max()) * float(sc.max()) / sv,
+            "bias_updates": n_per,
+            "scale_updates": n_per * x_norm_max,
+            "mean_delta": n_per * float(sc.max()) / sv,
+            "variance_delta": n_per * float(sc.max()) * x_norm_max / sv**2,
+        }
+        for key, got, fst in (
+            ("delta", delta, fast),
+            ("bias_updates", bu, layer.bias_updates),
+            ("scale_updates", su, layer.scale_updates),
+            ("mean_delta", md, layer.mean_delta),
+            ("variance_delta", vd, layer.variance_delta),
+        ):
             assert_close(got, g[key], rtol=1e-6, scale=scales[key], name=f"{tag} backward_ref {key}")
             assert_close(fst, got, scale=scales[key], name=f"{tag} backward fast/ref {key}")
 
@@ -326,8 +461,9 @@ def test_whole_pass_references(shape, flavor):
     # inference forward, and the backward of inference (rolling statistics as constants)
     out_i = np.zeros_like(x)
     lib.dbn_forward_infer_ref(_ptr(x), _ptr(out_i), _ptr(sc), _ptr(bi), _ptr(rm0), _ptr(rv0), b, c, s, cf, ffi.NULL)
-    assert_close(out_i, ref.forward(x, sc, bi, rm0, rv0, shape, flavor, False)["output"], rtol=1e-6,
-                 name="infer_ref output")
+    assert_close(
+        out_i, ref.forward(x, sc, bi, rm0, rv0, shape, flavor, False)["output"], rtol=1e-6, name="infer_ref output"
+    )
     layer.rolling_mean[:], layer.rolling_variance[:] = rm0, rv0
     layer.forward(x, train=False)
     assert_close(layer.output, out_i, name="infer fast/ref output")
@@ -337,7 +473,7 @@ def test_whole_pass_references(shape, flavor):
 # ------------------------------------------------------------------------------------------------
 # dbn_backward_into (out of place) and dbn_exec.plain_stores (no non-temporal stores): the same bits
 
-_FLAVORS = {   # momentum, eps, eps_in_sqrt, unbiased, bwd_eps, bwd_eps_in_sqrt, stat_eps
+_FLAVORS = {  # momentum, eps, eps_in_sqrt, unbiased, bwd_eps, bwd_eps_in_sqrt, stat_eps
     "torch": [0.1, 1e-5, 1, 0, 1e-5, 1, 1e-5],
     "pjreddie": [0.01, float(ref.F32_1e6), 0, 1, float(ref.F32_1e5), 1, float(ref.F32_1e5)],
 }
@@ -359,7 +495,10 @@ def _backward_outputs(fn, shape, train, renorm, ex, out_of_place, flavor, offset
     delta[...] = dy
     upd = [np.full(c, 0.25, np.float32) for _ in range(4)]
     fl = ffi.new("dbn_flavor *", _FLAVORS[flavor])
-    opt = lambda a: ffi.NULL if a is None else _ptr(a)
+
+    def opt(a):
+        return ffi.NULL if a is None else _ptr(a)
+
     args = (_ptr(sc), _ptr(mean), _ptr(var), opt(r), opt(d), *map(_ptr, upd), b, c, h * w, fl, int(train), ex)
     if out_of_place:
         dx = np.full(dy.size + offset, np.nan, np.float32)[offset:].reshape(shape)
@@ -378,9 +517,8 @@ def test_backward_into_equals_backward_bit_for_bit(shape, isa):
         inplace = _backward_outputs(lib.dbn_backward, shape, train, renorm, ex, False, flavor, offset)
         into = _backward_outputs(lib.dbn_backward_into, shape, train, renorm, ex, True, flavor, offset)
         assert np.array_equal(into[-1], dy), "dbn_backward_into changed delta"
-        assert not np.array_equal(inplace[-1], dy)      # (the in-place pass did write its delta)
-        for name, a, e in zip(["dx", "scale_updates", "bias_updates", "mean_delta", "variance_delta"], into,
-                              inplace):
+        assert not np.array_equal(inplace[-1], dy)  # (the in-place pass did write its delta)
+        for name, a, e in zip(["dx", "scale_updates", "bias_updates", "mean_delta", "variance_delta"], into, inplace):
             assert np.array_equal(a, e, equal_nan=False), f"{name}: train={train} renorm={renorm} {flavor}"
 
 

@@ -29,8 +29,11 @@ from darknet_bn.torch import _backend  # noqa: E402
 
 nn = torch.nn
 F = torch.nn.functional
-CLASSES = {1: (nn.BatchNorm1d, dbt.BatchNorm1d), 2: (nn.BatchNorm2d, dbt.BatchNorm2d),
-           3: (nn.BatchNorm3d, dbt.BatchNorm3d)}
+CLASSES = {
+    1: (nn.BatchNorm1d, dbt.BatchNorm1d),
+    2: (nn.BatchNorm2d, dbt.BatchNorm2d),
+    3: (nn.BatchNorm3d, dbt.BatchNorm3d),
+}
 
 
 @contextlib.contextmanager
@@ -43,6 +46,7 @@ def kernel_calls():
         def g(*a):
             counts[name] += 1
             return f(*a)
+
         return g
 
     _backend.forward_train = wrap("train", saved[0])
@@ -118,8 +122,9 @@ def run_step(mods, x, g, train, dtypes=None):
         y = m(xi)
         if g is not None:
             y.backward(g.to(dt))
-        res.append((y.detach(), xi.grad, None if m.weight is None else m.weight.grad,
-                    None if m.bias is None else m.bias.grad))
+        res.append(
+            (y.detach(), xi.grad, None if m.weight is None else m.weight.grad, None if m.bias is None else m.bias.grad)
+        )
     return res
 
 
@@ -145,12 +150,19 @@ def cases(draw):
     n = draw(st.integers(1, 6))
     c = draw(st.integers(1, 9))
     shape = (n, c) + spatial
-    layouts = ["contiguous", "strided"] if not spatial else (
-        ["contiguous", "channels_last", "strided"] if dim >= 2 else ["contiguous", "strided"])
+    layouts = (
+        ["contiguous", "strided"]
+        if not spatial
+        else (["contiguous", "channels_last", "strided"] if dim >= 2 else ["contiguous", "strided"])
+    )
     layout = draw(st.sampled_from(layouts))
     affine = draw(st.booleans())
-    kw = dict(eps=draw(st.sampled_from([1e-5, 1e-3])), momentum=draw(st.sampled_from([0.1, 0.5, None])),
-              affine=affine, track_running_stats=draw(st.booleans()))
+    kw = dict(
+        eps=draw(st.sampled_from([1e-5, 1e-3])),
+        momentum=draw(st.sampled_from([0.1, 0.5, None])),
+        affine=affine,
+        track_running_stats=draw(st.booleans()),
+    )
     if affine:
         kw["bias"] = draw(st.booleans())
     return dim, shape, layout, kw, draw(st.integers(0, 2**16))
@@ -166,19 +178,19 @@ def test_modules_match_torch_nn(case):
     values = int(np.prod(shape)) // shape[1]
     steps = [True, True, False] if values >= 2 else [False]
     if not kw["track_running_stats"] and values < 2:
-        return   # training normalization everywhere: torch rejects one value per channel
+        return  # training normalization everywhere: torch rejects one value per channel
     for step, train in enumerate(steps):
         x = make_input(shape, layout, seed + step)
         g = make_input(shape, "contiguous", seed + 50 + step)
         with kernel_calls() as calls:
-            (y_o, gx_o, gw_o, gb_o), = run_step([ours], x, g, train)
+            ((y_o, gx_o, gw_o, gb_o),) = run_step([ours], x, g, train)
         assert calls["backward"] == 1 and calls["train"] + calls["infer"] == 1, calls
-        (y_t, gx_t, gw_t, gb_t), (y_d, gx_d, gw_d, gb_d) = run_step([t32, t64], x, g, train,
-                                                                      [torch.float32, torch.float64])
+        (y_t, gx_t, gw_t, gb_t), (y_d, gx_d, gw_d, gb_d) = run_step(
+            [t32, t64], x, g, train, [torch.float32, torch.float64]
+        )
         assert y_o.dtype == torch.float32 and y_o.stride() == y_t.stride(), (y_o.stride(), y_t.stride())
         check("output", y_o, y_t, y_d)
-        floor = _grad_floor(x, g, t32.weight, train or not kw["track_running_stats"],
-                            t64.running_var, kw["eps"])
+        floor = _grad_floor(x, g, t32.weight, train or not kw["track_running_stats"], t64.running_var, kw["eps"])
         check("input grad", gx_o, gx_t, gx_d, floor)
         gsum = 1e-6 * float(g.abs().sum(dim=[0] + list(range(2, len(shape)))).max())
         if t32.weight is not None:
@@ -196,7 +208,7 @@ def test_modules_match_torch_nn(case):
 
 
 def test_state_dict_and_signature():
-    for dim, (tcls, ocls) in CLASSES.items():
+    for _dim, (tcls, ocls) in CLASSES.items():
         assert issubclass(ocls, tcls)
         assert inspect.signature(ocls.__init__) == inspect.signature(tcls.__init__)
         for kw in ({}, {"affine": False}, {"track_running_stats": False}, {"bias": False}, {"momentum": None}):
@@ -211,7 +223,7 @@ def test_state_dict_and_signature():
             with torch.no_grad():
                 for t in b.state_dict().values():
                     t.add_(3)
-            a.load_state_dict(b.state_dict())     # both ways
+            a.load_state_dict(b.state_dict())  # both ways
             b.load_state_dict(a.state_dict())
             assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in sa)
             assert repr(a) == repr(b)
@@ -226,9 +238,14 @@ def test_device_and_dtype_arguments():
 # Errors: PyTorch's, for the same bad inputs
 
 BAD = [
-    (2, (2, 4, 3, 3), True), (2, (2, 4, 3, 3), False),    # wrong channel count
-    (1, (1, 3), True), (1, (1, 3, 1), True), (2, (1, 3, 1, 1), True),   # one value per channel
-    (2, (2, 3, 3), True), (1, (2, 3, 3, 3), True), (3, (2, 3, 4, 4), False),   # wrong rank
+    (2, (2, 4, 3, 3), True),
+    (2, (2, 4, 3, 3), False),  # wrong channel count
+    (1, (1, 3), True),
+    (1, (1, 3, 1), True),
+    (2, (1, 3, 1, 1), True),  # one value per channel
+    (2, (2, 3, 3), True),
+    (1, (2, 3, 3, 3), True),
+    (3, (2, 3, 4, 4), False),  # wrong rank
     (1, (3,), True),
 ]
 
@@ -248,8 +265,11 @@ def test_errors_are_torchs(dim, shape, train):
 
 def test_functional_errors_are_torchs():
     x = torch.randn(4, 3, 2, 2)
-    for args in [(x, torch.zeros(4), torch.ones(4)), (x, None, None, None, None, False),
-                 (x, torch.zeros(3), torch.ones(3), torch.ones(5))]:
+    for args in [
+        (x, torch.zeros(4), torch.ones(4)),
+        (x, None, None, None, None, False),
+        (x, torch.zeros(3), torch.ones(3), torch.ones(5)),
+    ]:
         with pytest.raises(Exception) as ea:
             F.batch_norm(*args)
         with pytest.raises(Exception) as eb:
@@ -259,6 +279,7 @@ def test_functional_errors_are_torchs():
 
 # ------------------------------------------------------------------------------------------------
 # Zero-sized batches and the fallbacks
+
 
 @pytest.mark.parametrize("train", [True, False])
 def test_zero_sized_batch(train):
@@ -298,8 +319,9 @@ def test_other_dtypes_fall_back_to_torch(dtype, train):
 
 def test_bfloat16_under_cpu_autocast_falls_back():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 4),
-                        nn.BatchNorm1d(4))
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 4), nn.BatchNorm1d(4)
+    )
     ours = dbt.convert(copy.deepcopy(net))
     x = torch.randn(8, 3, 6, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -333,7 +355,7 @@ def test_non_cpu_device_falls_back():
         assert y.device.type == "meta" and y.shape == tm(torch.empty(2, 4, 3, 3, device="meta")).shape
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")   # inside torch.func
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # inside torch.func
 def test_functorch_and_forward_ad_fall_back():
     m = dbt.BatchNorm1d(3).eval()
     x, v = torch.randn(5, 3), torch.randn(5, 3)
@@ -369,6 +391,7 @@ def test_inference_mode_and_no_grad():
 # ------------------------------------------------------------------------------------------------
 # convert(): a ResNet-style network, trained
 
+
 class Block(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
@@ -376,8 +399,11 @@ class Block(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                      if stride != 1 or cin != cout else nn.Identity())
+        self.short = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -389,8 +415,14 @@ class ResNetish(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
         self.layers = nn.Sequential(Block(8, 8, 1), Block(8, 16, 2))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 32), nn.BatchNorm1d(32),
-                                  nn.ReLU(), nn.Linear(32, classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 32),
+            nn.BatchNorm1d(32),
+            nn.ReLU(),
+            nn.Linear(32, classes),
+        )
 
     def forward(self, x):
         return self.head(self.layers(self.stem(x)))
@@ -414,13 +446,13 @@ def test_convert_resnet_trains_like_torch(channels_last):
     model = copy.deepcopy(ref)
     if channels_last:
         ref, model = ref.to(memory_format=torch.channels_last), model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)   # before convert
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)  # before convert
     params = {n: p for n, p in model.named_parameters()}
     bufs = {n: b for n, b in model.named_buffers()}
     n_bn = sum(type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) for m in model.modules())
     assert dbt.convert(model) is model
     assert sum(isinstance(m, (dbt.BatchNorm1d, dbt.BatchNorm2d)) for m in model.modules()) == n_bn == 7
-    assert all(p is params[n] for n, p in model.named_parameters())       # the same tensors
+    assert all(p is params[n] for n, p in model.named_parameters())  # the same tensors
     assert all(b is bufs[n] for n, b in model.named_buffers())
     ropt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     g = torch.Generator().manual_seed(4)
@@ -470,9 +502,11 @@ def test_convert_details():
 # ------------------------------------------------------------------------------------------------
 # The functional form
 
+
 def test_functional_signature_and_values():
     def params(f):
         return [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
+
     assert params(dbt.batch_norm) == params(F.batch_norm)
     g = torch.Generator().manual_seed(9)
     x = torch.randn(6, 4, 5, generator=g)
@@ -509,13 +543,14 @@ def test_no_copy_for_contiguous_and_channels_last():
                 assert seen[-1] == x.data_ptr() and y.stride() == x.stride()
             x = torch.randn(2, 3, 4, 10)[..., ::2]
             m(x)
-            assert seen[-1] != x.data_ptr()      # other strides: one copy
+            assert seen[-1] != x.data_ptr()  # other strides: one copy
     finally:
         _backend.forward_infer = real
 
 
 # ------------------------------------------------------------------------------------------------
 # Gradients: finite differences, double backward
+
 
 def _directional_fd(f, tensors, directions, h):
     with torch.no_grad():
@@ -541,7 +576,7 @@ def test_finite_differences(train, layout):
     state = copy.deepcopy(m.state_dict())
 
     def loss(xx, ww, bb):
-        m.load_state_dict(state)         # the running statistics are the same on every call
+        m.load_state_dict(state)  # the running statistics are the same on every call
         with torch.no_grad():
             m.weight.copy_(ww)
             m.bias.copy_(bb)
@@ -554,7 +589,9 @@ def test_finite_differences(train, layout):
     grads = (x.grad, m.weight.grad, m.bias.grad)
     gen = torch.Generator().manual_seed(5)
     for k in range(3):
-        dirs = [torch.randn(t.shape, generator=gen) if i == k else torch.zeros(t.shape) for i, t in enumerate((x, w0, b0))]
+        dirs = [
+            torch.randn(t.shape, generator=gen) if i == k else torch.zeros(t.shape) for i, t in enumerate((x, w0, b0))
+        ]
         fd = float(_directional_fd(loss, (x.detach(), w0, b0), dirs, 1e-2))
         an = float(sum((gr.double() * d.double()).sum() for gr, d in zip(grads, dirs)))
         assert abs(fd - an) <= 2e-3 * max(abs(an), 1.0), (k, fd, an)
@@ -572,7 +609,7 @@ def test_double_backward_matches_torch(train):
         x = x0.clone().requires_grad_()
         y = m(x)
         gx, gw = torch.autograd.grad((y * y.detach().sin()).sum(), (x, m.weight), create_graph=True)
-        hx, hw = torch.autograd.grad((gx ** 2).sum() + gw.sum(), (x, m.weight))
+        hx, hw = torch.autograd.grad((gx**2).sum() + gw.sum(), (x, m.weight))
         res.append((gx.detach(), hx, hw))
     for a, b in zip(*res):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
@@ -580,6 +617,7 @@ def test_double_backward_matches_torch(train):
 
 # ------------------------------------------------------------------------------------------------
 # Threads, imports
+
 
 def test_threads_follow_torch():
     n0 = torch.get_num_threads()
@@ -595,7 +633,7 @@ def test_threads_follow_torch():
         y2 = dbt.batch_norm(x, None, None, training=True)
         dbt.set_num_threads(None)
         y3 = dbt.batch_norm(x, None, None, training=True)
-        assert torch.equal(y1, y2) and torch.equal(y1, y3)     # the same bits for any thread count
+        assert torch.equal(y1, y2) and torch.equal(y1, y3)  # the same bits for any thread count
         with pytest.raises(ValueError):
             dbt.set_num_threads(-1)
         with pytest.raises(TypeError):
@@ -621,11 +659,13 @@ def test_backward_reads_the_output_gradient_of_any_strides(x_layout, g_kind):
     x = make_input(shape, x_layout, 21)
     base = torch.randn(shape, generator=torch.Generator().manual_seed(22))
     fmt = torch.channels_last if x_layout == "channels_last" else torch.contiguous_format
-    g = {"same": lambda: base.contiguous(memory_format=fmt),
-         "contiguous": lambda: base.contiguous(),
-         "channels_last": lambda: base.contiguous(memory_format=torch.channels_last),
-         "expanded": lambda: base[:, :, :1, :].expand(shape),
-         "sliced": lambda: torch.randn(4, 6, 5, 14, generator=torch.Generator().manual_seed(23))[..., ::2]}[g_kind]()
+    g = {
+        "same": lambda: base.contiguous(memory_format=fmt),
+        "contiguous": lambda: base.contiguous(),
+        "channels_last": lambda: base.contiguous(memory_format=torch.channels_last),
+        "expanded": lambda: base[:, :, :1, :].expand(shape),
+        "sliced": lambda: torch.randn(4, 6, 5, 14, generator=torch.Generator().manual_seed(23))[..., ::2],
+    }[g_kind]()
     g_before = g.clone()
     seen = []
     real = _backend.backward
@@ -644,8 +684,8 @@ def test_backward_reads_the_output_gradient_of_any_strides(x_layout, g_kind):
         _backend.backward = real
     assert len(seen) == 1
     if g_kind == "same":
-        assert seen[0] == g.data_ptr()           # read in place: no copy of the gradient
-    assert torch.equal(g, g_before)              # and never written
+        assert seen[0] == g.data_ptr()  # read in place: no copy of the gradient
+    assert torch.equal(g, g_before)  # and never written
     assert xo.grad.stride() == x.stride()
     refs = {}
     for dt in (torch.float32, torch.float64):
@@ -653,8 +693,12 @@ def test_backward_reads_the_output_gradient_of_any_strides(x_layout, g_kind):
         xt = x.to(dt).clone().requires_grad_()
         t(xt).backward(g.to(dt))
         refs[dt] = (xt.grad, t.weight.grad, t.bias.grad)
-    for name, ours, t32, t64 in zip(["grad input", "grad weight", "grad bias"], (xo.grad, m.weight.grad, m.bias.grad),
-                                    refs[torch.float32], refs[torch.float64]):
+    for name, ours, t32, t64 in zip(
+        ["grad input", "grad weight", "grad bias"],
+        (xo.grad, m.weight.grad, m.bias.grad),
+        refs[torch.float32],
+        refs[torch.float64],
+    ):
         check(name, ours, t32, t64)
 
 
@@ -662,15 +706,20 @@ def test_backward_reads_the_output_gradient_of_any_strides(x_layout, g_kind):
 def test_size_one_dims_with_odd_strides_give_torchs_strides(train):
     """Contiguous inputs whose size-1 dims carry non-standard strides (found by hypothesis): the
     output and the input's gradient have the strides torch.nn gives, and the values are its."""
-    cases = [torch.randn(2, 1, 1, 4).as_strided((2, 1, 1, 4), (4, 4, 9, 1)),
-             torch.randn(4, 3)[:, None, :].transpose(1, 2),
-             torch.randn(3, 2, 1, 1, 4).as_strided((3, 2, 1, 1, 4), (8, 4, 3, 5, 1))]
+    cases = [
+        torch.randn(2, 1, 1, 4).as_strided((2, 1, 1, 4), (4, 4, 9, 1)),
+        torch.randn(4, 3)[:, None, :].transpose(1, 2),
+        torch.randn(3, 2, 1, 1, 4).as_strided((3, 2, 1, 1, 4), (8, 4, 3, 5, 1)),
+    ]
     if not train:
         cases.append(torch.randn(1, 1, 1, 2)[..., ::2])
     for x in cases:
         assert x.is_contiguous() and 1 in x.shape
-        cls = {3: (dbt.BatchNorm1d, torch.nn.BatchNorm1d), 4: (dbt.BatchNorm2d, torch.nn.BatchNorm2d),
-               5: (dbt.BatchNorm3d, torch.nn.BatchNorm3d)}[x.dim()]
+        cls = {
+            3: (dbt.BatchNorm1d, torch.nn.BatchNorm1d),
+            4: (dbt.BatchNorm2d, torch.nn.BatchNorm2d),
+            5: (dbt.BatchNorm3d, torch.nn.BatchNorm3d),
+        }[x.dim()]
         ours, ref = cls[0](x.shape[1]).train(train), cls[1](x.shape[1]).train(train)
         xo, xt = x.detach().requires_grad_(), x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
         yo, yt = ours(xo), ref(xt)
@@ -679,6 +728,60 @@ def test_size_one_dims_with_odd_strides_give_torchs_strides(train):
         g = torch.randn(x.shape)
         yo.backward(g)
         yt.backward(g)
-        big = [i for i, n in enumerate(x.shape) if n > 1]   # a size-1 dim's gradient stride is immaterial
+        big = [i for i, n in enumerate(x.shape) if n > 1]  # a size-1 dim's gradient stride is immaterial
         assert [xo.grad.stride(i) for i in big] == [xt.grad.stride(i) for i in big]
         assert torch.allclose(xo.grad, xt.grad, rtol=1e-4, atol=1e-5)
+
+
+def _misaligned(t):
+    """A copy of t in memory 1 byte off a float boundary (torch.frombuffer with offset=1)."""
+    buf = bytearray(t.numel() * 4 + 8)
+    m = torch.frombuffer(buf, dtype=torch.float32, offset=1, count=t.numel()).view(t.shape)
+    m.copy_(t)
+    assert m.data_ptr() % 4 == 1
+    return m
+
+
+@pytest.mark.parametrize("which", ["input", "weight", "running_var"])
+@pytest.mark.parametrize("train", [True, False])
+def test_misaligned_tensors_never_reach_the_kernels(which, train):
+    """The C kernels read float *: a tensor 1 byte off alignment goes to PyTorch eagerly (same result),
+    and the custom operators (torch.compile) run on an aligned copy."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 3, 5, 5, generator=g)
+    w, b = torch.rand(3, generator=g) + 0.5, torch.randn(3, generator=g)
+    rm, rv = torch.randn(3, generator=g), torch.rand(3, generator=g) + 0.5
+    args = {"input": x, "weight": w, "running_var": rv}
+    args[which] = _misaligned(args[which])
+    want_rm, want_rv = rm.clone(), rv.clone()
+    want = F.batch_norm(x, want_rm, want_rv, w, b, train, 0.1, 1e-5)
+    got_rm, got_rv = rm.clone(), args["running_var"].clone() if which != "running_var" else args["running_var"]
+    with kernel_calls() as n:
+        got = dbt.batch_norm(args["input"], got_rm, got_rv, args["weight"], b, train, 0.1, 1e-5)
+    assert sum(n.values()) == 0
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_rv, want_rv)
+    # the custom operators: an aligned copy, then the kernels
+    if train:
+        out = torch.ops.darknet_bn.batch_norm_train(
+            args["input"], args["weight"], b, rm, args["running_var"], 0.1, 1e-5
+        )
+        torch.testing.assert_close(out[0], F.batch_norm(x, rm.clone(), rv.clone(), w, b, True, 0.1, 1e-5))
+    else:
+        out = torch.ops.darknet_bn.batch_norm_infer(args["input"], args["weight"], b, rm, args["running_var"], 1e-5)
+        torch.testing.assert_close(out, want)
+
+
+def test_misaligned_output_gradient_is_copied():
+    """y.backward(g) with g 1 byte off alignment: the backward copies g (no float * to a misaligned
+    address) and gives torch's gradients."""
+    g0 = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 3, 5, 5, generator=g0)
+    go = torch.randn(4, 3, 5, 5, generator=g0)
+    grads = []
+    for mod, gout in ((torch.nn.BatchNorm2d(3), go), (dbt.BatchNorm2d(3), _misaligned(go))):
+        xi = x.clone().requires_grad_(True)
+        mod(xi).backward(gout)
+        grads.append((xi.grad, mod.weight.grad, mod.bias.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)

@@ -96,32 +96,112 @@ def _p(addr: int):
     return p
 
 
-def forward_train(x: int, out: int, weight: int, bias: int, mean: int, var: int, running_mean: int,
-                  running_var: int, batch: int, c: int, spatial: int, momentum: float, eps: float) -> None:
+def forward_train(
+    x: int,
+    out: int,
+    weight: int,
+    bias: int,
+    mean: int,
+    var: int,
+    running_mean: int,
+    running_var: int,
+    batch: int,
+    c: int,
+    spatial: int,
+    momentum: float,
+    eps: float,
+) -> None:
     """Training forward over [batch, c, spatial] float32 (addresses of float32 buffers; per-channel
     ones hold c values). Writes out, mean and the biased variance var; updates running_mean and
     running_var (unbiased variance) with momentum. Requires batch*spatial >= 2."""
-    _lib_train(_p(x), _p(out), _p(weight), _p(bias), _p(mean), _p(var), _p(running_mean), _p(running_var),
-               batch, c, spatial, _flavor(momentum, eps), _NULL, _ex())
+    _lib_train(
+        _p(x),
+        _p(out),
+        _p(weight),
+        _p(bias),
+        _p(mean),
+        _p(var),
+        _p(running_mean),
+        _p(running_var),
+        batch,
+        c,
+        spatial,
+        _flavor(momentum, eps),
+        _NULL,
+        _ex(),
+    )
 
 
-def forward_infer(x: int, out: int, weight: int, bias: int, running_mean: int, running_var: int,
-                  batch: int, c: int, spatial: int, eps: float) -> None:
+def forward_infer(
+    x: int,
+    out: int,
+    weight: int,
+    bias: int,
+    running_mean: int,
+    running_var: int,
+    batch: int,
+    c: int,
+    spatial: int,
+    eps: float,
+) -> None:
     """Inference forward: out = weight * (x - running_mean) / sqrt(running_var + eps) + bias;
     weight and bias may be 0 (NULL: 1 and 0)."""
-    _lib_infer(_p(x), _p(out), _p(weight) if weight else _NULL, _p(bias) if bias else _NULL,
-               _p(running_mean), _p(running_var), batch, c, spatial, _flavor(0.0, eps), 0, _ex())
+    _lib_infer(
+        _p(x),
+        _p(out),
+        _p(weight) if weight else _NULL,
+        _p(bias) if bias else _NULL,
+        _p(running_mean),
+        _p(running_var),
+        batch,
+        c,
+        spatial,
+        _flavor(0.0, eps),
+        0,
+        _ex(),
+    )
 
 
-def backward(x: int, delta: int, dx: int, weight: int, mean: int, var: int, grad_weight: int, grad_bias: int,
-             scratch: int, batch: int, c: int, spatial: int, eps: float, train: bool) -> None:
+def backward(
+    x: int,
+    delta: int,
+    dx: int,
+    weight: int,
+    mean: int,
+    var: int,
+    grad_weight: int,
+    grad_bias: int,
+    scratch: int,
+    batch: int,
+    c: int,
+    spatial: int,
+    eps: float,
+    train: bool,
+) -> None:
     """Backward, out of place: reads delta (the output's gradient, left unchanged) and writes the
     input's gradient into dx (not overlapping x or delta). mean/var: the statistics the forward
     normalized with (the batch's, var biased, when train; the running ones otherwise). grad_weight
     and grad_bias are *added to* (zero them first); scratch: 2*c floats."""
-    _lib_bwd(_p(x), _p(delta), _p(dx), _p(weight), _p(mean), _p(var), _NULL, _NULL, _p(grad_weight),
-             _p(grad_bias), _p(scratch), _p(scratch + 4 * c), batch, c, spatial, _flavor(0.0, eps),
-             1 if train else 0, _ex())
+    _lib_bwd(
+        _p(x),
+        _p(delta),
+        _p(dx),
+        _p(weight),
+        _p(mean),
+        _p(var),
+        _NULL,
+        _NULL,
+        _p(grad_weight),
+        _p(grad_bias),
+        _p(scratch),
+        _p(scratch + 4 * c),
+        batch,
+        c,
+        spatial,
+        _flavor(0.0, eps),
+        1 if train else 0,
+        _ex(),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,12 +229,40 @@ def merge_moments(a: int, b: int, c: int) -> None:
     _lib_merge(_d(a), _d(b), c)
 
 
-def forward_apply(x: int, out: int, weight: int, bias: int, mean: int, var: int, running_mean: int,
-                  running_var: int, moments: int, batch: int, c: int, spatial: int, momentum: float,
-                  eps: float) -> None:
+def forward_apply(
+    x: int,
+    out: int,
+    weight: int,
+    bias: int,
+    mean: int,
+    var: int,
+    running_mean: int,
+    running_var: int,
+    moments: int,
+    batch: int,
+    c: int,
+    spatial: int,
+    momentum: float,
+    eps: float,
+) -> None:
     """The training forward with the given (global) moments: as forward_train."""
-    _lib_apply(_p(x), _p(out), _p(weight), _p(bias), _p(mean), _p(var), _p(running_mean), _p(running_var),
-               _d(moments), batch, c, spatial, _flavor(momentum, eps), _NULL, _ex())
+    _lib_apply(
+        _p(x),
+        _p(out),
+        _p(weight),
+        _p(bias),
+        _p(mean),
+        _p(var),
+        _p(running_mean),
+        _p(running_var),
+        _d(moments),
+        batch,
+        c,
+        spatial,
+        _flavor(momentum, eps),
+        _NULL,
+        _ex(),
+    )
 
 
 def backward_sums(x: int, delta: int, mean: int, sums: int, batch: int, c: int, spatial: int) -> None:
@@ -162,11 +270,44 @@ def backward_sums(x: int, delta: int, mean: int, sums: int, batch: int, c: int, 
     _lib_bsums(_p(x), _p(delta), _p(mean), batch, c, spatial, _d(sums), _ex())
 
 
-def backward_apply(x: int, delta: int, weight: int, mean: int, var: int, local_sums: int, global_sums: int,
-                   count: float, grad_weight: int, grad_bias: int, scratch: int, batch: int, c: int,
-                   spatial: int, eps: float) -> None:
+def backward_apply(
+    x: int,
+    delta: int,
+    weight: int,
+    mean: int,
+    var: int,
+    local_sums: int,
+    global_sums: int,
+    count: float,
+    grad_weight: int,
+    grad_bias: int,
+    scratch: int,
+    batch: int,
+    c: int,
+    spatial: int,
+    eps: float,
+) -> None:
     """The training backward, in place in delta, from the global sums over count values per channel;
     grad_weight/grad_bias are *added* this slice's contribution (local_sums); scratch: 2*c floats."""
-    _lib_bapply(_p(x), _p(delta), _NULL, _p(weight), _p(mean), _p(var), _NULL, _NULL, _d(local_sums),
-                _d(global_sums), count, _p(grad_weight), _p(grad_bias), _p(scratch), _p(scratch + 4 * c),
-                batch, c, spatial, _flavor(0.0, eps), _ex())
+    _lib_bapply(
+        _p(x),
+        _p(delta),
+        _NULL,
+        _p(weight),
+        _p(mean),
+        _p(var),
+        _NULL,
+        _NULL,
+        _d(local_sums),
+        _d(global_sums),
+        count,
+        _p(grad_weight),
+        _p(grad_bias),
+        _p(scratch),
+        _p(scratch + 4 * c),
+        batch,
+        c,
+        spatial,
+        _flavor(0.0, eps),
+        _ex(),
+    )

@@ -20,13 +20,11 @@ pass on small tensors, so :func:`darknet_bn.torch.batch_norm` calls the kernels 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .functional import _backward, _infer_forward, _kernel_input, _train_forward
+from ._passes import _backward, _infer_forward, _kernel_input, _train_forward, aligned_copy, chan_ok
 
 __all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward", "batch_norm_compiled"]
 
@@ -40,19 +38,27 @@ def _c(x: Tensor) -> int:
 # ------------------------------------------------------------------------------------------------
 # Training forward
 
+
 @torch.library.custom_op("darknet_bn::batch_norm_train", mutates_args=(), device_types="cpu")
-def batch_norm_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
-                     running_var: Optional[Tensor], momentum: float,
-                     eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def batch_norm_train(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    momentum: float,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    x, weight, bias = aligned_copy(x), aligned_copy(weight), aligned_copy(bias)  # (C reads float *)
     xin, b, s = _kernel_input(x)
     c = _c(x)
-    if running_mean is None:
+    if running_mean is None or running_var is None:
         out, stats = _train_forward(xin, weight, bias, None, None, b, c, s, momentum, eps)
         nrm, nrv = x.new_empty(0), x.new_empty(0)
     else:
         nrm, nrv = running_mean.clone(), running_var.clone()
         out, stats = _train_forward(xin, weight, bias, nrm, nrv, b, c, s, momentum, eps)
-    return out, stats[:c].clone(), stats[c:2 * c].clone(), nrm, nrv
+    return out, stats[:c].clone(), stats[c : 2 * c].clone(), nrm, nrv
 
 
 @batch_norm_train.register_fake
@@ -84,9 +90,13 @@ batch_norm_train.register_autograd(_train_backward, setup_context=_train_setup)
 # ------------------------------------------------------------------------------------------------
 # Inference forward
 
+
 @torch.library.custom_op("darknet_bn::batch_norm_infer", mutates_args=(), device_types="cpu")
-def batch_norm_infer(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Tensor,
-                     running_var: Tensor, eps: float) -> Tensor:
+def batch_norm_infer(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor, running_var: Tensor, eps: float
+) -> Tensor:
+    x, weight, bias = aligned_copy(x), aligned_copy(weight), aligned_copy(bias)  # (C reads float *)
+    running_mean, running_var = aligned_copy(running_mean), aligned_copy(running_var)
     xin, b, s = _kernel_input(x)
     return _infer_forward(xin, weight, bias, running_mean, running_var, b, _c(x), s, eps)
 
@@ -115,9 +125,12 @@ batch_norm_infer.register_autograd(_infer_backward, setup_context=_infer_setup)
 # ------------------------------------------------------------------------------------------------
 # Backward
 
+
 @torch.library.custom_op("darknet_bn::batch_norm_backward", mutates_args=(), device_types="cpu")
-def batch_norm_backward(grad_out: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, var: Tensor,
-                        eps: float, training: bool) -> tuple[Tensor, Tensor, Tensor]:
+def batch_norm_backward(
+    grad_out: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, var: Tensor, eps: float, training: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    x, weight = aligned_copy(x), aligned_copy(weight)  # (C reads float *; the gradient: in _backward)
     xin, b, s = _kernel_input(x)
     c = _c(x)
     mean, var = mean.contiguous(), var.contiguous()
@@ -134,21 +147,33 @@ def _(grad_out, x, weight, mean, var, eps, training):
 # ------------------------------------------------------------------------------------------------
 # What batch_norm() runs while torch.compile traces
 
-def _chan_ok(t: Optional[Tensor], c) -> bool:
-    return t is None or (t.dtype == _F32 and t.device.type == "cpu" and t.dim() == 1 and t.shape[0] == c
-                         and t.is_contiguous())
 
-
-def batch_norm_compiled(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
-                        weight: Optional[Tensor], bias: Optional[Tensor], training: bool, momentum: float,
-                        eps: float) -> Tensor:
+def batch_norm_compiled(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
     """:func:`darknet_bn.torch.batch_norm` under ``torch.compile``: the custom operators where the
     kernels apply (the same conditions as eager), ``torch.nn.functional.batch_norm`` otherwise."""
     x = input
-    ok = (x.dtype == _F32 and x.device.type == "cpu" and x.dim() >= 2 and x.numel() > 0
-          and all(_chan_ok(t, x.shape[1]) for t in (weight, bias, running_mean, running_var))
-          and (running_mean is None) == (running_var is None) and (training or running_mean is not None)
-          and isinstance(momentum, (int, float)) and isinstance(eps, (int, float)))
+    ok = (
+        x.dtype == _F32
+        and x.device.type == "cpu"
+        and x.dim() >= 2
+        and x.numel() > 0
+        and all(chan_ok(t, x.shape[1], traced=True) for t in (weight, bias, running_mean, running_var))
+        and (running_mean is None) == (running_var is None)
+        and not (running_mean is not None and running_mean.requires_grad)
+        and not (running_var is not None and running_var.requires_grad)
+        and (training or running_mean is not None)
+        and isinstance(momentum, (int, float))
+        and isinstance(eps, (int, float))
+    )
     if ok and training:
         ok = x.numel() // x.shape[1] >= 2
     if not ok:
@@ -156,7 +181,7 @@ def batch_norm_compiled(input: Tensor, running_mean: Optional[Tensor], running_v
     if not training:
         return batch_norm_infer(x, weight, bias, running_mean, running_var, float(eps))
     out, _m, _v, nrm, nrv = batch_norm_train(x, weight, bias, running_mean, running_var, float(momentum), float(eps))
-    if running_mean is not None:
+    if running_mean is not None and running_var is not None:
         with torch.no_grad():
             running_mean.copy_(nrm)
             running_var.copy_(nrv)

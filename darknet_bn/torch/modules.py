@@ -86,7 +86,11 @@ class BatchNorm3d(_DarknetBN, nn.BatchNorm3d):
     channels_last_3d (no copy either way)."""
 
 
-_OURS: dict[type, type[_BatchNorm]] = {nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, nn.BatchNorm3d: BatchNorm3d}
+_OURS: dict[type, type[_BatchNorm]] = {
+    nn.BatchNorm1d: BatchNorm1d,
+    nn.BatchNorm2d: BatchNorm2d,
+    nn.BatchNorm3d: BatchNorm3d,
+}
 
 
 def _swap(m: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:

@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import _backend
-from .functional import _kernel_input, _ones_ptr, _scratch_ptr, _zeros_ptr
+from ._passes import _kernel_input, _ones_ptr, _scratch_ptr, _zeros_ptr
 from .modules import _DarknetBN
 
 __all__ = ["SyncBatchNorm"]

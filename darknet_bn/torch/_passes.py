@@ -1,0 +1,261 @@
+"""The passes of darknet_bn.torch on tensors: layouts, eligibility, and the C passes called with data
+pointers -- shared by the eager path (:mod:`.functional`), the custom operators (:mod:`._ops`) and
+:mod:`.sync`, which import it (it imports none of them).
+
+Shapes: a kernel input ``xin`` is ``[batch, C, spatial]`` rows in memory (NCHW: batch = N, spatial =
+H*W; channels_last: batch = N*H*W, spatial = 1); per-channel tensors are float32 ``(C,)``.
+"""
+
+from __future__ import annotations
+
+from typing import overload
+
+import torch
+from torch import Tensor
+
+from . import _backend
+
+_Tensor = torch.Tensor
+_Parameter = torch.nn.Parameter
+_F32 = torch.float32
+_CL = torch.channels_last
+_CL3 = torch.channels_last_3d
+_CONTIG = torch.contiguous_format
+_empty = torch.empty
+_empty_like = torch.empty_like
+_zeros = torch.zeros
+_bump = torch.autograd.graph.increment_version
+
+# ------------------------------------------------------------------------------------------------
+# Layout
+
+
+def _strides_like_channels_last(x: Tensor) -> bool:
+    """PyTorch's test for strides that suggest channels_last(_3d) (c10's is_channels_last_strides_*)."""
+    order = (1, 3, 2, 0) if x.dim() == 4 else (1, 4, 3, 2, 0)
+    sizes, strides = x.shape, x.stride()
+    if strides[1] == 0:
+        return False
+    m = 0
+    for d in order:
+        if sizes[d] == 0 or strides[d] < m:
+            return False
+        if d == 0 and m == strides[1]:
+            return False
+        m = strides[d]
+        if sizes[d] > 1:
+            m *= sizes[d]
+    return True
+
+
+def _standard_view(x: Tensor) -> Tensor:
+    """x (contiguous, with size-1 dims) as a view with the standard strides of the memory format
+    PyTorch suggests for it (the same addresses: a size-1 dim's stride never moves one), so that
+    outputs made with ``empty_like`` get the strides PyTorch's own outputs have."""
+    shape, d = x.shape, x.dim()
+    order = list(range(d - 1, -1, -1))  # innermost first
+    if d in (4, 5) and _strides_like_channels_last(x):
+        order = [1] + list(range(d - 1, 1, -1)) + [0]
+    strides, m = [0] * d, 1
+    for k in order:
+        strides[k] = m
+        m *= max(shape[k], 1)
+    return x if tuple(strides) == x.stride() else x.as_strided(shape, strides)
+
+
+def _kernel_input(x: Tensor):
+    """``(xin, batch, spatial)``: the input as the kernels read it, [batch, C, spatial] rows. ``xin``
+    is ``x`` when it is contiguous or channels_last(_3d) (no copy), else a copy of ``x`` in the
+    memory format PyTorch would give its output. Traceable (no data pointers)."""
+    shape = x.shape
+    n, c, numel = shape[0], shape[1], x.numel()
+    if x.is_contiguous():
+        if 1 in shape:  # size-1 dims may carry any stride: give them the standard ones (a view)
+            x = _standard_view(x)
+        return x, n, numel // (n * c)
+    d = x.dim()
+    if (d == 4 and x.is_contiguous(memory_format=_CL)) or (d == 5 and x.is_contiguous(memory_format=_CL3)):
+        return x, numel // c, 1
+    if d in (4, 5) and _strides_like_channels_last(x):
+        return x.contiguous(memory_format=_CL if d == 4 else _CL3), numel // c, 1
+    return x.contiguous(), n, numel // (n * c)
+
+
+# ------------------------------------------------------------------------------------------------
+# Eligibility: can the kernels run this call? (cheap attribute reads; anything else goes to torch)
+
+
+def aligned(*ts: Tensor | None) -> bool:
+    """Every tensor given (None skipped) starts at a 4-byte aligned address: the C kernels read
+    ``float *`` (a tensor made by ``torch.frombuffer(..., offset=1)`` is not one)."""
+    for t in ts:
+        if t is not None and t.data_ptr() & 3:
+            return False
+    return True
+
+
+@overload
+def aligned_copy(t: Tensor) -> Tensor: ...
+@overload
+def aligned_copy(t: None) -> None: ...
+def aligned_copy(t: Tensor | None) -> Tensor | None:
+    """t, or an aligned copy of it (same layout) when its address is not 4-byte aligned."""
+    return t if t is None or not t.data_ptr() & 3 else t.clone()
+
+
+def chan_ok(t: Tensor | None, c: int, traced: bool = False) -> bool:
+    """A per-channel argument the kernels can take: None, or a float32 CPU tensor of shape (c,),
+    contiguous -- and, eagerly, a plain Tensor or Parameter (no subclass). ``traced``: the test as
+    torch.compile traces it (fake tensors: no type test, the device by name). No data pointer is
+    read: :func:`aligned` checks the address eagerly, :func:`aligned_copy` in the custom operators."""
+    if t is None:
+        return True
+    if traced:
+        return t.dtype == _F32 and t.device.type == "cpu" and t.dim() == 1 and t.shape[0] == c and t.is_contiguous()
+    return (
+        (type(t) is _Tensor or type(t) is _Parameter)
+        and t.dtype is _F32
+        and t.is_cpu
+        and t.dim() == 1
+        and t.shape[0] == c
+        and t.is_contiguous()
+    )
+
+
+_ONES: dict = {}
+_ZEROS: dict = {}
+_SCRATCH: dict = {}
+
+
+def _ones_ptr(c: int) -> int:
+    t = _ONES.get(c)
+    if t is None:
+        t = _ONES[c] = torch.ones(c, dtype=_F32)
+    return t.data_ptr()
+
+
+def _zeros_ptr(c: int) -> int:
+    t = _ZEROS.get(c)
+    if t is None:
+        t = _ZEROS[c] = torch.zeros(c, dtype=_F32)
+    return t.data_ptr()
+
+
+def _scratch_ptr(c: int) -> int:
+    """4*c floats that the C passes write and nobody reads (statistics nobody asked for, the
+    backward's mean_delta/variance_delta): shared by every call with this c, even concurrent ones --
+    whatever ends up in them is never used."""
+    t = _SCRATCH.get(c)
+    if t is None:
+        t = _SCRATCH[c] = torch.zeros(4 * c, dtype=_F32)
+    return t.data_ptr()
+
+
+# ------------------------------------------------------------------------------------------------
+# The passes on tensors (eager)
+
+
+def _train_forward(
+    xin: Tensor,
+    weight,
+    bias,
+    running_mean,
+    running_var,
+    b: int,
+    c: int,
+    s: int,
+    momentum: float,
+    eps: float,
+    keep: bool = True,
+):
+    """Training forward; returns (out, stats) with stats = [mean; biased var] (2*c floats; None
+    unless keep: then the batch statistics go to the scratch buffer)."""
+    out = _empty_like(xin)
+    if keep:
+        stats = _empty(2 * c, dtype=_F32)
+        ps = stats.data_ptr()
+    else:
+        stats, ps = None, _scratch_ptr(c)
+    if running_mean is None:  # no running statistics: update scratch ones with momentum 0
+        prm = _scratch_ptr(c) + 8 * c
+        prv, momentum = prm + 4 * c, 0.0
+    else:
+        prm, prv = running_mean.data_ptr(), running_var.data_ptr()
+    _backend.forward_train(
+        xin.data_ptr(),
+        out.data_ptr(),
+        _ones_ptr(c) if weight is None else weight.data_ptr(),
+        _zeros_ptr(c) if bias is None else bias.data_ptr(),
+        ps,
+        ps + 4 * c,
+        prm,
+        prv,
+        b,
+        c,
+        s,
+        momentum,
+        eps,
+    )
+    if running_mean is not None:
+        _bump((running_mean, running_var))  # an in-place update, as PyTorch's (autograd's version check)
+    return out, stats
+
+
+def _infer_forward(xin: Tensor, weight, bias, running_mean, running_var, b: int, c: int, s: int, eps: float):
+    out = _empty_like(xin)
+    _backend.forward_infer(
+        xin.data_ptr(),
+        out.data_ptr(),
+        0 if weight is None else weight.data_ptr(),
+        0 if bias is None else bias.data_ptr(),
+        running_mean.data_ptr(),
+        running_var.data_ptr(),
+        b,
+        c,
+        s,
+        eps,
+    )
+    return out
+
+
+def _backward(
+    g: Tensor,
+    xin: Tensor,
+    weight,
+    pmean: int,
+    pvar: int,
+    b: int,
+    c: int,
+    s: int,
+    eps: float,
+    train: bool,
+    need_w: bool = True,
+    need_b: bool = True,
+):
+    """(grad_input, grad_weight, grad_bias) from darknet_bn's backward; grad_input in xin's layout;
+    grad_weight/grad_bias None unless needed."""
+    # the output's gradient in xin's layout, read as it is (a copy only if autograd hands other strides)
+    fmt = _CONTIG if xin.is_contiguous() else _CL if xin.dim() == 4 else _CL3
+    if not g.is_contiguous(memory_format=fmt) or g.data_ptr() & 3:  # a misaligned gradient: copied too
+        g = g.clone(memory_format=fmt)
+    gi = _empty_like(xin)
+    scratch = _scratch_ptr(c)
+    gw = _zeros(c, dtype=_F32) if need_w else None
+    gb = _zeros(c, dtype=_F32) if need_b else None
+    _backend.backward(
+        xin.data_ptr(),
+        g.data_ptr(),
+        gi.data_ptr(),
+        _ones_ptr(c) if weight is None else weight.data_ptr(),
+        pmean,
+        pvar,
+        scratch if gw is None else gw.data_ptr(),
+        scratch + 4 * c if gb is None else gb.data_ptr(),
+        scratch + 8 * c,
+        b,
+        c,
+        s,
+        eps,
+        train,
+    )
+    return gi, gw, gb

@@ -170,3 +170,14 @@ def test_convert_without_process_group():
     assert net[1].weight is w and net[1].process_group is None
     with pytest.raises(TypeError, match="torch.nn.Module"):
         dbt.SyncBatchNorm.convert_sync_batchnorm("not a module")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_zero_channels_raise_as_torch(training):
+    """num_features=0 without a process group: the ValueError torch.nn.SyncBatchNorm raises, in both modes."""
+    x = torch.randn(2, 0, 3)
+    with pytest.raises(ValueError) as theirs:
+        torch.nn.SyncBatchNorm(0).train(training)(x)
+    with pytest.raises(ValueError, match="number of input channels should be non-zero") as ours:
+        dbt.SyncBatchNorm(0).train(training)(x)
+    assert str(ours.value) == str(theirs.value)

@@ -15,15 +15,20 @@ bits):
   (``dbn_merge_moments``); the normalization and the running statistics (unbiased variance of the whole
   batch, PyTorch's momentum) use the merged values (``dbn_forward_apply``). Slices may differ in size;
   a slice may be empty.
-- backward: one ``all_gather`` of (sum dy, sum dy*(x - mean)) per channel, summed in rank order; the
-  input's gradient uses the sums over all ranks, ``weight.grad``/``bias.grad`` this rank's
-  contribution (DDP's all-reduce averages them with every other parameter's), as PyTorch's
-  SyncBatchNorm. No collective when the input needs no gradient.
-- Each message starts with a small descriptor (a failure flag and message, num_features, eps,
-  momentum, affine, bias, track_running_stats): a rank whose input fails its checks, or whose module
-  differs, makes the call raise on every rank instead of leaving the others waiting. The first
-  training forward of a module (per process group) gathers the descriptor alone first, so that ranks
-  with different channel counts -- different message sizes -- raise too.
+- backward: one ``all_gather`` of (sum dy, sum dy*(x - mean)) per channel (padded to the forward's
+  message size), summed in rank order; the input's gradient uses the sums over all ranks,
+  ``weight.grad``/``bias.grad`` this rank's contribution (DDP's all-reduce averages them with every
+  other parameter's), as PyTorch's SyncBatchNorm. When the input needs no gradient: no collective and
+  no pass writing an input gradient, ``weight.grad``/``bias.grad`` straight from this rank's sums.
+  Whether the input needs a gradient travels in the forward's message: all ranks must agree (the
+  backward's collective is made on every rank or on none), else the forward raises on every rank.
+- Each message starts with a small header (a failure flag and message, num_features, eps, momentum,
+  affine, bias, track_running_stats, the input-needs-gradient flag, the phase -- forward or backward
+  -- and the module's call number): a rank whose input fails its checks, whose module differs, or
+  whose collectives are out of step with the others' (a backward met by a forward, another call),
+  makes the call raise on every rank instead of leaving the others waiting or reading a message as
+  another. The first training forward of a module (per process group) gathers the header alone
+  first, so that ranks with different channel counts -- different message sizes -- raise too.
 
 Outside training (``eval()``), without an initialized process group, or with a group of one process,
 the module is darknet_bn's plain BatchNorm (:mod:`darknet_bn.torch.modules`): no communication.
@@ -35,7 +40,9 @@ train) leaves the others waiting until the process group's timeout (``init_proce
 30 minutes by default), when their collective raises.
 
 Limits: float32 CPU tensors only in training with more than one process (other dtypes raise a
-TypeError on every rank); under ``torch.compile`` the synchronized forward runs eagerly (a graph
+TypeError on every rank; an input, weight, bias or running statistic whose data is not 4-byte
+aligned, e.g. from ``torch.frombuffer(..., offset=1)``, is copied to an aligned tensor first, and
+running statistics are copied back); under ``torch.compile`` the synchronized forward runs eagerly (a graph
 break); double backward (``create_graph=True``) through it raises.
 """
 
@@ -58,11 +65,16 @@ _F32 = torch.float32
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter
 
-# The descriptor at the head of every message, per rank (float64 values):
+# The header at the head of every message, per rank (float64 values):
 # [status (0 ok, 1 TypeError, 2 ValueError), num_features, eps, momentum (-1: None), affine, bias,
-#  track_running_stats, 0, 16 doubles = 128 bytes of UTF-8 message]
-_HDR = 24
+#  track_running_stats, input needs a gradient (0/1), phase (_PHASES), the module's call number,
+#  16 doubles = 128 bytes of UTF-8 message]
+_HDR = 26
+_KEY = 10  # the head every rank's message must have equal (status .. call number)
 _MSG = 128
+_PHASES = ("first check", "forward", "backward")
+_CHECK, _FORWARD, _BACKWARD = 0.0, 1.0, 2.0
+_NO_CHANNELS = "SyncBatchNorm number of input channels should be non-zero"
 _DESC_NAMES = ("num_features", "eps", "momentum", "affine", "bias", "track_running_stats")
 
 
@@ -79,21 +91,29 @@ def _group(pg: Any):
 _DESC: dict = {}
 
 
-def _header(buf: Tensor, desc: tuple, err: BaseException | None) -> None:
-    d = _DESC.get(desc)
+def _header(buf: Tensor, desc: tuple, err: BaseException | None, tag: tuple) -> None:
+    """Write the header into buf[:_HDR]; tag = (input needs a gradient, phase, call number)."""
+    key = desc + tag
+    d = _DESC.get(key)
     if d is None:
         if len(_DESC) > 256:
             _DESC.clear()
-        d = _DESC[desc] = torch.tensor(desc, dtype=_F64)
-    buf[1:7] = d
+        d = _DESC[key] = torch.tensor(key, dtype=_F64)
+    buf[1:_KEY] = d
     if err is not None:
         buf[0] = 1.0 if isinstance(err, TypeError) else 2.0
         msg = str(err).encode("utf-8", "replace")[:_MSG].ljust(_MSG, b"\0")
-        buf[8:_HDR] = torch.frombuffer(bytearray(msg), dtype=torch.uint8).view(_F64)
+        buf[_KEY:_HDR] = torch.frombuffer(bytearray(msg), dtype=torch.uint8).view(_F64)
 
 
 def _message(row: Tensor) -> str:
-    return bytes(row[8:_HDR].contiguous().view(torch.uint8).tolist()).rstrip(b"\0").decode("utf-8", "replace")
+    return bytes(row[_KEY:_HDR].contiguous().view(torch.uint8).tolist()).rstrip(b"\0").decode("utf-8", "replace")
+
+
+def _where(row: Tensor) -> str:
+    p = int(row[8])
+    phase = _PHASES[p] if 0 <= p < len(_PHASES) else f"phase {p}"
+    return f"the {phase} of its call {int(row[9])}"
 
 
 # all_gather_single (torch >= 2.13; all_gather_into_tensor, its older name, now warns)
@@ -113,8 +133,16 @@ def _check(rows: Tensor, err: BaseException | None, what: str, mine: Tensor | No
     if err is not None:
         raise err
     world = rows.shape[0]
-    if mine is not None and torch.equal(rows[:, :7], mine[:7].expand(world, 7)):
+    if mine is not None and torch.equal(rows[:, :_KEY], mine[:_KEY].expand(world, _KEY)):
         return
+    step = (rows[:, 8:10] != rows[0, 8:10]).any(dim=1)
+    if bool(step.any()):  # checked first: the rest of an out-of-step message means something else
+        r = int(torch.nonzero(step)[0, 0])
+        raise RuntimeError(
+            f"SyncBatchNorm {what}: the processes' collectives are out of step: process {r} of {world} is in "
+            f"{_where(rows[r])} of this module, process 0 in {_where(rows[0])} (every process must run the "
+            "same synchronized forwards and backwards of each module, in the same order)"
+        )
     status = rows[:, 0]
     if bool((status != 0).any()):
         r = int(torch.nonzero(status)[0, 0])
@@ -139,6 +167,14 @@ def _check(rows: Tensor, err: BaseException | None, what: str, mine: Tensor | No
         raise ValueError(
             f"SyncBatchNorm {what}: the processes hold different modules: process {r} of {world} "
             f"has {show(rows[r, 1:7])}, process 0 has {show(ref)}"
+        )
+    need = rows[:, 7]
+    if bool((need != need[0]).any()):
+        yes = [r for r in range(world) if need[r] != 0]
+        no = [r for r in range(world) if need[r] == 0]
+        raise ValueError(
+            f"SyncBatchNorm {what}: the input requires a gradient on processes {yes} of {world} but not on "
+            f"{no}: every process must agree (the backward is a collective that every process or none makes)"
         )
 
 
@@ -177,18 +213,39 @@ def _moments_rows(rows: Tensor, c: int) -> Tensor:
     return g
 
 
+def _aligned(t: Tensor | None) -> Tensor | None:
+    """t, or a copy of it in fresh (aligned) memory when its data is not 4-byte aligned (the C kernels
+    read float*); same shape and strides (t is contiguous or channels_last here)."""
+    if t is None or t.data_ptr() % 4 == 0:
+        return t
+    return torch.empty_like(t).copy_(t)
+
+
 def _sync_forward(
-    x, weight, bias, running_mean, running_var, momentum: float, eps: float, pg, world: int, desc: tuple, c_checked: int
+    x,
+    weight,
+    bias,
+    running_mean,
+    running_var,
+    momentum: float,
+    eps: float,
+    pg,
+    world: int,
+    desc: tuple,
+    c_checked: int,
+    tag: tuple,
 ):
-    """(out, xin, b, s, stats [mean; biased var] float32, global count): the synchronized training forward."""
+    """(out, xin, weight, b, s, stats [mean; biased var] float32, global count): the synchronized training
+    forward (weight: the one the kernels read, aligned). tag: (input needs a gradient, phase, call number)."""
     c = c_checked
     err = _check_input(x, weight, bias, running_mean, running_var, int(desc[0]), c_checked)
     buf = torch.zeros(_HDR + 3 * c, dtype=_F64)
-    _header(buf, desc, err)
+    _header(buf, desc, err, tag)
     xin, b, s = None, 0, 1
     if err is None:
         if x.numel():
             xin, b, s = _kernel_input(x)
+            xin = _aligned(xin)
             _backend.forward_moments(xin.data_ptr(), buf.data_ptr() + 8 * _HDR, b, c, s)
         else:
             xin = x
@@ -201,13 +258,16 @@ def _sync_forward(
             f"Expected more than 1 value per channel when training, got {int(count)} values per "
             f"channel over the {world} processes (input size {list(x.shape)} on this one)"
         )
+    weight, bias = _aligned(weight), _aligned(bias)
     stats = torch.empty(2 * c, dtype=_F32)
     ps = stats.data_ptr()
+    rm = rv = None
     if running_mean is None:  # no running statistics: scratch ones, momentum 0
         prm = _scratch_ptr(c) + 8 * c
         prv, momentum = prm + 4 * c, 0.0
     else:
-        prm, prv = running_mean.data_ptr(), running_var.data_ptr()
+        rm, rv = _aligned(running_mean), _aligned(running_var)
+        prm, prv = rm.data_ptr(), rv.data_ptr()
     pw = _ones_ptr(c) if weight is None else weight.data_ptr()
     pb = _zeros_ptr(c) if bias is None else bias.data_ptr()
     if b * s:
@@ -222,89 +282,113 @@ def _sync_forward(
         pd = dummy.data_ptr()
         _backend.forward_apply(pd, pd + 4 * c, pw, pb, ps, ps + 4 * c, prm, prv, g.data_ptr(), 1, c, 1, momentum, eps)
     if running_mean is not None:
+        if rm is not running_mean:  # misaligned running statistics: updated in an aligned copy
+            running_mean.copy_(rm)
+        if rv is not running_var:
+            running_var.copy_(rv)
         torch.autograd.graph.increment_version((running_mean, running_var))
-    return out, xin, b, s, stats, count
+    return out, xin, weight, b, s, stats, count
 
 
 class _SyncBatchNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, meta):
-        momentum, eps, pg, world, desc, c = meta
-        out, xin, b, s, stats, count = _sync_forward(
-            x, weight, bias, running_mean, running_var, momentum, eps, pg, world, desc, c
+        momentum, eps, pg, world, desc, c, tag = meta
+        out, xin, w, b, s, stats, count = _sync_forward(
+            x, weight, bias, running_mean, running_var, momentum, eps, pg, world, desc, c, tag
         )
-        ctx.meta = (pg, world, desc, c, b, s, eps, count)
+        ctx.meta = (pg, world, desc, c, b, s, eps, count, tag)
         ctx.stats = stats
-        ctx.save_for_backward(xin, weight)
+        ctx.save_for_backward(xin, w)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        pg, world, desc, c, b, s, eps, count = ctx.meta
+        pg, world, desc, c, b, s, eps, count, tag = ctx.meta
         xin, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
+        need_x = bool(tag[0])  # agreed by every rank in the forward: all make the collective below, or none
         stats = ctx.stats
         ps = stats.data_ptr()
-        pw = _ones_ptr(c) if weight is None else weight.data_ptr()
-        gw = torch.zeros(c, dtype=_F32)
-        gb = torch.zeros(c, dtype=_F32)
-        scratch = _scratch_ptr(c)
         n = b * s
-        gi = torch.empty_like(xin)
-        if n:
-            gi.copy_(grad)  # the C pass works in place, in xin's layout
-        lsum = torch.zeros(_HDR + 2 * c, dtype=_F64)
-        pl = lsum.data_ptr() + 8 * _HDR
+        if n and (grad.stride() != xin.stride() or grad.dtype is not _F32 or grad.data_ptr() % 4):
+            gi = torch.empty_like(xin).copy_(grad)  # the C passes read (and write, in place) xin's layout
+        elif need_x:
+            gi = torch.empty_like(xin).copy_(grad) if n else torch.empty_like(xin)
+        else:
+            gi = grad  # read only
+        msg = torch.zeros(_HDR + 3 * c, dtype=_F64)  # the forward's size: a message out of step is read, not an abort
+        pl = msg.data_ptr() + 8 * _HDR
         if n:
             _backend.backward_sums(xin.data_ptr(), gi.data_ptr(), ps, pl, b, c, s)
-        if need[0]:
-            err = None
-            if torch.is_grad_enabled():
-                err = RuntimeError("SyncBatchNorm: double backward (create_graph=True) is not supported")
-            _header(lsum, desc, None if err is None else ValueError(str(err)))
-            rows = _gather(lsum, pg, world)
-            if err is not None:
-                raise err
-            _check(rows, None, "backward", lsum)
-            gsum = rows[0, _HDR:].clone()
-            for r in range(1, world):
-                gsum += rows[r, _HDR:]
-            pgs = gsum.data_ptr()
-        else:  # no input gradient: no collective, this rank's weight and bias gradients
-            pgs = pl
+        if not need_x:  # no input gradient: weight.grad = sum dy*(x - mean) / sqrt(var + eps), bias.grad = sum dy
+            sums = msg[_HDR : _HDR + 2 * c].view(c, 2)
+            gw = (sums[:, 1] / torch.sqrt(stats[c:].double() + eps)).float() if need[1] else None
+            gb = sums[:, 0].float() if need[2] else None
+            return None, gw, gb, None, None, None
+        err = None
+        if torch.is_grad_enabled():
+            err = RuntimeError("SyncBatchNorm: double backward (create_graph=True) is not supported")
+        _header(msg, desc, None if err is None else ValueError(str(err)), (tag[0], _BACKWARD, tag[2]))
+        rows = _gather(msg, pg, world)
+        if err is not None:
+            raise err
+        _check(rows, None, "backward", msg)
+        gsum = rows[0, _HDR : _HDR + 2 * c].clone()
+        for r in range(1, world):
+            gsum += rows[r, _HDR : _HDR + 2 * c]
+        gw = torch.zeros(c, dtype=_F32)
+        gb = torch.zeros(c, dtype=_F32)
         if n:
             _backend.backward_apply(
                 xin.data_ptr(),
                 gi.data_ptr(),
-                pw,
+                _ones_ptr(c) if weight is None else weight.data_ptr(),
                 ps,
                 ps + 4 * c,
                 pl,
-                pgs,
+                gsum.data_ptr(),
                 count,
                 gw.data_ptr(),
                 gb.data_ptr(),
-                scratch,
+                _scratch_ptr(c),
                 b,
                 c,
                 s,
                 eps,
             )
-        return (gi if need[0] else None, gw if need[1] else None, gb if need[2] else None, None, None, None)
+        return gi, gw if need[1] else None, gb if need[2] else None, None, None, None
 
 
 _apply = _SyncBatchNormFn.apply
 
 
 @torch.compiler.disable
-def _sync_batch_norm(x, weight, bias, running_mean, running_var, momentum, eps, pg, world, desc, c):
-    if torch.is_grad_enabled() and (
-        (isinstance(x, _Tensor) and x.requires_grad)
-        or (weight is not None and weight.requires_grad)
-        or (bias is not None and bias.requires_grad)
+def _sync_module_forward(mod: SyncBatchNorm, x: Any, pg: Any, world: int) -> Tensor:
+    """The synchronized training forward of mod (eager: a graph break under torch.compile)."""
+    call = mod.__dict__.get("_dbn_sync_calls", 0) + 1  # every rank counts every synchronized forward
+    mod.__dict__["_dbn_sync_calls"] = call
+    desc = mod._descriptor()
+    c = mod._checked_channels(pg, world, desc, call)
+    if c == 0:  # agreed by every rank: all raise here
+        raise ValueError(_NO_CHANNELS)
+    momentum = mod.momentum
+    factor = 0.0 if momentum is None else momentum
+    nbt = mod.num_batches_tracked
+    if mod.track_running_stats and nbt is not None:
+        nbt.add_(1)
+        if momentum is None:
+            factor = 1.0 / float(nbt)
+    rm, rv = (mod.running_mean, mod.running_var) if mod.track_running_stats else (None, None)
+    weight, bias = mod.weight, mod.bias
+    grad = torch.is_grad_enabled()
+    need_x = grad and isinstance(x, _Tensor) and x.requires_grad
+    meta = (float(factor), float(mod.eps), pg, world, desc, c, (float(need_x), _FORWARD, float(call)))
+    if need_x or (
+        grad and ((weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad))
     ):
-        return _apply(x, weight, bias, running_mean, running_var, (momentum, eps, pg, world, desc, c))
-    return _sync_forward(x, weight, bias, running_mean, running_var, momentum, eps, pg, world, desc, c)[0]
+        return _apply(x, weight, bias, rm, rv, meta)
+    return _sync_forward(x, weight, bias, rm, rv, *meta)[0]
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -342,7 +426,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _check_non_zero_input_channels(self, input: Tensor) -> None:
         if input.size(1) == 0:
-            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
+            raise ValueError(_NO_CHANNELS)
 
     def _descriptor(self) -> tuple:
         m = self.momentum
@@ -355,13 +439,13 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             float(self.track_running_stats),
         )
 
-    def _checked_channels(self, pg: Any, world: int, desc: tuple) -> int:
-        """The channel count all ranks agreed on for pg (a descriptor-only collective the first time)."""
+    def _checked_channels(self, pg: Any, world: int, desc: tuple, call: int) -> int:
+        """The channel count all ranks agreed on for pg (a header-only collective the first time)."""
         done = self.__dict__.get("_dbn_sync_checked")
         if done is not None and done[0] is pg:
             return done[1]
         buf = torch.zeros(_HDR, dtype=_F64)
-        _header(buf, desc, None)
+        _header(buf, desc, None, (0.0, _CHECK, float(call)))
         _check(_gather(buf, pg, world), None, "forward")
         self.__dict__["_dbn_sync_checked"] = (pg, int(desc[0]))
         return int(desc[0])
@@ -369,20 +453,10 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         pg, world = _group(self.process_group) if self.training else (None, 1)
         if world == 1:  # plain BN: darknet_bn's module (PyTorch's checks and fallbacks)
+            if isinstance(input, _Tensor) and input.dim() >= 2:
+                self._check_non_zero_input_channels(input)
             return _DarknetBN.forward(self, input)
-        desc = self._descriptor()
-        c = self._checked_channels(pg, world, desc)
-        momentum = self.momentum
-        factor = 0.0 if momentum is None else momentum
-        nbt = self.num_batches_tracked
-        if self.track_running_stats and nbt is not None:
-            nbt.add_(1)
-            if momentum is None:
-                factor = 1.0 / float(nbt)
-        rm, rv = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
-        return _sync_batch_norm(
-            input, self.weight, self.bias, rm, rv, float(factor), float(self.eps), pg, world, desc, c
-        )
+        return _sync_module_forward(self, input, pg, world)
 
     @classmethod
     def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any | None = None) -> nn.Module:

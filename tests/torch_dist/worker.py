@@ -318,20 +318,173 @@ def one_collective_per_pass():
     try:
         mod = dbt.SyncBatchNorm(5)
         x = torch.randn(3, 5, 2, requires_grad=True)
+        h = sync._HDR
         mod(x).sum().backward()
-        assert calls == [24, 24 + 15, 24 + 10], calls
+        assert calls == [h, h + 15, h + 15], calls  # the backward's message has the forward's size
         del calls[:]
         mod(x).sum().backward()
-        assert calls == [24 + 15, 24 + 10], calls
+        assert calls == [h + 15, h + 15], calls
         del calls[:]
         mod(x.detach()).sum().backward()  # weight and bias need gradients, the input does not
-        assert calls == [24 + 15], calls
+        assert calls == [h + 15], calls
         del calls[:]
         mod.eval()
         mod(x).sum().backward()
         assert calls == [], calls
     finally:
         sync._gather = real
+
+
+@case
+def input_requires_grad_on_one_rank_raises_everywhere():
+    """Only rank 0's input requires a gradient: the forward raises on every rank (before, rank 0's
+    backward message met the others' next forward: a gloo abort on one rank, a wrong running_mean on
+    the other); nothing was updated, and the module keeps working."""
+    c = 3
+    sizes = W([3, 4], [2, 3, 2])
+    lo, hi = slices(sizes)
+    xf = torch.randn(sum(sizes), c, 4, generator=torch.Generator().manual_seed(40)) + 1
+    mod = dbt.SyncBatchNorm(c)
+    x = xf[lo:hi].clone().requires_grad_(RANK == 0)
+    raises_everywhere(lambda: mod(x), ValueError, ["requires a gradient on processes [0]", "agree"])
+    assert torch.equal(mod.running_mean, torch.zeros(c)) and torch.equal(mod.running_var, torch.ones(c))
+    x = xf[lo:hi].clone().requires_grad_(True)
+    gf = torch.randn(xf.shape, generator=torch.Generator().manual_seed(41))
+    (mod(x) * gf[lo:hi]).sum().backward()
+    x64 = xf.double().requires_grad_(True)
+    rm, rv = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    (F.batch_norm(x64, rm, rv, None, None, True, 0.1, 1e-5) * gf.double()).sum().backward()
+    close(x.grad, x64.grad[lo:hi], "input grad")
+    close(mod.running_mean, rm, "running_mean")
+    close(mod.running_var, rv, "running_var")
+
+
+@case
+def backward_out_of_step_raises_everywhere():
+    """Rank 0 runs a backward while the others run the next forward: both collectives raise (the
+    header's phase and call number differ) instead of one being read as the other."""
+    mod = dbt.SyncBatchNorm(4)
+    x = torch.randn(3, 4, 2, requires_grad=True)
+    out = mod(x)
+    if RANK == 0:
+        fn = lambda: out.sum().backward()  # noqa: E731
+    else:
+        fn = lambda: mod(x)  # noqa: E731
+    raises_everywhere(fn, RuntimeError, ["out of step", "backward of its call 1", "call 2"])
+
+
+def _checking_pointers(ptr_args):
+    """Wrap sync._backend's passes: every pointer they get is 4-byte aligned; returns the restore function."""
+    from darknet_bn.torch import _backend
+
+    saved = {}
+    for name, idx in ptr_args.items():
+        real = getattr(_backend, name)
+        saved[name] = real
+
+        def wrapped(*a, _real=real, _idx=idx, _name=name):
+            bad = [i for i in _idx if a[i] % 4]
+            assert not bad, f"{_name}: misaligned pointer arguments {bad}"
+            return _real(*a)
+
+        setattr(_backend, name, wrapped)
+    return lambda: [setattr(_backend, k, v) for k, v in saved.items()]
+
+
+def _misaligned(t):
+    """A float32 copy of t whose data_ptr() % 4 == 1 (torch.frombuffer with offset=1)."""
+    buf = bytearray(4 * t.numel() + 1)
+    m = torch.frombuffer(buf, dtype=torch.float32, offset=1, count=t.numel()).view(t.shape)
+    m.copy_(t)
+    assert m.data_ptr() % 4 == 1
+    return m
+
+
+@case
+def misaligned_tensors_are_copied():
+    """Input, weight, bias and running statistics not 4-byte aligned: the kernels get aligned copies
+    (every pointer they see is checked), the results equal the reference and the running statistics
+    land in the module's own (misaligned) tensors."""
+    c = 3
+    sizes = W([3, 2], [2, 1, 3])
+    lo, hi = slices(sizes)
+    g = torch.Generator().manual_seed(42)
+    xf = torch.randn(sum(sizes), c, 5, generator=g) * 2 + 1
+    gf = torch.randn(xf.shape, generator=g)
+    mod = dbt.SyncBatchNorm(c)
+    w0, b0 = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
+    mod.weight = nn.Parameter(_misaligned(w0))
+    mod.bias = nn.Parameter(_misaligned(b0))
+    mod.running_mean = _misaligned(torch.zeros(c))
+    mod.running_var = _misaligned(torch.ones(c))
+    restore = _checking_pointers(
+        {
+            "forward_moments": (0, 1),
+            "forward_apply": tuple(range(9)),
+            "backward_sums": (0, 1, 2, 3),
+            "backward_apply": (0, 1, 2, 3, 4, 5, 6, 8, 9, 10),
+        }
+    )
+    try:
+        x = _misaligned(xf[lo:hi]).requires_grad_(True)
+        out = mod(x)
+        (out * gf[lo:hi]).sum().backward()
+    finally:
+        restore()
+    x64 = xf.double().requires_grad_(True)
+    w64, b64 = w0.double().requires_grad_(True), b0.double().requires_grad_(True)
+    rm, rv = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    ref = F.batch_norm(x64, rm, rv, w64, b64, True, 0.1, 1e-5)
+    (ref * gf.double()).sum().backward()
+    close(out, ref[lo:hi], "output")
+    close(x.grad, x64.grad[lo:hi], "input grad")
+    wg, bg = mod.weight.grad.clone(), mod.bias.grad.clone()
+    dist.all_reduce(wg), dist.all_reduce(bg)  # this rank's contributions; their sum is the whole batch's
+    close(wg, w64.grad, "weight grad", rtol=1e-4)
+    close(bg, b64.grad, "bias grad", rtol=1e-4)
+    assert mod.running_mean.data_ptr() % 4 == 1
+    close(mod.running_mean, rm, "running_mean")
+    close(mod.running_var, rv, "running_var")
+
+
+@case
+def zero_channels_raise_everywhere():
+    """num_features=0: torch's ValueError on every rank (was an IndexError)."""
+    mod = dbt.SyncBatchNorm(0)
+    raises_everywhere(lambda: mod(torch.randn(2, 0, 3)), ValueError, ["number of input channels should be non-zero"])
+
+
+@case
+def no_input_grad_backward():
+    """Weight and bias need gradients, the input does not: no collective, no input-gradient pass
+    (backward_apply is not called), weight/bias gradients equal the reference's."""
+    from darknet_bn.torch import _backend
+
+    c = 4
+    sizes = W([2, 5], [3, 0, 4])
+    lo, hi = slices(sizes)
+    g = torch.Generator().manual_seed(43)
+    xf = torch.randn(sum(sizes), c, 3, generator=g) + 2
+    gf = torch.randn(xf.shape, generator=g)
+    mod = dbt.SyncBatchNorm(c, eps=1e-3)
+    with torch.no_grad():
+        mod.weight.copy_(torch.rand(c, generator=g) + 0.5)
+    w64 = mod.weight.detach().double().requires_grad_(True)
+    b64 = mod.bias.detach().double().requires_grad_(True)
+    calls = []
+    real = _backend.backward_apply
+    _backend.backward_apply = lambda *a: calls.append(a)
+    try:
+        (mod(xf[lo:hi].clone()) * gf[lo:hi]).sum().backward()
+    finally:
+        _backend.backward_apply = real
+    assert calls == [], "backward_apply ran although no input gradient was needed"
+    ref = F.batch_norm(xf.double(), None, None, w64, b64, True, 0.1, 1e-3)
+    (ref * gf.double()).sum().backward()
+    wg, bg = mod.weight.grad.clone(), mod.bias.grad.clone()
+    dist.all_reduce(wg), dist.all_reduce(bg)
+    close(wg, w64.grad, "weight grad", rtol=1e-4)
+    close(bg, b64.grad, "bias grad", rtol=1e-4)
 
 
 @case

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 import darknet_bn.torch as dbt
+from darknet_bn.torch.sync import _HDR  # the message header, doubles (the labels and the bare-gather baseline)
 
 
 def main() -> None:
@@ -62,14 +63,14 @@ def main() -> None:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             med[k], low[k] = float(t[0]), float(t[1])
         if rank == 0:
-            msg = f"fwd {world}x{8 * (24 + 3 * c)}, bwd {world}x{8 * (24 + 2 * c)}"
+            msg = f"fwd {world}x{8 * (_HDR + 3 * c)}, bwd {world}x{8 * (_HDR + 3 * c)}"
             print(
                 f"{text:>14} {med['sync']:14.3f} {med['local']:9.3f} {med['sync'] - med['local']:+9.3f} "
                 f"{med['torch']:9.3f} {msg:>22}   min {low['sync']:.3f} / {low['local']:.3f} / {low['torch']:.3f}",
                 flush=True,
             )
     # gloo alone: two bare all_gathers (a step's messages for 64 channels), timed the same way
-    bufs = [torch.zeros(24 + 3 * 64, dtype=torch.float64), torch.zeros(24 + 2 * 64, dtype=torch.float64)]
+    bufs = [torch.zeros(_HDR + 3 * 64, dtype=torch.float64), torch.zeros(_HDR + 3 * 64, dtype=torch.float64)]
     outs = [torch.empty(world * b.numel(), dtype=torch.float64) for b in bufs]
     ts = []
     for rnd in range(args.rounds + 3):

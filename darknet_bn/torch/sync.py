@@ -55,7 +55,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import _backend
-from ._passes import _kernel_input, _ones_ptr, _scratch_ptr, _zeros_ptr
+from ._passes import _kernel_input, _ones_ptr, _scratch_ptr, _zeros_ptr, aligned_copy
 from .modules import _DarknetBN
 
 __all__ = ["SyncBatchNorm"]
@@ -213,14 +213,6 @@ def _moments_rows(rows: Tensor, c: int) -> Tensor:
     return g
 
 
-def _aligned(t: Tensor | None) -> Tensor | None:
-    """t, or a copy of it in fresh (aligned) memory when its data is not 4-byte aligned (the C kernels
-    read float*); same shape and strides (t is contiguous or channels_last here)."""
-    if t is None or t.data_ptr() % 4 == 0:
-        return t
-    return torch.empty_like(t).copy_(t)
-
-
 def _sync_forward(
     x,
     weight,
@@ -245,7 +237,7 @@ def _sync_forward(
     if err is None:
         if x.numel():
             xin, b, s = _kernel_input(x)
-            xin = _aligned(xin)
+            xin = aligned_copy(xin)
             _backend.forward_moments(xin.data_ptr(), buf.data_ptr() + 8 * _HDR, b, c, s)
         else:
             xin = x
@@ -258,7 +250,7 @@ def _sync_forward(
             f"Expected more than 1 value per channel when training, got {int(count)} values per "
             f"channel over the {world} processes (input size {list(x.shape)} on this one)"
         )
-    weight, bias = _aligned(weight), _aligned(bias)
+    weight, bias = aligned_copy(weight), aligned_copy(bias)
     stats = torch.empty(2 * c, dtype=_F32)
     ps = stats.data_ptr()
     rm = rv = None
@@ -266,7 +258,7 @@ def _sync_forward(
         prm = _scratch_ptr(c) + 8 * c
         prv, momentum = prm + 4 * c, 0.0
     else:
-        rm, rv = _aligned(running_mean), _aligned(running_var)
+        rm, rv = aligned_copy(running_mean), aligned_copy(running_var)
         prm, prv = rm.data_ptr(), rv.data_ptr()
     pw = _ones_ptr(c) if weight is None else weight.data_ptr()
     pb = _zeros_ptr(c) if bias is None else bias.data_ptr()

@@ -324,6 +324,24 @@ static void backward_job(dbn_job *job, const float *x, const float *delta, float
     job->nt = out_bytes(batch, c, spatial) > DBN_NT_BACKWARD_BYTES;
 }
 
+/* Both backwards: the input's delta into out (and out2 when not NULL); delta and out may be one buffer. */
+static void run_backward(const float *x, const float *delta, float *out, float *out2, const float *scales,
+                         const float *mean, const float *variance, const float *r, const float *d,
+                         float *scale_updates, float *bias_updates, float *mean_delta, float *variance_delta,
+                         int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *flavor, int train,
+                         const dbn_exec *exec)
+{
+    fctx ctx = {.scales = scales, .stat_mean = mean, .stat_var = variance, .r = r, .d = d,
+                .scale_updates = scale_updates, .bias_updates = bias_updates, .mean_delta = mean_delta,
+                .variance_delta = variance_delta, .fl = flavor, .n = (double)batch * (double)spatial,
+                .train = train};
+    dbn_job job;
+    backward_job(&job, x, delta, out, out2, mean, batch, c, spatial, &ctx);
+    job.reduce = DBN_R_DOT2;
+    job.coef = coef_backward;
+    dbn_run(&job, exec);
+}
+
 void dbn_backward(const float *restrict x, float *restrict delta, float *restrict net_delta,
                   const float *restrict scales, const float *restrict mean, const float *restrict variance,
                   const float *restrict r, const float *restrict d,
@@ -332,15 +350,8 @@ void dbn_backward(const float *restrict x, float *restrict delta, float *restric
                   int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
                   const dbn_exec *exec)
 {
-    fctx ctx = {.scales = scales, .stat_mean = mean, .stat_var = variance, .r = r, .d = d,
-                .scale_updates = scale_updates, .bias_updates = bias_updates, .mean_delta = mean_delta,
-                .variance_delta = variance_delta, .fl = flavor, .n = (double)batch * (double)spatial,
-                .train = train};
-    dbn_job job;
-    backward_job(&job, x, delta, delta, net_delta, mean, batch, c, spatial, &ctx);
-    job.reduce = DBN_R_DOT2;
-    job.coef = coef_backward;
-    dbn_run(&job, exec);
+    run_backward(x, delta, delta, net_delta, scales, mean, variance, r, d, scale_updates, bias_updates, mean_delta,
+                 variance_delta, batch, c, spatial, flavor, train, exec);
 }
 
 void dbn_backward_into(const float *restrict x, const float *restrict delta, float *restrict dx,
@@ -351,15 +362,8 @@ void dbn_backward_into(const float *restrict x, const float *restrict delta, flo
                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
                        const dbn_exec *exec)
 {
-    fctx ctx = {.scales = scales, .stat_mean = mean, .stat_var = variance, .r = r, .d = d,
-                .scale_updates = scale_updates, .bias_updates = bias_updates, .mean_delta = mean_delta,
-                .variance_delta = variance_delta, .fl = flavor, .n = (double)batch * (double)spatial,
-                .train = train};
-    dbn_job job;
-    backward_job(&job, x, delta, dx, NULL, mean, batch, c, spatial, &ctx);
-    job.reduce = DBN_R_DOT2;
-    job.coef = coef_backward;
-    dbn_run(&job, exec);
+    run_backward(x, delta, dx, NULL, scales, mean, variance, r, d, scale_updates, bias_updates, mean_delta,
+                 variance_delta, batch, c, spatial, flavor, train, exec);
 }
 
 void dbn_backward_sums(const float *restrict x, const float *restrict delta, const float *restrict mean,

@@ -13,7 +13,7 @@ from helpers import assert_close, make_data
 
 from darknet_bn import kernels as K
 from darknet_bn import make_batchnorm_layer
-from darknet_bn._capi import ffi, lib
+from darknet_bn._capi import EXEC, ffi, lib
 
 # (batch, c, h, w), and the plan each is chosen to exercise (checked in test_shapes_take_their_paths)
 BIG = {
@@ -480,7 +480,7 @@ _FLAVORS = {  # momentum, eps, eps_in_sqrt, unbiased, bwd_eps, bwd_eps_in_sqrt, 
 
 
 def _exec(plain_stores=0, nthreads=2):
-    return ffi.new("dbn_exec *", {"nthreads": nthreads, "isa": K._exec.isa, "plain_stores": plain_stores})
+    return ffi.new("dbn_exec *", {"nthreads": nthreads, "isa": EXEC.isa, "plain_stores": plain_stores})
 
 
 def _backward_outputs(fn, shape, train, renorm, ex, out_of_place, flavor, offset=0):

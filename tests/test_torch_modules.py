@@ -785,3 +785,46 @@ def test_misaligned_output_gradient_is_copied():
         grads.append((xi.grad, mod.weight.grad, mod.bias.grad))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "shape, layout",
+    [
+        ((4, 32, 224, 224), "nchw"),  # 6.4M values, 25.7 MB: past the fused plan's 24 MB (csrc/internal.h)
+        ((4, 32, 224, 224), "channels_last"),  # the same as 200,704 rows of 32 values
+        ((12800, 512), "nchw"),  # BatchNorm1d: 6.6M values, rows of 512 channels
+        ((3, 5, 1001, 37), "nchw"),  # odd planes: vector tails and peels in every run
+    ],
+)
+def test_large_tensors_past_the_engine_thresholds(shape, layout):
+    """Train (forward and backward) and eval on tensors past the engine's plan thresholds, against
+    torch.nn in float64 (as close as torch's own float32)."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(shape, generator=g) * 2 + 0.5
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(shape, generator=g)
+    c = shape[1]
+    cls = {2: (dbt.BatchNorm1d, torch.nn.BatchNorm1d), 4: (dbt.BatchNorm2d, torch.nn.BatchNorm2d)}[len(shape)]
+    ours, t32 = cls[0](c), cls[1](c)
+    t64 = cls[1](c).double()
+    with torch.no_grad():
+        for m in (ours, t32, t64):
+            m.weight.copy_(torch.linspace(0.5, 1.5, c))
+            m.bias.copy_(torch.linspace(-1, 1, c))
+    res = []
+    for m, xx in ((ours, x), (t32, x), (t64, x.double())):
+        with kernel_calls() as n:
+            xi = xx.clone().requires_grad_(True)
+            y = m(xi)
+            y.backward(dy.to(xx.dtype))
+            m.eval()
+            with torch.no_grad():
+                ye = m(xx)
+        assert n == ({"train": 1, "infer": 1, "backward": 1} if m is ours else {"train": 0, "infer": 0, "backward": 0})
+        res.append((y, xi.grad, m.weight.grad, m.bias.grad, m.running_mean, m.running_var, ye))
+    names = ["output", "grad input", "grad weight", "grad bias", "running_mean", "running_var", "eval output"]
+    for name, a, b, r in zip(names, *res):
+        check(name, a.detach(), b.detach(), r.detach())
+    if layout == "channels_last":
+        assert res[0][0].is_contiguous(memory_format=torch.channels_last)

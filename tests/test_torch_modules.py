@@ -643,9 +643,10 @@ def test_threads_follow_torch():
         torch.set_num_threads(n0)
 
 
-def test_import_darknet_bn_does_not_import_torch():
+def test_import_darknet_bn_does_not_import_torch(tmp_path):
     code = "import sys, darknet_bn; assert 'torch' not in sys.modules, 'torch imported'"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # cwd elsewhere: `python -c` puts the current directory first on sys.path (the checkout's source tree)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
 
 

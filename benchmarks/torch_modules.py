@@ -13,13 +13,16 @@ Rounds are interleaved: round r runs every variant once (after one untimed call 
 in an order that rotates from round to round; ratios are medians of the per-round ratios torch/ours.
 Both libraries use the same thread count (torch.set_num_threads; darknet_bn.torch follows it).
 
-usage: python benchmarks/torch_modules.py [--rounds N] [--threads N] [--quick] [--json FILE]
+usage: python benchmarks/torch_modules.py [--rounds N] [--threads N] [--quick] [--no-output-cache] [--json FILE]
        (--quick: a few shapes and the per-call rows, no networks)
 
 Both libraries allocate their outputs (and input gradients) on every call, as torch does for its users;
 above glibc's mmap threshold (32 MiB at most) every such allocation is fresh memory, whose page faults
 can cost more than the pass itself (on this VM ~5 us a 4 KiB page). Running with
 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large> makes glibc reuse freed memory for both libraries.
+darknet_bn.torch itself reuses the memory of its own freed outputs of 32 MiB and more (its output
+cache, on by default: what users get); --no-output-cache turns it off (dbt.set_output_cache(0)), for
+the comparison with both libraries allocating the same way.
 """
 
 from __future__ import annotations
@@ -329,14 +332,18 @@ def main(argv=None):
     ap.add_argument("--no-nets", action="store_true", help="skip the whole-network training steps")
     ap.add_argument("--nets-only", action="store_true", help="only the whole-network training steps")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    ap.add_argument("--no-output-cache", action="store_true", help="darknet_bn.torch without its output cache")
     a = ap.parse_args(argv)
+    if a.no_output_cache:
+        dbt.set_output_cache(0)
     if a.threads:
         torch.set_num_threads(a.threads)
     threads = torch.get_num_threads()
     env = {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "THP_", "OMP_"))}
     print(
         f"torch {torch.__version__}, {threads} threads (both), {a.rounds} interleaved rounds, "
-        f"{platform.processor() or platform.machine()}; load average {os.getloadavg()[0]:.1f}; env {env}",
+        f"{platform.processor() or platform.machine()}; load average {os.getloadavg()[0]:.1f}; env {env}; "
+        f"darknet_bn output cache {'off' if a.no_output_cache else 'on'}",
         flush=True,
     )
     layouts = ("contiguous", "channels_last")
@@ -345,6 +352,7 @@ def main(argv=None):
         "threads": threads,
         "rounds": a.rounds,
         "env": env,
+        "output_cache": not a.no_output_cache,
         "load_before": os.getloadavg()[0],
     }
     if a.nets_only:

@@ -829,3 +829,94 @@ def test_large_tensors_past_the_engine_thresholds(shape, layout):
         check(name, a.detach(), b.detach(), r.detach())
     if layout == "channels_last":
         assert res[0][0].is_contiguous(memory_format=torch.channels_last)
+
+
+# ------------------------------------------------------------------------------------------------
+# The output cache (outputs of CACHE_MIN_BYTES and more reuse memory no tensor holds)
+
+
+@pytest.fixture
+def small_cache(monkeypatch):
+    """The cache for every output of 4 KiB and more, emptied before and after."""
+    from darknet_bn.torch import _passes
+
+    monkeypatch.setattr(_passes, "CACHE_MIN_BYTES", 4096)
+    dbt.empty_output_cache()
+    yield _passes
+    dbt.empty_output_cache()
+
+
+def test_output_cache_reuses_only_free_memory(small_cache):
+    x = make_input((4, 8, 16, 16), "contiguous", 0)
+    m, t = dbt.BatchNorm2d(8).eval(), nn.BatchNorm2d(8).eval()
+    with torch.no_grad():
+        t.running_mean.uniform_(-1, 1)
+        t.running_var.uniform_(0.5, 2)
+    m.load_state_dict(t.state_dict())
+    with torch.no_grad():
+        y1 = m(x)
+        p1 = y1.data_ptr()
+        y2 = m(x)  # y1 alive: other memory
+        assert y2.data_ptr() != p1
+        torch.testing.assert_close(y1, t(x), rtol=1e-5, atol=1e-6)
+        ref = y1.clone()
+        assert torch.equal(y2, ref)
+        view = y1[1:]  # a view keeps the block
+        arr = y2.numpy()  # so does a numpy array
+        del y1, y2
+        y3 = m(x)
+        assert y3.data_ptr() not in (p1, arr.ctypes.data)
+        assert y3._base is None and torch.equal(y3, ref)
+        del view
+        y4 = m(x)  # y1's block is free now
+        assert y4.data_ptr() == p1 and torch.equal(y4, ref) and y4.stride() == x.stride()
+        y4.add_(1)  # the caller owns it: writes do not reach the others
+        assert torch.equal(y3, ref) and np.array_equal(arr, ref.numpy())
+    assert dbt.output_cache_bytes() >= 3 * x.numel() * 4
+
+
+def test_output_cache_training_and_off(small_cache):
+    shape = (4, 8, 16, 16)
+    x = make_input(shape, "channels_last", 1)
+    g = make_input(shape, "channels_last", 2)
+    ours, ref = dbt.BatchNorm2d(8), nn.BatchNorm2d(8)
+    for _step in range(3):  # the outputs and input gradients of earlier steps are freed: reused
+        xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+        yo, yr = ours(xo), ref(xr)
+        yo.backward(g)
+        yr.backward(g)
+        assert yo.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(yo, yr, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(xo.grad, xr.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
+    assert dbt.output_cache_bytes() > 0
+    dbt.set_output_cache(0)
+    try:
+        assert dbt.output_cache_bytes() == 0
+        with torch.no_grad():
+            y1 = ours(x)
+            p1 = y1.data_ptr()
+            del y1
+            ours(x)
+        assert dbt.output_cache_bytes() == 0
+    finally:
+        dbt.set_output_cache(1 << 30)
+    with pytest.raises(ValueError, match="byte count"):
+        dbt.set_output_cache(-1)
+    with pytest.raises(TypeError, match="expected an int"):
+        dbt.set_output_cache(1.5)
+    del p1
+
+
+def test_output_cache_limit_drops_blocks(small_cache):
+    x = make_input((4, 8, 16, 16), "contiguous", 3)
+    nbytes = x.numel() * 4
+    m = dbt.BatchNorm2d(8).eval()
+    dbt.set_output_cache(2 * nbytes)
+    try:
+        with torch.no_grad():
+            held = [m(x) for _ in range(4)]  # only two fit: the cache never exceeds its cap
+            assert dbt.output_cache_bytes() <= 2 * nbytes
+            assert len({y.data_ptr() for y in held}) == 4
+    finally:
+        dbt.set_output_cache(1 << 30)

@@ -14,6 +14,8 @@
 - Float32 CPU tensors run the kernels; other dtypes and devices run PyTorch (see
   :mod:`darknet_bn.torch.functional`). ``torch.compile`` works (custom operators, :mod:`._ops`).
 - Threads: ``torch.get_num_threads()`` per call, unless :func:`set_num_threads` fixes a count.
+- Outputs of 32 MiB and more reuse memory that no tensor holds any more (no page faults per call):
+  :func:`set_output_cache` caps it (1 GiB by default; 0: off), :func:`empty_output_cache` frees it.
 
 Importing this module imports torch; ``import darknet_bn`` alone never does.
 """
@@ -27,6 +29,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from . import _ops  # noqa: F401  (registers the custom operators)
 from ._backend import get_num_threads, set_num_threads
+from ._passes import empty_output_cache, output_cache_bytes, set_output_cache
 from .functional import batch_norm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, convert
 from .sync import SyncBatchNorm
@@ -40,4 +43,7 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "SyncBatchNorm",
+    "set_output_cache",
+    "empty_output_cache",
+    "output_cache_bytes",
 ]

@@ -8,6 +8,7 @@ H*W; channels_last: batch = N*H*W, spatial = 1); per-channel tensors are float32
 
 from __future__ import annotations
 
+import threading
 from typing import overload
 
 import torch
@@ -25,6 +26,7 @@ _empty = torch.empty
 _empty_like = torch.empty_like
 _zeros = torch.zeros
 _bump = torch.autograd.graph.increment_version
+_use_count = torch._C._storage_Use_Count
 
 # ------------------------------------------------------------------------------------------------
 # Layout
@@ -122,6 +124,22 @@ def chan_ok(t: Tensor | None, c: int, traced: bool = False) -> bool:
     )
 
 
+def chans_ok(c: int, *ts: Tensor | None) -> bool:
+    """``chan_ok(t, c)`` and :func:`aligned` for each of ts, in one call (the eager module path)."""
+    for t in ts:
+        if t is not None and not (
+            (type(t) is _Tensor or type(t) is _Parameter)
+            and t.dtype is _F32
+            and t.is_cpu
+            and t.dim() == 1
+            and t.shape[0] == c
+            and t.is_contiguous()
+            and not t.data_ptr() & 3
+        ):
+            return False
+    return True
+
+
 _ONES: dict = {}
 _ZEROS: dict = {}
 _SCRATCH: dict = {}
@@ -152,6 +170,88 @@ def _scratch_ptr(c: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# Large outputs: a cache of their memory
+#
+# glibc serves every block above its mmap threshold (32 MiB at most) with a fresh mmap and unmaps it on
+# free, so each such output -- PyTorch's and ours alike -- is page-faulted in (and zeroed by the kernel)
+# on every call: on this machine kind writing a fresh 49 MiB tensor took 17 ms, the same write into
+# reused memory 2 ms. The passes below take outputs of CACHE_MIN_BYTES and more from this cache
+# instead: a block (a torch storage) is handed out again once nothing but the cache holds it (its
+# use count is 1: no tensor, view, numpy array or autograd graph refers to it any more). The output
+# is a plain tensor on that storage (not a view). The cache keeps at most _limit bytes (blocks in use
+# count too); beyond it, outputs are allocated as PyTorch's are. set_output_cache(0) turns it off,
+# empty_output_cache() releases the free blocks.
+
+CACHE_MIN_BYTES = 32 << 20
+_cache_lock = threading.Lock()
+_cache: list = []  # UntypedStorage objects, oldest first
+_cache_bytes = 0
+_limit = 1 << 30
+
+
+def set_output_cache(max_bytes: int) -> None:
+    """Cap (in bytes) the memory darknet_bn.torch keeps for reuse as outputs of 32 MiB and more
+    (default 1 GiB; 0 turns the cache off and releases it). Blocks in use stay alive until their
+    tensors die, as any tensor's memory does."""
+    global _limit
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise TypeError(f"max_bytes: expected an int, got {type(max_bytes).__name__} {max_bytes!r}")
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes: expected a byte count >= 0, got {max_bytes}")
+    with _cache_lock:
+        _limit = max_bytes
+        _trim(0)
+
+
+def empty_output_cache() -> None:
+    """Release the cached blocks no tensor uses (their memory returns to the system)."""
+    global _cache_bytes
+    with _cache_lock:
+        keep = [st for st in _cache if _use_count(st._cdata) > 1]
+        _cache[:] = keep
+        _cache_bytes = sum(st.nbytes() for st in keep)
+
+
+def output_cache_bytes() -> int:
+    """The bytes the cache holds now (in use or free)."""
+    return _cache_bytes
+
+
+def _trim(need: int) -> None:
+    """Drop blocks, busy ones first (their tensors keep them alive), until need more bytes fit."""
+    global _cache_bytes
+    for busy in (True, False):
+        i = 0
+        while _cache_bytes + need > _limit and i < len(_cache):
+            st = _cache[i]
+            if (_use_count(st._cdata) > 1) is busy:
+                del _cache[i]
+                _cache_bytes -= st.nbytes()
+            else:
+                i += 1
+
+
+def _new_like(xin: Tensor) -> Tensor:
+    """An uninitialized tensor with xin's shape and strides (xin: dense, contiguous or channels_last)."""
+    nbytes = 4 * xin.numel()
+    if nbytes < CACHE_MIN_BYTES or not _limit:
+        return _empty_like(xin)
+    global _cache_bytes
+    with _cache_lock:
+        for st in _cache:
+            # free: only the cache refers to it; and still what the cache put out (not resized or moved
+            # to shared memory by a user since)
+            if _use_count(st._cdata) == 1 and st.nbytes() == nbytes and not st.is_shared():
+                return _empty(0, dtype=_F32).set_(st, 0, xin.shape, xin.stride())
+        out = _empty_like(xin)
+        if nbytes <= _limit:
+            _trim(nbytes)
+            _cache.append(out.untyped_storage())
+            _cache_bytes += nbytes
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
 # The passes on tensors (eager)
 
 
@@ -167,10 +267,13 @@ def _train_forward(
     momentum: float,
     eps: float,
     keep: bool = True,
+    nbt: Tensor | None = None,
 ):
     """Training forward; returns (out, stats) with stats = [mean; biased var] (2*c floats; None
-    unless keep: then the batch statistics go to the scratch buffer)."""
-    out = _empty_like(xin)
+    unless keep: then the batch statistics go to the scratch buffer). nbt: a num_batches_tracked
+    (int64 CPU scalar) the caller has incremented in place: its version is bumped with the running
+    statistics'."""
+    out = _new_like(xin)
     if keep:
         stats = _empty(2 * c, dtype=_F32)
         ps = stats.data_ptr()
@@ -196,13 +299,13 @@ def _train_forward(
         momentum,
         eps,
     )
-    if running_mean is not None:
-        _bump((running_mean, running_var))  # an in-place update, as PyTorch's (autograd's version check)
+    if running_mean is not None:  # an in-place update, as PyTorch's (autograd's version check)
+        _bump((running_mean, running_var) if nbt is None else (running_mean, running_var, nbt))
     return out, stats
 
 
 def _infer_forward(xin: Tensor, weight, bias, running_mean, running_var, b: int, c: int, s: int, eps: float):
-    out = _empty_like(xin)
+    out = _new_like(xin)
     _backend.forward_infer(
         xin.data_ptr(),
         out.data_ptr(),
@@ -238,7 +341,7 @@ def _backward(
     fmt = _CONTIG if xin.is_contiguous() else _CL if xin.dim() == 4 else _CL3
     if not g.is_contiguous(memory_format=fmt) or g.data_ptr() & 3:  # a misaligned gradient: copied too
         g = g.clone(memory_format=fmt)
-    gi = _empty_like(xin)
+    gi = _new_like(xin)
     scratch = _scratch_ptr(c)
     gw = _zeros(c, dtype=_F32) if need_w else None
     gb = _zeros(c, dtype=_F32) if need_b else None

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._passes import _backward, _infer_forward, _kernel_input, _train_forward, aligned, chan_ok
+from . import _backend
+from ._passes import _backward, _infer_forward, _kernel_input, _train_forward, aligned, chan_ok, chans_ok
 
 __all__ = ["batch_norm"]
 
@@ -77,21 +78,21 @@ class _BatchNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xin, weight, bias, running_mean, running_var, meta):
-        training, momentum, eps, b, s = meta
-        c = xin.shape[1]
-        ctx.dims = (b, c, s, eps, training)
+        # meta: (training, momentum, eps, batch, c, spatial, num_batches_tracked or None)
+        training, momentum, eps, b, c, s, nbt = meta
         if training:
-            out, stats = _train_forward(xin, weight, bias, running_mean, running_var, b, c, s, momentum, eps)
-            ctx.stats = stats
+            out, stats = _train_forward(xin, weight, bias, running_mean, running_var, b, c, s, momentum, eps, True, nbt)
+            ctx.meta = (meta, stats)
             ctx.save_for_backward(xin, weight)
         else:
             out = _infer_forward(xin, weight, bias, running_mean, running_var, b, c, s, eps)
+            ctx.meta = (meta, None)
             ctx.save_for_backward(xin, weight, running_mean, running_var)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        b, c, s, eps, training = ctx.dims
+        (training, _m, eps, b, c, s, _n), stats = ctx.meta
         saved = ctx.saved_tensors
         xin, weight = saved[0], saved[1]
         need = ctx.needs_input_grad
@@ -100,13 +101,19 @@ class _BatchNormFn(torch.autograd.Function):
                 g, xin, weight, None if training else saved[2], None if training else saved[3], training, eps
             )
         elif training:
-            ps = ctx.stats.data_ptr()
+            ps = stats.data_ptr()
             gi, gw, gb = _backward(g, xin, weight, ps, ps + 4 * c, b, c, s, eps, True, need[1], need[2])
         else:
             gi, gw, gb = _backward(
                 g, xin, weight, saved[2].data_ptr(), saved[3].data_ptr(), b, c, s, eps, False, need[1], need[2]
             )
         return gi if need[0] else None, gw if need[1] else None, gb if need[2] else None, None, None, None
+
+
+# The autograd engine calls the backward node's ``apply``, which torch defines in Python
+# (BackwardCFunction.apply: it looks up backward/vjp and a boxed-grads flag on every call, ~1 us);
+# this node's apply is the backward itself.
+_BatchNormFn._backward_cls.apply = _BatchNormFn.backward  # type: ignore[attr-defined]
 
 
 # Function.apply without its Python wrapper (which binds default arguments for setup_context-style
@@ -173,7 +180,64 @@ def batch_norm(
     if _grad_enabled() and (
         x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
     ):
-        return _apply(xin, weight, bias, running_mean, running_var, (training, momentum, eps, b, s))
+        return _apply(xin, weight, bias, running_mean, running_var, (training, momentum, eps, b, c, s, None))
     if training:
         return _train_forward(xin, weight, bias, running_mean, running_var, b, c, s, momentum, eps, False)[0]
     return _infer_forward(xin, weight, bias, running_mean, running_var, b, c, s, eps)
+
+
+_I64 = torch.int64
+
+
+def module_forward(m, x: Tensor) -> Tensor | None:
+    """``_BatchNorm.forward`` of darknet_bn's modules in the common eager case -- a float32 CPU input,
+    a float momentum, running statistics tracked -- with fewer Python steps than the general path
+    (:func:`batch_norm` after PyTorch's forward): the same checks, in one place, and the batch count
+    incremented without a torch op. Returns None, having changed nothing, whenever anything differs
+    from that case: the caller then takes the general path."""
+    if (
+        type(x) is not _Tensor
+        or x.dtype is not _F32
+        or not x.is_cpu
+        or _peek() is not None
+        or _fwd_ad._current_level >= 0
+    ):
+        return None
+    d = m.__dict__
+    momentum = d["momentum"]
+    if type(momentum) is not float or not d["track_running_stats"]:
+        return None
+    p, bufs = d["_parameters"], d["_buffers"]
+    weight, bias = p.get("weight"), p.get("bias")
+    rm, rv, nbt = bufs.get("running_mean"), bufs.get("running_var"), bufs.get("num_batches_tracked")
+    if rm is None or rv is None or nbt is None:
+        return None
+    m._check_input_dim(x)
+    shape = x.shape
+    c = shape[1]
+    if (
+        x.numel() == 0
+        or x.data_ptr() & 3
+        or not chans_ok(c, weight, bias, rm, rv)
+        or rm.requires_grad
+        or rv.requires_grad
+    ):
+        return None
+    training = d["training"]
+    eps = d["eps"]
+    if type(eps) is not float:
+        return None
+    xin, b, s = _kernel_input(x)
+    if training:
+        if b * s < 2 or type(nbt) is not _Tensor or nbt.dtype is not _I64 or not nbt.is_cpu or nbt.dim():
+            return None
+        _backend.count_batch(nbt.data_ptr())  # nbt.add_(1); its version is bumped by the pass
+    else:
+        nbt = None
+    if _grad_enabled() and (
+        x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
+    ):
+        return _apply(xin, weight, bias, rm, rv, (training, momentum, eps, b, c, s, nbt))
+    if training:
+        return _train_forward(xin, weight, bias, rm, rv, b, c, s, momentum, eps, False, nbt)[0]
+    return _infer_forward(xin, weight, bias, rm, rv, b, c, s, eps)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import batch_norm
+from .functional import batch_norm, module_forward
 
 _is_compiling = torch.compiler.is_compiling
 
@@ -36,6 +36,10 @@ class _DarknetBN(_Mixin):
     """The forward of darknet_bn's BatchNorm modules (mixed in before the torch.nn class)."""
 
     def forward(self: _BatchNorm, input: Tensor) -> Tensor:
+        if not _is_compiling():
+            out = module_forward(self, input)  # the common case, in fewer steps (None: not that case)
+            if out is not None:
+                return out
         self._check_input_dim(input)
         # PyTorch's _BatchNorm.forward, with darknet_bn's batch_norm. Eagerly, the parameters and
         # buffers are read from their dicts (nn.Module.__getattr__ costs ~0.5 us a read).

@@ -13,8 +13,13 @@ Rounds are interleaved: round r runs every variant once (after one untimed call 
 in an order that rotates from round to round; ratios are medians of the per-round ratios torch/ours.
 Both libraries use the same thread count (torch.set_num_threads; darknet_bn.torch follows it).
 
-usage: python benchmarks/torch_modules.py [--rounds N] [--threads N] [--quick] [--no-output-cache] [--json FILE]
+usage: python benchmarks/torch_modules.py [--rounds N] [--threads N] [--quick] [--no-output-cache]
+       [--no-act | --act-only] [--no-nets | --nets-only] [--json FILE]
        (--quick: a few shapes and the per-call rows, no networks)
+
+BatchNormAct2d rows (leaky 0.1 and SiLU, ACT_SHAPES): dbt.BatchNormAct2d against torch.nn.BatchNorm2d
+followed by the activation module (inplace=True, torch's fastest eager form), and against our
+BatchNorm2d followed by the same activation module ("fusion gain"), called as above.
 
 Both libraries allocate their outputs (and input gradients) on every call, as torch does for its users;
 above glibc's mmap threshold (32 MiB at most) every such allocation is fresh memory, whose page faults
@@ -220,6 +225,89 @@ def bench_per_call(rounds):
 
 
 # ------------------------------------------------------------------------------------------------
+# BatchNorm2d + activation: BatchNormAct2d against torch.nn's BN then the activation module
+
+ACT_SHAPES = [(8, 32, 208, 208), (16, 128, 52, 52), (64, 512, 7, 7), (256, 32, 1, 1), (128, 1024, 1, 1)]
+ACTS = {
+    "leaky": (
+        lambda: nn.LeakyReLU(0.1, inplace=True),
+        {"act_layer": nn.LeakyReLU, "act_kwargs": {"negative_slope": 0.1}},
+    ),
+    "silu": (lambda: nn.SiLU(inplace=True), {"act_layer": nn.SiLU}),
+}
+
+
+def _act_calls(shape, layout, act):
+    """torch: nn.Sequential(nn.BatchNorm2d, the activation with inplace=True -- torch's fastest eager
+    form); ours: dbt.BatchNormAct2d (fused); ours-unfused: dbt.BatchNorm2d then the same activation."""
+    g = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = (torch.randn(shape, generator=g) * 2 + 0.5).contiguous(memory_format=fmt)
+    gy = torch.randn(shape, generator=g).contiguous(memory_format=fmt)
+    c = shape[1]
+    make_act, kw = ACTS[act]
+    mods = {
+        "torch": nn.Sequential(nn.BatchNorm2d(c), make_act()),
+        "ours": dbt.BatchNormAct2d(c, **kw),
+        "ours-unfused": nn.Sequential(dbt.BatchNorm2d(c), make_act()),
+    }
+    calls = {}
+    for name, m in mods.items():
+        xg = x.clone().requires_grad_()
+        xe = x.clone()
+        params = list(m.parameters())
+
+        def train(m=m, xg=xg, params=params):
+            xg.grad = None
+            for p in params:
+                p.grad = None
+            y = m(xg)
+            y.backward(gy)
+
+        def infer(m=m, xe=xe):
+            with torch.no_grad():
+                return m(xe)
+
+        calls[name] = (m, train, infer)
+    return calls
+
+
+def bench_act(shapes, layouts, rounds):
+    rows = []
+    for act in ACTS:
+        for shape in shapes:
+            for layout in layouts:
+                if layout == "channels_last" and shape[2] * shape[3] == 1:
+                    continue
+                calls = _act_calls(shape, layout, act)
+                row = {"act": act, "shape": "x".join(map(str, shape)), "layout": layout}
+                for pss, idx, mode in (("train", 1, True), ("eval", 2, False)):
+                    for m, *_ in calls.values():
+                        m.train(mode)
+                    t = interleaved({n: c[idx] for n, c in calls.items()}, rounds)
+                    row[pss] = {
+                        "torch_ms": 1e3 * statistics.median(t["torch"]),
+                        "ours_ms": 1e3 * statistics.median(t["ours"]),
+                        "unfused_ms": 1e3 * statistics.median(t["ours-unfused"]),
+                        "ratio": ratio(t, "torch", "ours"),
+                        "fusion_gain": ratio(t, "ours-unfused", "ours"),
+                    }
+                rows.append(row)
+                print(
+                    f"BatchNormAct2d {act:>5} {row['shape']:>14} {layout:>13}"
+                    + "".join(
+                        f"  {pss} torch {row[pss]['torch_ms']:8.3f} / ours {row[pss]['ours_ms']:8.3f} ms = "
+                        f"{row[pss]['ratio']:5.2f}x (ours unfused {row[pss]['unfused_ms']:8.3f}: "
+                        f"{row[pss]['fusion_gain']:4.2f}x)"
+                        for pss in ("train", "eval")
+                    ),
+                    flush=True,
+                )
+                del calls
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
 # Whole training steps
 
 
@@ -331,6 +419,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="a few shapes, the per-call rows, no networks")
     ap.add_argument("--no-nets", action="store_true", help="skip the whole-network training steps")
     ap.add_argument("--nets-only", action="store_true", help="only the whole-network training steps")
+    ap.add_argument("--no-act", action="store_true", help="skip the BatchNormAct2d rows")
+    ap.add_argument("--act-only", action="store_true", help="only the BatchNormAct2d rows")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--no-output-cache", action="store_true", help="darknet_bn.torch without its output cache")
     a = ap.parse_args(argv)
@@ -363,6 +453,14 @@ def main(argv=None):
             with open(a.json, "w") as f:
                 json.dump(res, f, indent=1)
         return
+    if a.act_only:
+        res["act"] = bench_act(ACT_SHAPES[2:] if a.quick else ACT_SHAPES, layouts, a.rounds)
+        res["load_after"] = os.getloadavg()[0]
+        print(f"load average {res['load_after']:.1f}")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=1)
+        return
     res["per_call"] = bench_per_call(max(a.rounds, 7))
     res["shapes"] = bench_shapes(QUICK if a.quick else SHAPES, layouts, a.rounds)
     for pss in ("train", "eval"):
@@ -374,6 +472,12 @@ def main(argv=None):
             f"geometric mean torch/ours, {pss}: {gmean(r):.2f} (lowest {min(r):.2f}); "
             f"of the minimum times: {gmean(rm):.2f} (lowest {min(rm):.2f})"
         )
+    if not a.no_act:
+        res["act"] = bench_act(ACT_SHAPES[2:] if a.quick else ACT_SHAPES, layouts, a.rounds)
+        for pss in ("train", "eval"):
+            r = [row[pss]["ratio"] for row in res["act"]]
+            res[f"act_geomean_{pss}"] = gmean(r)
+            print(f"BatchNormAct2d geometric mean torch/ours, {pss}: {gmean(r):.2f} (lowest {min(r):.2f})")
     if not a.quick and not a.no_nets:
         res["steps"] = bench_steps(max(3, a.rounds // 2), layouts)
     res["load_after"] = os.getloadavg()[0]

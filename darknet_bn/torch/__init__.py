@@ -7,7 +7,10 @@
 - :class:`BatchNorm1d`, :class:`BatchNorm2d`, :class:`BatchNorm3d`: subclasses of the ``torch.nn``
   classes (same constructor, parameters, buffers, state_dict, modes and errors), forward and backward
   on darknet_bn's fused passes with PyTorch's semantics and exact gradient.
-- :func:`convert`: swap them into an existing model.
+- :class:`BatchNormAct2d`: timm's BatchNorm2d + activation module, the activation inside BN's passes
+  (forward and backward) for ReLU, LeakyReLU, SiLU, Mish, GELU, Hardswish and a few more.
+- :func:`convert`: swap them into an existing model (folding BatchNorm2d + activation pairs of an
+  ``nn.Sequential`` into BatchNormAct2d; ``fold_activations=False``: only the swap).
 - :class:`SyncBatchNorm`: ``torch.nn.SyncBatchNorm`` for CPU tensors over ``torch.distributed``
   (gloo), DDP included (:mod:`darknet_bn.torch.sync`).
 - :func:`batch_norm`: ``torch.nn.functional.batch_norm``'s signature.
@@ -32,12 +35,14 @@ from ._backend import get_num_threads, set_num_threads
 from ._passes import empty_output_cache, output_cache_bytes, set_output_cache
 from .functional import batch_norm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, convert
+from .norm_act import BatchNormAct2d
 from .sync import SyncBatchNorm
 
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormAct2d",
     "convert",
     "batch_norm",
     "set_num_threads",

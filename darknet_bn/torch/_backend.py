@@ -18,7 +18,15 @@ import torch
 from .._capi import EXEC as _numpy_exec  # the numpy side's settings (threads, instruction set)
 from .._capi import ffi, lib  # one libgomp in the process whichever loads first (both name libgomp.so.1)
 
-__all__ = ["forward_train", "forward_infer", "backward", "count_batch", "set_num_threads", "get_num_threads"]
+__all__ = [
+    "forward_train",
+    "forward_infer",
+    "backward",
+    "act_struct",
+    "count_batch",
+    "set_num_threads",
+    "get_num_threads",
+]
 
 _cast = ffi.cast
 _lib_train = lib.dbn_forward_train
@@ -102,6 +110,25 @@ _PTRS = _Ptrs()
 _p = _PTRS.__getitem__
 
 
+class _Acts(dict):
+    """``dbn_act`` structs per (kind, alpha), kept alive here (bounded)."""
+
+    def __missing__(self, key):
+        if len(self) > 256:
+            self.clear()
+        kind, alpha = key
+        a = self[key] = ffi.new("dbn_act *", {"kind": kind, "alpha": alpha})
+        return a
+
+
+_ACTS = _Acts()
+
+
+def act_struct(kind: int, alpha: float = 0.0):
+    """The ``const dbn_act *`` for a DBN_ACT_* kind (alpha: LeakyReLU's negative slope); linear: NULL."""
+    return _NULL if kind == 0 else _ACTS[(kind, float(alpha))]
+
+
 _PTRS64: dict = {}
 
 
@@ -130,10 +157,12 @@ def forward_train(
     spatial: int,
     momentum: float,
     eps: float,
+    act=_NULL,
 ) -> None:
     """Training forward over [batch, c, spatial] float32 (addresses of float32 buffers; per-channel
-    ones hold c values). Writes out, mean and the biased variance var; updates running_mean and
-    running_var (unbiased variance) with momentum. Requires batch*spatial >= 2."""
+    ones hold c values). Writes out = act(BN(x)), mean and the biased variance var; updates
+    running_mean and running_var (unbiased variance) with momentum. act: a ``dbn_act *`` from
+    :func:`act_struct` (NULL: none). Requires batch*spatial >= 2."""
     _lib_train(
         _p(x),
         _p(out),
@@ -148,6 +177,7 @@ def forward_train(
         spatial,
         _FLAVORS[(momentum, eps)],
         _NULL,
+        act,
         _ex(),
     )
 
@@ -163,9 +193,10 @@ def forward_infer(
     c: int,
     spatial: int,
     eps: float,
+    act=_NULL,
 ) -> None:
-    """Inference forward: out = weight * (x - running_mean) / sqrt(running_var + eps) + bias;
-    weight and bias may be 0 (NULL: 1 and 0)."""
+    """Inference forward: out = act(weight * (x - running_mean) / sqrt(running_var + eps) + bias);
+    weight and bias may be 0 (NULL: 1 and 0); act as in :func:`forward_train`."""
     _lib_infer(
         _p(x),
         _p(out),
@@ -177,7 +208,7 @@ def forward_infer(
         c,
         spatial,
         _FLAVORS[(0.0, eps)],
-        0,
+        act,
         _ex(),
     )
 
@@ -197,16 +228,20 @@ def backward(
     spatial: int,
     eps: float,
     train: bool,
+    bias: int = 0,
+    act=_NULL,
 ) -> None:
     """Backward, out of place: reads delta (the output's gradient, left unchanged) and writes the
     input's gradient into dx (not overlapping x or delta). mean/var: the statistics the forward
     normalized with (the batch's, var biased, when train; the running ones otherwise). grad_weight
-    and grad_bias are *added to* (zero them first); scratch: 2*c floats."""
+    and grad_bias are *added to* (zero them first); scratch: 2*c floats. act: the forward's
+    activation (delta is then its output's gradient); bias (its pre-activation's) is read only then."""
     _lib_bwd(
         _p(x),
         _p(delta),
         _p(dx),
         _p(weight),
+        _p(bias) if bias else _NULL,
         _p(mean),
         _p(var),
         _NULL,
@@ -220,6 +255,7 @@ def backward(
         spatial,
         _FLAVORS[(0.0, eps)],
         1 if train else 0,
+        act,
         _ex(),
     )
 

@@ -27,6 +27,7 @@ _empty_like = torch.empty_like
 _zeros = torch.zeros
 _bump = torch.autograd.graph.increment_version
 _use_count = torch._C._storage_Use_Count
+_NULL = _backend._NULL
 
 # ------------------------------------------------------------------------------------------------
 # Layout
@@ -268,11 +269,12 @@ def _train_forward(
     eps: float,
     keep: bool = True,
     nbt: Tensor | None = None,
+    act=_NULL,
 ):
     """Training forward; returns (out, stats) with stats = [mean; biased var] (2*c floats; None
     unless keep: then the batch statistics go to the scratch buffer). nbt: a num_batches_tracked
     (int64 CPU scalar) the caller has incremented in place: its version is bumped with the running
-    statistics'."""
+    statistics'. act: a ``dbn_act *`` (_backend.act_struct) applied in the same pass; NULL: none."""
     out = _new_like(xin)
     if keep:
         stats = _empty(2 * c, dtype=_F32)
@@ -298,13 +300,14 @@ def _train_forward(
         s,
         momentum,
         eps,
+        act,
     )
     if running_mean is not None:  # an in-place update, as PyTorch's (autograd's version check)
         _bump((running_mean, running_var) if nbt is None else (running_mean, running_var, nbt))
     return out, stats
 
 
-def _infer_forward(xin: Tensor, weight, bias, running_mean, running_var, b: int, c: int, s: int, eps: float):
+def _infer_forward(xin: Tensor, weight, bias, running_mean, running_var, b: int, c: int, s: int, eps: float, act=_NULL):
     out = _new_like(xin)
     _backend.forward_infer(
         xin.data_ptr(),
@@ -317,6 +320,7 @@ def _infer_forward(xin: Tensor, weight, bias, running_mean, running_var, b: int,
         c,
         s,
         eps,
+        act,
     )
     return out
 
@@ -334,9 +338,12 @@ def _backward(
     train: bool,
     need_w: bool = True,
     need_b: bool = True,
+    bias=None,
+    act=_NULL,
 ):
     """(grad_input, grad_weight, grad_bias) from darknet_bn's backward; grad_input in xin's layout;
-    grad_weight/grad_bias None unless needed."""
+    grad_weight/grad_bias None unless needed. act: the forward's activation (g is then the gradient of
+    its output; bias, the forward's, recomputes the pre-activation)."""
     # the output's gradient in xin's layout, read as it is (a copy only if autograd hands other strides)
     fmt = _CONTIG if xin.is_contiguous() else _CL if xin.dim() == 4 else _CL3
     if not g.is_contiguous(memory_format=fmt) or g.data_ptr() & 3:  # a misaligned gradient: copied too
@@ -360,5 +367,7 @@ def _backward(
         s,
         eps,
         train,
+        0 if act is _NULL else _zeros_ptr(c) if bias is None else bias.data_ptr(),
+        act,
     )
     return gi, gw, gb

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _backend
+from ._acts import torch_act
 from ._passes import _backward, _infer_forward, _kernel_input, _train_forward, aligned, chan_ok, chans_ok
 
 __all__ = ["batch_norm"]
@@ -73,30 +74,69 @@ def _torch_backward(g: Tensor, x: Tensor, weight, running_mean, running_var, tra
     return gi, gw, gb
 
 
+def _torch_backward_act(
+    g: Tensor, x: Tensor, weight, bias, running_mean, running_var, train: bool, eps: float, act, need
+):
+    """The gradients of act(BN(x)) with PyTorch operations, differentiable (double backward): the
+    forward rebuilt from the saved tensors (the batch's statistics again when training), then
+    autograd.grad with create_graph."""
+    y = torch_act(
+        act[0],
+        act[1],
+        _torch_bn(x, None if train else running_mean, None if train else running_var, weight, bias, train, 0.0, eps),
+    )
+    wrt = [t for t, n in ((x, need[0]), (weight, need[1]), (bias, need[2])) if n and t is not None]
+    grads = iter(torch.autograd.grad(y, wrt, g, create_graph=True, allow_unused=True))
+    return tuple(
+        next(grads) if n and t is not None else None for t, n in ((x, need[0]), (weight, need[1]), (bias, need[2]))
+    )
+
+
 class _BatchNormFn(torch.autograd.Function):
     """Eager autograd for the kernels (cheaper per call than a custom operator's dispatch)."""
 
     @staticmethod
     def forward(ctx, xin, weight, bias, running_mean, running_var, meta):
-        # meta: (training, momentum, eps, batch, c, spatial, num_batches_tracked or None)
-        training, momentum, eps, b, c, s, nbt = meta
+        # meta: (training, momentum, eps, batch, c, spatial, num_batches_tracked or None, act) with act
+        # None or (kind, alpha, dbn_act *) -- an activation applied in the same passes
+        training, momentum, eps, b, c, s, nbt, act = meta
+        pact = _NULL if act is None else act[2]
         if training:
-            out, stats = _train_forward(xin, weight, bias, running_mean, running_var, b, c, s, momentum, eps, True, nbt)
+            out, stats = _train_forward(
+                xin, weight, bias, running_mean, running_var, b, c, s, momentum, eps, True, nbt, pact
+            )
             ctx.meta = (meta, stats)
-            ctx.save_for_backward(xin, weight)
+            if act is None:
+                ctx.save_for_backward(xin, weight)
+            else:
+                ctx.save_for_backward(xin, weight, None, None, bias)
         else:
-            out = _infer_forward(xin, weight, bias, running_mean, running_var, b, c, s, eps)
+            out = _infer_forward(xin, weight, bias, running_mean, running_var, b, c, s, eps, pact)
             ctx.meta = (meta, None)
-            ctx.save_for_backward(xin, weight, running_mean, running_var)
+            if act is None:
+                ctx.save_for_backward(xin, weight, running_mean, running_var)
+            else:
+                ctx.save_for_backward(xin, weight, running_mean, running_var, bias)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        (training, _m, eps, b, c, s, _n), stats = ctx.meta
+        (training, _m, eps, b, c, s, _n, act), stats = ctx.meta
         saved = ctx.saved_tensors
         xin, weight = saved[0], saved[1]
         need = ctx.needs_input_grad
-        if _grad_enabled():  # create_graph=True: a differentiable backward
+        if act is not None:
+            bias = saved[4]
+            if _grad_enabled():  # create_graph=True: a differentiable backward
+                gi, gw, gb = _torch_backward_act(g, xin, weight, bias, saved[2], saved[3], training, eps, act, need)
+            else:
+                if training:
+                    pm = stats.data_ptr()
+                    pv = pm + 4 * c
+                else:
+                    pm, pv = saved[2].data_ptr(), saved[3].data_ptr()
+                gi, gw, gb = _backward(g, xin, weight, pm, pv, b, c, s, eps, training, need[1], need[2], bias, act[2])
+        elif _grad_enabled():  # create_graph=True: a differentiable backward
             gi, gw, gb = _torch_backward(
                 g, xin, weight, None if training else saved[2], None if training else saved[3], training, eps
             )
@@ -180,21 +220,23 @@ def batch_norm(
     if _grad_enabled() and (
         x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
     ):
-        return _apply(xin, weight, bias, running_mean, running_var, (training, momentum, eps, b, c, s, None))
+        return _apply(xin, weight, bias, running_mean, running_var, (training, momentum, eps, b, c, s, None, None))
     if training:
         return _train_forward(xin, weight, bias, running_mean, running_var, b, c, s, momentum, eps, False)[0]
     return _infer_forward(xin, weight, bias, running_mean, running_var, b, c, s, eps)
 
 
 _I64 = torch.int64
+_NULL = _backend._NULL
 
 
-def module_forward(m, x: Tensor) -> Tensor | None:
+def module_forward(m, x: Tensor, act=None) -> Tensor | None:
     """``_BatchNorm.forward`` of darknet_bn's modules in the common eager case -- a float32 CPU input,
     a float momentum, running statistics tracked -- with fewer Python steps than the general path
     (:func:`batch_norm` after PyTorch's forward): the same checks, in one place, and the batch count
     incremented without a torch op. Returns None, having changed nothing, whenever anything differs
-    from that case: the caller then takes the general path."""
+    from that case: the caller then takes the general path. act: None, or ``(kind, alpha, dbn_act *)``
+    -- the output is then act(BN(x)), in the same passes (:class:`~.norm_act.BatchNormAct2d`)."""
     if (
         type(x) is not _Tensor
         or x.dtype is not _F32
@@ -237,7 +279,8 @@ def module_forward(m, x: Tensor) -> Tensor | None:
     if _grad_enabled() and (
         x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
     ):
-        return _apply(xin, weight, bias, rm, rv, (training, momentum, eps, b, c, s, nbt))
+        return _apply(xin, weight, bias, rm, rv, (training, momentum, eps, b, c, s, nbt, act))
+    pact = _NULL if act is None else act[2]
     if training:
-        return _train_forward(xin, weight, bias, rm, rv, b, c, s, momentum, eps, False, nbt)[0]
-    return _infer_forward(xin, weight, bias, rm, rv, b, c, s, eps)
+        return _train_forward(xin, weight, bias, rm, rv, b, c, s, momentum, eps, False, nbt, pact)[0]
+    return _infer_forward(xin, weight, bias, rm, rv, b, c, s, eps, pact)

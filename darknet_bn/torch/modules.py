@@ -41,39 +41,44 @@ class _DarknetBN(_Mixin):
             if out is not None:
                 return out
         self._check_input_dim(input)
-        # PyTorch's _BatchNorm.forward, with darknet_bn's batch_norm. Eagerly, the parameters and
-        # buffers are read from their dicts (nn.Module.__getattr__ costs ~0.5 us a read).
-        weight: Tensor | None
-        bias: Tensor | None
-        if _is_compiling():
-            weight, bias = self.weight, self.bias
-            running_mean, running_var, nbt = self.running_mean, self.running_var, self.num_batches_tracked
-        else:
-            p, b = self._parameters, self._buffers
-            weight, bias = p.get("weight"), p.get("bias")
-            running_mean, running_var, nbt = b.get("running_mean"), b.get("running_var"), b.get("num_batches_tracked")
-        momentum = self.momentum
-        exponential_average_factor = 0.0 if momentum is None else momentum
-        training = self.training
-        if training and self.track_running_stats and nbt is not None:
-            nbt.add_(1)
-            if momentum is None:  # cumulative moving average
-                exponential_average_factor = 1.0 / float(nbt)
-        if training:
-            bn_training = True
-        else:
-            bn_training = running_mean is None and running_var is None
-        use_stats = not training or self.track_running_stats
-        return batch_norm(
-            input,
-            running_mean if use_stats else None,
-            running_var if use_stats else None,
-            weight,
-            bias,
-            bn_training,
-            exponential_average_factor,
-            self.eps,
-        )
+        return batch_norm(input, *_bn_args(self))
+
+
+def _bn_args(self: _BatchNorm) -> tuple:
+    """PyTorch's _BatchNorm.forward up to its F.batch_norm call (num_batches_tracked counted):
+    (running_mean, running_var, weight, bias, bn_training, exponential_average_factor, eps)."""
+    # Eagerly, the parameters and buffers are read from their dicts (nn.Module.__getattr__ costs
+    # ~0.5 us a read).
+    weight: Tensor | None
+    bias: Tensor | None
+    if _is_compiling():
+        weight, bias = self.weight, self.bias
+        running_mean, running_var, nbt = self.running_mean, self.running_var, self.num_batches_tracked
+    else:
+        p, b = self._parameters, self._buffers
+        weight, bias = p.get("weight"), p.get("bias")
+        running_mean, running_var, nbt = b.get("running_mean"), b.get("running_var"), b.get("num_batches_tracked")
+    momentum = self.momentum
+    exponential_average_factor = 0.0 if momentum is None else momentum
+    training = self.training
+    if training and self.track_running_stats and nbt is not None:
+        nbt.add_(1)
+        if momentum is None:  # cumulative moving average
+            exponential_average_factor = 1.0 / float(nbt)
+    if training:
+        bn_training = True
+    else:
+        bn_training = running_mean is None and running_var is None
+    use_stats = not training or self.track_running_stats
+    return (
+        running_mean if use_stats else None,
+        running_var if use_stats else None,
+        weight,
+        bias,
+        bn_training,
+        exponential_average_factor,
+        self.eps,
+    )
 
 
 class BatchNorm1d(_DarknetBN, nn.BatchNorm1d):
@@ -108,7 +113,48 @@ def _swap(m: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     return new
 
 
-def convert(module: nn.Module) -> nn.Module:
+def _fold_activations(root: nn.Module) -> None:
+    """In every nn.Sequential of root: a BatchNorm2d (torch's or ours) directly followed by an
+    activation the passes apply themselves becomes a BatchNormAct2d with that activation module (the
+    same parameter and buffer tensors), and the activation's slot an nn.Identity (indices and
+    state_dict keys unchanged). Not folded: a BN or activation with hooks, or a BN that appears at
+    more than one place in root."""
+    from ._acts import LINEAR, fused_kind
+    from .norm_act import BatchNormAct2d, _hooked
+
+    seen: dict[int, int] = {}
+    for _name, m in root.named_modules(remove_duplicate=False):
+        seen[id(m)] = seen.get(id(m), 0) + 1
+    for parent in list(root.modules()):
+        if type(parent) is not nn.Sequential:
+            continue
+        names = list(parent._modules)
+        i = 0
+        while i + 1 < len(names):
+            bn, act = parent._modules[names[i]], parent._modules[names[i + 1]]
+            fk = fused_kind(act)
+            if (
+                type(bn) in (nn.BatchNorm2d, BatchNorm2d)
+                and fk is not None
+                and fk[0] != LINEAR
+                and seen.get(id(bn)) == 1
+                and bn is not None
+                and act is not None
+                and not _hooked(bn)
+                and not _hooked(act)
+            ):
+                new = BatchNormAct2d.__new__(BatchNormAct2d)
+                d = dict(bn.__dict__)  # the same Parameters, buffers, flags and (empty) hook dicts
+                d["_modules"] = {"drop": nn.Identity(), "act": act}
+                new.__dict__ = d
+                parent._modules[names[i]] = new
+                parent._modules[names[i + 1]] = nn.Identity()
+                i += 2
+            else:
+                i += 1
+
+
+def convert(module: nn.Module, fold_activations: bool = True) -> nn.Module:
     """Replace every ``torch.nn.BatchNorm1d``/``2d``/``3d`` in ``module`` (exactly those classes, not
     their subclasses, nor SyncBatchNorm or the lazy, uninitialized ones) by darknet_bn's.
 
@@ -117,12 +163,24 @@ def convert(module: nn.Module) -> nn.Module:
     modified in place and returned; when ``module`` itself is a BatchNorm, a new module is returned
     (the argument keeps working too: it shares the tensors). A BN module that appears at several
     places becomes one new module.
+
+    ``fold_activations`` (default True): inside an ``nn.Sequential``, a BatchNorm2d directly followed
+    by an activation that darknet_bn's passes apply themselves (ReLU, LeakyReLU, SiLU, Mish, GELU,
+    Hardswish, Sigmoid, Tanh, ReLU6, ELU(alpha=1): see :mod:`darknet_bn.torch.norm_act`) becomes one
+    :class:`~darknet_bn.torch.BatchNormAct2d` holding that activation module, and the activation's
+    slot an ``nn.Identity`` -- indices, ``state_dict`` keys and the parameters stay; the results are
+    the same (float32 rounding apart), the forward and backward one pass each instead of two. BNs or
+    activations with hooks, and a BN used at several places, are not folded. False: only the swap.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(fold_activations, bool):
+        raise TypeError(f"fold_activations: expected a bool, got {type(fold_activations).__name__}")
     memo: dict[int, nn.Module] = {}
     if type(module) in _OURS:
         return _swap(module, memo)
+    if fold_activations:
+        _fold_activations(module)
     for parent in module.modules():
         for name, child in list(parent._modules.items()):
             if child is not None and type(child) in _OURS:

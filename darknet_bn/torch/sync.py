@@ -58,7 +58,7 @@ from . import _backend
 from ._passes import _kernel_input, _ones_ptr, _scratch_ptr, _zeros_ptr, aligned_copy
 from .modules import _DarknetBN
 
-__all__ = ["SyncBatchNorm"]
+__all__ = ["SyncBatchNorm", "SyncBatchNormAct"]
 
 _F64 = torch.float64
 _F32 = torch.float32
@@ -462,6 +462,12 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not isinstance(module, nn.Module):
             raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
         out = module
+        from .norm_act import BatchNormAct2d
+
+        if isinstance(module, BatchNormAct2d) and not issubclass(cls, SyncBatchNormAct):
+            # its act and drop children must still run after the synchronized BN (as timm's
+            # convert_sync_batchnorm makes a SyncBatchNormAct)
+            return SyncBatchNormAct.convert_sync_batchnorm(module, process_group)
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
                 raise ValueError(
@@ -490,3 +496,18 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         for name, child in module.named_children():
             out.add_module(name, cls.convert_sync_batchnorm(child, process_group))
         return out
+
+
+class SyncBatchNormAct(SyncBatchNorm):
+    """What :meth:`SyncBatchNorm.convert_sync_batchnorm` makes of a
+    :class:`~darknet_bn.torch.BatchNormAct2d` (as timm's ``SyncBatchNormAct``): the synchronized BN,
+    then the module's ``drop`` and ``act`` children (the activation is not fused here)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        x = super().forward(input)
+        mods = self._modules
+        if "drop" in mods:
+            x = self.drop(x)
+        if "act" in mods:
+            x = self.act(x)
+        return x

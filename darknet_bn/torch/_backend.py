@@ -317,13 +317,16 @@ def forward_apply(
         spatial,
         _FLAVORS[(momentum, eps)],
         _NULL,
+        _NULL,
         _ex(),
     )
 
 
 def backward_sums(x: int, delta: int, mean: int, sums: int, batch: int, c: int, spatial: int) -> None:
     """This slice's (sum delta, sum delta*(x - mean)) per channel, into 2*c doubles."""
-    _lib_bsums(_p(x), _p(delta), _p(mean), batch, c, spatial, _d(sums), _ex())
+    _lib_bsums(
+        _p(x), _p(delta), _NULL, _NULL, _p(mean), _NULL, _NULL, _NULL, batch, c, spatial, _d(sums), _NULL, _NULL, _ex()
+    )
 
 
 def backward_apply(
@@ -350,6 +353,7 @@ def backward_apply(
         _p(delta),
         _NULL,
         _p(weight),
+        _NULL,
         _p(mean),
         _p(var),
         _NULL,
@@ -365,5 +369,6 @@ def backward_apply(
         c,
         spatial,
         _FLAVORS[(0.0, eps)],
+        _NULL,
         _ex(),
     )

@@ -280,7 +280,7 @@ def test_timm_constructor_and_attributes():
         assert type(dbt.BatchNormAct2d(4, act_layer=name).act) is cls
     gelu = dbt.BatchNormAct2d(4, act_layer="gelu").act  # timm's GELU: a dummy inplace
     assert _acts.fused_kind(gelu) == (_acts.GELU_ERF, 0.0)
-    assert _acts.fused_kind(dbt.BatchNormAct2d(4, act_layer="gelu_tanh").act) == (_acts.GELU, 0.0)
+    assert _acts.fused_kind(dbt.BatchNormAct2d(4, act_layer="gelu_tanh").act) == (_acts.GELU_TANH, 0.0)
     with pytest.raises(TypeError):  # as timm: nn.GELU takes no inplace
         dbt.BatchNormAct2d(4, act_layer=nn.GELU)
     assert type(dbt.BatchNormAct2d(4, act_layer=nn.GELU, inplace=False).act) is nn.GELU
@@ -450,8 +450,10 @@ def test_compiled_act_model_equals_eager():
         ys = []
         for m in (eager, comp):
             m.zero_grad()
-            y = m(x)
-            y.backward(gy)
+            with kernel_calls() as calls:
+                y = m(x)
+                y.backward(gy)
+            assert calls["train_act"] == 2 and calls["backward_act"] == 2, calls  # both fused, in both
             ys.append(y.detach())
         torch.testing.assert_close(ys[1], ys[0], rtol=1e-6, atol=1e-6)
         for (n, p), (_, q) in zip(eager.named_parameters(), comp_m.named_parameters()):

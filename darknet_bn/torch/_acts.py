@@ -35,7 +35,8 @@ from torch import nn
 __all__ = ["LINEAR", "fused_kind", "torch_act", "KIND_NAMES", "ACT_LAYERS", "GELU", "GELUTanh", "Sigmoid", "Tanh"]
 
 # enum dbn_activation (csrc/darknet_bn.h)
-LINEAR, LEAKY, RELU, RELU6, LOGISTIC, TANH, ELU, SELU, GELU, SWISH, MISH, HARD_MISH = range(12)
+# (GELU_TANH is DBN_ACT_GELU, Darknet's tanh form; the name GELU is timm's module below)
+LINEAR, LEAKY, RELU, RELU6, LOGISTIC, TANH, ELU, SELU, GELU_TANH, SWISH, MISH, HARD_MISH = range(12)
 HARDSWISH, GELU_ERF = 12, 13
 
 KIND_NAMES = {
@@ -45,7 +46,7 @@ KIND_NAMES = {
     LOGISTIC: "logistic",
     TANH: "tanh",
     ELU: "elu",
-    GELU: "gelu",
+    GELU_TANH: "gelu",
     SWISH: "swish",
     MISH: "mish",
     HARDSWISH: "hardswish",
@@ -122,7 +123,7 @@ ACT_LAYERS: dict[str, type[nn.Module]] = {
 
 _SIMPLE = {
     GELU: GELU_ERF,
-    GELUTanh: GELU,
+    GELUTanh: GELU_TANH,
     Sigmoid: LOGISTIC,
     Tanh: TANH,
     nn.ReLU: RELU,
@@ -150,7 +151,7 @@ def fused_kind(m: object) -> tuple[int, float] | None:
         return None
     if t is nn.GELU:
         a = m.approximate  # type: ignore[attr-defined]
-        return (GELU_ERF, 0.0) if a == "none" else (GELU, 0.0) if a == "tanh" else None
+        return (GELU_ERF, 0.0) if a == "none" else (GELU_TANH, 0.0) if a == "tanh" else None
     if t is nn.ELU and m.alpha == 1.0:  # type: ignore[attr-defined]
         return ELU, 0.0
     return None
@@ -169,7 +170,7 @@ def torch_act(kind: int, alpha: float, x: torch.Tensor) -> torch.Tensor:
         return F.mish(x)
     if kind == GELU_ERF:
         return F.gelu(x)
-    if kind == GELU:
+    if kind == GELU_TANH:
         return F.gelu(x, approximate="tanh")
     if kind == HARDSWISH:
         return F.hardswish(x)

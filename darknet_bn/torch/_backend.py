@@ -129,18 +129,23 @@ def act_struct(kind: int, alpha: float = 0.0):
     return _NULL if kind == 0 else _ACTS[(kind, float(alpha))]
 
 
-_PTRS64: dict = {}
+class _Ptrs64(dict):
+    """The ``int64_t *`` of recent addresses (num_batches_tracked buffers), bounded."""
+
+    def __missing__(self, addr: int):
+        if len(self) >= 1024:
+            self.clear()
+        p = self[addr] = _cast("int64_t *", addr)
+        return p
+
+
+_PTRS64 = _Ptrs64()
 
 
 def count_batch(addr: int) -> None:
     """``num_batches_tracked += 1`` on the int64 at addr (as ``nbt.add_(1)``, without its ~1.8 us of
     dispatch; the caller bumps the tensor's version)."""
-    p = _PTRS64.get(addr)
-    if p is None:
-        if len(_PTRS64) >= 1024:
-            _PTRS64.clear()
-        p = _PTRS64[addr] = _cast("int64_t *", addr)
-    p[0] += 1
+    _PTRS64[addr][0] += 1
 
 
 def forward_train(

@@ -32,9 +32,10 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from . import _ops  # noqa: F401  (registers the custom operators)
 from ._backend import get_num_threads, set_num_threads
+from ._convert import convert
 from ._passes import empty_output_cache, output_cache_bytes, set_output_cache
 from .functional import batch_norm
-from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, convert
+from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .norm_act import BatchNormAct2d
 from .sync import SyncBatchNorm
 

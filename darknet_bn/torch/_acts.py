@@ -121,7 +121,7 @@ ACT_LAYERS: dict[str, type[nn.Module]] = {
 }
 
 
-_SIMPLE = {
+_SIMPLE: dict[type, int] = {
     GELU: GELU_ERF,
     GELUTanh: GELU_TANH,
     Sigmoid: LOGISTIC,

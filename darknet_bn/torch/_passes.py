@@ -26,7 +26,15 @@ _empty = torch.empty
 _empty_like = torch.empty_like
 _zeros = torch.zeros
 _bump = torch.autograd.graph.increment_version
-_use_count = torch._C._storage_Use_Count
+
+
+def _never_free(cdata: int) -> int:
+    return 2
+
+
+# A storage's reference count (private in torch: where it is missing, the output cache stays off)
+_HAS_USE_COUNT = hasattr(torch._C, "_storage_Use_Count")
+_use_count = getattr(torch._C, "_storage_Use_Count", _never_free)
 _NULL = _backend._NULL
 
 # ------------------------------------------------------------------------------------------------
@@ -185,9 +193,9 @@ def _scratch_ptr(c: int) -> int:
 
 CACHE_MIN_BYTES = 32 << 20
 _cache_lock = threading.Lock()
-_cache: list = []  # UntypedStorage objects, oldest first
+_cache: list = []  # (UntypedStorage, its size in bytes when cached), oldest first
 _cache_bytes = 0
-_limit = 1 << 30
+_limit = (1 << 30) if _HAS_USE_COUNT else 0
 
 
 def set_output_cache(max_bytes: int) -> None:
@@ -200,7 +208,7 @@ def set_output_cache(max_bytes: int) -> None:
     if max_bytes < 0:
         raise ValueError(f"max_bytes: expected a byte count >= 0, got {max_bytes}")
     with _cache_lock:
-        _limit = max_bytes
+        _limit = max_bytes if _HAS_USE_COUNT else 0
         _trim(0)
 
 
@@ -208,9 +216,9 @@ def empty_output_cache() -> None:
     """Release the cached blocks no tensor uses (their memory returns to the system)."""
     global _cache_bytes
     with _cache_lock:
-        keep = [st for st in _cache if _use_count(st._cdata) > 1]
+        keep = [e for e in _cache if _use_count(e[0]._cdata) > 1]
         _cache[:] = keep
-        _cache_bytes = sum(st.nbytes() for st in keep)
+        _cache_bytes = sum(e[1] for e in keep)
 
 
 def output_cache_bytes() -> int:
@@ -224,10 +232,10 @@ def _trim(need: int) -> None:
     for busy in (True, False):
         i = 0
         while _cache_bytes + need > _limit and i < len(_cache):
-            st = _cache[i]
+            st, n = _cache[i]
             if (_use_count(st._cdata) > 1) is busy:
                 del _cache[i]
-                _cache_bytes -= st.nbytes()
+                _cache_bytes -= n
             else:
                 i += 1
 
@@ -239,15 +247,15 @@ def _new_like(xin: Tensor) -> Tensor:
         return _empty_like(xin)
     global _cache_bytes
     with _cache_lock:
-        for st in _cache:
+        for st, n in _cache:
             # free: only the cache refers to it; and still what the cache put out (not resized or moved
             # to shared memory by a user since)
-            if _use_count(st._cdata) == 1 and st.nbytes() == nbytes and not st.is_shared():
+            if n == nbytes and _use_count(st._cdata) == 1 and st.nbytes() == n and not st.is_shared():
                 return _empty(0, dtype=_F32).set_(st, 0, xin.shape, xin.stride())
         out = _empty_like(xin)
         if nbytes <= _limit:
             _trim(nbytes)
-            _cache.append(out.untyped_storage())
+            _cache.append((out.untyped_storage(), nbytes))
             _cache_bytes += nbytes
         return out
 

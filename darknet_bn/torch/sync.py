@@ -506,8 +506,9 @@ class SyncBatchNormAct(SyncBatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         x = super().forward(input)
         mods = self._modules
-        if "drop" in mods:
-            x = self.drop(x)
-        if "act" in mods:
-            x = self.act(x)
+        drop, act = mods.get("drop"), mods.get("act")
+        if drop is not None:
+            x = drop(x)
+        if act is not None:
+            x = act(x)
         return x

@@ -1,7 +1,8 @@
 """``darknet-bn bench``: darknet_bn's training forward, inference forward and backward timed on a table
 of shapes (or ``--shape``), interleaved with the peers of ``--compare``, against a triad bandwidth
-measured in the same run (:mod:`darknet_bn.bench`); with ``--cfg``, on every BN layer of a network
-(:mod:`darknet_bn.cli.bench_cfg`)."""
+measured in the same run (:mod:`darknet_bn.bench`); with ``--activation NAME``, also the training
+passes with the activation fused (rows ``train+NAME``, ``backward+NAME``); with ``--cfg``, on every BN
+layer of a network (:mod:`darknet_bn.cli.bench_cfg`)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ __all__ = ["add_bench_parser", "cmd_bench"]
 def cmd_bench(args: argparse.Namespace) -> int:
     """``darknet-bn bench``: 0, or 2 on a bad option (``--cfg``: :func:`~darknet_bn.cli.bench_cfg.cmd_bench_cfg`)."""
     if args.cfg is not None:
+        if args.activation is not None:
+            return usage_error(args, "--activation: not with --cfg (a network's layers keep their own activations)")
         return cmd_bench_cfg(args)
 
     try:
@@ -36,9 +39,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         peers, notes, threads = bench_options(args)
     except ValueError as e:
         return usage_error(args, str(e))
+    act_passes: tuple = ()
+    if args.activation is not None:
+        try:
+            act_passes = bench.act_passes(args.activation)
+        except ValueError as e:
+            return usage_error(args, f"--activation: {e}")
+        if args.compare is None and bench.SEPARATE_PEER not in peers:
+            peers.append(bench.SEPARATE_PEER)  # the separate-passes peer the +ACT rows are measured against
     if args.large:
         shapes += [s for s in bench.LARGE_SHAPES if s not in shapes]
-    passes = bench.PASSES + (bench.RENORM_PASSES if args.renorm else ())
+    passes = bench.PASSES + (bench.RENORM_PASSES if args.renorm else ()) + act_passes
     total = sum(len(passes) * (args.repeat or bench.default_rounds(s)) for s in shapes)
     budget = None if args.repeat else (args.budget or bench.DEFAULT_BUDGET_S)
     info = bench.machine_info(threads, peers)
@@ -66,6 +77,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     if args.renorm:
         print("+renorm rows: darknet_bn with batch renormalization (rmax 3, dmax 5) against the peers' plain BN")
+    if act_passes:
+        print(
+            f"+{args.activation} rows: the training forward with {args.activation} fused, and the backward after it "
+            f"from the activation output's delta (in place, the delta restored before each sample), against "
+            f"BN then {args.activation} (torch: autograd through both; darknet: our BN passes with activate_array "
+            f"/ gradient_array as passes of their own; plain: the same on the plain kernels)"
+        )
     for n in notes:
         print("note:", n)
     print(bench.format_table(results, peers))
@@ -83,7 +101,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="time the passes against the memory roofline and peers",
         description="Time darknet_bn's training forward, inference forward and backward on a "
         "table of shapes (or --shape), interleaved with the peers of --compare, "
-        "against a triad bandwidth measured in the same run.",
+        "against a triad bandwidth measured in the same run; with --activation NAME, also the "
+        "training passes with the activation fused.",
     )
     b.add_argument(
         "--shape", action="append", metavar="BxCxHxW", help="a shape to run (repeatable); default: the built-in table"
@@ -95,8 +114,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--compare",
         default=None,
         metavar="PEERS",
-        help="comma-separated peers among plain, numpy, torch, torch-out, ort, openvino, jax (default: "
-        "every installed one of torch, torch-out, ort, openvino, jax; '' for none)",
+        help="comma-separated peers among plain, numpy, torch, torch-out, ort, openvino, jax, darknet "
+        "(default: every installed one of torch, torch-out, ort, openvino, jax, and darknet with "
+        "--activation; '' for none). darknet (Darknet-style separate activation passes on our "
+        "kernels) times only the --activation rows; torch and plain time them too",
     )
     b.add_argument(
         "--budget",
@@ -111,6 +132,17 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--renorm",
         action="store_true",
         help="add rows for the training forward and backward with batch renormalization",
+    )
+    b.add_argument(
+        "--activation",
+        default=None,
+        metavar="NAME",
+        help="add rows train+NAME and backward+NAME: the training forward with the activation fused and "
+        "the backward after it, each also timing our plain pass in the same rounds, with a summary of "
+        "what the activation costs and of forward + backward against BN then a separate activation "
+        "(torch, darknet). NAME: one of darknet_bn.ACTIVATIONS, e.g. leaky (Darknet's, slope 0.1), swish, "
+        "mish. Not in the default run: two more rows per shape would cut every row's rounds by a third "
+        "within the same --budget (raise it for steadier +NAME rows)",
     )
     add_json_option(b, help="write the results as JSON")
     add_plot_option(b, help="draw the ratios and roofline fractions (needs matplotlib)")

@@ -199,8 +199,9 @@ def run(
                 # flushes the cache)
                 for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
                     f = call[name]
-                    if reset[name] is not None:
-                        reset[name]()
+                    undo = reset[name]
+                    if undo is not None:
+                        undo()
                     if rnd == 0:
                         reps[name], one = _reps_for(f)
                         est[name] = (reps[name], one)

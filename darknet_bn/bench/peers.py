@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Collection, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,11 @@ DEFAULT_PEERS = ("torch", "torch-out", "ort", "openvino", "jax")
 def _numpy_of(f: Callable[[], Any]) -> Callable[[], np.ndarray]:
     """A call of f whose result (a torch tensor) is returned as numpy (no copy)."""
     return lambda: f().numpy()
+
+
+def _first(f: Callable[[], Any]) -> Any:
+    """f()[0] (autograd.grad's gradient of the input)."""
+    return f()[0]
 
 
 def _run_then(f: Callable[[], None], state: dict, key: str) -> Callable[[], np.ndarray]:
@@ -160,9 +166,9 @@ def _ours(s: Setup) -> Impl:
     # activation's output (dy), restored before each sample
     for act in _acts(s.passes):
         la = _timed_layer(s)
-        calls[f"train+{act}"] = lambda la=la, act=act: la.forward(x, True, act)
-        calls[f"backward+{act}"] = lambda la=la: la.backward(la.delta)
-        prepare[f"backward+{act}"] = lambda la=la, act=act: la.forward(x, True, act)
+        calls[f"train+{act}"] = partial(la.forward, x, True, act)
+        calls[f"backward+{act}"] = partial(la.backward, la.delta)
+        prepare[f"backward+{act}"] = partial(la.forward, x, True, act)
         reset[f"backward+{act}"] = _restore(la.delta, s.dy)
     return Impl(calls, prepare=prepare, reset=reset)
 
@@ -253,13 +259,13 @@ def _plain(s: Setup) -> Impl:
     # +ACT: Darknet's activate_array over l.output after the BN (a copy of the pre-activation kept first
     # for the kinds differentiated from the input), and gradient_array over l.delta before its backward;
     # their plain kernels (one value at a time), a delta buffer of its own, restored before each sample
+    n = b * c * sp
     for act in _acts(s.passes):
         pa = ffi.new("dbn_act *", {"kind": ACTIVATIONS[act], "alpha": LEAKY_ALPHA})
         keep = np.zeros_like(x) if act in GRADIENT_FROM_INPUT else None
         pk = ffi.from_buffer("float[]", keep) if keep is not None else p["out"]
         delta_a = s.dy.copy()
         pda = ffi.from_buffer("float[]", delta_a)
-        n = b * c * sp
 
         def forward_act(pa=pa, keep=keep):
             forward(1)
@@ -373,7 +379,7 @@ def _torch(s: Setup) -> Impl:
         grads.add(f"backward+{act}")
     outputs = {p: _numpy_of(f) for p, f in calls.items() if p not in grads}
     for p in grads:
-        outputs[p] = lambda f=calls[p]: f()[0].numpy()
+        outputs[p] = _numpy_of(partial(_first, calls[p]))
     return Impl(calls, outputs, version=torch.__version__)
 
 
@@ -625,8 +631,8 @@ def _darknet(s: Setup) -> Impl:
         calls[f"train+{act}"], calls[f"backward+{act}"] = fwd, bwd
         prepare[f"backward+{act}"] = fwd
         reset[f"backward+{act}"] = _restore(ly.delta, s.dy)
-        outputs[f"train+{act}"] = lambda act=act: checked(act, False)
-        outputs[f"backward+{act}"] = lambda act=act: checked(act, True)
+        outputs[f"train+{act}"] = partial(checked, act, False)
+        outputs[f"backward+{act}"] = partial(checked, act, True)
     return Impl(calls, outputs, prepare, reset)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,9 @@ def activation_summary(results: list[Result]) -> dict:
         if not per:
             continue
         peers = list(dict.fromkeys(p for d in per for p in d["peer_over_fused"]))
-        geo = {k: geomean([d[k] for d in per]) for k in ("train_cost", "backward_cost", "fused_over_plain")}
+        geo: dict[str, Any] = {
+            k: geomean([d[k] for d in per]) for k in ("train_cost", "backward_cost", "fused_over_plain")
+        }
         geo["peer_over_fused"] = {
             p: geomean([d["peer_over_fused"][p] for d in per if p in d["peer_over_fused"]]) for p in peers
         }
@@ -140,6 +143,12 @@ def activation_summary(results: list[Result]) -> dict:
     return out
 
 
+def _act_row(label: str, d: dict, peers: Sequence[str], cols: Sequence[str]) -> str:
+    vals = [d["train_cost"], d["backward_cost"], d["fused_over_plain"]]
+    vals += [d["peer_over_fused"].get(p, float("nan")) for p in peers]
+    return f"{label:>18} " + " ".join(f"{_fmt_ratio(v):>{len(c)}}" for v, c in zip(vals, cols))
+
+
 def format_activation_summary(results: list[Result], peers: Sequence[str]) -> list[str]:
     """The lines of :func:`activation_summary`: a small table per activation, its geometric means and
     the targets (none without +ACT rows)."""
@@ -153,15 +162,9 @@ def format_activation_summary(results: list[Result], peers: Sequence[str]) -> li
             f"{act} fused in training -- ours against our plain training passes timed in the same rounds, and "
             f"each peer's forward + backward / ours fused (above 1: fused is faster):"
         )
-        lines.append(f"{'shape':>18} " + " ".join(f"{c:>{len(c)}}" for c in cols))
-
-        def row(label: str, d: dict) -> str:
-            vals = [d["train_cost"], d["backward_cost"], d["fused_over_plain"]]
-            vals += [d["peer_over_fused"].get(p, float("nan")) for p in ps]
-            return f"{label:>18} " + " ".join(f"{_fmt_ratio(v):>{len(c)}}" for v, c in zip(vals, cols))
-
-        lines.extend(row(_shape_name(d["shape"]), d) for d in a["per_shape"])
-        lines.append(row("geomean", a["geomean"]))
+        lines.append(f"{'shape':>18} " + " ".join(cols))
+        lines.extend(_act_row(_shape_name(d["shape"]), d, ps, cols) for d in a["per_shape"])
+        lines.append(_act_row("geomean", a["geomean"], ps, cols))
         t = a["targets"]["fused_over_plain"]
         text = (
             f"targets: fused fwd+bwd / plain fwd+bwd <= {t['max']:g}: geomean {t['geomean']:.2f}, highest "

@@ -99,22 +99,25 @@ def test_bench_activation_rows(act, tmp_path, capsys):
 
 
 def test_bench_activation_adds_the_separate_passes_peer(monkeypatch, capsys):
-    """With --activation and no --compare, darknet (the separate passes) joins the default peers."""
+    """With --activation and no --compare, darknet (the separate passes) joins the default peers; the
+    default budget grows with the rows."""
     seen = []
     real = bench.run
 
     def fake_run(shapes, peers, **kw):
-        seen.append((list(peers), kw["passes"]))
-        return real(shapes, [p for p in peers if p == "darknet"], **kw)
+        seen.append((list(peers), kw["passes"], kw["budget_s"]))
+        return real(shapes, [p for p in peers if p == "darknet"], **{**kw, "rounds": 2})
 
     monkeypatch.setattr(bench, "run", fake_run)
     for extra in ([], ["--activation", "mish"], ["--activation", "mish", "--compare", "plain"]):
-        code, _, _ = run(["bench", "--shape", "2x3x4x5", "--repeat", "2"] + extra, capsys)
+        code, _, _ = run(["bench", "--shape", "2x3x4x5"] + extra, capsys)
         assert code == 0
-    (p0, q0), (p1, q1), (p2, q2) = seen
+    (p0, q0, b0), (p1, q1, b1), (p2, q2, b2) = seen
     assert "darknet" not in p0 and tuple(q0) == bench.PASSES
     assert p1 == p0 + ["darknet"] and tuple(q1) == bench.PASSES + ("train+mish", "backward+mish")
     assert p2 == ["plain"] and tuple(q2) == tuple(q1)
+    # the default budget per row stays the default run's
+    assert b0 == bench.DEFAULT_BUDGET_S and b1 == b2 == pytest.approx(1.5 * bench.DEFAULT_BUDGET_S)
 
 
 def test_demo_command_is_wired(capsys):

@@ -51,7 +51,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         shapes += [s for s in bench.LARGE_SHAPES if s not in shapes]
     passes = bench.PASSES + (bench.RENORM_PASSES if args.renorm else ()) + act_passes
     total = sum(len(passes) * (args.repeat or bench.default_rounds(s)) for s in shapes)
-    budget = None if args.repeat else (args.budget or bench.DEFAULT_BUDGET_S)
+    # the default budget is the default run's per row: --renorm / --activation rows do not thin the others
+    default_budget = bench.DEFAULT_BUDGET_S * len(passes) / len(bench.PASSES)
+    budget = None if args.repeat else (args.budget or default_budget)
     info = bench.machine_info(threads, peers)
     bar = Progress(total, "bench")
     start = time.perf_counter()
@@ -124,8 +126,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         type=float,
         default=None,
         metavar="S",
-        help="seconds the whole run aims at, setup included (default 40: under a minute); each row "
-        "gets 3 rounds or more, 5-15 at most by size; ignored with --repeat",
+        help="seconds the whole run aims at, setup included (default 40: under a minute; with --renorm "
+        "or --activation 20 more for each: their rows get the default run's rounds); each row gets 3 "
+        "rounds or more, 5-15 at most by size; ignored with --repeat",
     )
     b.add_argument("--large", action="store_true", help="add 64x64x112x112 (205 MB per tensor) to the shapes")
     b.add_argument(
@@ -141,8 +144,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "the backward after it, each also timing our plain pass in the same rounds, with a summary of "
         "what the activation costs and of forward + backward against BN then a separate activation "
         "(torch, darknet). NAME: one of darknet_bn.ACTIVATIONS, e.g. leaky (Darknet's, slope 0.1), swish, "
-        "mish. Not in the default run: two more rows per shape would cut every row's rounds by a third "
-        "within the same --budget (raise it for steadier +NAME rows)",
+        "mish. Not in the default run, which keeps its rows and time (two more rows per shape: the "
+        "default --budget grows by half)",
     )
     add_json_option(b, help="write the results as JSON")
     add_plot_option(b, help="draw the ratios and roofline fractions (needs matplotlib)")

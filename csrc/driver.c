@@ -169,9 +169,11 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
         return;
     }
 
-    /* Three phases. Scratch: coefficients [4c] (+ per element [4 c*spatial]), sums [2c] + partials. */
+    /* Three phases. Scratch: coefficients [4c] (+ per element [4 c*spatial]), sums [2c] + partials;
+     * with job->pre, 2 more coefficients (the forward's pf, qf). */
     const int has_reduce = job->reduce != DBN_R_NONE;
-    const int64_t ncoef = 4 * C + (pl->expand ? 4 * C * S : 0);
+    const int64_t nco = job->pre ? 6 : 4;
+    const int64_t ncoef = nco * C + (pl->expand ? nco * C * S : 0);
     const int64_t npart = !has_reduce ? 0 : pl->reduce_flat ? pl->nflat * C : pl->ntasks * pl->tile;
     float *coef = malloc((size_t)ncoef * sizeof *coef);
     double *sums = malloc((size_t)(2 * C + 2 * npart) * sizeof *sums);
@@ -182,10 +184,16 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
         return;
     }
     float *kc = coef, *pc = coef + C, *qc = coef + 2 * C, *rc = coef + 3 * C;
+    float *pfc = job->pre ? coef + 4 * C : NULL, *qfc = job->pre ? coef + 5 * C : NULL;
     double *s0 = sums, *s1 = sums + C;
     job->part0 = sums + 2 * C;
     job->part1 = sums + 2 * C + npart;
     dbn_fill_shifts(job, 0, C, kc);
+    if (job->pre) {
+        job->pre(job, 0, C, pfc, qfc);
+        job->pf = pfc;
+        job->qf = qfc;
+    }
     if (has_reduce) {
         job->k = kc;
         const int64_t ntasks = pl->reduce_flat ? pl->nflat : pl->ntasks;
@@ -211,7 +219,7 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
     job->coef(job, 0, C, has_reduce ? s0 : NULL, s1, kc, pc, qc, rc);
     if (job->map != DBN_M_NONE) {
         if (pl->expand) {        /* per-element coefficients for one row of c*spatial values */
-            float *e = coef + 4 * C;
+            float *e = coef + nco * C;
             for (int64_t ch = 0; ch < C; ++ch)
                 for (int64_t s = 0; s < S; ++s) {
                     const int64_t at = ch * S + s;
@@ -219,11 +227,19 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
                     e[C * S + at] = pc[ch];
                     e[2 * C * S + at] = qc[ch];
                     e[3 * C * S + at] = rc[ch];
+                    if (job->pre) {
+                        e[4 * C * S + at] = pfc[ch];
+                        e[5 * C * S + at] = qfc[ch];
+                    }
                 }
             job->k = e;
             job->p = e + C * S;
             job->q = e + 2 * C * S;
             job->r = e + 3 * C * S;
+            if (job->pre) {
+                job->pf = e + 4 * C * S;
+                job->qf = e + 5 * C * S;
+            }
         } else {
             job->k = kc;
             job->p = pc;

@@ -79,7 +79,8 @@ def _run_then(f: Callable[[], None], state: dict, key: str) -> Callable[[], np.n
 #: (Darknet's l.activation_input)
 GRADIENT_FROM_INPUT = frozenset(("gelu", "swish", "mish", "hard_mish", "hardswish", "gelu_erf"))
 LEAKY_ALPHA = 0.1  # Darknet's leaky slope (Layer.forward's "leaky")
-#: the activations PyTorch has a function for (Darknet's gelu: its tanh approximation; hard_mish: none)
+#: the activations PyTorch has a function for (Darknet's gelu: its tanh approximation; selu: torch's
+#: exact constants, Darknet's rounded ones 4e-5 apart -- within CHECK_RTOL; hard_mish: none)
 TORCH_ACTIVATIONS = tuple(a for a in ACTIVATIONS if a != "hard_mish")
 
 

@@ -606,7 +606,8 @@ def _darknet(s: Setup) -> Impl:
     ``kernels.activate_array`` / ``kernels.gradient_array`` between, in the bench's flavor. For the
     activations differentiated from the input (:data:`GRADIENT_FROM_INPUT`) the forward first copies the
     pre-activation into a buffer of its own (Darknet's ``l.activation_input``; Darknet writes it in its
-    activation pass, so the copy reads the tensor once more than Darknet does). Checked against ours
+    activation pass, so the copy -- numpy's, one thread -- reads the tensor once more than Darknet does;
+    leaky and the other kinds differentiated from the output need no copy). Checked against ours
     on the peers' math: the same passes on a torch-flavored layer with the shared parameters."""
     b, c, h, w = s.shape
     x = s.x

@@ -184,6 +184,8 @@ typedef struct dbn_job {
     float alpha;                 /* DBN_ACT_LEAKY's slope */
     dbn_pre_fn pre;              /* BWD/DOT2 with an activation: the forward's coefficients (else NULL) */
     const float *pf, *qf;        /* three phases: the driver's [c] (expanded: [c*spatial]) from pre */
+    int store_g;                 /* DOT2 + BWD with an activation: the reduction stores g into out and the
+                                    map reads it from there (one derivative per value instead of two) */
 } dbn_job;
 
 /* Run tasks [t0, t1) of a job (engine.inc, compiled once per instruction set by simd_*.c). */

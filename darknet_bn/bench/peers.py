@@ -21,7 +21,8 @@ its documentation offers, with the same thread count, on the same input and para
   (inference passes only);
 - ``openvino``: OpenVINO with f32 inference precision forced and shared-memory tensors (inference
   passes only);
-- ``jax``: ``jax.jit`` functions compiled before the timing, outputs into donated buffers.
+- ``jax``: ``jax.jit`` functions compiled before the timing, outputs into donated buffers; in the +ACT
+  rows with the activation of ``jax.nn`` in the same function (XLA fuses them), the backward their vjp.
 
 Before a peer is timed on a shape, each pass it offers runs once and is compared with ours; a peer
 whose output differs beyond float32 rounding (``CHECK_RTOL``), or that fails, is reported and not
@@ -105,6 +106,35 @@ def _torch_activation(act: str) -> tuple[Callable, Callable]:
         "hardswish": (F.hardswish, lambda t: F.hardswish(t, inplace=True)),
         "gelu_erf": (F.gelu, F.gelu),
     }[act]
+
+
+#: the activations jax.nn has (gelu: its tanh approximation, gelu_erf: approximate=False; selu: its exact
+#: constants, as torch's; hard_mish: none)
+JAX_ACTIVATIONS = TORCH_ACTIVATIONS
+
+
+def _jax_activation(act: str) -> Callable:
+    """jax.nn's function for ``act`` (jax.numpy's tanh)."""
+    import jax
+    import jax.numpy as jnp
+
+    nn = jax.nn
+    table: dict[str, Callable] = {
+        "linear": lambda y: y,
+        "leaky": lambda y: nn.leaky_relu(y, LEAKY_ALPHA),
+        "relu": nn.relu,
+        "relu6": nn.relu6,
+        "logistic": nn.sigmoid,
+        "tanh": jnp.tanh,
+        "elu": nn.elu,
+        "selu": nn.selu,
+        "gelu": partial(nn.gelu, approximate=True),
+        "swish": nn.silu,
+        "mish": nn.mish,
+        "hardswish": nn.hard_swish,
+        "gelu_erf": partial(nn.gelu, approximate=False),
+    }
+    return table[act]
 
 
 def _acts(passes: Collection[str]) -> list[str]:
@@ -505,7 +535,9 @@ def _jax(s: Setup) -> Impl:
     ``keep_unused=True``: without it XLA drops the unused argument and donation is ignored), the result
     awaited (``block_until_ready``). The training forward returns the new running statistics (donated
     too); the backward is ``jax.vjp``'s function of a training forward (its saved residuals), jitted.
-    Threads: XLA's own pool (one thread per core; it has no per-call setting)."""
+    Threads: XLA's own pool (one thread per core; it has no per-call setting). The +ACT rows: the
+    activation of ``jax.nn`` (:data:`JAX_ACTIVATIONS`) applied to the training BN in the same jitted
+    function, the backward the vjp of both."""
     import jax
     import jax.numpy as jnp
 
@@ -558,20 +590,44 @@ def _jax(s: Setup) -> Impl:
                 state["y"].block_until_ready()
 
             calls[p] = call_infer
-    if "backward" in want:
-        # the training forward's vjp function (its residuals), made by a jitted forward
-        _, vjp_fn = jax.jit(lambda x, g, beta: jax.vjp(lambda *a: bn_train(*a)[0], x, g, beta))(x, g, beta)
-        dy = jnp.asarray(s.dy)
-        state["dx"] = jnp.zeros(s.shape, jnp.float32)
+    dy = jnp.asarray(s.dy)
+    state["dx"] = jnp.zeros(s.shape, jnp.float32)
+
+    def vjp_call(forward: Callable) -> Callable[[], None]:
+        """The backward of ``forward`` (x, g, beta -> y): the vjp function of a training forward (its
+        residuals), made by a jitted forward, applied by a compiled function into a donated buffer."""
+        _, vjp_fn = jax.jit(lambda x, g, beta: jax.vjp(forward, x, g, beta))(x, g, beta)
         fb = compiled(lambda f, dy, buf: f(dy), (vjp_fn, dy, state["dx"]), (2,))
 
         def call_backward():
             state["dx"] = fb(vjp_fn, dy, state["dx"])[0]
             state["dx"].block_until_ready()
 
-        calls["backward"] = call_backward
+        return call_backward
+
+    if "backward" in want:
+        calls["backward"] = vjp_call(lambda *a: bn_train(*a)[0])
+    # +ACT: the activation of jax.nn after the training BN, in the same jitted function (XLA fuses
+    # them); the backward the vjp of both
+    for act in _acts(s.passes):
+        if act not in JAX_ACTIVATIONS:
+            continue
+        fa = _jax_activation(act)
+
+        def train_act(x, g, beta, rm, rv, buf, fa=fa):
+            y, rm, rv = train(x, g, beta, rm, rv, buf)
+            return fa(y), rm, rv
+
+        fta = compiled(train_act, (x, g, beta, state["rm"], state["rv"], state["y"]), (3, 4, 5))
+
+        def call_train_act(fta=fta):
+            state["y"], state["rm"], state["rv"] = fta(x, g, beta, state["rm"], state["rv"], state["y"])
+            state["y"].block_until_ready()
+
+        calls[f"train+{act}"] = call_train_act
+        calls[f"backward+{act}"] = vjp_call(lambda *a, fa=fa: fa(bn_train(*a)[0]))
     for p, call in calls.items():
-        outputs[p] = _run_then(call, state, "dx" if p == "backward" else "y")
+        outputs[p] = _run_then(call, state, "dx" if p.startswith("backward") else "y")
     return Impl(calls, outputs, version=jax.__version__)
 
 
@@ -666,8 +722,8 @@ PEER_INSTALL = {
 }
 #: the passes of PASSES each peer offers (the others are not timed for it; see each maker's docstring)
 PEER_OFFERS = {"ort": ("infer", "infer+leaky"), "openvino": ("infer", "infer+leaky"), "darknet": ()}
-#: the peers of the +ACT rows (train+ACT, backward+ACT): ``torch`` for TORCH_ACTIVATIONS only
-ACT_PEERS = ("plain", "torch", "darknet")
+#: the peers of the +ACT rows (train+ACT, backward+ACT): torch and jax for the activations they have
+ACT_PEERS = ("plain", "torch", "jax", "darknet")
 CHECK_RTOL = 1e-4  # a peer's output must be within CHECK_RTOL * max(1, max|ours|) of ours, everywhere
 
 
@@ -675,7 +731,9 @@ def offers(peer: str, pass_: str) -> bool:
     """Whether ``peer`` offers ``pass_`` (a +renorm pass: its plain pass; a +ACT pass: ACT_PEERS)."""
     split = split_act_pass(pass_)
     if split:
-        return peer in ACT_PEERS and (peer != "torch" or split[1] in TORCH_ACTIVATIONS)
+        return peer in ACT_PEERS and split[1] in {"torch": TORCH_ACTIVATIONS, "jax": JAX_ACTIVATIONS}.get(
+            peer, ACTIVATIONS
+        )
     return PEER_PASS.get(pass_, pass_) in PEER_OFFERS.get(peer, PASSES)
 
 

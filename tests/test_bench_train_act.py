@@ -73,7 +73,9 @@ def test_act_pass_names():
     # the peers of the rows: torch where it has the activation, darknet only in them
     assert bench.offers("torch", "train+swish") and not bench.offers("torch", "train+hard_mish")
     assert bench.offers("darknet", "backward+mish") and not bench.offers("darknet", "train")
-    assert bench.offers("plain", "backward+leaky") and not bench.offers("jax", "train+leaky")
+    assert bench.offers("plain", "backward+leaky") and bench.offers("jax", "train+leaky")
+    assert not bench.offers("jax", "backward+hard_mish") and not bench.offers("torch-out", "train+leaky")
+    assert not bench.offers("ort", "train+leaky") and not bench.offers("openvino", "backward+leaky")
 
 
 @pytest.mark.parametrize("act", list(darknet_bn.ACTIVATIONS))
@@ -86,13 +88,15 @@ def test_ours_reference_matches_the_math(act):
         assert top == pytest.approx(float(np.abs(got).max()))
 
 
-# torch's selu has its exact constants (Darknet's are rounded: 4e-5 apart, within the bench's check but
-# not within float32 rounding of the reference); hard_mish: torch has none
+# torch's and jax's selu have its exact constants (Darknet's are rounded: 4e-5 apart, within the bench's
+# check but not within float32 rounding of the reference); hard_mish: neither has it
 TORCH_ACTS = [a for a in bench.TORCH_ACTIVATIONS if a != "selu"]
+assert set(bench.peers.JAX_ACTIVATIONS) == set(bench.TORCH_ACTIVATIONS)
 
 
 @pytest.mark.parametrize(
-    "peer, act", [("torch", a) for a in TORCH_ACTS] + [("darknet", a) for a in darknet_bn.ACTIVATIONS]
+    "peer, act",
+    [(p, a) for p in ("torch", "jax") for a in TORCH_ACTS] + [("darknet", a) for a in darknet_bn.ACTIVATIONS],
 )
 def test_each_act_peer_computes_bn_then_the_activation(peer, act):
     """The +ACT rows' checked peers give the float64 reference's numbers, for both passes."""

@@ -83,8 +83,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(
             f"+{args.activation} rows: the training forward with {args.activation} fused, and the backward after it "
             f"from the activation output's delta (in place, the delta restored before each sample), against "
-            f"BN then {args.activation} (torch: autograd through both; darknet: our BN passes with activate_array "
-            f"/ gradient_array as passes of their own; plain: the same on the plain kernels)"
+            f"BN then {args.activation} (torch: autograd through both; jax: both in one jitted function, its vjp; "
+            f"darknet: our BN passes with activate_array / gradient_array as passes of their own; plain: the "
+            f"same on the plain kernels)"
         )
     for n in notes:
         print("note:", n)
@@ -119,7 +120,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="comma-separated peers among plain, numpy, torch, torch-out, ort, openvino, jax, darknet "
         "(default: every installed one of torch, torch-out, ort, openvino, jax, and darknet with "
         "--activation; '' for none). darknet (Darknet-style separate activation passes on our "
-        "kernels) times only the --activation rows; torch and plain time them too",
+        "kernels) times only the --activation rows; plain, torch and jax time them too",
     )
     b.add_argument(
         "--budget",
@@ -143,7 +144,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="add rows train+NAME and backward+NAME: the training forward with the activation fused and "
         "the backward after it, each also timing our plain pass in the same rounds, with a summary of "
         "what the activation costs and of forward + backward against BN then a separate activation "
-        "(torch, darknet). NAME: one of darknet_bn.ACTIVATIONS, e.g. leaky (Darknet's, slope 0.1), swish, "
+        "(darknet, torch, jax). NAME: one of darknet_bn.ACTIVATIONS, e.g. leaky (Darknet's, slope 0.1), swish, "
         "mish. Not in the default run, which keeps its rows and time (two more rows per shape: the "
         "default --budget grows by half)",
     )

@@ -4,11 +4,13 @@ The bench measures darknet_bn's passes as users call them, against peers called 
 document, in interleaved rounds with a memory-bandwidth triad. Used by ``darknet-bn bench`` (and
 ``bench --cfg``, :mod:`darknet_bn.cli`) and by the scripts of ``benchmarks/``.
 
-- :mod:`~darknet_bn.bench.cases`: the shapes, the passes, a shape's data (:class:`Setup`, :class:`Impl`);
+- :mod:`~darknet_bn.bench.cases`: the shapes, the passes (and :func:`act_passes`, the training passes
+  with an activation fused), a shape's data (:class:`Setup`, :class:`Impl`);
 - :mod:`~darknet_bn.bench.peers`: the implementations (``ours`` and each peer), their check against ours;
 - :mod:`~darknet_bn.bench.roofline`: the least bytes per pass and the triad (:class:`Triad`);
 - :mod:`~darknet_bn.bench.harness`: :func:`run` and its :class:`Result` rows;
-- :mod:`~darknet_bn.bench.report`: the table, JSON, the plot;
+- :mod:`~darknet_bn.bench.report`: the table, JSON, the plot, the +ACT rows' summary
+  (:func:`activation_summary`: what the activation costs, fused against separate passes);
 - :mod:`~darknet_bn.bench.machine`: the CPU, caches, build and versions a run reports;
 - :mod:`~darknet_bn.bench.network`: every BN layer of a Darknet network timed (:func:`bench_cfg`).
 """

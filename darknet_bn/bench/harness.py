@@ -1,6 +1,7 @@
 """The timing harness: :func:`run` times every (shape, pass) for darknet_bn and the peers.
 
-For each shape and pass (training forward, inference forward, inference + leaky, backward) it times
+For each shape and pass (training forward, inference forward, inference + leaky, backward; with
+``--renorm`` / ``--activation`` also the renorm and the +ACT training passes) it times
 darknet_bn's ``Layer`` as users call it, and each peer in the same rounds (interleaved: round r runs
 every implementation once, in an order that rotates from round to round, so a slow moment of the
 machine hits all of them). Each timed sample follows one untimed call of the same implementation: the

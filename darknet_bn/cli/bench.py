@@ -144,9 +144,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="add rows train+NAME and backward+NAME: the training forward with the activation fused and "
         "the backward after it, each also timing our plain pass in the same rounds, with a summary of "
         "what the activation costs and of forward + backward against BN then the activation (darknet: "
-        "Darknet-style separate passes; torch; jax). NAME: one of darknet_bn.ACTIVATIONS, e.g. leaky (Darknet's, slope 0.1), swish, "
-        "mish. Not in the default run, which keeps its rows and time (two more rows per shape: the "
-        "default --budget grows by half)",
+        "Darknet-style separate passes; torch; jax). NAME: one of darknet_bn.ACTIVATIONS, e.g. leaky "
+        "(Darknet's, slope 0.1), swish, mish. Not in the default run, which keeps its rows and time "
+        "(two more rows per shape: the default --budget grows by half)",
     )
     add_json_option(b, help="write the results as JSON")
     add_plot_option(b, help="draw the ratios and roofline fractions (needs matplotlib)")

@@ -68,6 +68,58 @@ def test_bench_renorm_rows(capsys):
     assert "train+renorm" in out and "backward+renorm" in out
 
 
+@pytest.mark.parametrize("act", ["leaky", "swish"])
+def test_bench_activation_rows(act, tmp_path, capsys):
+    """--activation NAME adds train+NAME and backward+NAME (our plain passes timed in their rounds), the
+    summary of what the activation costs and the targets, in the table and the JSON."""
+    path = tmp_path / "r.json"
+    argv = ["bench", "--shape", "2x3x4x5", "--shape", "8x16x1x1", "--repeat", "2", "--compare", "plain,darknet"]
+    code, out, _ = run(argv + ["--activation", act, "--json", str(path)], capsys)
+    assert code == 0, out
+    assert f"train+{act}" in out and f"backward+{act}" in out and f"{act} fused in training" in out
+    assert "targets: fused fwd+bwd / plain fwd+bwd <= 1.1" in out and "separate passes (darknet)" in out
+    data = json.loads(path.read_text())
+    rows = {(tuple(r["shape"]), r["pass"]): r for r in data["results"]}
+    for shape in ((2, 3, 4, 5), (8, 16, 1, 1)):
+        tr, bw = rows[shape, f"train+{act}"], rows[shape, f"backward+{act}"]
+        assert tr["baseline"] == "ours:train" and bw["baseline"] == "ours:backward"
+        assert tr["over_baseline"] == pytest.approx(tr["median_ms"]["ours"] / tr["median_ms"]["ours:train"])
+        assert {"plain", "darknet"} <= set(tr["ratios"]) and {"plain", "darknet"} <= set(bw["ratios"])
+        assert "darknet" not in rows[shape, "train"]["median_ms"]
+    summary = data["activation"][act]
+    assert [tuple(d["shape"]) for d in summary["per_shape"]] == [(2, 3, 4, 5), (8, 16, 1, 1)]
+    for d in summary["per_shape"]:
+        tr, bw = rows[tuple(d["shape"]), f"train+{act}"], rows[tuple(d["shape"]), f"backward+{act}"]
+        plain = tr["median_ms"]["ours:train"] + bw["median_ms"]["ours:backward"]
+        fused = tr["median_ms"]["ours"] + bw["median_ms"]["ours"]
+        assert d["fused_over_plain"] == pytest.approx(fused / plain)
+        sep = tr["median_ms"]["darknet"] + bw["median_ms"]["darknet"]
+        assert d["peer_over_fused"]["darknet"] == pytest.approx(sep / fused)
+    assert set(summary["targets"]) == {"fused_over_plain", "separate_over_fused"}
+
+
+def test_bench_activation_adds_the_separate_passes_peer(monkeypatch, capsys):
+    """With --activation and no --compare, darknet (the separate passes) joins the default peers; the
+    default budget grows with the rows."""
+    seen = []
+    real = bench.run
+
+    def fake_run(shapes, peers, **kw):
+        seen.append((list(peers), kw["passes"], kw["budget_s"]))
+        return real(shapes, [p for p in peers if p == "darknet"], **{**kw, "rounds": 2})
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    for extra in ([], ["--activation", "mish"], ["--activation", "mish", "--compare", "plain"]):
+        code, _, _ = run(["bench", "--shape", "2x3x4x5"] + extra, capsys)
+        assert code == 0
+    (p0, q0, b0), (p1, q1, b1), (p2, q2, b2) = seen
+    assert "darknet" not in p0 and tuple(q0) == bench.PASSES
+    assert p1 == p0 + ["darknet"] and tuple(q1) == bench.PASSES + ("train+mish", "backward+mish")
+    assert p2 == ["plain"] and tuple(q2) == tuple(q1)
+    # the default budget per row stays the default run's
+    assert b0 == bench.DEFAULT_BUDGET_S and b1 == b2 == pytest.approx(1.5 * bench.DEFAULT_BUDGET_S)
+
+
 def test_demo_command_is_wired(capsys):
     pytest.importorskip("sklearn", reason="scikit-learn is not installed (pip install 'darknet_bn[demo]')")
     code, out, _ = run(["demo", "--epochs", "1", "--json", ""], capsys)
@@ -147,6 +199,9 @@ def test_bench_plot(tmp_path, capsys):
         (["bench", "--compare", "torch,pytorch"], "unknown peer"),
         (["bench", "--flavor", "caffe"], "invalid choice"),
         (["bench", "--threads", "two"], "invalid int"),
+        (["bench", "--activation", "swiss"], "--activation: activation: expected one of linear, leaky"),
+        (["bench", "--activation", "Leaky"], "got 'Leaky'"),
+        (["bench", "--activation", "leaky", "--cfg", "x.cfg"], "--activation: not with --cfg"),
         (["nonsense"], "invalid choice"),
     ],
 )

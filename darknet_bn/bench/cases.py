@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..flavors import Flavor
+from ..layer import ACTIVATIONS
 
 DEFAULT_SHAPES = [
     (1, 16, 416, 416),
@@ -27,7 +28,33 @@ PASSES = ("train", "infer", "infer+leaky", "backward")  # infer+leaky: BN and Da
 RENORM_PASSES = ("train+renorm", "backward+renorm")  # --renorm: ours with batch renormalization
 PEER_PASS = {"train+renorm": "train", "backward+renorm": "backward"}  # peers have no renorm: plain BN
 # passes that also time our plain pass in their rounds ("ours:<pass>"), to report what their extra costs
+# (and every pass of act_passes(): train+ACT -> ours:train, backward+ACT -> ours:backward)
 OURS_BASELINE = {"infer+leaky": "ours:infer", "train+renorm": "ours:train", "backward+renorm": "ours:backward"}
+#: --activation's default: Darknet's most common activation (slope 0.1)
+DEFAULT_ACTIVATION = "leaky"
+
+
+def act_passes(activation: str = DEFAULT_ACTIVATION) -> tuple[str, str]:
+    """The rows of the training passes with ``activation`` fused (``--activation NAME``):
+    ``train+NAME`` (``Layer.forward(x, True, NAME)``: out = NAME(BN(x)) in the training passes) and
+    ``backward+NAME`` (``Layer.backward`` after such a forward, from the delta of the activation's
+    output). ValueError for a name not in ``darknet_bn.ACTIVATIONS``."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    return (f"train+{activation}", f"backward+{activation}")
+
+
+def split_act_pass(pass_: str) -> tuple[str, str] | None:
+    """``"train+swish"`` -> ``("train", "swish")`` (likewise ``backward+NAME``); None for every other
+    pass (``infer+leaky`` is the inference pass with leaky, ``train+renorm`` is renorm)."""
+    base, _, act = pass_.partition("+")
+    return (base, act) if base in ("train", "backward") and act in ACTIVATIONS else None
+
+
+def ours_baseline(pass_: str) -> str | None:
+    """The plain pass of ours timed in ``pass_``'s rounds (``"ours:<pass>"``), or None."""
+    split = split_act_pass(pass_)
+    return f"ours:{split[0]}" if split else OURS_BASELINE.get(pass_)
 
 
 def parse_shape(text: str) -> tuple[int, int, int, int]:
@@ -68,6 +95,9 @@ class Impl:
     calls: dict  # pass -> one call
     outputs: dict = field(default_factory=dict)  # pass -> run once, return the output (numpy)
     prepare: dict = field(default_factory=dict)  # pass -> untimed, once before the pass's rounds
+    # pass -> untimed, before each sample: restores what the calls consume (the in-place backwards of
+    # the +ACT rows, whose activation derivative would otherwise shrink or grow delta call after call)
+    reset: dict = field(default_factory=dict)
     version: str = ""
 
 

@@ -1,12 +1,18 @@
 """The timing harness: :func:`run` times every (shape, pass) for darknet_bn and the peers.
 
-For each shape and pass (training forward, inference forward, inference + leaky, backward) it times
+For each shape and pass (training forward, inference forward, inference + leaky, backward; with
+``--renorm`` / ``--activation`` also the renorm and the +ACT training passes) it times
 darknet_bn's ``Layer`` as users call it, and each peer in the same rounds (interleaved: round r runs
 every implementation once, in an order that rotates from round to round, so a slow moment of the
 machine hits all of them). Each timed sample follows one untimed call of the same implementation: the
 state a loop over the layer sees (tensors that fit the last-level cache are in it). Each pass runs in
 the state users call it in: the backward rows time the training backward, after a training forward
-(one untimed training forward before the row's rounds; backward calls do not change the mode).
+(one untimed training forward before the row's rounds; backward calls do not change the mode), and
+a ``backward+ACT`` row the backward after a ``train+ACT`` forward (the activation's derivative
+applied), its delta restored, untimed, before each sample (:attr:`Impl.reset`: an in-place backward
+through an activation's derivative would shrink or grow it from call to call). A row with a baseline
+(``infer+leaky``, the ``+renorm`` and ``+ACT`` rows) also times our plain pass in its rounds
+(``"ours:<pass>"``).
 
 Before a peer is timed on a shape, each pass it offers runs once and is compared with ours; a peer
 whose output differs beyond float32 rounding (``CHECK_RTOL``), or that fails, is reported and not
@@ -25,9 +31,9 @@ import numpy as np
 
 from .._capi import get_num_threads
 from ..flavors import Flavor, get_flavor
-from .cases import OURS_BASELINE, PASSES, PEER_PASS, Setup, default_rounds, make_data, make_params, peer_passes
+from .cases import PASSES, PEER_PASS, Setup, default_rounds, make_data, make_params, ours_baseline, peer_passes
 from .peers import MAKERS, check_peer, offers, reference_outputs
-from .roofline import BYTES_PER_ELEMENT, Triad
+from .roofline import Triad, bytes_per_element
 
 DEFAULT_BUDGET_S = 40.0  # what the default run aims at, setup included (each row still gets MIN_ROUNDS)
 MIN_ROUNDS = 3
@@ -70,6 +76,9 @@ class Result:
         d["pass"] = d.pop("pass_")
         d["gbs"], d["roofline"] = self.gbs, self.roofline
         d["ratios"] = {p: self.ratio(p) for p in self.median_ms if p != "ours" and not p.startswith("ours:")}
+        base = ours_baseline(self.pass_)
+        if base in self.median_ms:  # what the pass's extra costs: ours / our plain pass, in the same rounds
+            d["baseline"], d["over_baseline"] = base, self.ours_ms / self.median_ms[base]
         return d
 
 
@@ -154,9 +163,10 @@ def run(
         for p in passes:
             pp = PEER_PASS.get(p, p)
             entries = {"ours": ("ours", p)}
-            if p in OURS_BASELINE:  # our pass without its extra, in the same rounds: their ratio is fair
-                entries[OURS_BASELINE[p]] = ("ours", OURS_BASELINE[p].split(":", 1)[1])
-            r = Result(shape=shape, pass_=p, bytes_min=BYTES_PER_ELEMENT[p] * math.prod(shape))
+            base = ours_baseline(p)
+            if base:  # our pass without its extra, in the same rounds: their ratio is fair
+                entries[base] = ("ours", base.split(":", 1)[1])
+            r = Result(shape=shape, pass_=p, bytes_min=bytes_per_element(p) * math.prod(shape))
             for name in peers:
                 why = not_timed.get(name, {})
                 why = why.get("*") or why.get(pp)
@@ -175,6 +185,7 @@ def run(
                 if prep is not None:
                     prep()
             call = {name: impls[owner].calls[q] for name, (owner, q) in entries.items()}
+            reset = {name: impls[owner].reset.get(q) for name, (owner, q) in entries.items()}
             samples: dict[str, list[float]] = {name: [] for name in call}
             reps: dict[str, int] = {}
             bw = []
@@ -189,6 +200,9 @@ def run(
                 # flushes the cache)
                 for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
                     f = call[name]
+                    undo = reset[name]
+                    if undo is not None:
+                        undo()
                     if rnd == 0:
                         reps[name], one = _reps_for(f)
                         est[name] = (reps[name], one)

@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from .cases import OURS_BASELINE
+from .cases import ours_baseline, split_act_pass
 from .harness import Result
+
+#: issue 16's targets for the +ACT rows, fwd+bwd: ours fused / our plain training passes (at most), and
+#: Darknet-style separate activation passes / ours fused (at least)
+ACT_TARGETS = {"fused_over_plain_max": 1.1, "separate_over_fused_min": 1.5}
+SEPARATE_PEER = "darknet"  # the peer the separate-passes target is measured against
 
 
 def geomean(values: Sequence[float]) -> float:
@@ -47,17 +53,134 @@ def format_table(results: list[Result], peers: Sequence[str]) -> str:
         )
         worst = min(timed, key=lambda r: r.ratio(p))
         lines.append(f"  {p:>9}: {per}; lowest {worst.ratio(p):.2f} ({'x'.join(map(str, worst.shape))} {worst.pass_})")
-    for p, base in OURS_BASELINE.items():
+    for p in all_passes:
+        base = ours_baseline(p)
         extra = [(r.ours_ms / r.median_ms[base], r.shape) for r in results if r.pass_ == p and base in r.median_ms]
-        if extra:
+        if base and extra:
             highest = max(extra)
             lines.append(
                 f"ours, {p} / {base.split(':')[1]}, timed in the same rounds: geometric mean "
                 f"{geomean([f for f, _ in extra]):.2f}, highest {highest[0]:.2f} "
                 f"({'x'.join(map(str, highest[1]))})"
             )
+    lines.extend(format_activation_summary(results, peers))
     lines.extend(check_notes(results, peers))
     return "\n".join(lines)
+
+
+def _shape_name(shape: Sequence[int]) -> str:
+    return "x".join(map(str, shape))
+
+
+def activation_summary(results: list[Result]) -> dict:
+    """For each activation of the +ACT rows (``train+ACT``, ``backward+ACT``), per shape with both rows:
+    what fusing it costs over our plain training passes timed in the same rounds (``train_cost`` =
+    ours train+ACT / ours train, ``backward_cost`` likewise, ``fused_over_plain`` = the sum of both
+    fused medians / the sum of both plain ones), and ``peer_over_fused``: each peer timed in both rows,
+    its forward + backward / ours fused forward + backward (above 1: fused is faster). Then their
+    geometric means over the shapes, the worst shape for each target of :data:`ACT_TARGETS` and how
+    many shapes meet it. Empty without +ACT rows."""
+    rows = {(r.shape, r.pass_): r for r in results}
+    acts = list(dict.fromkeys(sp[1] for sp in (split_act_pass(r.pass_) for r in results) if sp))
+    out: dict = {}
+    for act in acts:
+        per = []
+        for shape in dict.fromkeys(r.shape for r in results):
+            tr, bw = rows.get((shape, f"train+{act}")), rows.get((shape, f"backward+{act}"))
+            if tr is None or bw is None or "ours:train" not in tr.median_ms or "ours:backward" not in bw.median_ms:
+                continue
+            fused = tr.ours_ms + bw.ours_ms
+            peer_ratio = {
+                p: (tr.median_ms[p] + bw.median_ms[p]) / fused
+                for p in tr.median_ms
+                if p != "ours" and not p.startswith("ours:") and p in bw.median_ms
+            }
+            per.append(
+                {
+                    "shape": list(shape),
+                    "train_cost": tr.ours_ms / tr.median_ms["ours:train"],
+                    "backward_cost": bw.ours_ms / bw.median_ms["ours:backward"],
+                    "fused_over_plain": fused / (tr.median_ms["ours:train"] + bw.median_ms["ours:backward"]),
+                    "fused_ms": fused,
+                    "peer_over_fused": peer_ratio,
+                }
+            )
+        if not per:
+            continue
+        peers = list(dict.fromkeys(p for d in per for p in d["peer_over_fused"]))
+        geo: dict[str, Any] = {
+            k: geomean([d[k] for d in per]) for k in ("train_cost", "backward_cost", "fused_over_plain")
+        }
+        geo["peer_over_fused"] = {
+            p: geomean([d["peer_over_fused"][p] for d in per if p in d["peer_over_fused"]]) for p in peers
+        }
+        worst = max(per, key=lambda d: d["fused_over_plain"])
+        targets: dict = {
+            "fused_over_plain": {
+                "max": ACT_TARGETS["fused_over_plain_max"],
+                "geomean": geo["fused_over_plain"],
+                "worst": worst["fused_over_plain"],
+                "worst_shape": worst["shape"],
+                "shapes_met": sum(d["fused_over_plain"] <= ACT_TARGETS["fused_over_plain_max"] for d in per),
+                "shapes": len(per),
+            }
+        }
+        sep = [d for d in per if SEPARATE_PEER in d["peer_over_fused"]]
+        if sep:
+            low = min(sep, key=lambda d: d["peer_over_fused"][SEPARATE_PEER])
+            targets["separate_over_fused"] = {
+                "peer": SEPARATE_PEER,
+                "min": ACT_TARGETS["separate_over_fused_min"],
+                "geomean": geo["peer_over_fused"][SEPARATE_PEER],
+                "worst": low["peer_over_fused"][SEPARATE_PEER],
+                "worst_shape": low["shape"],
+                "shapes_met": sum(
+                    d["peer_over_fused"][SEPARATE_PEER] >= ACT_TARGETS["separate_over_fused_min"] for d in sep
+                ),
+                "shapes": len(sep),
+            }
+        out[act] = {"per_shape": per, "geomean": geo, "targets": targets}
+    return out
+
+
+def _act_row(label: str, d: dict, peers: Sequence[str], cols: Sequence[str]) -> str:
+    vals = [d["train_cost"], d["backward_cost"], d["fused_over_plain"]]
+    vals += [d["peer_over_fused"].get(p, float("nan")) for p in peers]
+    return f"{label:>18} " + " ".join(f"{_fmt_ratio(v):>{len(c)}}" for v, c in zip(vals, cols))
+
+
+def format_activation_summary(results: list[Result], peers: Sequence[str]) -> list[str]:
+    """The lines of :func:`activation_summary`: a small table per activation, its geometric means and
+    the targets (none without +ACT rows)."""
+    lines = []
+    for act, a in activation_summary(results).items():
+        ps = [p for p in peers if p in a["geomean"]["peer_over_fused"]]
+        cols = [f"train+{act}/train", f"backward+{act}/backward", "fused/plain fwd+bwd"]
+        cols += [f"x {p} fwd+bwd" for p in ps]
+        lines.append("")
+        lines.append(
+            f"{act} fused in training -- ours against our plain training passes timed in the same rounds, and "
+            f"each peer's forward + backward / ours fused (above 1: fused is faster):"
+        )
+        lines.append(f"{'shape':>18} " + " ".join(cols))
+        lines.extend(_act_row(_shape_name(d["shape"]), d, ps, cols) for d in a["per_shape"])
+        lines.append(_act_row("geomean", a["geomean"], ps, cols))
+        t = a["targets"]["fused_over_plain"]
+        text = (
+            f"targets: fused fwd+bwd / plain fwd+bwd <= {t['max']:g}: geomean {t['geomean']:.2f}, highest "
+            f"{t['worst']:.2f} ({_shape_name(t['worst_shape'])}), met on {t['shapes_met']} of {t['shapes']} shapes"
+        )
+        t = a["targets"].get("separate_over_fused")
+        if t:
+            text += (
+                f"; separate passes ({t['peer']}) fwd+bwd / fused >= {t['min']:g}: geomean {t['geomean']:.2f}, "
+                f"lowest {t['worst']:.2f} ({_shape_name(t['worst_shape'])}), met on {t['shapes_met']} of "
+                f"{t['shapes']} shapes"
+            )
+        else:
+            text += f"; separate passes: not timed (--compare {SEPARATE_PEER})"
+        lines.append(text)
+    return lines
 
 
 def check_notes(results: list[Result], peers: Sequence[str]) -> list[str]:
@@ -89,7 +212,11 @@ def check_notes(results: list[Result], peers: Sequence[str]) -> list[str]:
 
 def write_json(path: str, results: list[Result], info: dict) -> None:
     with open(path, "w") as f:
-        json.dump({"machine": info, "results": [r.as_dict() for r in results]}, f, indent=1)
+        data = {"machine": info, "results": [r.as_dict() for r in results]}
+        act = activation_summary(results)
+        if act:
+            data["activation"] = act
+        json.dump(data, f, indent=1)
 
 
 def plot(path: str, results: list[Result], peers: Sequence[str]) -> None:

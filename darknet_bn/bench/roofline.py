@@ -1,7 +1,8 @@
 """The memory roofline: the least bytes each pass must move, and the bandwidth to divide them by.
 
 Each pass must move at least 12 (training forward: read x twice, write y), 8 (inference) or 20
-(backward: read x and delta twice, write the input's delta) bytes per element; the bandwidth is a
+(backward: read x and delta twice, write the input's delta) bytes per element, with an activation
+fused in training or not; the bandwidth is a
 STREAM-style triad (csrc/stream.c) timed in the same rounds as the passes. ``roofline`` = minimum bytes
 / triad bandwidth / our time: 1.0 means running at the triad's bandwidth (more is possible from cache,
 or with non-temporal stores, which the triad does not use).
@@ -14,6 +15,7 @@ import time
 import numpy as np
 
 from .._capi import EXEC, ffi, lib
+from .cases import split_act_pass
 
 BYTES_PER_ELEMENT = {
     "train": 12,
@@ -23,6 +25,16 @@ BYTES_PER_ELEMENT = {
     "train+renorm": 12,
     "backward+renorm": 20,
 }
+
+
+def bytes_per_element(pass_: str) -> int:
+    """The least bytes per element ``pass_`` moves: BYTES_PER_ELEMENT, and for a training pass with an
+    activation fused (``train+ACT``, ``backward+ACT``) its plain pass's (the activation adds no tensor:
+    the backward recomputes the pre-activation from x and the statistics)."""
+    split = split_act_pass(pass_)
+    return BYTES_PER_ELEMENT[split[0] if split else pass_]
+
+
 TRIAD_N = 1 << 24  # 3 arrays of 64 MiB: well beyond the last-level cache
 
 

@@ -22,6 +22,8 @@ from .flavors import Flavor, get_flavor
 
 __all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS"]
 
+_NULL = ffi.NULL
+
 
 def _aligned_zeros(n: int, align: int = 64) -> np.ndarray:
     """A zeroed float32 array of n elements whose data starts on an `align`-byte boundary."""
@@ -120,6 +122,8 @@ class Layer:
         "_a_train",
         "_a_infer",
         "_a_bwd",
+        "_a_train_lin",
+        "_a_bwd_lin",
         "_renorm",
         "_act",
         "__weakref__",
@@ -212,6 +216,9 @@ class Layer:
             True: sb + (p["mean"], p["variance"]) + rd + tail + (1,),
             False: sb + (p["rolling_mean"], p["rolling_variance"], ffi.NULL, ffi.NULL) + tail + (0,),
         }
+        # without an activation, whole argument tuples (one unpacking, no extra arguments per call)
+        self._a_train_lin = self._a_train + (ffi.NULL, EXEC)
+        self._a_bwd_lin = {k: v + (ffi.NULL, EXEC) for k, v in self._a_bwd.items()}
         self._act = ffi.NULL  # the last forward's activation (dbn_act *; NULL: linear)
 
     # ---------------------------------------------------------------------------------------------
@@ -250,10 +257,13 @@ class Layer:
             ValueError in training mode when batch*h*w = 1 (the batch variance is undefined). Nothing
             is changed when it raises.
         """
-        act = ffi.NULL if activation is None and alpha is None else c_act(activation, alpha)
+        act = _NULL if activation is None and alpha is None else c_act(activation, alpha)
         input, p_in, train, lost = self._take_input(input, train, self._count)
         if train:
-            lib.dbn_forward_train(p_in, *self._a_train, act, EXEC)
+            if act is _NULL:
+                lib.dbn_forward_train(p_in, *self._a_train_lin)
+            else:
+                lib.dbn_forward_train(p_in, *self._a_train, act, EXEC)
         else:
             lib.dbn_forward_infer(p_in, *self._a_infer, act, EXEC)
         self._act = act
@@ -361,7 +371,10 @@ class Layer:
             values on return.
         """
         net_delta, p_nd = self._take_net_delta(net_delta)
-        lib.dbn_backward(self._p_x, self._p_delta, p_nd, *self._a_bwd[self._train], self._act, EXEC)
+        if self._act is _NULL:
+            lib.dbn_backward(self._p_x, self._p_delta, p_nd, *self._a_bwd_lin[self._train])
+        else:
+            lib.dbn_backward(self._p_x, self._p_delta, p_nd, *self._a_bwd[self._train], self._act, EXEC)
         return net_delta
 
     def _take_net_delta(self, net_delta: Any) -> tuple[np.ndarray, Any]:

@@ -1,6 +1,7 @@
 /* shift.c -- the per-channel shifts the sums are taken around (see internal.h): used by the driver (three
  * phases) and by the engines (fused tasks), below both, so neither calls the other for them.
- * Compiled once, for the baseline instruction set: every engine gets the same shifts.
+ * Compiled once, for the baseline instruction set: every engine gets the same shifts. Each channel's
+ * samples are added in the same order (row by row, in each row in memory order) whatever the loop shape.
  */
 #include <math.h>
 
@@ -17,8 +18,15 @@ void dbn_estimate_shifts(const float *x, int64_t batch, int64_t c, int64_t spati
         for (int64_t j = 0; j < m; ++j) sum[j] = 0.0;
         for (int64_t b = 0; b < rows; ++b) {   /* row by row: the tile's values are contiguous */
             const float *row = x + (b * c + c0 + j0) * spatial;
-            for (int64_t s = 0; s < per_row; ++s)
-                for (int64_t j = 0; j < m; ++j) sum[j] += row[j * spatial + s];
+            if (spatial == 1) {                 /* one value per channel and row: a vector loop */
+                for (int64_t j = 0; j < m; ++j) sum[j] += row[j];
+            } else {                            /* each channel's samples of the row, in order */
+                for (int64_t j = 0; j < m; ++j) {
+                    double t = sum[j];
+                    for (int64_t s = 0; s < per_row; ++s) t += row[j * spatial + s];
+                    sum[j] = t;
+                }
+            }
         }
         for (int64_t j = 0; j < m; ++j) {
             const float v = rows * per_row > 0 ? (float)(sum[j] / (double)(rows * per_row)) : 0.0f;

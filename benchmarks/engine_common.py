@@ -65,3 +65,44 @@ def table(med: dict[str, float], ref: str | None = None) -> str:
             line += f"   {med[ref] / t:6.2f}x vs {ref}" if t > 0 else ""
         out.append(line)
     return "\n".join(out)
+
+
+def build_variant(dest: str, name: str, cflags: str, src: str | None = None) -> ModuleType:
+    """Build darknet_bn from the source tree ``src`` (default: this checkout) as a package called
+    ``name`` in directory ``dest`` with extra C flags (e.g. ``-DDBN_STREAM_MAX=0``: internal.h's tuning
+    constants can be overridden), and import it. Reuses a build already there with the same flags."""
+    import os
+    import shutil
+    import subprocess
+
+    src = src or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.join(dest, name)
+    stamp = os.path.join(root, "CFLAGS")
+    if not (os.path.exists(stamp) and open(stamp).read() == cflags):
+        shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(root)
+        for item in ("csrc", "setup.py", "pyproject.toml"):
+            (shutil.copytree if item == "csrc" else shutil.copy)(os.path.join(src, item), os.path.join(root, item))
+        shutil.copytree(
+            os.path.join(src, "darknet_bn"),
+            os.path.join(root, name),
+            ignore=shutil.ignore_patterns("*.so", "__pycache__"),
+        )
+        for path, old, new in [
+            (os.path.join(root, name, "_build.py"), '"darknet_bn._dbn"', f'"{name}._dbn"'),
+            (os.path.join(root, "setup.py"), "darknet_bn/_build.py", f"{name}/_build.py"),
+        ]:
+            with open(path) as f:
+                text = f.read()
+            with open(path, "w") as f:
+                f.write(text.replace(old, new))
+        env = {**os.environ, "DARKNET_BN_CFLAGS": cflags}
+        subprocess.run(
+            [sys.executable, "setup.py", "build_ext", "--inplace"], cwd=root, env=env, check=True, capture_output=True
+        )
+        open(stamp, "w").write(cflags)
+    sys.path.insert(0, root)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(root)

@@ -64,9 +64,11 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
                                       not measured */
 #define DBN_FUSED_MIN_TILES 8      /* the fused plan needs this many channel groups (4 per thread on two
                                       cores, for balance); not measured */
+#ifndef DBN_STREAM_MAX              /* (-D overrides it: benchmarks/engine_nt.py builds variants) */
 #define DBN_STREAM_MAX (24 << 20)  /* a reduction reading more bytes than this runs fused (reduce and map
                                       each channel group back to back: 1.07-1.23x beyond the cache,
                                       PERFORMANCE.md); at most this, three phases. The value not measured */
+#endif
 #define DBN_SMALL 65536            /* tensors with fewer values: one fused task per channel group, no
                                       scratch, no second parallel region; not measured */
 #define DBN_CHUNK 65536            /* task size: values per task when a channel group or the flat tensor is
@@ -84,9 +86,15 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
  * them off was 1.08-1.8x slower from 21 MB up, forcing them on an 11 MB tensor 1.3-1.8x slower; the
  * threshold differs per pass (about 16 / 32 / 8 MB measured for training forward / inference /
  * backward; the inference value in use, 12 MB, was not re-measured). */
+#ifndef DBN_NT_TRAIN_BYTES          /* (-D overrides them: benchmarks/engine_nt.py builds variants) */
 #define DBN_NT_TRAIN_BYTES (16.0 * 1024 * 1024)     /* training forward's output */
+#endif
+#ifndef DBN_NT_INFER_BYTES
 #define DBN_NT_INFER_BYTES (12.0 * 1024 * 1024)     /* inference forward's output (not in place) */
+#endif
+#ifndef DBN_NT_BACKWARD_BYTES
 #define DBN_NT_BACKWARD_BYTES (8.0 * 1024 * 1024)   /* backward's input delta */
+#endif
 
 /* The engine's loops (engine.inc). */
 #define DBN_PEEL_MIN_VECTORS 8     /* runs of fewer vectors do not peel to align their stores (a split store

@@ -35,8 +35,11 @@ def load_baseline(path: str | None) -> ModuleType | None:
         sys.path.remove(path)
 
 
-def interleaved(cases: dict[str, Callable[[], object]], rounds: int, reps: int) -> dict[str, float]:
-    """Median seconds per call of each case, the cases interleaved round by round."""
+def interleaved(
+    cases: dict[str, Callable[[], object]], rounds: int, reps: int, raw: dict[str, list[float]] | None = None
+) -> dict[str, float]:
+    """Median seconds per call of each case, the cases interleaved round by round (``raw``, when given,
+    receives every round's time per case, for paired ratios)."""
     times: dict[str, list[float]] = {k: [] for k in cases}
     for f in cases.values():  # warm up: first-touch page faults, lazy initialization
         for _ in range(max(1, reps // 4)):
@@ -48,7 +51,15 @@ def interleaved(cases: dict[str, Callable[[], object]], rounds: int, reps: int) 
             for _ in range(reps):
                 f()
             times[name].append((clock() - t0) / reps)
+    if raw is not None:
+        raw.update(times)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def paired_ratio(raw: dict[str, list[float]], a: str, b: str) -> float:
+    """The median over rounds of time(a) / time(b) in the same round: steadier than a ratio of medians
+    when the machine's speed drifts between rounds."""
+    return statistics.median(x / y for x, y in zip(raw[a], raw[b]))
 
 
 def fmt_us(t: float) -> str:

@@ -66,7 +66,9 @@ def main() -> None:
         pkgs[name] = build_variant(args.build_dir, f"dbn_{name}", flags)
     for p in pkgs.values():
         p.set_num_threads(args.threads)
-    print(f"{args.threads} threads, {args.rounds} rounds x {args.reps} calls; medians in ms, ratios = time / 'now'")
+    print(
+        f"{args.threads} threads, {args.rounds} rounds x {args.reps} calls; medians in ms; (ratio) = median over rounds of time / the same round's 'now'"
+    )
     print(f"{'MiB':>4} {'pass':>5}  {'off':>14} {'now':>7} {'on':>14} {'3ph':>14} {'fused':>14}")
     rng = np.random.default_rng(0)
     for mib in (int(v) for v in args.mib.split(",")):
@@ -85,7 +87,8 @@ def main() -> None:
                 if k == "infer" and name in ("3ph", "fused"):
                     continue  # inference has no reduction: the plan threshold does not apply
                 cases[f"{name} {k}"] = f
-        med = interleaved(cases, args.rounds, args.reps)
+        raw: dict = {}
+        med = interleaved(cases, args.rounds, args.reps, raw)
         for k in ("train", "infer", "bwd"):
             now = med[f"now {k}"]
             cells = []

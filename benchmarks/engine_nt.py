@@ -66,9 +66,8 @@ def main() -> None:
         pkgs[name] = build_variant(args.build_dir, f"dbn_{name}", flags)
     for p in pkgs.values():
         p.set_num_threads(args.threads)
-    print(
-        f"{args.threads} threads, {args.rounds} rounds x {args.reps} calls; medians in ms; (ratio) = median over rounds of time / the same round's 'now'"
-    )
+    print(f"{args.threads} threads, {args.rounds} rounds x {args.reps} calls; medians in ms;")
+    print("(ratio): the median over rounds of the row's time / the same round's 'now'")
     print(f"{'MiB':>4} {'pass':>5}  {'off':>14} {'now':>7} {'on':>14} {'3ph':>14} {'fused':>14}")
     rng = np.random.default_rng(0)
     for mib in (int(v) for v in args.mib.split(",")):

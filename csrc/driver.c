@@ -31,6 +31,13 @@ void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int 
     } else if (has_map && (double)bytes_per_value * (double)total > DBN_STREAM_MAX
                && pl->ntiles >= DBN_FUSED_MIN_TILES) {
         pl->fused = 1;                   /* beyond the cache: reduce and map each channel group back to back */
+    } else if (has_map && bytes_per_value == 4 && pl->tile > 1 && pl->ntiles < DBN_FUSED_MIN_TILES
+               && ceil_div(c, DBN_FUSED_MIN_TILES) * spatial >= DBN_NARROW_ROW_MIN
+               && (double)ceil_div(c, DBN_FUSED_MIN_TILES) * (double)n * 4.0 <= DBN_NARROW_TASK_MAX) {
+        pl->fused = 1;                   /* a few wide tiles (many channels of tiny planes, the MLP case):
+                                            narrower tiles, fused, one parallel region */
+        pl->tile = ceil_div(c, DBN_FUSED_MIN_TILES);
+        pl->ntiles = ceil_div(c, pl->tile);
     } else {
         pl->fused = 0;
         pl->reduce_flat = pl->tile == 1;

@@ -69,6 +69,13 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
                                       each channel group back to back: 1.07-1.23x beyond the cache,
                                       PERFORMANCE.md); at most this, three phases. The value not measured */
 #endif
+#define DBN_NARROW_ROW_MIN 128    /* block mode, a one-input reduction with a map (a training forward) whose */
+#define DBN_NARROW_TASK_MAX (1 << 20) /* tiles are fewer than DBN_FUSED_MIN_TILES: cut into that many
+                                      narrower tiles and run fused, when each task's rows stay at least
+                                      this many values wide and its data at most this many bytes (an L2).
+                                      128x1024x1x1 training forward, 2 threads, this Intel VM: 24.3 us
+                                      against 32.1 three-phase; the backward (two inputs) lost (37.0 against
+                                      34.6), so it keeps three phases (docs/performance.md) */
 #define DBN_SMALL 65536            /* tensors with fewer values: one fused task per channel group, no
                                       scratch, no second parallel region; not measured */
 #define DBN_CHUNK 65536            /* task size: values per task when a channel group or the flat tensor is
@@ -122,7 +129,8 @@ static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
  *
  * - fused: grid tasks, one per channel group, each reducing, computing its coefficients and mapping
  *   back to back (the second read comes from cache). For passes over tensors beyond the last-level
- *   cache, and for tiny tensors (no scratch, no second parallel region).
+ *   cache, for tiny tensors (no scratch, no second parallel region), and for a one-input pass over a
+ *   few wide tiles (many channels of tiny planes), cut into DBN_FUSED_MIN_TILES narrower tiles.
  * - otherwise three phases: reduce (grid tasks, or flat tasks with per-task partial sums per channel),
  *   combine the partial sums in task order, coefficients for all channels, map (flat tasks).
  * The sizes that decide among them are the plan's tuning constants above.

@@ -105,6 +105,41 @@ void normalize_delta_cpu(const float *restrict x, const float *restrict mean, co
                          float eps, int eps_in_sqrt, const dbn_exec *exec);
 
 /* ---------------------------------------------------------------------------------------------------
+ * Activations: Darknet's element-wise activations (AlexeyAB's src/activations.h) and two of PyTorch's,
+ * applied by the passes below in the same pass as the normalization (forward) and its derivative inside
+ * the backward's passes:
+ * linear x; leaky x > 0 ? x : alpha x (Darknet: alpha = .1f); relu x*(x > 0); relu6 min(max(x, 0), 6);
+ * logistic 1/(1 + e^-x); tanh; elu x >= 0 ? x : e^x - 1; selu 1.0507 (x >= 0 ? x : 1.6732 (e^x - 1));
+ * gelu .5x (1 + tanh(.797885x + .035677x^3)); swish x logistic(x); mish x tanh(softplus(x))
+ * (x above 20: x); hard_mish x > 0 ? x : x > -2 ? x^2/2 + x : 0;
+ * hardswish x min(max(x + 3, 0), 6) / 6 (torch.nn.Hardswish); gelu_erf .5x (1 + erf(x / sqrt 2))
+ * (torch.nn.GELU(), approximate='none').
+ * Derivatives (docs/backward.md): Darknet takes linear, leaky, relu, relu6, logistic, tanh, elu and selu
+ * from the activation's OUTPUT (gradient_array on l.output) -- mathematically right, kept; gelu, swish,
+ * mish, hard_mish, hardswish and gelu_erf are taken from the activation's INPUT (Darknet takes mish and
+ * hard_mish from the input too; swish from the output and the saved logistic -- the same values; gelu
+ * from the output, which is wrong: here the derivative at the input). */
+enum dbn_activation {
+    DBN_ACT_LINEAR = 0, DBN_ACT_LEAKY, DBN_ACT_RELU, DBN_ACT_RELU6, DBN_ACT_LOGISTIC, DBN_ACT_TANH,
+    DBN_ACT_ELU, DBN_ACT_SELU, DBN_ACT_GELU, DBN_ACT_SWISH, DBN_ACT_MISH, DBN_ACT_HARD_MISH,
+    DBN_ACT_HARDSWISH = 12, DBN_ACT_GELU_ERF = 13
+};
+
+typedef struct dbn_act {
+    int kind;      /* DBN_ACT_* ; a NULL dbn_act pointer means DBN_ACT_LINEAR */
+    float alpha;   /* DBN_ACT_LEAKY: the negative slope (Darknet's leaky: 0.1f); ignored by the other kinds */
+} dbn_act;
+
+/* Darknet's activate_array: x = act(x), in place over n values. */
+void activate_array(float *x, int64_t n, const dbn_act *a, const dbn_exec *exec);
+
+/* Darknet's gradient_array: delta *= the activation's derivative, over n values. x is the activation's
+ * OUTPUT for the kinds Darknet differentiates from the output (linear, leaky, relu, relu6, logistic,
+ * tanh, elu, selu; leaky from the output needs alpha >= 0) and its INPUT for the others (gelu, swish,
+ * mish, hard_mish, hardswish, gelu_erf). x and delta must not overlap. */
+void gradient_array(const float *x, int64_t n, const dbn_act *a, float *delta, const dbn_exec *exec);
+
+/* ---------------------------------------------------------------------------------------------------
  * Whole passes of the layer (what darknet_bn.Layer calls). Shapes: x, out, delta, net_delta, x_norm:
  * [batch, c, spatial]; every other array: [c].
  */
@@ -123,23 +158,18 @@ typedef struct dbn_renorm {
 
 /* Training forward. Writes mean and variance (the batch variance that normalizes, by the flavor's
  * divisor), updates rolling_mean and rolling_variance (with the unbiased variance) and writes
- * out = scales * (x - mean) / denominator(variance, eps) + biases -- or, with renorm (not NULL),
- * the renormalized form above. Requires batch*spatial >= 2. */
+ * out = act(scales * (x - mean) / denominator(variance, eps) + biases) -- or, with renorm (not NULL),
+ * act of the renormalized form above. act NULL: linear. With an activation other than linear the map's
+ * per-channel coefficients are computed from the stored float mean, variance, r and d (so that the
+ * backward recomputes the pre-activation with the same bits); linear keeps the double-precision mean's
+ * residual. Requires batch*spatial >= 2. */
 void dbn_forward_train(const float *restrict x, float *restrict out, const float *restrict scales,
                        const float *restrict biases, float *restrict mean, float *restrict variance,
                        float *restrict rolling_mean, float *restrict rolling_variance,
                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor,
-                       const dbn_renorm *restrict renorm, const dbn_exec *exec);
+                       const dbn_renorm *restrict renorm, const dbn_act *act, const dbn_exec *exec);
 
-/* Darknet's element-wise activations (AlexeyAB's src/activations.h), for the fused inference forward:
- * linear x; leaky x > 0 ? x : .1x; relu x*(x > 0); relu6 min(max(x, 0), 6); logistic 1/(1 + e^-x);
- * tanh; elu x >= 0 ? x : e^x - 1; selu 1.0507 (x >= 0 ? x : 1.6732 (e^x - 1));
- * gelu .5x (1 + tanh(.797885x + .035677x^3)); swish x logistic(x); mish x tanh(softplus(x))
- * (x above 20: x); hard_mish x > 0 ? x : x > -2 ? x^2/2 + x : 0. */
-enum dbn_activation {
-    DBN_ACT_LINEAR = 0, DBN_ACT_LEAKY, DBN_ACT_RELU, DBN_ACT_RELU6, DBN_ACT_LOGISTIC, DBN_ACT_TANH,
-    DBN_ACT_ELU, DBN_ACT_SELU, DBN_ACT_GELU, DBN_ACT_SWISH, DBN_ACT_MISH, DBN_ACT_HARD_MISH
-};
+
 
 /* Inference forward, in one pass with the activation:
  * out = act(scales * (x - rolling_mean) / denominator(rolling_variance, eps) + biases).
@@ -147,7 +177,7 @@ enum dbn_activation {
 void dbn_forward_infer(const float *x, float *out, const float *restrict scales,
                        const float *restrict biases, const float *restrict rolling_mean,
                        const float *restrict rolling_variance, int64_t batch, int64_t c, int64_t spatial,
-                       const dbn_flavor *restrict flavor, int activation, const dbn_exec *exec);
+                       const dbn_flavor *restrict flavor, const dbn_act *act, const dbn_exec *exec);
 
 /* Backward. delta holds the output's delta on entry and the input's delta on return (as Darknet's
  * l.delta); net_delta, when not NULL, receives the input's delta too. mean and variance are the
@@ -155,24 +185,30 @@ void dbn_forward_infer(const float *x, float *out, const float *restrict scales,
  * train = 1: Darknet's training backward for the flavor (mean_delta, variance_delta written), with
  * r and d as constants. train = 0: the exact gradient of the inference forward (mean and variance are
  * the rolling statistics, constants: mean_delta = variance_delta = 0; r and d are ignored).
- * scale_updates += sum delta * x_hat, bias_updates += sum delta, in both modes. */
+ * scale_updates += sum delta * x_hat, bias_updates += sum delta, in both modes.
+ * act (NULL: linear): the activation the forward applied. delta on entry is then the delta of the
+ * activation's output; the activation's derivative is applied inside the passes (the pre-activation
+ * recomputed from x, mean, variance, scales, biases, r and d with the forward's coefficients -- no
+ * tensor-sized buffer): the result is Darknet's gradient_array followed by backward_batchnorm_layer
+ * (with the derivatives of docs/backward.md). biases is read only with an activation (may be NULL
+ * without one). */
 void dbn_backward(const float *restrict x, float *restrict delta, float *restrict net_delta,
-                  const float *restrict scales, const float *restrict mean, const float *restrict variance,
-                  const float *restrict r, const float *restrict d,
+                  const float *restrict scales, const float *restrict biases, const float *restrict mean,
+                  const float *restrict variance, const float *restrict r, const float *restrict d,
                   float *restrict scale_updates, float *restrict bias_updates,
                   float *restrict mean_delta, float *restrict variance_delta,
                   int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
-                  const dbn_exec *exec);
+                  const dbn_act *act, const dbn_exec *exec);
 
 /* dbn_backward out of place: reads delta (the output's delta, left unchanged) and writes the input's
  * delta into dx, the same bits as dbn_backward leaves in delta. dx must not overlap x or delta. */
 void dbn_backward_into(const float *restrict x, const float *restrict delta, float *restrict dx,
-                       const float *restrict scales, const float *restrict mean, const float *restrict variance,
-                       const float *restrict r, const float *restrict d,
+                       const float *restrict scales, const float *restrict biases, const float *restrict mean,
+                       const float *restrict variance, const float *restrict r, const float *restrict d,
                        float *restrict scale_updates, float *restrict bias_updates,
                        float *restrict mean_delta, float *restrict variance_delta,
                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
-                       const dbn_exec *exec);
+                       const dbn_act *act, const dbn_exec *exec);
 
 /* x_norm = (x - mean) / denominator(variance, eps) * r + d, out of place (the layer's x_norm on
  * demand); r and d may be NULL (1 and 0). */
@@ -199,20 +235,27 @@ void dbn_forward_apply(const float *restrict x, float *restrict out, const float
                        float *restrict rolling_mean, float *restrict rolling_variance,
                        const double *restrict moments, int64_t batch, int64_t c, int64_t spatial,
                        const dbn_flavor *restrict flavor, const dbn_renorm *restrict renorm,
-                       const dbn_exec *exec);
-void dbn_backward_sums(const float *restrict x, const float *restrict delta, const float *restrict mean,
-                       int64_t batch, int64_t c, int64_t spatial, double *restrict sums, const dbn_exec *exec);
+                       const dbn_act *act, const dbn_exec *exec);
+/* This process's sums [2c] of the training backward. With an activation (act not NULL nor linear) the
+ * sums are of the delta times the activation's derivative (the pre-activation recomputed as in
+ * dbn_backward: scales, biases, variance, r, d and flavor are read only then; they may be NULL without
+ * one). */
+void dbn_backward_sums(const float *restrict x, const float *restrict delta, const float *restrict scales,
+                       const float *restrict biases, const float *restrict mean, const float *restrict variance,
+                       const float *restrict r, const float *restrict d, int64_t batch, int64_t c,
+                       int64_t spatial, double *restrict sums, const dbn_flavor *restrict flavor,
+                       const dbn_act *act, const dbn_exec *exec);
 /* The training backward from this process's sums (local: scale_updates and bias_updates, this
  * process's contribution) and the sums over all processes (global, with the global count of values
  * per channel: mean_delta, variance_delta and the input's delta), as dbn_backward with train = 1. */
 void dbn_backward_apply(const float *restrict x, float *restrict delta, float *restrict net_delta,
-                        const float *restrict scales, const float *restrict mean,
+                        const float *restrict scales, const float *restrict biases, const float *restrict mean,
                         const float *restrict variance, const float *restrict r, const float *restrict d,
                         const double *restrict local_sums, const double *restrict global_sums, double count,
                         float *restrict scale_updates, float *restrict bias_updates,
                         float *restrict mean_delta, float *restrict variance_delta,
                         int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor,
-                        const dbn_exec *exec);
+                        const dbn_act *act, const dbn_exec *exec);
 
 /* Darknet's update_batchnorm_layer on [c] arrays, with rate = learning_rate / batch:
  * biases += rate * bias_updates; bias_updates *= momentum; scales += rate * scale_updates;
@@ -283,8 +326,12 @@ void backward_batchnorm_layer_ref(const float *restrict x, const float *restrict
                                   float *restrict mean_delta, float *restrict variance_delta, int64_t batch,
                                   int64_t c, int64_t spatial, const dbn_flavor *restrict flavor);
 
-/* Darknet's activations one value at a time (libm), in place over n values: act is a DBN_ACT_*. */
+/* Darknet's activations one value at a time (libm), in place over n values: act is a DBN_ACT_*
+ * (leaky: Darknet's .1f). */
 void dbn_activate_ref(float *x, int64_t n, int act);
+/* activate_array and gradient_array one value at a time (libm), with the same contracts. */
+void activate_array_ref(float *x, int64_t n, const dbn_act *a);
+void gradient_array_ref(const float *x, int64_t n, const dbn_act *a, float *delta);
 
 /* ---------------------------------------------------------------------------------------------------
  * Memory bandwidth, for the benchmark's roofline: a STREAM-style triad a = b + scalar*c over n floats

@@ -162,7 +162,8 @@ typedef struct {
     engine_fn fn;
     dbn_job *job;
     float *kc, *pc, *qc, *rc;   /* coefficients [C] */
-    float *e;                   /* per-element coefficients [4 C S] (plan.expand), else NULL */
+    float *pfc, *qfc;           /* with job->pre: the forward's coefficients [C] (else NULL) */
+    float *e;                   /* per-element coefficients [nco C S] (plan.expand), else NULL */
     double *s0, *s1;            /* combined sums [C] */
     int64_t nreduce;            /* tasks of the reduction (0: none) */
 } three_phase;
@@ -170,7 +171,9 @@ typedef struct {
 static void tp_shifts(const three_phase *tp, int64_t t, int64_t T)
 {
     const int64_t C = tp->job->plan.c, c0 = C * t / T, c1 = C * (t + 1) / T;
-    if (c0 < c1) dbn_fill_shifts(tp->job, c0, c1 - c0, tp->kc + c0);
+    if (c0 >= c1) return;
+    dbn_fill_shifts(tp->job, c0, c1 - c0, tp->kc + c0);
+    if (tp->job->pre) tp->job->pre(tp->job, c0, c1 - c0, tp->pfc + c0, tp->qfc + c0);
 }
 
 static void tp_reduce(const three_phase *tp, int64_t t, int64_t T)
@@ -220,6 +223,10 @@ static void tp_coef(const three_phase *tp, int64_t t, int64_t T)
                 e[C * S + at] = tp->pc[ch];
                 e[2 * C * S + at] = tp->qc[ch];
                 e[3 * C * S + at] = tp->rc[ch];
+                if (tp->pfc) {
+                    e[4 * C * S + at] = tp->pfc[ch];
+                    e[5 * C * S + at] = tp->qfc[ch];
+                }
             }
     }
 }
@@ -234,7 +241,9 @@ static void run_three_phases(three_phase *tp, int nth)
 {
     dbn_job *job = tp->job;
     const dbn_plan *pl = &job->plan;
-    job->k = tp->kc;   /* the reduction reads the shifts from here */
+    job->k = tp->kc;   /* the reduction reads the shifts from here, and the forward's coefficients */
+    job->pf = tp->pfc;
+    job->qf = tp->qfc;
     job->phase = pl->reduce_flat ? DBN_PHASE_REDUCE_FLAT : DBN_PHASE_REDUCE_GRID;
     /* The map phase's view of the job: a copy, so that no thread changes what another still reads. */
     dbn_job mapjob = *job;
@@ -245,6 +254,10 @@ static void run_three_phases(three_phase *tp, int nth)
         mapjob.p = tp->e + CS;
         mapjob.q = tp->e + 2 * CS;
         mapjob.r = tp->e + 3 * CS;
+        if (tp->pfc) {
+            mapjob.pf = tp->e + 4 * CS;
+            mapjob.qf = tp->e + 5 * CS;
+        }
     } else {
         mapjob.k = tp->kc;
         mapjob.p = tp->pc;
@@ -308,9 +321,11 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
         return;
     }
 
-    /* Three phases. Scratch: coefficients [4c] (+ per element [4 c*spatial]), sums [2c] + partials. */
+    /* Three phases. Scratch: coefficients [4c] (+ per element [4 c*spatial]), sums [2c] + partials;
+     * with job->pre, 2 more coefficients (the forward's pf, qf). */
     const int has_reduce = job->reduce != DBN_R_NONE;
-    const int64_t ncoef = 4 * C + (pl->expand ? 4 * C * S : 0);
+    const int64_t nco = job->pre ? 6 : 4;
+    const int64_t ncoef = nco * C + (pl->expand ? nco * C * S : 0);
     const int64_t npart = !has_reduce ? 0 : pl->reduce_flat ? pl->nflat * C : pl->ntasks * pl->tile;
     float *coef = malloc((size_t)ncoef * sizeof *coef);
     double *sums = malloc((size_t)(2 * C + 2 * npart) * sizeof *sums);
@@ -321,7 +336,8 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
         return;
     }
     three_phase tp = {.fn = fn, .job = job, .kc = coef, .pc = coef + C, .qc = coef + 2 * C, .rc = coef + 3 * C,
-                      .e = pl->expand ? coef + 4 * C : NULL, .s0 = sums, .s1 = sums + C,
+                      .pfc = job->pre ? coef + 4 * C : NULL, .qfc = job->pre ? coef + 5 * C : NULL,
+                      .e = pl->expand ? coef + nco * C : NULL, .s0 = sums, .s1 = sums + C,
                       .nreduce = !has_reduce ? 0 : pl->reduce_flat ? pl->nflat : pl->ntasks};
     job->part0 = sums + 2 * C;
     job->part1 = sums + 2 * C + npart;

@@ -29,6 +29,7 @@ typedef struct {
     double n;                                                     /* values per channel (global) */
     double eps;
     int eps_in_sqrt, train;
+    int akind;                                                    /* the activation (DBN_ACT_*) */
 } fctx;
 
 #define CTX(job) ((const fctx *)(job)->ctx)
@@ -49,6 +50,22 @@ static void affine_coef(double m, double alpha, double beta, float *k, float *p,
     *k = m_hi;
     *p = (float)alpha;
     *q = (float)(beta - (m - (double)m_hi) * alpha);
+}
+
+static inline int act_kind(const dbn_act *a) { return a ? a->kind : DBN_ACT_LINEAR; }
+static inline float act_alpha(const dbn_act *a) { return a ? a->alpha : 0.0f; }
+
+/* Map coefficients for y = scale * ((x - mean) / denominator(var) * r + d) + bias from per-channel floats:
+ * what an inference forward maps with, what a training forward with an activation maps with (from its
+ * stored mean, variance, r and d), and what a backward with an activation recomputes -- one expression,
+ * so the three agree bit for bit. */
+static void stat_coef(double scale, double bias, float mean, float var, double r, double d, double eps,
+                      int eps_in_sqrt, float *k, float *p, float *q)
+{
+    const double den = dbn_denominator(var, eps, eps_in_sqrt);
+    *k = mean;
+    *p = (float)(scale * r / den);
+    *q = (float)(bias + scale * d);
 }
 
 /* One channel of a training forward, from its count, mean and M2: the layer's per-channel outputs
@@ -76,6 +93,11 @@ static void forward_channel(const fctx *cx, int64_t c, double n, double m, doubl
     cx->rolling_mean[c] = (float)((1.0 - mom) * (double)cx->rolling_mean[c] + mom * m);
     cx->rolling_variance[c] = (float)((1.0 - mom) * (double)cx->rolling_variance[c] + mom * var_unbiased);
     const double scale = cx->scales[c];
+    if (cx->akind != DBN_ACT_LINEAR) {   /* from the stored floats: the backward recomputes these bits */
+        const double rs = cx->renorm ? (double)cx->renorm->r[c] : 1.0, ds = cx->renorm ? (double)cx->renorm->d[c] : 0.0;
+        stat_coef(scale, cx->biases[c], cx->mean[c], cx->variance[c], rs, ds, fl->eps, fl->eps_in_sqrt, k, p, q);
+        return;
+    }
     affine_coef(m, scale * r / sigma_b, (double)cx->biases[c] + scale * d, k, p, q);
 }
 
@@ -119,12 +141,14 @@ static void coef_forward_moments(const dbn_job *job, int64_t c0, int64_t n, cons
 }
 
 static void forward_job(dbn_job *job, const float *x, float *out, int64_t batch, int64_t c, int64_t spatial,
-                        const fctx *ctx)
+                        const fctx *ctx, const dbn_act *act)
 {
     dbn_job_init(job, batch, c, spatial);
     job->a = x;
     job->out = out;
     job->map = out ? DBN_M_AFFINE : DBN_M_NONE;
+    job->act = act_kind(act);
+    job->alpha = act_alpha(act);
     job->ctx = ctx;
     job->nt = out_bytes(batch, c, spatial) > DBN_NT_TRAIN_BYTES;
 }
@@ -133,13 +157,13 @@ void dbn_forward_train(const float *restrict x, float *restrict out, const float
                        const float *restrict biases, float *restrict mean, float *restrict variance,
                        float *restrict rolling_mean, float *restrict rolling_variance,
                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor,
-                       const dbn_renorm *restrict renorm, const dbn_exec *exec)
+                       const dbn_renorm *restrict renorm, const dbn_act *act, const dbn_exec *exec)
 {
     fctx ctx = {.scales = scales, .biases = biases, .mean = mean, .variance = variance,
                 .rolling_mean = rolling_mean, .rolling_variance = rolling_variance, .fl = flavor,
-                .renorm = renorm, .n = (double)batch * (double)spatial};
+                .renorm = renorm, .n = (double)batch * (double)spatial, .akind = act_kind(act)};
     dbn_job job;
-    forward_job(&job, x, out, batch, c, spatial, &ctx);
+    forward_job(&job, x, out, batch, c, spatial, &ctx, act);
     job.reduce = DBN_R_SUM2;
     job.shift_mode = DBN_SHIFT_ESTIMATE;
     job.coef = coef_forward_train;
@@ -151,7 +175,7 @@ void dbn_forward_moments(const float *restrict x, int64_t batch, int64_t c, int6
 {
     fctx ctx = {.moments = moments, .n = (double)batch * (double)spatial};
     dbn_job job;
-    forward_job(&job, x, NULL, batch, c, spatial, &ctx);
+    forward_job(&job, x, NULL, batch, c, spatial, &ctx, NULL);
     job.reduce = DBN_R_SUM2;
     job.shift_mode = DBN_SHIFT_ESTIMATE;
     job.coef = coef_forward_moments;
@@ -183,13 +207,13 @@ void dbn_forward_apply(const float *restrict x, float *restrict out, const float
                        float *restrict rolling_mean, float *restrict rolling_variance,
                        const double *restrict moments, int64_t batch, int64_t c, int64_t spatial,
                        const dbn_flavor *restrict flavor, const dbn_renorm *restrict renorm,
-                       const dbn_exec *exec)
+                       const dbn_act *act, const dbn_exec *exec)
 {
     fctx ctx = {.scales = scales, .biases = biases, .mean = mean, .variance = variance,
                 .rolling_mean = rolling_mean, .rolling_variance = rolling_variance, .fl = flavor,
-                .renorm = renorm, .gmoments = moments};
+                .renorm = renorm, .gmoments = moments, .akind = act_kind(act)};
     dbn_job job;
-    forward_job(&job, x, out, batch, c, spatial, &ctx);
+    forward_job(&job, x, out, batch, c, spatial, &ctx, act);
     job.coef = coef_forward_apply;
     dbn_run(&job, exec);
 }
@@ -203,12 +227,9 @@ static void coef_affine_stats(const dbn_job *job, int64_t c0, int64_t n, const d
     const fctx *cx = CTX(job);
     for (int64_t j = 0; j < n; ++j) {
         const int64_t c = c0 + j;
-        const double den = dbn_denominator(cx->stat_var[c], cx->eps, cx->eps_in_sqrt);
         const double scale = cx->scales ? cx->scales[c] : 1.0, bias = cx->biases ? cx->biases[c] : 0.0;
         const double rr = cx->r ? cx->r[c] : 1.0, dd = cx->d ? cx->d[c] : 0.0;
-        k[j] = cx->stat_mean[c];
-        p[j] = (float)(scale * rr / den);
-        q[j] = (float)(bias + scale * dd);
+        stat_coef(scale, bias, cx->stat_mean[c], cx->stat_var[c], rr, dd, cx->eps, cx->eps_in_sqrt, k + j, p + j, q + j);
         r[j] = 0.0f;
     }
 }
@@ -216,14 +237,15 @@ static void coef_affine_stats(const dbn_job *job, int64_t c0, int64_t n, const d
 void dbn_forward_infer(const float *x, float *out, const float *restrict scales,
                        const float *restrict biases, const float *restrict rolling_mean,
                        const float *restrict rolling_variance, int64_t batch, int64_t c, int64_t spatial,
-                       const dbn_flavor *restrict flavor, int activation, const dbn_exec *exec)
+                       const dbn_flavor *restrict flavor, const dbn_act *act, const dbn_exec *exec)
 {
     fctx ctx = {.scales = scales, .biases = biases, .stat_mean = rolling_mean, .stat_var = rolling_variance,
                 .eps = flavor->eps, .eps_in_sqrt = flavor->eps_in_sqrt};
     dbn_job job;
     dbn_job_init(&job, batch, c, spatial);
     job.map = DBN_M_AFFINE;
-    job.act = activation;
+    job.act = act_kind(act);
+    job.alpha = act_alpha(act);
     job.a = x;
     job.out = out;
     job.coef = coef_affine_stats;
@@ -309,10 +331,30 @@ static void coef_backward_apply(const dbn_job *job, int64_t c0, int64_t n, const
     }
 }
 
+/* The forward's coefficients of channels [c0, c0+n) for a backward with an activation: what the training
+ * forward (from the stored mean, variance, r, d) or the inference forward (rolling statistics) mapped
+ * with, from the same floats by the same expression (stat_coef). */
+static void pre_backward(const dbn_job *job, int64_t c0, int64_t n, float *pf, float *qf)
+{
+    const fctx *cx = CTX(job);
+    const dbn_flavor *fl = cx->fl;
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t c = c0 + j;
+        const double rr = cx->train && cx->r ? cx->r[c] : 1.0, dd = cx->train && cx->d ? cx->d[c] : 0.0;
+        float k;
+        stat_coef(cx->scales[c], cx->biases[c], cx->stat_mean[c], cx->stat_var[c], rr, dd, fl->eps, fl->eps_in_sqrt,
+                  &k, pf + j, qf + j);
+    }
+}
+
 static void backward_job(dbn_job *job, const float *x, const float *delta, float *out, float *out2,
-                         const float *mean, int64_t batch, int64_t c, int64_t spatial, const fctx *ctx)
+                         const float *mean, int64_t batch, int64_t c, int64_t spatial, const fctx *ctx,
+                         const dbn_act *act)
 {
     dbn_job_init(job, batch, c, spatial);
+    job->act = act_kind(act);
+    job->alpha = act_alpha(act);
+    job->pre = job->act != DBN_ACT_LINEAR ? pre_backward : NULL;
     job->shift_mode = DBN_SHIFT_GIVEN;
     job->shift = mean;
     job->map = out ? DBN_M_BWD : DBN_M_NONE;
@@ -326,72 +368,76 @@ static void backward_job(dbn_job *job, const float *x, const float *delta, float
 
 /* Both backwards: the input's delta into out (and out2 when not NULL); delta and out may be one buffer. */
 static void run_backward(const float *x, const float *delta, float *out, float *out2, const float *scales,
-                         const float *mean, const float *variance, const float *r, const float *d,
-                         float *scale_updates, float *bias_updates, float *mean_delta, float *variance_delta,
-                         int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *flavor, int train,
-                         const dbn_exec *exec)
+                         const float *biases, const float *mean, const float *variance, const float *r,
+                         const float *d, float *scale_updates, float *bias_updates, float *mean_delta,
+                         float *variance_delta, int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *flavor,
+                         int train, const dbn_act *act, const dbn_exec *exec)
 {
-    fctx ctx = {.scales = scales, .stat_mean = mean, .stat_var = variance, .r = r, .d = d,
+    fctx ctx = {.scales = scales, .biases = biases, .stat_mean = mean, .stat_var = variance, .r = r, .d = d,
                 .scale_updates = scale_updates, .bias_updates = bias_updates, .mean_delta = mean_delta,
                 .variance_delta = variance_delta, .fl = flavor, .n = (double)batch * (double)spatial,
                 .train = train};
     dbn_job job;
-    backward_job(&job, x, delta, out, out2, mean, batch, c, spatial, &ctx);
+    backward_job(&job, x, delta, out, out2, mean, batch, c, spatial, &ctx, act);
     job.reduce = DBN_R_DOT2;
     job.coef = coef_backward;
     dbn_run(&job, exec);
 }
 
 void dbn_backward(const float *restrict x, float *restrict delta, float *restrict net_delta,
-                  const float *restrict scales, const float *restrict mean, const float *restrict variance,
-                  const float *restrict r, const float *restrict d,
+                  const float *restrict scales, const float *restrict biases, const float *restrict mean,
+                  const float *restrict variance, const float *restrict r, const float *restrict d,
                   float *restrict scale_updates, float *restrict bias_updates,
                   float *restrict mean_delta, float *restrict variance_delta,
                   int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
-                  const dbn_exec *exec)
+                  const dbn_act *act, const dbn_exec *exec)
 {
-    run_backward(x, delta, delta, net_delta, scales, mean, variance, r, d, scale_updates, bias_updates, mean_delta,
-                 variance_delta, batch, c, spatial, flavor, train, exec);
+    run_backward(x, delta, delta, net_delta, scales, biases, mean, variance, r, d, scale_updates, bias_updates,
+                 mean_delta, variance_delta, batch, c, spatial, flavor, train, act, exec);
 }
 
 void dbn_backward_into(const float *restrict x, const float *restrict delta, float *restrict dx,
-                       const float *restrict scales, const float *restrict mean, const float *restrict variance,
-                       const float *restrict r, const float *restrict d,
+                       const float *restrict scales, const float *restrict biases, const float *restrict mean,
+                       const float *restrict variance, const float *restrict r, const float *restrict d,
                        float *restrict scale_updates, float *restrict bias_updates,
                        float *restrict mean_delta, float *restrict variance_delta,
                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
-                       const dbn_exec *exec)
+                       const dbn_act *act, const dbn_exec *exec)
 {
-    run_backward(x, delta, dx, NULL, scales, mean, variance, r, d, scale_updates, bias_updates, mean_delta,
-                 variance_delta, batch, c, spatial, flavor, train, exec);
+    run_backward(x, delta, dx, NULL, scales, biases, mean, variance, r, d, scale_updates, bias_updates, mean_delta,
+                 variance_delta, batch, c, spatial, flavor, train, act, exec);
 }
 
-void dbn_backward_sums(const float *restrict x, const float *restrict delta, const float *restrict mean,
-                       int64_t batch, int64_t c, int64_t spatial, double *restrict sums, const dbn_exec *exec)
+void dbn_backward_sums(const float *restrict x, const float *restrict delta, const float *restrict scales,
+                       const float *restrict biases, const float *restrict mean, const float *restrict variance,
+                       const float *restrict r, const float *restrict d, int64_t batch, int64_t c,
+                       int64_t spatial, double *restrict sums, const dbn_flavor *restrict flavor,
+                       const dbn_act *act, const dbn_exec *exec)
 {
-    fctx ctx = {.sums = sums};
+    fctx ctx = {.sums = sums, .scales = scales, .biases = biases, .stat_mean = mean, .stat_var = variance,
+                .r = r, .d = d, .fl = flavor, .train = 1};
     dbn_job job;
-    backward_job(&job, x, delta, NULL, NULL, mean, batch, c, spatial, &ctx);
+    backward_job(&job, x, delta, NULL, NULL, mean, batch, c, spatial, &ctx, act);
     job.reduce = DBN_R_DOT2;
     job.coef = coef_backward_sums;
     dbn_run(&job, exec);
 }
 
 void dbn_backward_apply(const float *restrict x, float *restrict delta, float *restrict net_delta,
-                        const float *restrict scales, const float *restrict mean,
+                        const float *restrict scales, const float *restrict biases, const float *restrict mean,
                         const float *restrict variance, const float *restrict r, const float *restrict d,
                         const double *restrict local_sums, const double *restrict global_sums, double count,
                         float *restrict scale_updates, float *restrict bias_updates,
                         float *restrict mean_delta, float *restrict variance_delta,
                         int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor,
-                        const dbn_exec *exec)
+                        const dbn_act *act, const dbn_exec *exec)
 {
-    fctx ctx = {.scales = scales, .stat_mean = mean, .stat_var = variance, .r = r, .d = d,
+    fctx ctx = {.scales = scales, .biases = biases, .stat_mean = mean, .stat_var = variance, .r = r, .d = d,
                 .scale_updates = scale_updates, .bias_updates = bias_updates, .mean_delta = mean_delta,
                 .variance_delta = variance_delta, .fl = flavor, .lsums = local_sums, .gsums = global_sums,
                 .n = count, .train = 1};
     dbn_job job;
-    backward_job(&job, x, delta, delta, net_delta, mean, batch, c, spatial, &ctx);
+    backward_job(&job, x, delta, delta, net_delta, mean, batch, c, spatial, &ctx, act);
     job.coef = coef_backward_apply;
     dbn_run(&job, exec);
 }

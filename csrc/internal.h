@@ -114,6 +114,12 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
                                       the first rows: 1.7e-7 against 1.7e-6 relative variance error with
                                       one sample, PERFORMANCE.md) */
 
+/* reference.c: one value of an activation and of what gradient_array multiplies by (libm), and whether
+ * a kind's gradient_array takes the activation's output (1) or its input (0). */
+float dbn_act_one_ref(float v, int kind, float alpha);
+float dbn_grad_one_ref(float v, int kind, float alpha);
+int dbn_act_from_output(int kind);
+
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -157,8 +163,11 @@ void dbn_make_plan(dbn_plan *plan, int64_t batch, int64_t c, int64_t spatial, in
  * Job. What a pass asks of the engine. */
 enum { DBN_R_NONE, DBN_R_SUM2, DBN_R_DOT2 };
 /* SUM2: s0 = sum (a - k), s1 = sum (a - k)^2          DOT2: s0 = sum b, s1 = sum b*(a - k) */
-enum { DBN_M_NONE, DBN_M_AFFINE, DBN_M_BWD };
-/* AFFINE: out = (a - k)*p + q                           BWD: out = b*p + (a - k)*q + r
+enum { DBN_M_NONE, DBN_M_AFFINE, DBN_M_BWD, DBN_M_GRAD };
+/* AFFINE: out = act((a - k)*p + q)                      BWD: out = g*p + (a - k)*q + r
+ * GRAD: out = b * gradient_array's factor at a (vec_math.h vgrad_arr)
+ * with g = b, or with an activation (job.act) g = b * act'((a - k)*pf + qf), the forward's pre-activation
+ * from its coefficients pf, qf (also the w of a DOT2 reduction with an activation).
  * (out2, when not NULL, receives the same values; out may be a or b: in place) */
 enum { DBN_SHIFT_ZERO, DBN_SHIFT_GIVEN, DBN_SHIFT_ESTIMATE };
 enum { DBN_PHASE_FUSED, DBN_PHASE_REDUCE_GRID, DBN_PHASE_REDUCE_FLAT, DBN_PHASE_MAP_FLAT };
@@ -169,6 +178,9 @@ struct dbn_job;
  * k arrives filled with the shift and may be rewritten) and the pass's own per-channel outputs. */
 typedef void (*dbn_coef_fn)(const struct dbn_job *job, int64_t c0, int64_t n, const double *s0,
                             const double *s1, float *k, float *p, float *q, float *r);
+/* The forward's coefficients pf, qf (arrays of n) of channels [c0, c0+n), for a backward with an
+ * activation: called before the reduction (per channel group, or for all channels by the driver). */
+typedef void (*dbn_pre_fn)(const struct dbn_job *job, int64_t c0, int64_t n, float *pf, float *qf);
 
 typedef struct dbn_job {
     dbn_plan plan;
@@ -183,7 +195,11 @@ typedef struct dbn_job {
     double *part0, *part1;       /* partial sums: grid [ntasks*tile], flat [nflat*c] */
     float *k, *p, *q, *r;        /* coefficients [c]; with plan.expand, [c*spatial] per element */
     int nt;                      /* non-temporal stores for the outputs */
-    int act;                     /* AFFINE maps: the activation applied to each output (DBN_ACT_*) */
+    int act;                     /* AFFINE maps: the activation applied to each output (DBN_ACT_*); BWD maps
+                                    and DOT2 reductions: the activation whose derivative applies; GRAD */
+    float alpha;                 /* DBN_ACT_LEAKY's slope */
+    dbn_pre_fn pre;              /* BWD/DOT2 with an activation: the forward's coefficients (else NULL) */
+    const float *pf, *qf;        /* three phases: the driver's [c] (expanded: [c*spatial]) from pre */
 } dbn_job;
 
 /* Run tasks [t0, t1) of a job (engine.inc, compiled once per instruction set by simd_*.c). */

@@ -236,3 +236,47 @@ void normalize_delta_cpu(const float *restrict x, const float *restrict mean, co
                 .n = (double)batch * (double)spatial, .eps = eps, .eps_in_sqrt = eps_in_sqrt};
     map(x, delta, delta, DBN_M_BWD, batch, filters, spatial, coef_normalize_delta, &ctx, exec);
 }
+
+/* ---- activations --------------------------------------------------------------------------------- */
+
+/* The identity as the map's form: (a - 0)*1 + -0 is a, bit for bit (-0 keeps a -0). */
+static void coef_identity(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
+                          float *k, float *p, float *q, float *r)
+{
+    (void)job; (void)c0; (void)s0; (void)s1;
+    for (int64_t j = 0; j < n; ++j) {
+        k[j] = 0.0f;
+        p[j] = 1.0f;
+        q[j] = -0.0f;
+        r[j] = -0.0f;
+    }
+}
+
+/* n values as one channel: the driver cuts its one long plane into tasks. */
+static void act_job(dbn_job *job, const float *a, const float *b, float *out, int64_t n, int map, const dbn_act *act)
+{
+    dbn_job_init(job, 1, 1, n);
+    job->map = map;
+    job->a = a;
+    job->b = b;
+    job->out = out;
+    job->coef = coef_identity;
+    job->act = act ? act->kind : DBN_ACT_LINEAR;
+    job->alpha = act ? act->alpha : 0.0f;
+}
+
+void activate_array(float *x, int64_t n, const dbn_act *a, const dbn_exec *exec)
+{
+    if (!a || a->kind == DBN_ACT_LINEAR) return;
+    dbn_job job;
+    act_job(&job, x, NULL, x, n, DBN_M_AFFINE, a);
+    dbn_run(&job, exec);
+}
+
+void gradient_array(const float *x, int64_t n, const dbn_act *a, float *delta, const dbn_exec *exec)
+{
+    if (!a || a->kind == DBN_ACT_LINEAR) return;
+    dbn_job job;
+    act_job(&job, x, delta, delta, n, DBN_M_GRAD, a);
+    dbn_run(&job, exec);
+}

@@ -344,27 +344,91 @@ void backward_batchnorm_layer_ref(const float *restrict x, const float *restrict
     if (net_delta) copy_ref(delta, net_delta, batch * c * spatial);
 }
 
-/* Darknet's activations (AlexeyAB's src/activations.h), one value at a time with libm, in place over n
- * values: the plain reference of the fused inference forward's activation (act: DBN_ACT_*). */
+/* Darknet's activations (AlexeyAB's src/activations.h) and PyTorch's hardswish and GELU, one value at a
+ * time with libm. */
+float dbn_act_one_ref(float v, int kind, float alpha)
+{
+    switch (kind) {
+    case DBN_ACT_LEAKY: return v > 0 ? v : alpha * v;
+    case DBN_ACT_RELU: return v * (v > 0);
+    case DBN_ACT_RELU6: { const float t = v > 0 ? v : 0; return t < 6 ? t : 6; }
+    case DBN_ACT_LOGISTIC: return 1.f / (1.f + expf(-v));
+    case DBN_ACT_TANH: return tanhf(v);
+    case DBN_ACT_ELU: return v >= 0 ? v : expm1f(v);
+    case DBN_ACT_SELU: return v >= 0 ? 1.0507f * v : 1.0507f * 1.6732f * expm1f(v);
+    case DBN_ACT_GELU: return (float)(0.5 * v * (1 + tanh(0.797885 * v + 0.035677 * (double)v * v * v)));
+    case DBN_ACT_SWISH: return v / (1.f + expf(-v));
+    case DBN_ACT_MISH: return v > 20 ? v : v * tanhf(v < -20 ? expf(v) : log1pf(expf(v)));
+    case DBN_ACT_HARD_MISH: return v > 0 ? v : v > -2 ? v * v / 2 + v : 0;
+    case DBN_ACT_HARDSWISH: {   /* PyTorch's x * min(max(x + 3, 0), 6) / 6, NaN kept */
+        float t = v + 3.0f;
+        t = t < 0.0f ? 0.0f : t;
+        t = 6.0f < t ? 6.0f : t;
+        return v * t / 6.0f;
+    }
+    case DBN_ACT_GELU_ERF: return (float)(0.5 * v * (1.0 + erf(v * 0.70710678118654752440)));
+    default: return v;
+    }
+}
+
+/* What gradient_array multiplies delta by: Darknet's gradient of the OUTPUT y for linear, leaky, relu,
+ * relu6, logistic, tanh, elu, selu (AlexeyAB's *_gradient); the derivative at the INPUT x for the
+ * others (mish: AlexeyAB's gradient_array_mish formula; hard_mish: hard_mish_yashas_grad; swish:
+ * AlexeyAB's swish + sigmoid * (1 - swish); gelu: the derivative of the forward's formula -- Darknet's
+ * gelu_gradient applied to the output is wrong; hardswish, gelu_erf: PyTorch's backward). */
+float dbn_grad_one_ref(float v, int kind, float alpha)
+{
+    switch (kind) {
+    case DBN_ACT_LEAKY: return v > 0 ? 1.0f : alpha;
+    case DBN_ACT_RELU: return (float)(v > 0);
+    case DBN_ACT_RELU6: return (float)(v > 0 && v < 6);
+    case DBN_ACT_LOGISTIC: return (1 - v) * v;
+    case DBN_ACT_TANH: return 1 - v * v;
+    case DBN_ACT_ELU: return (v >= 0) + (v < 0) * (v + 1);
+    case DBN_ACT_SELU: return (v >= 0) * 1.0507f + (v < 0) * (v + 1.0507f * 1.6732f);
+    case DBN_ACT_GELU: {
+        const double x = v, u = 0.797885 * x + 0.035677 * x * x * x, t = tanh(u);
+        return (float)(0.5 * (1 + t) + 0.5 * x * (1 - t * t) * (0.797885 + 3 * 0.035677 * x * x));
+    }
+    case DBN_ACT_SWISH: {
+        const float s = 1.f / (1.f + expf(-v)), y = v * s;
+        return y + s * (1 - y);
+    }
+    case DBN_ACT_MISH: {
+        const float sp = v > 20 ? v : v < -20 ? expf(v) : log1pf(expf(v));
+        const float grad_sp = 1 - expf(-sp), tsp = tanhf(sp), grad_tsp = (1 - tsp * tsp) * grad_sp;
+        return v * grad_tsp + tsp;
+    }
+    case DBN_ACT_HARD_MISH: return v > 0 ? 1.0f : v > -2 ? v + 1 : 0.0f;
+    case DBN_ACT_HARDSWISH: return v < -3.0f ? 0.0f : v <= 3.0f ? v / 3.0f + 0.5f : 1.0f;
+    case DBN_ACT_GELU_ERF: {
+        const double x = v;
+        return (float)(0.5 * (1.0 + erf(x * 0.70710678118654752440)) + x * exp(-0.5 * x * x) * 0.39894228040143267794);
+    }
+    default: return 1.0f;
+    }
+}
+
+int dbn_act_from_output(int kind)
+{
+    return kind <= DBN_ACT_SELU;
+}
+
 void dbn_activate_ref(float *x, int64_t n, int act)
 {
-    for (int64_t i = 0; i < n; ++i) {
-        const float v = x[i];
-        float y = v;
-        switch (act) {
-        case DBN_ACT_LEAKY: y = v > 0 ? v : .1f * v; break;
-        case DBN_ACT_RELU: y = v * (v > 0); break;
-        case DBN_ACT_RELU6: { const float t = v > 0 ? v : 0; y = t < 6 ? t : 6; } break;
-        case DBN_ACT_LOGISTIC: y = 1.f / (1.f + expf(-v)); break;
-        case DBN_ACT_TANH: y = tanhf(v); break;
-        case DBN_ACT_ELU: y = v >= 0 ? v : expm1f(v); break;
-        case DBN_ACT_SELU: y = v >= 0 ? 1.0507f * v : 1.0507f * 1.6732f * expm1f(v); break;
-        case DBN_ACT_GELU: y = (float)(0.5 * v * (1 + tanh(0.797885 * v + 0.035677 * (double)v * v * v))); break;
-        case DBN_ACT_SWISH: y = v / (1.f + expf(-v)); break;
-        case DBN_ACT_MISH: y = v > 20 ? v : v * tanhf(v < -20 ? expf(v) : log1pf(expf(v))); break;
-        case DBN_ACT_HARD_MISH: y = v > 0 ? v : v > -2 ? v * v / 2 + v : 0; break;
-        default: break;
-        }
-        x[i] = y;
-    }
+    for (int64_t i = 0; i < n; ++i) x[i] = dbn_act_one_ref(x[i], act, 0.1f);
+}
+
+void activate_array_ref(float *x, int64_t n, const dbn_act *a)
+{
+    const int kind = a ? a->kind : DBN_ACT_LINEAR;
+    const float alpha = a ? a->alpha : 0.0f;
+    for (int64_t i = 0; i < n; ++i) x[i] = dbn_act_one_ref(x[i], kind, alpha);
+}
+
+void gradient_array_ref(const float *x, int64_t n, const dbn_act *a, float *delta)
+{
+    const int kind = a ? a->kind : DBN_ACT_LINEAR;
+    const float alpha = a ? a->alpha : 0.0f;
+    for (int64_t i = 0; i < n; ++i) delta[i] *= dbn_grad_one_ref(x[i], kind, alpha);
 }

@@ -1,5 +1,6 @@
-/* vec_math.h -- vector math of the engine (engine.inc): exp, expm1, logistic, tanh and Darknet's
- * element-wise activations (AlexeyAB's src/activations.h definitions), on vectors. exp is a
+/* vec_math.h -- vector math of the engine (engine.inc): exp, expm1, logistic, tanh, erfc, Darknet's
+ * element-wise activations (AlexeyAB's src/activations.h definitions) and PyTorch's hardswish and GELU,
+ * and their derivatives (vgrad_y from the output, vgrad_x at the input; docs/backward.md), on vectors. exp is a
  * Cephes-style polynomial (about 1 ulp) with two-step scaling, so no libm call sits in a loop; tanh,
  * elu and selu go through expm1 (no cancellation near 0), mish and gelu through exact identities that
  * avoid cancellation: tanh(softplus(x)) = n/(n + 2) with n = e^x (e^x + 2), and
@@ -60,19 +61,63 @@ static inline vf vtanh(vf x)
     return (vf)((vi)t | ((vi)x & (int32_t)0x80000000));          /* the sign of x */
 }
 
-static inline vf vact(vf x, int act)
+/* logistic(x) and 1 - logistic(x) = logistic(-x), both without cancellation. */
+static inline void vlogistic2(vf x, vf *s, vf *sc)
+{
+    const vf e = vexp(-vabs(x)), l = 1.0f / (1.0f + e), el = e * l;
+    const vi pos = x >= 0.0f;
+    *s = vsel(pos, l, el);
+    *sc = vsel(pos, el, l);
+}
+
+/* e^(-x^2/2) without the rounding of x*x: x = h + (x - h) with h of 12 significant bits, so h*h/2 is
+ * exact (fdlibm's split in its erfc tail). */
+static inline vf vgauss(vf x)
+{
+    const vf a = vabs(x), h = (vf)((vi)a & (int32_t)0xffffe000), t = (a - h) * (a + h);
+    const vf lo = vsel(t == t, t, vsplat(0.0f));   /* x infinite: (inf - inf) inf; the high part says it all */
+    return vexp(-(h * h) * 0.5f) * vexp(-lo * 0.5f);
+}
+
+/* 2 Phi(x) = erfc(-x / sqrt 2), accurate in both tails: the Sun fdlibm single-precision erf/erfc scheme
+ * (s_erff.c, "Copyright (C) 1993 by Sun Microsystems, Inc. All rights reserved. Developed at SunPro, a
+ * Sun Microsystems, Inc. business. Permission to use, copy, modify, and distribute this software is
+ * freely granted, provided that this notice is preserved."): its rational approximations on |u| < .84375,
+ * < 1.25, < 1/.35 and beyond, every branch evaluated and the right one selected per lane; the tail's
+ * Gaussian factor e^(-u^2) = e^(-x^2/2) taken from x itself (exact square, as fdlibm does). NaN stays NaN. */
+static inline vf vtwophi(vf x)
+{
+    const vf u = x * -0.70710678118654752f, a = vabs(u);
+    /* |u| < 0.84375 */
+    const vf z = u * u;
+    const vf r1 = 1.2837916613e-01f + z * (-3.2504209876e-01f + z * (-2.8481749818e-02f + z * (-5.7702702470e-03f + z * -2.3763017452e-05f)));
+    const vf s1 = 1.0f + z * (3.9791721106e-01f + z * (6.5022252500e-02f + z * (5.0813062117e-03f + z * (1.3249473704e-04f + z * -3.9602282413e-06f))));
+    const vf y1 = r1 / s1;
+    const vf e1 = vsel(u < 0.25f, 1.0f - (u + u * y1), 0.5f - (u * y1 + (u - 0.5f)));
+    /* 0.84375 <= |u| < 1.25 */
+    const vf t = a - 1.0f;
+    const vf p2 = -2.3621185683e-03f + t * (4.1485610604e-01f + t * (-3.7220788002e-01f + t * (3.1834661961e-01f + t * (-1.1089469492e-01f + t * (3.5478305072e-02f + t * -2.1663755178e-03f)))));
+    const vf q2 = 1.0f + t * (1.0642088205e-01f + t * (5.4039794207e-01f + t * (7.1828655899e-02f + t * (1.2617121637e-01f + t * (1.3637083583e-02f + t * 1.1984500103e-02f)))));
+    const vf pq = p2 / q2;
+    const vf e2 = vsel(u >= 0.0f, (1.0f - 8.4506291151e-01f) - pq, 1.0f + (8.4506291151e-01f + pq));
+    /* |u| >= 1.25: erfc(|u|) = e^(-u^2 - .5625 + R/S) / |u| */
+    const vf w = 1.0f / (a * a);
+    const vf ra = -9.8649440333e-03f + w * (-6.9385856390e-01f + w * (-1.0558626175e01f + w * (-6.2375331879e01f + w * (-1.6239666748e02f + w * (-1.8460508728e02f + w * (-8.1287437439e01f + w * -9.8143291473e00f))))));
+    const vf sa = 1.0f + w * (1.9651271820e01f + w * (1.3765776062e02f + w * (4.3456588745e02f + w * (6.4538726807e02f + w * (4.2900814819e02f + w * (1.0863500214e02f + w * (6.5702495575e00f + w * -6.0424413532e-02f)))))));
+    const vf rb = -9.8649431020e-03f + w * (-7.9928326607e-01f + w * (-1.7757955551e01f + w * (-1.6063638306e02f + w * (-6.3756646729e02f + w * (-1.0250950928e03f + w * -4.8351919556e02f)))));
+    const vf sb = 1.0f + w * (3.0338060379e01f + w * (3.2579251099e02f + w * (1.5367296143e03f + w * (3.1998581543e03f + w * (2.5530502930e03f + w * (4.7452853394e02f + w * -2.2440952301e01f))))));
+    const vf rs = vsel(a < 2.857142857f, ra / sa, rb / sb);
+    const vf xa = vabs(x), h = (vf)((vi)xa & (int32_t)0xffffe000), t2 = (xa - h) * (xa + h);
+    const vf lo = vsel(t2 == t2, t2, vsplat(0.0f));   /* x infinite: (inf - inf) inf; the high part says it all */
+    const vf g = vexp(-(h * h) * 0.5f - 0.5625f) * vexp(-lo * 0.5f + rs) / a;
+    const vf e3 = vsel(u >= 0.0f, g, 2.0f - g);
+    return vsel(a < 0.84375f, e1, vsel(a < 1.25f, e2, e3));
+}
+
+static inline vf vact(vf x, int act, vf alpha)
 {
     switch (act) {
-    case DBN_ACT_LEAKY:   /* (x > 0) ? x : .1x is max(x, .1x), NaN and -0 included */
-#if DBN_X86 && DBN_VBYTES == 64
-        return (vf)_mm512_max_ps((__m512)x, (__m512)(0.1f * x));
-#elif DBN_X86 && DBN_VBYTES == 32
-        return (vf)_mm256_max_ps((__m256)x, (__m256)(0.1f * x));
-#elif DBN_X86 && DBN_VBYTES == 16
-        return (vf)_mm_max_ps((__m128)x, (__m128)(0.1f * x));
-#else
-        return vsel(x > 0.0f, x, 0.1f * x);
-#endif
+    case DBN_ACT_LEAKY: return vsel(x > 0.0f, x, alpha * x);   /* Darknet's (x > 0) ? x : a*x */
     case DBN_ACT_RELU: return x * vsel(x > 0.0f, vsplat(1.0f), vsplat(0.0f));
     case DBN_ACT_RELU6: {
         const vf t = vsel(x > 0.0f, x, vsplat(0.0f));
@@ -91,8 +136,72 @@ static inline vf vact(vf x, int act)
     }
     case DBN_ACT_HARD_MISH:
         return vsel(x > 0.0f, x, vsel(x > -2.0f, x * x * 0.5f + x, vsplat(0.0f)));
+    case DBN_ACT_HARDSWISH: {   /* PyTorch's x * min(max(x + 3, 0), 6) / 6 (NaN kept) */
+        vf t = x + 3.0f;
+        t = vsel(t < 0.0f, vsplat(0.0f), t);
+        t = vsel(6.0f < t, vsplat(6.0f), t);
+        return x * t / 6.0f;
+    }
+    case DBN_ACT_GELU_ERF: return x * (0.5f * vtwophi(x));
     default: return x;
     }
+}
+
+/* The derivative from the activation's output y: Darknet's *_gradient of AlexeyAB's src/activations.h
+ * (leaky, relu and relu6 read the same from y as from the input: y > 0 iff x > 0, y < 6 iff x < 6). */
+static inline vf vgrad_y(vf y, int act, vf alpha)
+{
+    switch (act) {
+    case DBN_ACT_LEAKY: return vsel(y > 0.0f, vsplat(1.0f), alpha);
+    case DBN_ACT_RELU: return vsel(y > 0.0f, vsplat(1.0f), vsplat(0.0f));
+    case DBN_ACT_RELU6: return vsel((y > 0.0f) & (y < 6.0f), vsplat(1.0f), vsplat(0.0f));
+    case DBN_ACT_LOGISTIC: return (1.0f - y) * y;
+    case DBN_ACT_TANH: return 1.0f - y * y;
+    case DBN_ACT_ELU: return vsel(y >= 0.0f, vsplat(1.0f), y + 1.0f);   /* (y >= 0) + (y < 0)*(y + 1) */
+    case DBN_ACT_SELU: return vsel(y >= 0.0f, vsplat(1.0507f), y + 1.0507f * 1.6732f);
+    default: return vsplat(1.0f);
+    }
+}
+
+/* The derivative at the activation's input x (docs/backward.md): through the output where Darknet takes
+ * it from the output (logistic, tanh, elu, selu: the output recomputed with the forward's bits); the
+ * others directly. */
+static inline vf vgrad_x(vf x, int act, vf alpha)
+{
+    switch (act) {
+    case DBN_ACT_LEAKY: case DBN_ACT_RELU: case DBN_ACT_RELU6: return vgrad_y(x, act, alpha);
+    case DBN_ACT_LOGISTIC: case DBN_ACT_TANH: case DBN_ACT_ELU: case DBN_ACT_SELU:
+        return vgrad_y(vact(x, act, alpha), act, alpha);
+    case DBN_ACT_GELU: {   /* y = x s, s = logistic(2u), u = .797885x + .035677x^3: s + 2x s(1 - s) u' */
+        vf s, sc;
+        vlogistic2(2.0f * (0.797885f * x + 0.035677f * (x * x * x)), &s, &sc);
+        return s + (2.0f * x) * (s * sc) * (0.797885f + (3.0f * 0.035677f) * (x * x));
+    }
+    case DBN_ACT_SWISH: {  /* AlexeyAB's swish + sigmoid * (1 - swish) */
+        const vf s = vlogistic(x), y = x * s;
+        return y + s * (1.0f - y);
+    }
+    case DBN_ACT_MISH: {   /* tanh(sp) + x sech^2(sp) logistic(x), with n = e^x (e^x + 2): tanh(sp) = n/(n+2),
+                              sech^2(sp) logistic(x) = 4 e (1 + e) / (n + 2)^2; above 20: 1 (Darknet: tanh(x) = 1) */
+        const vf e = vexp(vsel(x > 20.0f, vsplat(0.0f), x));
+        const vf n = e * (e + 2.0f), q = 1.0f / (n + 2.0f);
+        return vsel(x > 20.0f, vsplat(1.0f), n * q + x * ((4.0f * e) * (1.0f + e)) * (q * q));
+    }
+    case DBN_ACT_HARD_MISH:
+        return vsel(x > 0.0f, vsplat(1.0f), vsel(x > -2.0f, x + 1.0f, vsplat(0.0f)));
+    case DBN_ACT_HARDSWISH:   /* PyTorch's hardswish_backward */
+        return vsel(x < -3.0f, vsplat(0.0f), vsel(x <= 3.0f, x / 3.0f + 0.5f, vsplat(1.0f)));
+    case DBN_ACT_GELU_ERF:    /* Phi(x) + x phi(x) */
+        return 0.5f * vtwophi(x) + x * vgauss(x) * 0.39894228040143267794f;
+    default: return vsplat(1.0f);
+    }
+}
+
+/* What gradient_array multiplies by, from what it is given: the output for the kinds Darknet
+ * differentiates from the output (linear .. selu), the input for the others. */
+static inline vf vgrad_arr(vf v, int act, vf alpha)
+{
+    return act <= DBN_ACT_SELU ? vgrad_y(v, act, alpha) : vgrad_x(v, act, alpha);
 }
 
 /* Calls CALL(x, act) with the activation as a constant (x passed through), so each activation gets its
@@ -110,6 +219,8 @@ static inline vf vact(vf x, int act)
     case DBN_ACT_SWISH: CALL(x, DBN_ACT_SWISH); break;                                       \
     case DBN_ACT_MISH: CALL(x, DBN_ACT_MISH); break;                                         \
     case DBN_ACT_HARD_MISH: CALL(x, DBN_ACT_HARD_MISH); break;                               \
+    case DBN_ACT_HARDSWISH: CALL(x, DBN_ACT_HARDSWISH); break;                               \
+    case DBN_ACT_GELU_ERF: CALL(x, DBN_ACT_GELU_ERF); break;                                 \
     default: CALL(x, DBN_ACT_LINEAR); break;                                                 \
     }
 

@@ -9,7 +9,9 @@ Everything else in darknet_bn reaches C through the names here:
 - the argument checks of the Python boundary: :func:`as_int`, :func:`as_size`, :func:`dims`,
   :func:`check_buffer` (a numpy float32 array -> a cffi ``float[]`` over its memory, no copy),
   :func:`explain_buffer` (the error that says why an array is not one), :func:`check_no_overlap`;
-- :func:`c_flavor`: a :class:`~darknet_bn.flavors.Flavor` as the ``dbn_flavor`` struct C reads.
+- :func:`c_flavor`: a :class:`~darknet_bn.flavors.Flavor` as the ``dbn_flavor`` struct C reads;
+- :data:`ACTIVATIONS` and :func:`c_act`: an activation's name (and leaky's slope) as the ``dbn_act *``
+  C reads.
 
 Imports nothing of darknet_bn but :mod:`darknet_bn.flavors` (data).
 """
@@ -50,6 +52,9 @@ __all__ = [
     "explain_buffer",
     "check_no_overlap",
     "c_flavor",
+    "ACTIVATIONS",
+    "LEAKY_ALPHA",
+    "c_act",
 ]
 
 F32 = np.dtype(np.float32)
@@ -206,3 +211,73 @@ def c_flavor(fl: Flavor) -> Any:
         )
         _C_FLAVORS[fl] = cd
     return cd
+
+
+# ------------------------------------------------------------------------------------------------
+# Activations as C reads them (csrc/darknet_bn.h, enum dbn_activation).
+
+#: The activations the passes apply (forward) and differentiate (backward) in the same passes: Darknet's
+#: (AlexeyAB's src/activations.h) and PyTorch's ``hardswish`` (``torch.nn.Hardswish``) and ``gelu_erf``
+#: (``torch.nn.GELU()``, the exact erf form; Darknet's ``gelu`` is the tanh approximation).
+ACTIVATIONS = {
+    name: i
+    for i, name in enumerate(
+        (
+            "linear",
+            "leaky",
+            "relu",
+            "relu6",
+            "logistic",
+            "tanh",
+            "elu",
+            "selu",
+            "gelu",
+            "swish",
+            "mish",
+            "hard_mish",
+            "hardswish",
+            "gelu_erf",
+        )
+    )
+}
+
+#: Darknet's leaky slope (``.1f``).
+LEAKY_ALPHA = float(np.float32(0.1))
+
+# name -> dbn_act * with Darknet's constants (None and "linear": NULL, which C reads as linear).
+_ACTS: dict[Any, Any] = {None: ffi.NULL, "linear": ffi.NULL}
+for _name, _kind in ACTIVATIONS.items():
+    if _kind:
+        _ACTS[_name] = ffi.new("dbn_act *", {"kind": _kind, "alpha": LEAKY_ALPHA})
+_ACTS_ALPHA: dict[float, Any] = {}
+
+
+def c_act(activation: Any, alpha: Any = None) -> Any:
+    """The ``dbn_act *`` for an activation name of :data:`ACTIVATIONS` (``None``: linear, NULL) and, for
+    ``"leaky"`` only, its negative slope ``alpha`` (a finite real; ``None``: Darknet's 0.1). The structs are
+    made once and kept here. TypeError: not a str / not a real; ValueError: an unknown name, a non-finite
+    alpha, or alpha with another activation."""
+    if alpha is None:
+        try:
+            return _ACTS[activation]
+        except (KeyError, TypeError):
+            pass
+    if activation is not None and not isinstance(activation, str):
+        raise TypeError(
+            f"activation: expected a str (one of {', '.join(ACTIVATIONS)}) or None, got {type(activation).__name__}"
+        )
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)} or None, got {activation!r}")
+    if activation != "leaky":
+        raise ValueError(f"alpha: the negative slope of 'leaky' only, got alpha={alpha!r} with {activation!r}")
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.integer, np.floating)):
+        raise TypeError(f"alpha: expected a real number, got {type(alpha).__name__} {alpha!r}")
+    a = float(np.float32(alpha))
+    if not np.isfinite(a):
+        raise ValueError(f"alpha: expected a finite number, got {alpha!r}")
+    p = _ACTS_ALPHA.get(a)
+    if p is None:
+        if len(_ACTS_ALPHA) >= 256:
+            _ACTS_ALPHA.clear()
+        p = _ACTS_ALPHA[a] = ffi.new("dbn_act *", {"kind": ACTIVATIONS["leaky"], "alpha": a})
+    return p

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._capi import EXEC, ffi, lib
+from ._capi import EXEC, c_act, ffi, lib
 from .flavors import Flavor
 from .layer import Layer
 
@@ -117,16 +117,21 @@ class SyncLayer(Layer):
         """The MPI communicator the statistics are synchronized over."""
         return self._comm
 
-    def forward(self, input: np.ndarray, train: bool = True, activation: str | None = None) -> np.ndarray:
+    def forward(
+        self, input: np.ndarray, train: bool = True, activation: str | None = None, *, alpha: float | None = None
+    ) -> np.ndarray:
         """Darknet's forward with the whole batch's statistics (training; one Allreduce), or plain
-        inference (no communication). A collective call in training mode: every process must call it.
-        See :meth:`Layer.forward` for the arguments: the same input checks, and a float32 input that is
-        byte-swapped, misaligned or not C-contiguous is copied once into a buffer of this layer (a
-        buffer other than the last forward's ``x``, which stays intact when the pass raises)."""
-        if not train or activation is not None:  # inference (an activation: Layer's error with train=True)
-            return super().forward(input, train, activation)
+        inference (no communication), followed by the activation in the same pass. A collective call in
+        training mode: every process must call it (with the same activation). See :meth:`Layer.forward`
+        for the arguments: the same input checks (a bad activation on one process raises on every
+        process), and a float32 input that is byte-swapped, misaligned or not C-contiguous is copied
+        once into a buffer of this layer (a buffer other than the last forward's ``x``, which stays
+        intact when the pass raises)."""
+        if not train:
+            return super().forward(input, train, activation, alpha=alpha)
         c = self.c
         try:
+            act = c_act(activation, alpha)
             input, p_in, _, _ = self._take_input(input, True, 2, keep_x=True)  # the count: checked globally below
             lib.dbn_forward_moments(p_in, self.batch, c, self.h * self.w, self._p_lmom, EXEC)
             self._lmom[3 * c :] = 0.0
@@ -163,24 +168,42 @@ class SyncLayer(Layer):
             self.h * self.w,
             self._cflavor,
             self._renorm,
+            act,
             EXEC,
         )
+        self._act = act
         return self._forward_done(input, p_in, True)
 
     def backward(self, net_delta: np.ndarray | None = None) -> np.ndarray:
         """Darknet's backward with the whole batch's sums (after a training forward; one Allreduce), or
-        the local inference gradient (no communication). ``scale_updates``/``bias_updates`` receive this
-        process's contribution. A collective call after a training forward. See :meth:`Layer.backward`
-        (``net_delta`` is written: one that is not native float32, aligned, C-contiguous and writable
-        raises on every process, never copied)."""
+        the local inference gradient (no communication); ``delta`` is the activated output's delta and
+        the last forward's activation is differentiated in the same passes (as :meth:`Layer.backward`).
+        ``scale_updates``/``bias_updates`` receive this process's contribution. A collective call after
+        a training forward. See :meth:`Layer.backward` (``net_delta`` is written: one that is not native
+        float32, aligned, C-contiguous and writable raises on every process, never copied)."""
         if not self._train:
             return super().backward(net_delta)
         c = self.c
         try:
             out, p_nd = self._take_net_delta(net_delta)
             p = self._p
+            r, d = (p["r"], p["d"]) if self._renorm else (ffi.NULL, ffi.NULL)
             lib.dbn_backward_sums(
-                self._p_x, self._p_delta, p["mean"], self.batch, c, self.h * self.w, self._p_lsum, EXEC
+                self._p_x,
+                self._p_delta,
+                p["scales"],
+                p["biases"],
+                p["mean"],
+                p["variance"],
+                r,
+                d,
+                self.batch,
+                c,
+                self.h * self.w,
+                self._p_lsum,
+                self._cflavor,
+                self._act,
+                EXEC,
             )
             self._lsum[2 * c] = 0.0
             failure = None
@@ -193,12 +216,12 @@ class SyncLayer(Layer):
             raise failure
         if self._gsum[2 * c] > 0:
             raise ValueError(f"backward: {int(self._gsum[2 * c])} other process(es) failed their argument checks")
-        r, d = (p["r"], p["d"]) if self._renorm else (ffi.NULL, ffi.NULL)
         lib.dbn_backward_apply(
             self._p_x,
             self._p_delta,
             p_nd,
             p["scales"],
+            p["biases"],
             p["mean"],
             p["variance"],
             r,
@@ -214,6 +237,7 @@ class SyncLayer(Layer):
             c,
             self.h * self.w,
             self._cflavor,
+            self._act,
             EXEC,
         )
         return out

@@ -23,8 +23,11 @@ from __future__ import annotations
 import numpy as np
 
 from ._capi import (
+    ACTIVATIONS,
     EXEC,
     ISAS,
+    as_size,
+    c_act,
     check_buffer,
     check_no_overlap,
     dims,
@@ -48,6 +51,9 @@ __all__ = [
     "mean_delta_cpu",
     "variance_delta_cpu",
     "normalize_delta_cpu",
+    "activate_array",
+    "gradient_array",
+    "ACTIVATIONS",
     "set_num_threads",
     "get_num_threads",
     "has_openmp",
@@ -222,3 +228,40 @@ def normalize_delta_cpu(
         "delta", delta, x=x, mean=mean, variance=variance, mean_delta=mean_delta, variance_delta=variance_delta
     )
     lib.normalize_delta_cpu(px, pm, pv, pmd, pvd, b, f, s, pd, eps, in_sqrt, EXEC)
+
+
+# ------------------------------------------------------------------------------------------------
+# Activations (Darknet's src/activations.c), vectorized and threaded.
+
+
+def activate_array(x: np.ndarray, n: int, a: str, *, alpha: float | None = None) -> None:
+    """Darknet's ``activate_array``: ``x = a(x)`` in place over the n float32 values of x.
+
+    a: a name of :data:`ACTIVATIONS` (Darknet's definitions; ``"hardswish"`` and ``"gelu_erf"`` are
+    PyTorch's). alpha: ``"leaky"``'s negative slope (default Darknet's 0.1).
+    """
+    cnt = as_size("n", n)
+    act = c_act(a, alpha)
+    px = check_buffer("x", x, cnt, "n", True)
+    lib.activate_array(px, cnt, act, EXEC)
+
+
+def gradient_array(x: np.ndarray, n: int, a: str, delta: np.ndarray, *, alpha: float | None = None) -> None:
+    """Darknet's ``gradient_array``: ``delta *= a'`` over n float32 values, in place in delta.
+
+    x is what Darknet gives its gradient: the activation's OUTPUT for ``linear``, ``leaky``, ``relu``,
+    ``relu6``, ``logistic``, ``tanh``, ``elu`` and ``selu`` (Darknet's ``gradient_array(l.output, ...)``),
+    and its INPUT for ``gelu``, ``swish``, ``mish``, ``hard_mish``, ``hardswish`` and ``gelu_erf`` (where
+    Darknet keeps the input, or -- gelu -- where its derivative of the output is wrong; docs/backward.md).
+    ``"leaky"`` from the output needs alpha >= 0 (ValueError otherwise). delta must not overlap x.
+    """
+    cnt = as_size("n", n)
+    act = c_act(a, alpha)
+    if alpha is not None and act.alpha < 0:
+        raise ValueError(
+            f"alpha: gradient_array reads leaky's derivative from the output, which needs alpha >= 0, got {alpha!r}"
+        )
+    px = check_buffer("x", x, cnt, "n")
+    pd = check_buffer("delta", delta, cnt, "n", True)
+    check_no_overlap("delta", delta, x=x)
+    lib.gradient_array(px, cnt, act, pd, EXEC)

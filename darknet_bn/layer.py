@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._capi import EXEC, F32, INT64_MAX, as_int, c_flavor, check_buffer, explain_buffer, ffi, lib
+from ._capi import ACTIVATIONS, EXEC, F32, INT64_MAX, as_int, c_act, c_flavor, check_buffer, explain_buffer, ffi, lib
 from .flavors import Flavor, get_flavor
 
 __all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS"]
@@ -45,24 +45,6 @@ def _number(name: str, v: Any) -> float:
     if not math.isfinite(v):
         raise ValueError(f"{name}: expected a finite number, got {v}")
     return v
-
-
-#: Darknet's activations that the inference forward can apply in the same pass (csrc/darknet_bn.h).
-ACTIVATIONS = {
-    name: i
-    for i, name in enumerate(
-        ("linear", "leaky", "relu", "relu6", "logistic", "tanh", "elu", "selu", "gelu", "swish", "mish", "hard_mish")
-    )
-}
-
-
-def _activation(name: Any) -> int:
-    if not isinstance(name, str):
-        raise TypeError(f"activation: expected a str (one of {', '.join(ACTIVATIONS)}), got {type(name).__name__}")
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {name!r}") from None
 
 
 _PER_CHANNEL = (
@@ -140,6 +122,7 @@ class Layer:
         "_a_infer",
         "_a_bwd",
         "_renorm",
+        "_act",
         "__weakref__",
     )
 
@@ -212,8 +195,7 @@ class Layer:
             s,
             self._cflavor,
             self._renorm,
-            EXEC,
-        )
+        )  # + the activation, EXEC
         self._a_infer = (
             self._p_output,
             p["scales"],
@@ -224,19 +206,23 @@ class Layer:
             c,
             s,
             self._cflavor,
-        )
+        )  # + the activation, EXEC
         tail = (p["scale_updates"], p["bias_updates"], p["mean_delta"], p["variance_delta"], batch, c, s, self._cflavor)
         rd = (p["r"], p["d"]) if renorm else (ffi.NULL, ffi.NULL)
-        self._a_bwd = {
-            True: (p["scales"], p["mean"], p["variance"]) + rd + tail + (1, EXEC),
-            False: (p["scales"], p["rolling_mean"], p["rolling_variance"], ffi.NULL, ffi.NULL) + tail + (0, EXEC),
+        sb = (p["scales"], p["biases"])
+        self._a_bwd = {  # + the last forward's activation, EXEC
+            True: sb + (p["mean"], p["variance"]) + rd + tail + (1,),
+            False: sb + (p["rolling_mean"], p["rolling_variance"], ffi.NULL, ffi.NULL) + tail + (0,),
         }
+        self._act = ffi.NULL  # the last forward's activation (dbn_act *; NULL: linear)
 
     # ---------------------------------------------------------------------------------------------
     # Passes
 
-    def forward(self, input: np.ndarray, train: bool = True, activation: str | None = None) -> np.ndarray:
-        """Darknet's ``forward_batchnorm_layer``.
+    def forward(
+        self, input: np.ndarray, train: bool = True, activation: str | None = None, *, alpha: float | None = None
+    ) -> np.ndarray:
+        """Darknet's ``forward_batchnorm_layer``, followed by an activation in the same pass.
 
         Args:
             input: float32, ``batch*inputs`` values in NCHW order (any shape; its logical C order).
@@ -247,29 +233,32 @@ class Layer:
                 ``x``. Other dtypes raise TypeError (no silent conversion).
             train: training mode (batch statistics; updates ``mean``, ``variance`` and the rolling
                 statistics) or inference mode (rolling statistics; changes nothing but ``output``).
-            activation: inference only: Darknet's activation applied in the same pass (``"leaky"``,
-                ``"relu"``, ``"mish"``, ... -- see :data:`ACTIVATIONS`; ``None``/``"linear"``: none).
-                ``output`` then holds the activated values. For in place, pass ``layer.output`` as input
-                (in inference that overwrites the input: :meth:`backward` and ``x_norm`` then raise).
+            activation: the activation applied in the same pass, in training and inference
+                (``"leaky"``, ``"relu"``, ``"mish"``, ... -- see :data:`ACTIVATIONS`; ``None``/``"linear"``:
+                none). ``output`` then holds the activated values, and the next :meth:`backward` takes
+                ``delta`` as the activated output's delta. In training, the activation's pre-activation
+                is BN's output from the stored ``mean``, ``variance`` (and ``r``, ``d``) as float32 (the
+                backward recomputes it with the same bits; without an activation the forward also keeps
+                the double-precision mean's residual). For in place, pass ``layer.output`` as input (in
+                inference that overwrites the input: :meth:`backward` and ``x_norm`` then raise).
+            alpha: ``"leaky"`` only: the negative slope (default Darknet's 0.1; rounded to float32).
 
         Returns:
             ``output`` (the layer's own buffer, overwritten by the next forward), viewed in the shape
             of ``input``.
 
         Raises:
-            TypeError, ValueError: a bad input; ValueError in training mode when batch*h*w = 1 (the
-            batch variance is undefined). Nothing is changed when it raises.
+            TypeError, ValueError: a bad input, an unknown activation (ValueError) or a bad alpha;
+            ValueError in training mode when batch*h*w = 1 (the batch variance is undefined). Nothing
+            is changed when it raises.
         """
-        act = 0 if activation is None else _activation(activation)
-        if act and train:
-            raise ValueError(
-                f"activation: fused with the inference forward only (train=False), got {activation!r} with train=True"
-            )
+        act = c_act(activation, alpha)
         input, p_in, train, lost = self._take_input(input, train, self._count)
         if train:
-            lib.dbn_forward_train(p_in, *self._a_train)
+            lib.dbn_forward_train(p_in, *self._a_train, act, EXEC)
         else:
             lib.dbn_forward_infer(p_in, *self._a_infer, act, EXEC)
+        self._act = act
         return self._forward_done(input, p_in, train, lost)
 
     def _take_input(self, input: Any, train: Any, count: int, keep_x: bool = False):
@@ -355,8 +344,14 @@ class Layer:
         return self._view
 
     def backward(self, net_delta: np.ndarray | None = None) -> np.ndarray:
-        """Darknet's ``backward_batchnorm_layer``, from ``delta`` (filled by the caller with the
-        output's delta) and the last forward.
+        """Darknet's ``gradient_array`` (the last forward's activation, if any) and
+        ``backward_batchnorm_layer``, in the same passes, from ``delta`` (filled by the caller with the
+        delta of the forward's output -- the activated output) and the last forward.
+
+        The activation's derivative is applied inside the backward's passes, at the pre-activation
+        recomputed from ``x`` and the statistics (no extra buffer), with Darknet's derivative
+        definitions (docs/backward.md: which are taken from the activation's output, which from its
+        input, and where Darknet's is wrong and this is not).
 
         After a training forward: the flavor's training backward. After an inference forward: the
         exact gradient of the inference forward (the rolling statistics are constants, so
@@ -375,7 +370,7 @@ class Layer:
             values on return.
         """
         net_delta, p_nd = self._take_net_delta(net_delta)
-        lib.dbn_backward(self._p_x, self._p_delta, p_nd, *self._a_bwd[self._train])
+        lib.dbn_backward(self._p_x, self._p_delta, p_nd, *self._a_bwd[self._train], self._act, EXEC)
         return net_delta
 
     def _take_net_delta(self, net_delta: Any) -> tuple[np.ndarray, Any]:

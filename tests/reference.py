@@ -11,6 +11,7 @@ darknet_bn.flavors.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -372,10 +373,12 @@ def binarize_weights(w: np.ndarray) -> np.ndarray:
 SELU_A, SELU_L = float(np.float32(1.0507)), float(np.float32(np.float32(1.0507) * np.float32(1.6732)))
 
 
-def act64(name, x):
-    """Darknet's activations, mathematically, in float64 (softplus's thresholds of 20 change nothing
-    at this precision but mish(x > 20) = x, which is kept)."""
+def act64(name, x, alpha=None):
+    """Darknet's activations (and PyTorch's hardswish and exact GELU), mathematically, in float64
+    (softplus's thresholds of 20 change nothing at this precision but mish(x > 20) = x, which is kept).
+    alpha: leaky's slope (default Darknet's .1f)."""
     x = np.asarray(x, np.float64)
+    a = np.float32(0.1) if alpha is None else np.float32(alpha)
     with np.errstate(all="ignore"):
 
         def logistic(v):
@@ -383,7 +386,7 @@ def act64(name, x):
 
         return {
             "linear": lambda: x,
-            "leaky": lambda: np.where(x > 0, x, np.float32(0.1) * x),
+            "leaky": lambda: np.where(x > 0, x, a * x),
             "relu": lambda: x * (x > 0),
             "relu6": lambda: np.minimum(np.where(x > 0, x, 0.0), 6.0),
             "logistic": lambda: logistic(x),
@@ -395,4 +398,51 @@ def act64(name, x):
             "swish": lambda: x * logistic(x),
             "mish": lambda: np.where(x > 20, x, x * np.tanh(np.logaddexp(0.0, x))),
             "hard_mish": lambda: np.where(x > 0, x, np.where(x > -2, x * x / 2 + x, 0.0)),
+            "hardswish": lambda: x * np.clip(x + 3, 0, 6) / 6,
+            # Phi(x) = erfc(-x / sqrt 2) / 2: no cancellation in the left tail
+            "gelu_erf": lambda: x * _erfc(-x / math.sqrt(2)) / 2,
+        }[name]()
+
+
+def _erfc(v):
+    return np.vectorize(lambda t: math.erfc(t) if not math.isnan(t) else math.nan, otypes=[np.float64])(v)
+
+
+def dact64(name, x, alpha=None):
+    """The derivative of act64(name, .) at x, from the math, in float64, with Darknet's (and PyTorch's)
+    values at the kinks: relu and leaky take the negative side at 0, relu6 0 at 0 and 6, hard_mish the
+    outer side at -2 (0) and the inner at 0 (1), hardswish PyTorch's (x < -3: 0, x <= 3: x/3 + 1/2,
+    else 1), mish 1 above 20 (where mish is x)."""
+    x = np.asarray(x, np.float64)
+    a = np.float32(0.1) if alpha is None else np.float32(alpha)
+    with np.errstate(all="ignore"):
+
+        def logistic(v):
+            return 1.0 / (1.0 + np.exp(-v))
+
+        def gelu():
+            u = 0.797885 * x + 0.035677 * x**3
+            s, sc = logistic(2 * u), logistic(-2 * u)
+            return s + 2 * x * s * sc * (0.797885 + 3 * 0.035677 * x * x)
+
+        def mish():
+            sp = np.logaddexp(0.0, x)
+            t = np.tanh(sp)
+            return np.where(x > 20, 1.0, t + x * (1 - t * t) * logistic(x))
+
+        return {
+            "linear": lambda: np.ones_like(x),
+            "leaky": lambda: np.where(x > 0, 1.0, float(a)),
+            "relu": lambda: (x > 0).astype(np.float64),
+            "relu6": lambda: ((x > 0) & (x < 6)).astype(np.float64),
+            "logistic": lambda: logistic(x) * logistic(-x),
+            "tanh": lambda: 1 - np.tanh(x) ** 2,
+            "elu": lambda: np.where(x >= 0, 1.0, np.exp(x)),
+            "selu": lambda: np.where(x >= 0, SELU_A, SELU_L * np.exp(x)),
+            "gelu": gelu,
+            "swish": lambda: logistic(x) + x * logistic(x) * logistic(-x),
+            "mish": mish,
+            "hard_mish": lambda: np.where(x > 0, 1.0, np.where(x > -2, x + 1, 0.0)),
+            "hardswish": lambda: np.where(x < -3, 0.0, np.where(x <= 3, x / 3 + 0.5, 1.0)),
+            "gelu_erf": lambda: _erfc(-x / math.sqrt(2)) / 2 + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi),
         }[name]()

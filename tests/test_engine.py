@@ -499,7 +499,8 @@ def _backward_outputs(fn, shape, train, renorm, ex, out_of_place, flavor, offset
     def opt(a):
         return ffi.NULL if a is None else _ptr(a)
 
-    args = (_ptr(sc), _ptr(mean), _ptr(var), opt(r), opt(d), *map(_ptr, upd), b, c, h * w, fl, int(train), ex)
+    args = (_ptr(sc), ffi.NULL, _ptr(mean), _ptr(var), opt(r), opt(d), *map(_ptr, upd), b, c, h * w, fl, int(train))
+    args = (*args, ffi.NULL, ex)  # biases and act: NULL (linear)
     if out_of_place:
         dx = np.full(dy.size + offset, np.nan, np.float32)[offset:].reshape(shape)
         fn(_ptr(x), _ptr(delta), _ptr(dx), *args)
@@ -534,9 +535,11 @@ def test_plain_stores_give_the_same_bits(shape, isa):
         ex = _exec(plain)
         out = np.full_like(x, np.nan)
         st = [np.zeros(c, np.float32), np.zeros(c, np.float32), rm.copy(), rv.copy()]
-        lib.dbn_forward_train(_ptr(x), _ptr(out), _ptr(sc), _ptr(bi), *map(_ptr, st), b, c, s, fl, ffi.NULL, ex)
+        lib.dbn_forward_train(
+            _ptr(x), _ptr(out), _ptr(sc), _ptr(bi), *map(_ptr, st), b, c, s, fl, ffi.NULL, ffi.NULL, ex
+        )
         inf_out = np.full_like(x, np.nan)
-        lib.dbn_forward_infer(_ptr(x), _ptr(inf_out), _ptr(sc), _ptr(bi), _ptr(rm), _ptr(rv), b, c, s, fl, 0, ex)
+        lib.dbn_forward_infer(_ptr(x), _ptr(inf_out), _ptr(sc), _ptr(bi), _ptr(rm), _ptr(rv), b, c, s, fl, ffi.NULL, ex)
         bwd = _backward_outputs(lib.dbn_backward_into, shape, 1, 0, ex, True, "torch")
         bwd_in = _backward_outputs(lib.dbn_backward, shape, 1, 0, ex, False, "torch")
         runs.append([out, *st, inf_out, *bwd, *bwd_in])

@@ -765,13 +765,13 @@ def _forward_round(layer, shape, mem, rng, data, train, big):
         assert layer.x.ctypes.data == layer.output.ctypes.data
         with pytest.raises(ValueError, match="in place"):
             _ = layer.x_norm
-        return dict(x=xin, inp=inp, train=train, layout=layout, lost=True)
+        return dict(x=xin, inp=inp, train=train, layout=layout, lost=True, act=act, pre=e["output"])
     assert np.array_equal(layer.x, xin.astype(np.float32)), "x is not the forward's input"
     if layout in VALID:
         assert np.shares_memory(layer.x, inp), "a usable input was copied"
     if not big:
         assert_close(layer.x_norm, e["x_norm"], rtol=2e-5, name="x_norm")
-    return dict(x=xin, inp=inp, train=train, layout=layout, lost=False)
+    return dict(x=xin, inp=inp, train=train, layout=layout, lost=False, act=act, pre=e["output"])
 
 
 def _backward_round(layer, shape, mem, rng, data, fwd):
@@ -824,6 +824,8 @@ def _backward_round(layer, shape, mem, rng, data, fwd):
         + (("output",) if wrote_output else ()),
     )
     name = layer.flavor.name
+    if fwd["act"] not in (None, "linear"):  # delta is the activation's output's: the chain rule
+        dy = dy * ref.dact64(fwd["act"], fwd["pre"])
     if fwd["train"] and layer.renorm:
         g = ref.backward_renorm(fwd["x"], dy, before["scales"], mean, var, before["r"], before["d"], shape, name)
     else:

@@ -128,6 +128,7 @@ def forward_train(
         spatial,
         _flavor(momentum, eps),
         _NULL,
+        _NULL,
         _ex(),
     )
 
@@ -157,7 +158,7 @@ def forward_infer(
         c,
         spatial,
         _flavor(0.0, eps),
-        0,
+        _NULL,
         _ex(),
     )
 
@@ -187,6 +188,7 @@ def backward(
         _p(delta),
         _p(dx),
         _p(weight),
+        _NULL,
         _p(mean),
         _p(var),
         _NULL,
@@ -200,6 +202,7 @@ def backward(
         spatial,
         _flavor(0.0, eps),
         1 if train else 0,
+        _NULL,
         _ex(),
     )
 
@@ -261,13 +264,16 @@ def forward_apply(
         spatial,
         _flavor(momentum, eps),
         _NULL,
+        _NULL,
         _ex(),
     )
 
 
 def backward_sums(x: int, delta: int, mean: int, sums: int, batch: int, c: int, spatial: int) -> None:
     """This slice's (sum delta, sum delta*(x - mean)) per channel, into 2*c doubles."""
-    _lib_bsums(_p(x), _p(delta), _p(mean), batch, c, spatial, _d(sums), _ex())
+    _lib_bsums(
+        _p(x), _p(delta), _NULL, _NULL, _p(mean), _NULL, _NULL, _NULL, batch, c, spatial, _d(sums), _NULL, _NULL, _ex()
+    )
 
 
 def backward_apply(
@@ -294,6 +300,7 @@ def backward_apply(
         _p(delta),
         _NULL,
         _p(weight),
+        _NULL,
         _p(mean),
         _p(var),
         _NULL,
@@ -309,5 +316,6 @@ def backward_apply(
         c,
         spatial,
         _flavor(0.0, eps),
+        _NULL,
         _ex(),
     )

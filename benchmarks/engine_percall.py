@@ -54,17 +54,17 @@ def main() -> None:
     a_tr, a_in, a_bw = L._a_train, L._a_infer, L._a_bwd[True]
     pd = L._p_delta
 
+    # The C passes with the layer's prepared arguments (+ activation NULL = linear, exec)
     def c_train(ex):
-        args_ = a_tr[:-1] + (ex,)
+        args_ = a_tr + (ffi.NULL, ex)
         return lambda: lib.dbn_forward_train(px, *args_)
 
     def c_infer(ex):
-        # the inference call's trailing arguments (activation, exec) as this build declares them
-        args_ = a_in + (0, ex) if len(a_in) == 9 else a_in[:-1] + (ex,)
+        args_ = a_in + (ffi.NULL, ex)
         return lambda: lib.dbn_forward_infer(px, *args_)
 
     def c_bwd(ex):
-        args_ = a_bw[:-1] + (ex,)
+        args_ = a_bw + (ffi.NULL, ex)
         return lambda: lib.dbn_backward(px, pd, ffi.NULL, *args_)
 
     cases = {

@@ -348,6 +348,20 @@ static void pre_backward(const dbn_job *job, int64_t c0, int64_t n, float *pf, f
     }
 }
 
+/* Activations whose derivative costs more than a store and a load of g (exp, divisions): the backward's
+ * reduction stores g into the output for the map (whose plain stores the output takes anyway) instead of
+ * the map evaluating the derivative again. The cheap ones (selects, a multiply-add) are recomputed. */
+static int costly_derivative(int kind)
+{
+    switch (kind) {
+    case DBN_ACT_LINEAR: case DBN_ACT_LEAKY: case DBN_ACT_RELU: case DBN_ACT_RELU6: case DBN_ACT_HARD_MISH:
+    case DBN_ACT_HARDSWISH:
+        return 0;
+    default:
+        return 1;
+    }
+}
+
 static void backward_job(dbn_job *job, const float *x, const float *delta, float *out, float *out2,
                          const float *mean, int64_t batch, int64_t c, int64_t spatial, const fctx *ctx,
                          const dbn_act *act)
@@ -382,6 +396,7 @@ static void run_backward(const float *x, const float *delta, float *out, float *
     backward_job(&job, x, delta, out, out2, mean, batch, c, spatial, &ctx, act);
     job.reduce = DBN_R_DOT2;
     job.coef = coef_backward;
+    job.store_g = costly_derivative(job.act);
     dbn_run(&job, exec);
 }
 

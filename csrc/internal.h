@@ -114,12 +114,6 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
                                       the first rows: 1.7e-7 against 1.7e-6 relative variance error with
                                       one sample, PERFORMANCE.md) */
 
-/* reference.c: one value of an activation and of what gradient_array multiplies by (libm), and whether
- * a kind's gradient_array takes the activation's output (1) or its input (0). */
-float dbn_act_one_ref(float v, int kind, float alpha);
-float dbn_grad_one_ref(float v, int kind, float alpha);
-int dbn_act_from_output(int kind);
-
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -200,6 +194,8 @@ typedef struct dbn_job {
     float alpha;                 /* DBN_ACT_LEAKY's slope */
     dbn_pre_fn pre;              /* BWD/DOT2 with an activation: the forward's coefficients (else NULL) */
     const float *pf, *qf;        /* three phases: the driver's [c] (expanded: [c*spatial]) from pre */
+    int store_g;                 /* DOT2 + BWD with an activation: the reduction stores g into out and the
+                                    map reads it from there (one derivative per value instead of two) */
 } dbn_job;
 
 /* Run tasks [t0, t1) of a job (engine.inc, compiled once per instruction set by simd_*.c). */

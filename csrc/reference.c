@@ -346,7 +346,7 @@ void backward_batchnorm_layer_ref(const float *restrict x, const float *restrict
 
 /* Darknet's activations (AlexeyAB's src/activations.h) and PyTorch's hardswish and GELU, one value at a
  * time with libm. */
-float dbn_act_one_ref(float v, int kind, float alpha)
+static float act_one(float v, int kind, float alpha)
 {
     switch (kind) {
     case DBN_ACT_LEAKY: return v > 0 ? v : alpha * v;
@@ -376,7 +376,7 @@ float dbn_act_one_ref(float v, int kind, float alpha)
  * others (mish: AlexeyAB's gradient_array_mish formula; hard_mish: hard_mish_yashas_grad; swish:
  * AlexeyAB's swish + sigmoid * (1 - swish); gelu: the derivative of the forward's formula -- Darknet's
  * gelu_gradient applied to the output is wrong; hardswish, gelu_erf: PyTorch's backward). */
-float dbn_grad_one_ref(float v, int kind, float alpha)
+static float grad_one(float v, int kind, float alpha)
 {
     switch (kind) {
     case DBN_ACT_LEAKY: return v > 0 ? 1.0f : alpha;
@@ -409,26 +409,21 @@ float dbn_grad_one_ref(float v, int kind, float alpha)
     }
 }
 
-int dbn_act_from_output(int kind)
-{
-    return kind <= DBN_ACT_SELU;
-}
-
 void dbn_activate_ref(float *x, int64_t n, int act)
 {
-    for (int64_t i = 0; i < n; ++i) x[i] = dbn_act_one_ref(x[i], act, 0.1f);
+    for (int64_t i = 0; i < n; ++i) x[i] = act_one(x[i], act, 0.1f);
 }
 
 void activate_array_ref(float *x, int64_t n, const dbn_act *a)
 {
     const int kind = a ? a->kind : DBN_ACT_LINEAR;
     const float alpha = a ? a->alpha : 0.0f;
-    for (int64_t i = 0; i < n; ++i) x[i] = dbn_act_one_ref(x[i], kind, alpha);
+    for (int64_t i = 0; i < n; ++i) x[i] = act_one(x[i], kind, alpha);
 }
 
 void gradient_array_ref(const float *x, int64_t n, const dbn_act *a, float *delta)
 {
     const int kind = a ? a->kind : DBN_ACT_LINEAR;
     const float alpha = a ? a->alpha : 0.0f;
-    for (int64_t i = 0; i < n; ++i) delta[i] *= dbn_grad_one_ref(x[i], kind, alpha);
+    for (int64_t i = 0; i < n; ++i) delta[i] *= grad_one(x[i], kind, alpha);
 }

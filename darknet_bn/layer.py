@@ -252,7 +252,7 @@ class Layer:
             ValueError in training mode when batch*h*w = 1 (the batch variance is undefined). Nothing
             is changed when it raises.
         """
-        act = c_act(activation, alpha)
+        act = ffi.NULL if activation is None and alpha is None else c_act(activation, alpha)
         input, p_in, train, lost = self._take_input(input, train, self._count)
         if train:
             lib.dbn_forward_train(p_in, *self._a_train, act, EXEC)

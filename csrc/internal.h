@@ -92,12 +92,15 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
 /* Non-temporal stores (fused.c): outputs above these sizes bypass the cache. PERFORMANCE.md: turning
  * them off was 1.08-1.8x slower from 21 MB up, forcing them on an 11 MB tensor 1.3-1.8x slower; the
  * threshold differs per pass (about 16 / 32 / 8 MB measured for training forward / inference /
- * backward; the inference value in use, 12 MB, was not re-measured). */
+ * backward); re-measured on the Intel VM in docs/performance.md. */
 #ifndef DBN_NT_TRAIN_BYTES          /* (-D overrides them: benchmarks/engine_nt.py builds variants) */
 #define DBN_NT_TRAIN_BYTES (16.0 * 1024 * 1024)     /* training forward's output */
 #endif
 #ifndef DBN_NT_INFER_BYTES
-#define DBN_NT_INFER_BYTES (12.0 * 1024 * 1024)     /* inference forward's output (not in place) */
+#define DBN_NT_INFER_BYTES (20.0 * 1024 * 1024)     /* inference forward's output (not in place): 20, not 12:
+                                                       on the Intel VM (2 threads) streaming lost at 16 MiB
+                                                       (0.63 ms plain vs 0.90) and won from 24 (1.14-1.39x);
+                                                       the AMD optimum was about 32 MB (docs/performance.md) */
 #endif
 #ifndef DBN_NT_BACKWARD_BYTES
 #define DBN_NT_BACKWARD_BYTES (8.0 * 1024 * 1024)   /* backward's input delta */

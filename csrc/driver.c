@@ -31,6 +31,13 @@ void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int 
     } else if (has_map && (double)bytes_per_value * (double)total > DBN_STREAM_MAX
                && pl->ntiles >= DBN_FUSED_MIN_TILES) {
         pl->fused = 1;                   /* beyond the cache: reduce and map each channel group back to back */
+    } else if (has_map && bytes_per_value == 4 && pl->tile > 1 && pl->ntiles < DBN_FUSED_MIN_TILES
+               && ceil_div(c, DBN_FUSED_MIN_TILES) * spatial >= DBN_NARROW_ROW_MIN
+               && (double)ceil_div(c, DBN_FUSED_MIN_TILES) * (double)n * 4.0 <= DBN_NARROW_TASK_MAX) {
+        pl->fused = 1;                   /* a few wide tiles (many channels of tiny planes, the MLP case):
+                                            narrower tiles, fused, one parallel region */
+        pl->tile = ceil_div(c, DBN_FUSED_MIN_TILES);
+        pl->ntiles = ceil_div(c, pl->tile);
     } else {
         pl->fused = 0;
         pl->reduce_flat = pl->tile == 1;
@@ -140,6 +147,151 @@ static void run_fused_serial(engine_fn fn, dbn_job *job)
     fn(job, 0, pl->ntasks);
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * Three phases in one parallel region. Each thread t of T runs, separated by barriers:
+ *   1. the shifts of its channels [C t/T, C (t+1)/T),
+ *   2. its static block of the reduction's tasks,
+ *   3. for its channels: the partial sums combined in task order, the coefficients (job->coef), the
+ *      per-element coefficients when the plan expands them,
+ *   4. its static block of the map's flat tasks.
+ * Every per-channel step is computed by one thread from the same inputs in the same order whatever T,
+ * and the tasks are the plan's: the bits do not depend on the thread count. One region instead of
+ * one per phase, and the per-channel work (shifts, combining, coefficients: a few thousand channels'
+ * divisions and square roots) spread over the team instead of run on one thread. */
+typedef struct {
+    engine_fn fn;
+    dbn_job *job;
+    float *kc, *pc, *qc, *rc;   /* coefficients [C] */
+    float *pfc, *qfc;           /* with job->pre: the forward's coefficients [C] (else NULL) */
+    float *e;                   /* per-element coefficients [nco C S] (plan.expand), else NULL */
+    double *s0, *s1;            /* combined sums [C] */
+    int64_t nreduce;            /* tasks of the reduction (0: none) */
+} three_phase;
+
+static void tp_shifts(const three_phase *tp, int64_t t, int64_t T)
+{
+    const int64_t C = tp->job->plan.c, c0 = C * t / T, c1 = C * (t + 1) / T;
+    if (c0 >= c1) return;
+    dbn_fill_shifts(tp->job, c0, c1 - c0, tp->kc + c0);
+    if (tp->job->pre) tp->job->pre(tp->job, c0, c1 - c0, tp->pfc + c0, tp->qfc + c0);
+}
+
+static void tp_reduce(const three_phase *tp, int64_t t, int64_t T)
+{
+    const int64_t a = tp->nreduce * t / T, b = tp->nreduce * (t + 1) / T;
+    if (a < b) tp->fn(tp->job, a, b);
+}
+
+static void tp_coef(const three_phase *tp, int64_t t, int64_t T)
+{
+    const dbn_job *job = tp->job;
+    const dbn_plan *pl = &job->plan;
+    const int64_t C = pl->c, S = pl->spatial, c0 = C * t / T, c1 = C * (t + 1) / T;
+    if (c0 >= c1) return;
+    double *s0 = tp->s0, *s1 = tp->s1;
+    if (tp->nreduce) {
+        for (int64_t ch = c0; ch < c1; ++ch) s0[ch] = s1[ch] = 0.0;
+        if (pl->reduce_flat) {   /* partials [task][channel], combined in task order */
+            for (int64_t u = 0; u < pl->nflat; ++u)
+                for (int64_t ch = c0; ch < c1; ++ch) {
+                    s0[ch] += job->part0[u * C + ch];
+                    s1[ch] += job->part1[u * C + ch];
+                }
+        } else {                 /* partials [task][channel in tile], combined in chunk order */
+            for (int64_t ti = c0 / pl->tile; ti * pl->tile < c1; ++ti) {
+                const int64_t base = ti * pl->tile, ja = max64(c0, base) - base, jb = min64(c1, base + pl->tile) - base;
+                double *restrict a0 = s0 + base, *restrict a1 = s1 + base;
+                for (int64_t u = 0; u < pl->nchunks; ++u) {
+                    const double *p0 = job->part0 + (ti * pl->nchunks + u) * pl->tile;
+                    const double *p1 = job->part1 + (ti * pl->nchunks + u) * pl->tile;
+                    for (int64_t j = ja; j < jb; ++j) {
+                        a0[j] += p0[j];
+                        a1[j] += p1[j];
+                    }
+                }
+            }
+        }
+    }
+    job->coef(job, c0, c1 - c0, tp->nreduce ? s0 + c0 : NULL, s1 + c0, tp->kc + c0, tp->pc + c0, tp->qc + c0,
+              tp->rc + c0);
+    if (tp->e && job->map != DBN_M_NONE) {   /* per-element coefficients for one row of C*S values */
+        float *e = tp->e;
+        for (int64_t ch = c0; ch < c1; ++ch)
+            for (int64_t s = 0; s < S; ++s) {
+                const int64_t at = ch * S + s;
+                e[at] = tp->kc[ch];
+                e[C * S + at] = tp->pc[ch];
+                e[2 * C * S + at] = tp->qc[ch];
+                e[3 * C * S + at] = tp->rc[ch];
+                if (tp->pfc) {
+                    e[4 * C * S + at] = tp->pfc[ch];
+                    e[5 * C * S + at] = tp->qfc[ch];
+                }
+            }
+    }
+}
+
+static void tp_map(const three_phase *tp, int64_t t, int64_t T)
+{
+    const int64_t n = tp->job->plan.nflat, a = n * t / T, b = n * (t + 1) / T;
+    if (a < b) tp->fn(tp->job, a, b);
+}
+
+static void run_three_phases(three_phase *tp, int nth)
+{
+    dbn_job *job = tp->job;
+    const dbn_plan *pl = &job->plan;
+    job->k = tp->kc;   /* the reduction reads the shifts from here, and the forward's coefficients */
+    job->pf = tp->pfc;
+    job->qf = tp->qfc;
+    job->phase = pl->reduce_flat ? DBN_PHASE_REDUCE_FLAT : DBN_PHASE_REDUCE_GRID;
+    /* The map phase's view of the job: a copy, so that no thread changes what another still reads. */
+    dbn_job mapjob = *job;
+    mapjob.phase = DBN_PHASE_MAP_FLAT;
+    if (tp->e) {
+        const int64_t CS = pl->c * pl->spatial;
+        mapjob.k = tp->e;
+        mapjob.p = tp->e + CS;
+        mapjob.q = tp->e + 2 * CS;
+        mapjob.r = tp->e + 3 * CS;
+        if (tp->pfc) {
+            mapjob.pf = tp->e + 4 * CS;
+            mapjob.qf = tp->e + 5 * CS;
+        }
+    } else {
+        mapjob.k = tp->kc;
+        mapjob.p = tp->pc;
+        mapjob.q = tp->qc;
+        mapjob.r = tp->rc;
+    }
+    three_phase tm = *tp;
+    tm.job = &mapjob;
+    if (nth <= 1) {
+        tp_shifts(tp, 0, 1);
+        if (tp->nreduce) tp_reduce(tp, 0, 1);
+        tp_coef(tp, 0, 1);
+        if (job->map != DBN_M_NONE) tp_map(&tm, 0, 1);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nth)
+    {
+        const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+        tp_shifts(tp, t, T);
+#pragma omp barrier
+        if (tp->nreduce) {
+            tp_reduce(tp, t, T);
+#pragma omp barrier
+        }
+        tp_coef(tp, t, T);
+        if (job->map != DBN_M_NONE) {
+#pragma omp barrier
+            tp_map(&tm, t, T);
+        }
+    }
+#endif
+}
+
 void dbn_run(dbn_job *job, const dbn_exec *exec)
 {
     const engine_fn fn = engine_for(dbn_isa_selected(exec));
@@ -183,72 +335,14 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
         run_fused_serial(fn, job);
         return;
     }
-    float *kc = coef, *pc = coef + C, *qc = coef + 2 * C, *rc = coef + 3 * C;
-    float *pfc = job->pre ? coef + 4 * C : NULL, *qfc = job->pre ? coef + 5 * C : NULL;
-    double *s0 = sums, *s1 = sums + C;
+    three_phase tp = {.fn = fn, .job = job, .kc = coef, .pc = coef + C, .qc = coef + 2 * C, .rc = coef + 3 * C,
+                      .pfc = job->pre ? coef + 4 * C : NULL, .qfc = job->pre ? coef + 5 * C : NULL,
+                      .e = pl->expand ? coef + nco * C : NULL, .s0 = sums, .s1 = sums + C,
+                      .nreduce = !has_reduce ? 0 : pl->reduce_flat ? pl->nflat : pl->ntasks};
     job->part0 = sums + 2 * C;
     job->part1 = sums + 2 * C + npart;
-    dbn_fill_shifts(job, 0, C, kc);
-    if (job->pre) {
-        job->pre(job, 0, C, pfc, qfc);
-        job->pf = pfc;
-        job->qf = qfc;
-    }
-    if (has_reduce) {
-        job->k = kc;
-        const int64_t ntasks = pl->reduce_flat ? pl->nflat : pl->ntasks;
-        job->phase = pl->reduce_flat ? DBN_PHASE_REDUCE_FLAT : DBN_PHASE_REDUCE_GRID;
-        run_tasks(fn, job, ntasks, team_size(exec, ntasks, values));
-        for (int64_t ch = 0; ch < C; ++ch) s0[ch] = s1[ch] = 0.0;
-        if (pl->reduce_flat) {   /* partials [task][channel], combined in task order */
-            for (int64_t t = 0; t < pl->nflat; ++t)
-                for (int64_t ch = 0; ch < C; ++ch) {
-                    s0[ch] += job->part0[t * C + ch];
-                    s1[ch] += job->part1[t * C + ch];
-                }
-        } else {                 /* partials [task][channel in tile], combined in chunk order */
-            for (int64_t t = 0; t < pl->ntasks; ++t) {
-                const int64_t c0 = (t / pl->nchunks) * pl->tile, nc = min64(pl->tile, C - c0);
-                for (int64_t j = 0; j < nc; ++j) {
-                    s0[c0 + j] += job->part0[t * pl->tile + j];
-                    s1[c0 + j] += job->part1[t * pl->tile + j];
-                }
-            }
-        }
-    }
-    job->coef(job, 0, C, has_reduce ? s0 : NULL, s1, kc, pc, qc, rc);
-    if (job->map != DBN_M_NONE) {
-        if (pl->expand) {        /* per-element coefficients for one row of c*spatial values */
-            float *e = coef + nco * C;
-            for (int64_t ch = 0; ch < C; ++ch)
-                for (int64_t s = 0; s < S; ++s) {
-                    const int64_t at = ch * S + s;
-                    e[at] = kc[ch];
-                    e[C * S + at] = pc[ch];
-                    e[2 * C * S + at] = qc[ch];
-                    e[3 * C * S + at] = rc[ch];
-                    if (job->pre) {
-                        e[4 * C * S + at] = pfc[ch];
-                        e[5 * C * S + at] = qfc[ch];
-                    }
-                }
-            job->k = e;
-            job->p = e + C * S;
-            job->q = e + 2 * C * S;
-            job->r = e + 3 * C * S;
-            if (job->pre) {
-                job->pf = e + 4 * C * S;
-                job->qf = e + 5 * C * S;
-            }
-        } else {
-            job->k = kc;
-            job->p = pc;
-            job->q = qc;
-            job->r = rc;
-        }
-        job->phase = DBN_PHASE_MAP_FLAT;
-        run_tasks(fn, job, pl->nflat, team_size(exec, pl->nflat, values));
-    }
+    const int64_t most = max64(max64(tp.nreduce, job->map != DBN_M_NONE ? pl->nflat : 0), 1);
+    run_three_phases(&tp, team_size(exec, most, values));
     free(coef);
     free(sums);
 }

@@ -287,8 +287,9 @@ static void backward_channel(const fctx *cx, int64_t c, double ls1, double ls2, 
     if (cx->train) {
         const double se = scale * rr;   /* renormalization scales the normalized input by r */
         const double vs = var + fl->stat_eps;
-        const double md = -se * gs1 / sqrt(vs);
-        const double vd = se * gs2 * -0.5 * pow(vs, -1.5);
+        const double sv = sqrt(vs);   /* vs^-1.5 as 1/(vs sqrt vs): a few ulps of double from pow, 5x cheaper */
+        const double md = -se * gs1 / sv;
+        const double vd = se * gs2 * -0.5 / (vs * sv);
         cx->mean_delta[c] = (float)md;
         cx->variance_delta[c] = (float)vd;
         p[0] = (float)(se / dbn_denominator(var, fl->bwd_eps, fl->bwd_eps_in_sqrt));

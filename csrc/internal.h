@@ -64,9 +64,18 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
                                       not measured */
 #define DBN_FUSED_MIN_TILES 8      /* the fused plan needs this many channel groups (4 per thread on two
                                       cores, for balance); not measured */
+#ifndef DBN_STREAM_MAX              /* (-D overrides it: benchmarks/engine_nt.py builds variants) */
 #define DBN_STREAM_MAX (24 << 20)  /* a reduction reading more bytes than this runs fused (reduce and map
                                       each channel group back to back: 1.07-1.23x beyond the cache,
                                       PERFORMANCE.md); at most this, three phases. The value not measured */
+#endif
+#define DBN_NARROW_ROW_MIN 128    /* block mode, a one-input reduction with a map (a training forward) whose */
+#define DBN_NARROW_TASK_MAX (1 << 20) /* tiles are fewer than DBN_FUSED_MIN_TILES: cut into that many
+                                      narrower tiles and run fused, when each task's rows stay at least
+                                      this many values wide and its data at most this many bytes (an L2).
+                                      128x1024x1x1 training forward, 2 threads, this Intel VM: 24.3 us
+                                      against 32.1 three-phase; the backward (two inputs) lost (37.0 against
+                                      34.6), so it keeps three phases (docs/performance.md) */
 #define DBN_SMALL 65536            /* tensors with fewer values: one fused task per channel group, no
                                       scratch, no second parallel region; not measured */
 #define DBN_CHUNK 65536            /* task size: values per task when a channel group or the flat tensor is
@@ -83,10 +92,19 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
 /* Non-temporal stores (fused.c): outputs above these sizes bypass the cache. PERFORMANCE.md: turning
  * them off was 1.08-1.8x slower from 21 MB up, forcing them on an 11 MB tensor 1.3-1.8x slower; the
  * threshold differs per pass (about 16 / 32 / 8 MB measured for training forward / inference /
- * backward; the inference value in use, 12 MB, was not re-measured). */
+ * backward); re-measured on the Intel VM in docs/performance.md. */
+#ifndef DBN_NT_TRAIN_BYTES          /* (-D overrides them: benchmarks/engine_nt.py builds variants) */
 #define DBN_NT_TRAIN_BYTES (16.0 * 1024 * 1024)     /* training forward's output */
-#define DBN_NT_INFER_BYTES (12.0 * 1024 * 1024)     /* inference forward's output (not in place) */
+#endif
+#ifndef DBN_NT_INFER_BYTES
+#define DBN_NT_INFER_BYTES (20.0 * 1024 * 1024)     /* inference forward's output (not in place): 20, not 12:
+                                                       on the Intel VM (2 threads) streaming lost at 16 MiB
+                                                       (0.63 ms plain vs 0.90) and won from 24 (1.14-1.39x);
+                                                       the AMD optimum was about 32 MB (docs/performance.md) */
+#endif
+#ifndef DBN_NT_BACKWARD_BYTES
 #define DBN_NT_BACKWARD_BYTES (8.0 * 1024 * 1024)   /* backward's input delta */
+#endif
 
 /* The engine's loops (engine.inc). */
 #define DBN_PEEL_MIN_VECTORS 8     /* runs of fewer vectors do not peel to align their stores (a split store
@@ -114,7 +132,8 @@ static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
  *
  * - fused: grid tasks, one per channel group, each reducing, computing its coefficients and mapping
  *   back to back (the second read comes from cache). For passes over tensors beyond the last-level
- *   cache, and for tiny tensors (no scratch, no second parallel region).
+ *   cache, for tiny tensors (no scratch, no second parallel region), and for a one-input pass over a
+ *   few wide tiles (many channels of tiny planes), cut into DBN_FUSED_MIN_TILES narrower tiles.
  * - otherwise three phases: reduce (grid tasks, or flat tasks with per-task partial sums per channel),
  *   combine the partial sums in task order, coefficients for all channels, map (flat tasks).
  * The sizes that decide among them are the plan's tuning constants above.

@@ -112,6 +112,7 @@ class Layer:
         "_x_copy",
         "_x_bufs",
         "_x_lost",
+        "_x_clean",
         "_p_output",
         "_p_delta",
         "_p",
@@ -167,6 +168,7 @@ class Layer:
         self._p_x = None  # ... and its cffi pointer
         self._train = True  # the mode of the last forward
         self._x_lost = False  # the last forward: inference in place on output (x is gone)
+        self._x_clean = False  # x was checked to share no memory with this layer's buffers
         self._x_norm: np.ndarray | None = None
         self._x_norm_valid = False
         self._x_copy: np.ndarray | None = None  # what x shows before the first forward (zeros)
@@ -299,6 +301,12 @@ class Layer:
             )
         if not fast:
             return self._copy_input(input, input, keep_x) + (train, False)
+        if input is self._x and self._x_clean:
+            # The last forward's input again (a network's layers pass the same buffers every step): its
+            # memory cannot have moved (its cffi pointer holds a buffer export, so numpy refuses to
+            # resize it) and its dtype, size and layout were checked above, so the overlap checks
+            # below would find what they found then.
+            return input, self._p_x, train, False
         p_in = ffi.from_buffer("float[]", input)
         # An array that owns its memory cannot share it with this layer's buffers; a view might.
         if input.base is not None:
@@ -338,6 +346,7 @@ class Layer:
         self._x, self._p_x = input, p_in
         self._train = train
         self._x_lost = lost
+        self._x_clean = not lost  # an input that got here shares no memory with delta or output
         self._x_norm_valid = False
         shape = input.shape
         if shape != self._view_shape:
@@ -390,6 +399,13 @@ class Layer:
         if net_delta is None:
             net_delta = np.empty(x.shape, dtype=np.float32)
             return net_delta, ffi.from_buffer("float[]", net_delta)
+        if (
+            net_delta is self._delta
+            and (fl := net_delta.flags).writeable
+            and fl.c_contiguous
+            and net_delta.dtype == F32
+        ):
+            return net_delta, ffi.NULL  # in place, the fastest form: this layer's own buffer, still usable
         p_nd = check_buffer("net_delta", net_delta, self._n, self._what, True)
         if p_nd == self._p_delta:
             return net_delta, ffi.NULL  # in place: delta is the input's delta already

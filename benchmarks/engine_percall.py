@@ -1,0 +1,109 @@
+"""Per-call cost on a small tensor (default 256x32, a BatchNorm1d(32) at batch 256): where the time of
+Layer.forward(train=True), Layer.forward(train=False) and Layer.backward() goes, interleaved round by
+round (benchmarks/engine_common.py).
+
+    python benchmarks/engine_percall.py [--shape 256x32x1x1] [--baseline DIR]
+
+Rows:
+- ``cffi empty``: a C call without arguments (``lib.dbn_has_openmp()``), the floor of any call;
+- ``from_buffer``: ``ffi.from_buffer("float[]", x)``, what the wrapper pays to hand x to C;
+- ``take_input``, ``take_net_delta``, ``forward_done``: the wrapper's checks alone;
+- ``C train/infer/bwd 1T/2T``: the C pass called directly with prepared pointers, on 1 and 2 threads;
+- ``train``, ``infer``, ``bwd``: the whole Python call (``layer.forward(x, train=...)``,
+  ``layer.backward(layer.delta)`` after a training forward), at the default thread count (2);
+- ``base train`` ...: the same with the baseline build (``--baseline``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from engine_common import interleaved, load_baseline, table
+
+import darknet_bn
+from darknet_bn._capi import EXEC, ffi, lib
+
+
+def layer_for(pkg, x: np.ndarray, g: np.ndarray):
+    b, c, h, w = x.shape
+    layer = pkg.make_batchnorm_layer(b, w, h, c, "torch")
+    layer.scales[:] = np.sqrt(x.var(axis=(0, 2, 3), dtype=np.float64) + layer.flavor.eps)
+    layer.forward(x, train=True)
+    layer.delta[...] = g
+    return layer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="256x32x1x1")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=41)
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--baseline", default=None)
+    args = ap.parse_args()
+    b, c, h, w = (int(v) for v in args.shape.lower().split("x"))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((b, c, h, w), dtype=np.float32) * 2 + 3
+    g = rng.standard_normal((b, c, h, w), dtype=np.float32)
+    darknet_bn.set_num_threads(args.threads)
+    L = layer_for(darknet_bn, x, g)
+    ex1 = ffi.new("dbn_exec *", {"nthreads": 1})
+    ex2 = ffi.new("dbn_exec *", {"nthreads": 2})
+    px = ffi.from_buffer("float[]", x)
+    a_tr, a_in, a_bw = L._a_train, L._a_infer, L._a_bwd[True]
+    pd = L._p_delta
+
+    # The C passes with the layer's prepared arguments (+ activation NULL = linear, exec)
+    def c_train(ex):
+        args_ = a_tr + (ffi.NULL, ex)
+        return lambda: lib.dbn_forward_train(px, *args_)
+
+    def c_infer(ex):
+        args_ = a_in + (ffi.NULL, ex)
+        return lambda: lib.dbn_forward_infer(px, *args_)
+
+    def c_bwd(ex):
+        args_ = a_bw + (ffi.NULL, ex)
+        return lambda: lib.dbn_backward(px, pd, ffi.NULL, *args_)
+
+    cases = {
+        "cffi empty": lambda: lib.dbn_has_openmp(),
+        "from_buffer": lambda: ffi.from_buffer("float[]", x),
+        "take_input": lambda: L._take_input(x, True, L._count),
+        "forward_done": lambda: L._forward_done(x, px, True),
+        "take_net_delta": lambda: L._take_net_delta(L.delta),
+        "C train 1T": c_train(ex1),
+        "C train 2T": c_train(ex2),
+        "C infer 1T": c_infer(ex1),
+        "C infer 2T": c_infer(ex2),
+        "C bwd 1T": c_bwd(ex1),
+        "C bwd 2T": c_bwd(ex2),
+        "train": lambda: L.forward(x, train=True),
+        "infer": lambda: L.forward(x, train=False),
+        "bwd": lambda: (L.forward(x, train=True), L.backward(L.delta)),
+        "train (for bwd)": lambda: L.forward(x, train=True),
+    }
+    base = load_baseline(args.baseline)
+    if base is not None:
+        base.set_num_threads(args.threads)
+        B = layer_for(base, x, g)
+        cases["base train"] = lambda: B.forward(x, train=True)
+        cases["base infer"] = lambda: B.forward(x, train=False)
+        cases["base bwd"] = lambda: (B.forward(x, train=True), B.backward(B.delta))
+    assert EXEC.nthreads == args.threads
+    med = interleaved(cases, args.rounds, args.reps)
+    # a backward is timed after its training forward (the state users call it in): subtract the forward
+    med["bwd"] -= med["train (for bwd)"]
+    if base is not None:
+        med["base bwd"] -= med["base train"]
+    del med["train (for bwd)"]
+    print(f"shape {args.shape}, {args.rounds} rounds x {args.reps} calls, medians per call:")
+    print(table(med))
+    if base is not None:
+        for k in ("train", "infer", "bwd"):
+            print(f"{k}: base {med['base ' + k] / med[k]:.2f}x the time of now")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The wrapper's shortcuts for the common call (layer.py): the last forward's input passed again skips
+its overlap checks, ``backward(layer.delta)`` skips the buffer checks. Each shortcut must still refuse
+what the full checks refuse: an array changed in place between calls, a read-only delta."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from helpers import make_data
+
+from darknet_bn import make_batchnorm_layer
+
+
+def _layer(shape=(8, 3, 2, 2)):
+    b, c, h, w = shape
+    return make_batchnorm_layer(b, w, h, c, "torch")
+
+
+def test_same_input_again_gives_the_same_results_as_a_fresh_array():
+    x = make_data((8, 3, 2, 2), 0)
+    a, b = _layer(), _layer()
+    for _ in range(3):  # the same object each step (a shortcut from the second step on)
+        out_a = a.forward(x, train=True).copy()
+        out_b = b.forward(x.copy(), train=True).copy()
+        assert np.array_equal(out_a, out_b)
+        assert np.array_equal(a.mean, b.mean)
+
+
+def test_same_input_changed_in_place_is_checked_again():
+    layer = _layer()
+    x = make_data((8, 3, 2, 2), 1)
+    layer.forward(x, train=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy deprecates setting dtype/strides
+        y = x.view()
+        layer.forward(y, train=True)
+        y.dtype = np.int32  # same memory, now int32: must raise, not be read as float
+        with pytest.raises(TypeError, match="float32"):
+            layer.forward(y, train=True)
+    z = x.reshape(-1)
+    layer.forward(z, train=True)
+    z.shape = (8, 12)  # the same values in another shape: still fine, and shaped as passed
+    assert layer.forward(z, train=True).shape == (8, 12)
+
+
+def test_same_input_after_inference_in_place_is_not_taken_as_clean():
+    layer = _layer()
+    x = make_data((8, 3, 2, 2), 2)
+    layer.forward(x, train=True)
+    layer.output[...] = x
+    layer.forward(layer.output, train=False)  # in place: x is lost
+    with pytest.raises(ValueError, match="in place"):
+        layer.backward()
+    # the output again, now for training: must be copied (the output overwrites it), not used in place
+    expected = _layer().forward(layer.output.copy(), train=True).copy()
+    got = layer.forward(layer.output, train=True)
+    assert np.array_equal(got, expected)
+
+
+def test_backward_on_own_delta_refuses_read_only():
+    layer = _layer()
+    x = make_data((8, 3, 2, 2), 3)
+    layer.forward(x, train=True)
+    layer.delta[...] = 1.0
+    layer.backward(layer.delta)
+    layer.delta.flags.writeable = False
+    try:
+        with pytest.raises(ValueError, match="read-only"):
+            layer.backward(layer.delta)
+    finally:
+        layer.delta.flags.writeable = True
+
+
+def test_backward_on_own_delta_equals_backward_into_another_array():
+    x = make_data((8, 3, 2, 2), 4)
+    g = np.random.default_rng(5).standard_normal(x.shape).astype(np.float32)
+    a, b = _layer(), _layer()
+    a.forward(x, train=True)
+    b.forward(x, train=True)
+    a.delta[...] = g
+    b.delta[...] = g
+    ra = a.backward(a.delta)
+    rb = b.backward(np.empty_like(x))
+    assert ra is a.delta
+    assert np.array_equal(ra, rb)
+    assert np.array_equal(a.scale_updates, b.scale_updates)

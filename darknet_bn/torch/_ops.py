@@ -162,19 +162,10 @@ def _(grad_out, x, weight, mean, var, eps, training):
 # What batch_norm() runs while torch.compile traces
 
 
-def batch_norm_compiled(
-    input: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    training: bool,
-    momentum: float,
-    eps: float,
-) -> Tensor:
-    """:func:`darknet_bn.torch.batch_norm` under ``torch.compile``: the custom operators where the
-    kernels apply (the same conditions as eager), ``torch.nn.functional.batch_norm`` otherwise."""
-    x = input
+def _kernels_apply(x, weight, bias, running_mean, running_var, training, momentum, eps) -> bool:
+    """Whether the custom operators apply under ``torch.compile`` (the same conditions as eager):
+    float32 on the CPU, at least 2-D and not empty, per-channel tensors of shape (C,), running
+    statistics both or neither and not requiring grad, and in training two values per channel."""
     ok = (
         x.dtype == _F32
         and x.device.type == "cpu"
@@ -188,9 +179,23 @@ def batch_norm_compiled(
         and isinstance(momentum, (int, float))
         and isinstance(eps, (int, float))
     )
-    if ok and training:
-        ok = x.numel() // x.shape[1] >= 2
-    if not ok:
+    return bool(ok and (not training or x.numel() // x.shape[1] >= 2))
+
+
+def batch_norm_compiled(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """:func:`darknet_bn.torch.batch_norm` under ``torch.compile``: the custom operators where the
+    kernels apply (the same conditions as eager), ``torch.nn.functional.batch_norm`` otherwise."""
+    x = input
+    if not _kernels_apply(x, weight, bias, running_mean, running_var, training, momentum, eps):
         return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     if not training:
         return batch_norm_infer(x, weight, bias, running_mean, running_var, float(eps))
@@ -355,22 +360,7 @@ def batch_norm_act_compiled(
     """act(batch_norm(...)) under ``torch.compile``: the fused custom operators where the kernels
     apply (the conditions of :func:`batch_norm_compiled`), else F.batch_norm then the activation."""
     x = input
-    ok = (
-        x.dtype == _F32
-        and x.device.type == "cpu"
-        and x.dim() >= 2
-        and x.numel() > 0
-        and all(chan_ok(t, x.shape[1], traced=True) for t in (weight, bias, running_mean, running_var))
-        and (running_mean is None) == (running_var is None)
-        and not (running_mean is not None and running_mean.requires_grad)
-        and not (running_var is not None and running_var.requires_grad)
-        and (training or running_mean is not None)
-        and isinstance(momentum, (int, float))
-        and isinstance(eps, (int, float))
-    )
-    if ok and training:
-        ok = x.numel() // x.shape[1] >= 2
-    if not ok:
+    if not _kernels_apply(x, weight, bias, running_mean, running_var, training, momentum, eps):
         return torch_act(
             kind, alpha, F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         )

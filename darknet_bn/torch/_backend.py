@@ -95,18 +95,23 @@ def _flavor(momentum: float, eps: float):
 
 
 class _Ptrs(dict):
-    """The ``float *`` of recent addresses (parameters, buffers, and the allocator's recycled blocks),
-    bounded. ffi.cast costs ~0.3 us; a hit here is one dict lookup in C (``_p = _PTRS.__getitem__``:
-    no Python frame, ~0.05 us -- a Python helper function cost ~0.25 us a pointer, 2 us a call)."""
+    """The C pointers (of type ``ctype``) of recent addresses, at most ``bound`` of them. ffi.cast
+    costs ~0.3 us; a hit here is one dict lookup in C (``_p = _PTRS.__getitem__``: no Python frame,
+    ~0.05 us -- a Python helper function cost ~0.25 us a pointer, 2 us a call)."""
+
+    def __init__(self, ctype: str, bound: int):
+        super().__init__()
+        self.ctype, self.bound = ctype, bound
 
     def __missing__(self, addr: int):
-        if len(self) >= 4096:
+        if len(self) >= self.bound:
             self.clear()
-        p = self[addr] = _cast("float *", addr)
+        p = self[addr] = _cast(self.ctype, addr)
         return p
 
 
-_PTRS = _Ptrs()
+# float * of parameters, buffers and the allocator's recycled blocks
+_PTRS = _Ptrs("float *", 4096)
 _p = _PTRS.__getitem__
 
 
@@ -129,17 +134,7 @@ def act_struct(kind: int, alpha: float = 0.0):
     return _NULL if kind == 0 else _ACTS[(kind, float(alpha))]
 
 
-class _Ptrs64(dict):
-    """The ``int64_t *`` of recent addresses (num_batches_tracked buffers), bounded."""
-
-    def __missing__(self, addr: int):
-        if len(self) >= 1024:
-            self.clear()
-        p = self[addr] = _cast("int64_t *", addr)
-        return p
-
-
-_PTRS64 = _Ptrs64()
+_PTRS64 = _Ptrs("int64_t *", 1024)  # num_batches_tracked buffers
 
 
 def count_batch(addr: int) -> None:

@@ -734,6 +734,33 @@ def test_size_one_dims_with_odd_strides_give_torchs_strides(train):
         assert torch.allclose(xo.grad, xt.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_size_one_dims_geometry_remembered_per_shape_and_strides():
+    """The view a contiguous input with size-1 dims gets is decided once per (shape, strides) and
+    remembered: the same shape with other strides of its size-1 dims, alternating call by call, in
+    training and eval, still gives torch.nn's output strides and values each time."""
+    base = torch.randn(6, 5, 1, 1)
+    xs = [
+        base,  # the standard strides (5, 1, 1, 1)
+        base.as_strided((6, 5, 1, 1), (5, 1, 7, 3)),  # the same memory, other size-1 strides
+        base.contiguous(memory_format=torch.channels_last),  # (5, 1, 5, 5): one more variant
+    ]
+    ours, ref = dbt.BatchNorm2d(5), torch.nn.BatchNorm2d(5)
+    for step in range(6):
+        x = xs[step % 3]
+        for train in (True, False):
+            ours.train(train), ref.train(train)
+            xo, xt = x.detach().requires_grad_(), x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+            yo, yt = ours(xo), ref(xt)
+            assert yo.stride() == yt.stride(), (step, train, x.stride(), yo.stride(), yt.stride())
+            torch.testing.assert_close(yo, yt, rtol=1e-5, atol=1e-5)
+            if train:
+                g = torch.randn(x.shape)
+                yo.backward(g), yt.backward(g)
+                torch.testing.assert_close(xo.grad, xt.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+
+
 def _misaligned(t):
     """A copy of t in memory 1 byte off a float boundary (torch.frombuffer with offset=1)."""
     buf = bytearray(t.numel() * 4 + 8)

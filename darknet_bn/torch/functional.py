@@ -39,7 +39,18 @@ from torch import Tensor
 
 from . import _backend
 from ._acts import torch_act
-from ._passes import _backward, _infer_forward, _kernel_input, _train_forward, aligned, chan_ok, chans_ok
+from ._passes import (
+    _backward,
+    _bump,
+    _empty,
+    _infer_forward,
+    _kernel_input_eager,
+    _new_like,
+    _train_forward,
+    aligned,
+    chan_ok,
+    chans_ok,
+)
 
 __all__ = ["batch_norm"]
 
@@ -162,6 +173,68 @@ _BatchNormFn._backward_cls.apply = _BatchNormFn.backward  # type: ignore[attr-de
 _apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _BatchNormFn)
 
 
+class _TrainFn(torch.autograd.Function):
+    """The module's training call (:func:`module_forward`), the common case in fewer steps than
+    :class:`_BatchNormFn`: the running statistics travel in ``meta`` (they are no inputs of the graph:
+    no gradient reaches them, and the module path has checked they require none), the forward pass is
+    inlined, and the backward unpacks one tuple. ~1-2 us less per training step on small tensors."""
+
+    @staticmethod
+    def forward(ctx, xin, weight, bias, meta):
+        # meta: (running_mean, running_var, num_batches_tracked, momentum, eps, batch, c, spatial, act)
+        # act: None or (kind, alpha, dbn_act *) as in _BatchNormFn
+        rm, rv, nbt, momentum, eps, b, c, s, act = meta
+        out = _new_like(xin)
+        stats = _empty(2 * c, dtype=_F32)  # [mean; biased var] of the batch, for the backward
+        ps = stats.data_ptr()
+        _backend.forward_train(
+            xin.data_ptr(),
+            out.data_ptr(),
+            weight.data_ptr(),
+            bias.data_ptr(),
+            ps,
+            ps + 4 * c,
+            rm.data_ptr(),
+            rv.data_ptr(),
+            b,
+            c,
+            s,
+            momentum,
+            eps,
+            _NULL if act is None else act[2],
+        )
+        _bump((rm, rv, nbt))  # in-place updates, as PyTorch's (autograd's version check)
+        ctx.meta = (b, c, s, eps, act, ps, stats)
+        if act is None:
+            ctx.save_for_backward(xin, weight)
+        else:
+            ctx.save_for_backward(xin, weight, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        b, c, s, eps, act, ps, _stats = ctx.meta
+        saved = ctx.saved_tensors
+        xin, weight = saved[0], saved[1]
+        need = ctx.needs_input_grad
+        if act is None:
+            if _grad_enabled():  # create_graph=True: a differentiable backward
+                gi, gw, gb = _torch_backward(g, xin, weight, None, None, True, eps)
+            else:
+                gi, gw, gb = _backward(g, xin, weight, ps, ps + 4 * c, b, c, s, eps, True, need[1], need[2])
+        elif _grad_enabled():
+            gi, gw, gb = _torch_backward_act(g, xin, weight, saved[2], None, None, True, eps, act, need)
+        else:
+            gi, gw, gb = _backward(
+                g, xin, weight, ps, ps + 4 * c, b, c, s, eps, True, need[1], need[2], saved[2], act[2]
+            )
+        return gi if need[0] else None, gw if need[1] else None, gb if need[2] else None, None
+
+
+_TrainFn._backward_cls.apply = _TrainFn.backward  # type: ignore[attr-defined]
+_apply_train = torch._C._FunctionBase.__dict__["apply"].__get__(None, _TrainFn)
+
+
 # ------------------------------------------------------------------------------------------------
 
 
@@ -212,7 +285,7 @@ def batch_norm(
         or not aligned(x, weight, bias, running_mean, running_var)
     ):
         return _torch_bn(input, running_mean, running_var, weight, bias, training, momentum, eps)
-    xin, b, s = _kernel_input(x)
+    xin, b, s = _kernel_input_eager(x)
     if training and b * s < 2:  # PyTorch's "Expected more than 1 value per channel when training"
         return _torch_bn(input, running_mean, running_var, weight, bias, training, momentum, eps)
     training = bool(training)
@@ -269,7 +342,7 @@ def module_forward(m, x: Tensor, act=None) -> Tensor | None:
     eps = d["eps"]
     if type(eps) is not float:
         return None
-    xin, b, s = _kernel_input(x)
+    xin, b, s = _kernel_input_eager(x)
     if training:
         if b * s < 2 or type(nbt) is not _Tensor or nbt.dtype is not _I64 or not nbt.is_cpu or nbt.dim():
             return None
@@ -279,6 +352,8 @@ def module_forward(m, x: Tensor, act=None) -> Tensor | None:
     if _grad_enabled() and (
         x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
     ):
+        if training and weight is not None and bias is not None:
+            return _apply_train(xin, weight, bias, (rm, rv, nbt, momentum, eps, b, c, s, act))
         return _apply(xin, weight, bias, rm, rv, (training, momentum, eps, b, c, s, nbt, act))
     pact = _NULL if act is None else act[2]
     if training:

@@ -1,7 +1,8 @@
 /* vec_math.h -- vector math of the engine (engine.inc): exp, expm1, logistic, tanh, erfc, Darknet's
  * element-wise activations (AlexeyAB's src/activations.h definitions) and PyTorch's hardswish and GELU,
  * and their derivatives (vgrad_y from the output, vgrad_x at the input; docs/backward.md), on vectors. exp is a
- * Cephes-style polynomial (about 1 ulp) with two-step scaling, so no libm call sits in a loop; tanh,
+ * degree-6 polynomial after a Cody-Waite reduction (about 1 ulp), its range handled by clamps and an
+ * exactly rounded scaling instead of compares and selects, so no libm call sits in a loop; tanh,
  * elu and selu go through expm1 (no cancellation near 0), mish and gelu through exact identities that
  * avoid cancellation: tanh(softplus(x)) = n/(n + 2) with n = e^x (e^x + 2), and
  * 1 + tanh(u) = 2 * logistic(2u). NaN stays NaN wherever Darknet's expression keeps it.

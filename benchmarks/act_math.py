@@ -7,9 +7,11 @@ test; run by hand; docs/performance.md, "The activation's cost"):
 Per shape and build: fwd+bwd = ``Layer.forward(x, train=True[, activation=A])`` then
 ``Layer.backward(layer.delta)`` (in place), plain and fused with each activation. Each sample is the
 mean of enough calls to last ~1 ms (at most 50), back to back, after delta is restored and one untimed
-call (as the bench times its +ACT rows: a gap between calls, e.g. restoring delta, lets the OpenMP
-threads fall asleep, and on a loaded machine waking them costs a scheduler tick); the cases are interleaved round by round, in an order that rotates and reverses (as the bench
-does); printed: the medians and fused/plain as the median of the same-round ratios.
+call (as the bench times its +ACT rows); the cases are interleaved round by round, in an order that
+rotates and reverses (as the bench does); printed: the medians and fused/plain as the median of the
+same-round ratios. Two-thread figures from this script were tick-bound on the loaded machine of
+2026-12-01 (20-36 ms per call while the bench measured 1-4 ms): prefer ``darknet-bn bench
+--activation NAME`` for two threads.
 ``--baseline DIR``: a ``darknet_bn_base`` build of an older commit (recipe in engine_common.py);
 ``--pkg NAME=DIR``: any other build under the name NAME (the same recipe), e.g. one with other -D
 constants (``DARKNET_BN_CFLAGS``). ``--cpu``: the process's CPU clock (for one thread on a loaded
@@ -29,8 +31,16 @@ from engine_common import load_baseline
 
 import darknet_bn
 
-SHAPES = ["1x16x416x416", "8x32x208x208", "16x128x52x52", "32x256x26x26", "64x64x56x56", "64x512x7x7",
-          "256x32x1x1", "128x1024x1x1"]
+SHAPES = [
+    "1x16x416x416",
+    "8x32x208x208",
+    "16x128x52x52",
+    "32x256x26x26",
+    "64x64x56x56",
+    "64x512x7x7",
+    "256x32x1x1",
+    "128x1024x1x1",
+]
 
 
 def cases_of(pkg, tag, shape, acts):
@@ -100,8 +110,10 @@ def main() -> None:
     for p in pkgs.values():
         p.set_num_threads(args.threads)
     clock = time.process_time if args.cpu else time.perf_counter
-    print(f"threads {args.threads}, rounds {args.rounds}, {'CPU' if args.cpu else 'wall'} clock; "
-          "ms per fwd+bwd (median), (fused/plain: median of the same-round ratios)")
+    print(
+        f"threads {args.threads}, rounds {args.rounds}, {'CPU' if args.cpu else 'wall'} clock; "
+        "ms per fwd+bwd (median), (fused/plain: median of the same-round ratios)"
+    )
     for s in args.shapes.split(","):
         shape = tuple(int(v) for v in s.split("x"))
         cases = {}

@@ -186,6 +186,7 @@ def test_a_rows_baseline_follows_what_ours_follows(monkeypatch, pass_):
     for p in peers:
         monkeypatch.setitem(bench.MAKERS, p, lambda s, p=p: _fake_impl(log, p, (bench.PEER_PASS.get(pass_, pass_),)))
     monkeypatch.setattr(bench.peers, "offers", lambda peer, p: True)
+
     class Triad:  # the bandwidth sample that ends each round
         n = 1
 

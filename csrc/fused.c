@@ -397,6 +397,11 @@ static void run_backward(const float *x, const float *delta, float *out, float *
     job.reduce = DBN_R_DOT2;
     job.coef = coef_backward;
     job.store_g = costly_derivative(job.act);
+    /* g stored: the map's stores land on the lines the reduction just wrote (dirty in the cache), where a
+     * non-temporal store first evicts the line (a write-back) and then writes it again: plain stores
+     * (docs/performance.md, section 5: fwd+bwd with swish on 16x128x52x52, one thread, 1.6x -> 1.3x of
+     * the plain passes from this alone) */
+    if (job.store_g) job.nt = 0;
     dbn_run(&job, exec);
 }
 

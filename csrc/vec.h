@@ -57,9 +57,47 @@ static inline void vstream(float *p, vf v)
 
 static inline int aligned_v(const float *p) { return ((uintptr_t)p % DBN_VBYTES) == 0; }
 
-/* Lane-wise select (mask lanes all ones or all zeros, as comparisons give) and absolute value. */
-static inline vf vsel(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
+/* Lane-wise select: a where mask, else b (mask lanes all ones or all zeros, as comparisons give). AVX2:
+ * one blend (the and/andnot/or form is three instructions). AVX-512: the bitwise form, which GCC turns
+ * into two masked instructions on the comparison's mask register (a blend from the vector mask would
+ * convert the mask register to a vector and back: four). */
+static inline vf vsel(vi mask, vf a, vf b)
+{
+#if DBN_X86 && DBN_VBYTES == 32
+    return (vf)_mm256_blendv_ps((__m256)b, (__m256)a, (__m256)mask);
+#else
+    return (vf)(((vi)a & mask) | ((vi)b & ~mask));
+#endif
+}
 static inline vf vabs(vf x) { return (vf)((vi)x & 0x7fffffff); }
+static inline vf vnabs(vf x) { return (vf)((vi)x | (int32_t)0x80000000); }   /* -|x|, one instruction */
+
+/* max(lo, x) and min(hi, x) lane by lane, x's NaN kept: x86's max/min return their second operand
+ * when either is NaN, so one instruction each (the compare-and-select form elsewhere). */
+static inline vf vmax_lo(vf lo, vf x)
+{
+#if DBN_X86 && DBN_VBYTES == 64
+    return (vf)_mm512_max_ps((__m512)lo, (__m512)x);
+#elif DBN_X86 && DBN_VBYTES == 32
+    return (vf)_mm256_max_ps((__m256)lo, (__m256)x);
+#elif DBN_X86 && DBN_VBYTES == 16
+    return (vf)_mm_max_ps((__m128)lo, (__m128)x);
+#else
+    return vsel(x < lo, lo, x);
+#endif
+}
+static inline vf vmin_hi(vf hi, vf x)
+{
+#if DBN_X86 && DBN_VBYTES == 64
+    return (vf)_mm512_min_ps((__m512)hi, (__m512)x);
+#elif DBN_X86 && DBN_VBYTES == 32
+    return (vf)_mm256_min_ps((__m256)hi, (__m256)x);
+#elif DBN_X86 && DBN_VBYTES == 16
+    return (vf)_mm_min_ps((__m128)hi, (__m128)x);
+#else
+    return vsel(x > hi, hi, x);
+#endif
+}
 
 /* Partial vectors, for the ends of runs: vload_part gives the n < NV values at p in the first lanes
  * (the others zero), vstore_part stores the first n lanes of v. One masked instruction on AVX-512

@@ -1,7 +1,8 @@
 /* vec_math.h -- vector math of the engine (engine.inc): exp, expm1, logistic, tanh, erfc, Darknet's
  * element-wise activations (AlexeyAB's src/activations.h definitions) and PyTorch's hardswish and GELU,
  * and their derivatives (vgrad_y from the output, vgrad_x at the input; docs/backward.md), on vectors. exp is a
- * Cephes-style polynomial (about 1 ulp) with two-step scaling, so no libm call sits in a loop; tanh,
+ * degree-6 polynomial after a Cody-Waite reduction (about 1 ulp), its range handled by clamps and an
+ * exactly rounded scaling instead of compares and selects, so no libm call sits in a loop; tanh,
  * elu and selu go through expm1 (no cancellation near 0), mish and gelu through exact identities that
  * avoid cancellation: tanh(softplus(x)) = n/(n + 2) with n = e^x (e^x + 2), and
  * 1 + tanh(u) = 2 * logistic(2u). NaN stays NaN wherever Darknet's expression keeps it.
@@ -13,30 +14,54 @@
 #include "darknet_bn.h"
 #include "vec.h"
 
+/* e^r for |r| <= ln2/2 (and a little beyond): a degree-6 polynomial, minimax for the relative error
+ * (2e-9), in Horner form: 0.9 ulp evaluated in float32 (six FMAs; Cephes' expf polynomial took eight). */
+static inline vf vexp_poly(vf r)
+{
+    vf p = vsplat(1.3843623456e-03f);
+    p = p * r + 8.3741797134e-03f;
+    p = p * r + 4.1668005288e-02f;
+    p = p * r + 1.6666431725e-01f;
+    p = p * r + 4.9999994040e-01f;
+    p = p * r + 1.0f;
+    return p * r + 1.0f;
+}
+
+/* The two steps of both exps below, on x already clamped: n = round(x log2 e) as 1.5 2^23 + n (t: the
+ * integer in the low bits of a float), r = x - n ln 2 in two parts (Cody-Waite), y = e^r. */
+#define DBN_EXP_REDUCE(xc)                                                                   \
+    const vf t = (xc) * 1.44269504088896341f + 12582912.0f, nf = t - 12582912.0f;           \
+    const vf y = vexp_poly(((xc) - nf * 0.693359375f) - nf * -2.12194440e-4f)
+
+/* e^x. x is clamped to [-104, 89] (its NaN kept, vec.h), where e^-104 rounds to 0 and e^89 overflows:
+ * the scaling y 2^n then gives 0 and inf beyond, exactly rounded (subnormal results included), with no
+ * compare or select; NaN passes through the arithmetic. */
 static inline vf vexp(vf x)
 {
-    const vi nan = x != x, over = x > 88.72283935546875f, under = x < -104.0f;
-    vf xc = vsel(over | under | nan, vsplat(0.0f), x);
-    const vf t = xc * 1.44269504088896341f;
-    const vf nf = (t + 12582912.0f) - 12582912.0f;            /* round to nearest */
-    const vf r = (xc - nf * 0.693359375f) - nf * -2.12194440e-4f;
-    vf p = vsplat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    vf y = p * (r * r) + r + 1.0f;
+    const vf xc = vmin_hi(vsplat(89.0f), vmax_lo(vsplat(-104.0f), x));
+    DBN_EXP_REDUCE(xc);
 #if DBN_X86 && DBN_VBYTES == 64
-    y = (vf)_mm512_scalef_ps((__m512)y, (__m512)nf);           /* y 2^n, one rounding (as below) */
+    return (vf)_mm512_scalef_ps((__m512)y, (__m512)nf);         /* y 2^n, one rounding */
 #else
-    const vi n = __builtin_convertvector(nf, vi), h = n >> 1;  /* 2^n = 2^h * 2^(n-h): both normal */
-    y = y * (vf)((h + 127) << 23) * (vf)((n - h + 127) << 23);
+    const vi n = (vi)t - 0x4B400000, h = n >> 1;                 /* 2^n = 2^h * 2^(n-h): both normal */
+    return y * (vf)((h + 127) << 23) * (vf)((n - h + 127) << 23);   /* the first product exact */
 #endif
-    y = vsel(over, vsplat(__builtin_inff()), y);
-    y = vsel(under, vsplat(0.0f), y);
-    return vsel(nan, x, y);
 }
+
+/* e^x for x <= 40 (or NaN): vexp's bits where both apply, one clamp and (AVX2, SSE2) a cheaper scaling:
+ * 2^(n + 64) is normal for n <= 63, so y 2^n = (y 2^(n+64)) 2^-64 with the first product exact and one
+ * rounding. The logistic's e^-|x| and mish's e^min(x, 20). */
+static inline vf vexp_lo(vf x)
+{
+    const vf xc = vmax_lo(vsplat(-104.0f), x);
+    DBN_EXP_REDUCE(xc);
+#if DBN_X86 && DBN_VBYTES == 64
+    return (vf)_mm512_scalef_ps((__m512)y, (__m512)nf);
+#else
+    return y * (vf)(((vi)t - 0x4B400000 + (127 + 64)) << 23) * 0x1p-64f;
+#endif
+}
+#undef DBN_EXP_REDUCE
 
 static inline vf vexpm1(vf x)
 {
@@ -66,10 +91,21 @@ static inline vf vrcp(vf v)
     return r;
 }
 
+/* b where x >= 0 (or NaN), e*b where x < 0: one masked multiply on AVX-512. */
+static inline vf vmul_neg(vf x, vf e, vf b)
+{
+#if DBN_X86 && DBN_VBYTES == 64
+    const __mmask16 neg = _mm512_cmp_ps_mask((__m512)x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return (vf)_mm512_mask_mul_ps((__m512)b, neg, (__m512)e, (__m512)b);
+#else
+    return vsel(x < 0.0f, e * b, b);
+#endif
+}
+
 static inline vf vlogistic(vf x)   /* e^-|x| never overflows: 1/(1 + e) for x >= 0, e/(1 + e) below */
 {
-    const vf e = vexp(-vabs(x)), l = vrcp(1.0f + e);
-    return vsel(x >= 0.0f, l, e * l);
+    const vf e = vexp_lo(vnabs(x));
+    return vmul_neg(x, e, vrcp(1.0f + e));
 }
 
 static inline vf vtanh(vf x)
@@ -83,7 +119,7 @@ static inline vf vtanh(vf x)
 /* logistic(x) and 1 - logistic(x) = logistic(-x), both without cancellation. */
 static inline void vlogistic2(vf x, vf *s, vf *sc)
 {
-    const vf e = vexp(-vabs(x)), l = vrcp(1.0f + e), el = e * l;
+    const vf e = vexp_lo(vnabs(x)), l = vrcp(1.0f + e), el = e * l;
     const vi pos = x >= 0.0f;
     *s = vsel(pos, l, el);
     *sc = vsel(pos, el, l);
@@ -149,9 +185,9 @@ static inline vf vact(vf x, int act, vf alpha)
     case DBN_ACT_GELU: return x * vlogistic(2.0f * (0.797885f * x + 0.035677f * (x * x * x)));
     case DBN_ACT_SWISH: return x * vlogistic(x);
     case DBN_ACT_MISH: {
-        const vf e = vexp(vsel(x > 20.0f, vsplat(0.0f), x));
+        const vf e = vexp_lo(vmin_hi(vsplat(20.0f), x));   /* above 20: x (Darknet: tanh(x) = 1) */
         const vf n = e * (e + 2.0f);
-        return vsel(x > 20.0f, x, x * (n / (n + 2.0f)));
+        return vsel(x > 20.0f, x, x * (n * vrcp(n + 2.0f)));
     }
     case DBN_ACT_HARD_MISH:
         return vsel(x > 0.0f, x, vsel(x > -2.0f, x * x * 0.5f + x, vsplat(0.0f)));
@@ -202,8 +238,8 @@ static inline vf vgrad_x(vf x, int act, vf alpha)
     }
     case DBN_ACT_MISH: {   /* tanh(sp) + x sech^2(sp) logistic(x), with n = e^x (e^x + 2): tanh(sp) = n/(n+2),
                               sech^2(sp) logistic(x) = 4 e (1 + e) / (n + 2)^2; above 20: 1 (Darknet: tanh(x) = 1) */
-        const vf e = vexp(vsel(x > 20.0f, vsplat(0.0f), x));
-        const vf n = e * (e + 2.0f), q = 1.0f / (n + 2.0f);
+        const vf e = vexp_lo(vmin_hi(vsplat(20.0f), x));
+        const vf n = e * (e + 2.0f), q = vrcp(n + 2.0f);
         return vsel(x > 20.0f, vsplat(1.0f), n * q + x * ((4.0f * e) * (1.0f + e)) * (q * q));
     }
     case DBN_ACT_HARD_MISH:

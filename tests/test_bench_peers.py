@@ -165,3 +165,57 @@ def test_cpu_info_names_the_cpu_and_its_caches():
             assert info["caches"] == sysfs
         assert "L3" in info["caches"] or not sysfs
     assert info["cpu"] in bench.describe_cpu(info) or info["cpu"] is None
+
+
+def _fake_impl(log: list, tag: str, passes) -> bench.Impl:
+    """An implementation whose calls only record who ran (``tag:pass``), nothing to check."""
+    return bench.Impl(calls={p: (lambda p=p: log.append(f"{tag}:{p}")) for p in passes})
+
+
+@pytest.mark.parametrize("pass_", ["infer+leaky", "train+swish", "backward+renorm"])
+def test_a_rows_baseline_follows_what_ours_follows(monkeypatch, pass_):
+    """A row with a baseline (ours' plain pass timed in its rounds, ``ours:<pass>``) compares ours with
+    it in equal conditions: over the rounds, each runs right after the other as often as right after a
+    peer. (The rotation alone ran the baseline after ours in every round and ours after a peer: with
+    peers whose threads still spin, infer+leaky / infer read 1.34 on the table where both medians
+    were equal.)"""
+    base = bench.ours_baseline(pass_).split(":", 1)[1]
+    log: list = []
+    peers = ["numpy", "plain"]
+    monkeypatch.setitem(bench.MAKERS, "ours", lambda s: _fake_impl(log, "ours", (pass_, base)))
+    for p in peers:
+        monkeypatch.setitem(bench.MAKERS, p, lambda s, p=p: _fake_impl(log, p, (bench.PEER_PASS.get(pass_, pass_),)))
+    monkeypatch.setattr(bench.peers, "offers", lambda peer, p: True)
+
+    class Triad:  # the bandwidth sample that ends each round
+        n = 1
+
+        def sample(self):
+            log.append("triad")
+            return 1.0
+
+    rounds = 8
+    bench.run([SHAPE], peers, rounds=rounds, passes=(pass_,), triad=Triad())
+    runs = [k for i, k in enumerate(log) if i == 0 or log[i - 1] != k]  # one entry per sample (its calls)
+    assert len(runs) == rounds * (len(peers) + 3)
+    ours, mine = f"ours:{pass_}", f"ours:{base}"
+    after = {ours: [], mine: []}
+    for i, k in enumerate(runs):
+        if k in after and i:
+            after[k].append(runs[i - 1])
+    for k, other in ((ours, mine), (mine, ours)):
+        by_ours = sum(p == other for p in after[k])
+        by_peer = sum(p.split(":")[0] in peers for p in after[k])
+        assert by_ours >= 2 and by_peer >= 2, (k, after[k])
+    assert sum(p == mine for p in after[ours]) == sum(p == ours for p in after[mine]), after
+
+
+def test_round_order_varies_who_follows_whom():
+    names = ["ours", "ours:infer", "a", "b", "c"]
+    preds: dict = {n: set() for n in names}
+    for rnd in range(2 * len(names)):
+        order = bench.harness.round_order(names, rnd)
+        assert sorted(order) == sorted(names)
+        for prev, n in zip(order, order[1:]):
+            preds[n].add(prev)
+    assert all(len(p) == 2 for p in preds.values()), preds  # both neighbours of the cyclic list

@@ -3,8 +3,9 @@
 For each shape and pass (training forward, inference forward, inference + leaky, backward; with
 ``--renorm`` / ``--activation`` also the renorm and the +ACT training passes) it times
 darknet_bn's ``Layer`` as users call it, and each peer in the same rounds (interleaved: round r runs
-every implementation once, in an order that rotates from round to round, so a slow moment of the
-machine hits all of them). Each timed sample follows one untimed call of the same implementation: the
+every implementation once, in an order that rotates from round to round and reverses every other
+round, so a slow moment of the machine hits all of them and no implementation always runs after the
+same one: :func:`round_order`). Each timed sample follows one untimed call of the same implementation: the
 state a loop over the layer sees (tensors that fit the last-level cache are in it). Each pass runs in
 the state users call it in: the backward rows time the training backward, after a training forward
 (one untimed training forward before the row's rounds; backward calls do not change the mode), and
@@ -87,6 +88,20 @@ def _time(f: Callable[[], object], reps: int) -> float:
     for _ in range(reps):
         f()
     return (time.perf_counter() - t) / reps
+
+
+def round_order(names: Sequence[str], rnd: int) -> list[str]:
+    """The order the implementations run in round ``rnd``: rounds 2j and 2j + 1 run the list rotated by
+    j, forward and reversed. A rotation alone keeps who follows whom: the entry after ``ours`` in the list --
+    a row's baseline ``ours:<pass>`` -- ran right after ``ours`` in every round and never after a peer
+    (whose threads may still hold the cores, and which leaves ours' threads asleep), while ``ours``
+    always ran after a peer: their ratio measured the order, not the pass. With the reversal, every
+    implementation follows each of its two neighbours in half the rounds: over 2 len(names) rounds,
+    ``ours`` and its baseline follow each other, and a peer, equally often (and the triad, which ends
+    every round, twice each)."""
+    k = (rnd // 2) % len(names)
+    order = list(names[k:]) + list(names[:k])
+    return order[::-1] if rnd % 2 else order
 
 
 def _reps_for(f: Callable[[], object]) -> tuple[int, float]:
@@ -196,9 +211,9 @@ def run(
             while rnd < this_rounds:
                 # each sample follows one untimed call of the same implementation (the state a loop
                 # over the layer sees; in round 0 it also tells how many calls make a sample), and the
-                # order rotates, so no implementation always follows another (or the triad, which
-                # flushes the cache)
-                for name in names[rnd % len(names) :] + names[: rnd % len(names)]:
+                # order rotates and reverses (round_order), so no implementation always follows another
+                # (or the triad, which flushes the cache)
+                for name in round_order(names, rnd):
                     f = call[name]
                     undo = reset[name]
                     if undo is not None:

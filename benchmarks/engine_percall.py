@@ -9,6 +9,8 @@ Rows:
 - ``from_buffer``: ``ffi.from_buffer("float[]", x)``, what the wrapper pays to hand x to C;
 - ``take_input``, ``take_net_delta``, ``forward_done``: the wrapper's checks alone;
 - ``C train/infer/bwd 1T/2T``: the C pass called directly with prepared pointers, on 1 and 2 threads;
+- ``C struct train/infer/bwd 1T``: the same through the struct-argument calls the layer makes
+  (``dbn_forward_train_with`` ...: the per-layer arguments in one struct, 3-5 arguments a call);
 - ``train``, ``infer``, ``bwd``: the whole Python call (``layer.forward(x, train=...)``,
   ``layer.backward(layer.delta)`` after a training forward), at the default thread count (2);
 - ``base train`` ...: the same with the baseline build (``--baseline``).
@@ -67,6 +69,24 @@ def main() -> None:
         args_ = a_bw + (ffi.NULL, ex)
         return lambda: lib.dbn_backward(px, pd, ffi.NULL, *args_)
 
+    # The same through the struct-argument calls the layer makes (dbn_*_with: 3-5 arguments)
+    def with_exec(call, ex):
+        c = ffi.new(ffi.typeof(call), call[0])
+        c.exec = ex
+        return c
+
+    def w_train(ex):
+        call = with_exec(L._c_train, ex)
+        return lambda: lib.dbn_forward_train_with(px, call, ffi.NULL)
+
+    def w_infer(ex):
+        call = with_exec(L._c_infer, ex)
+        return lambda: lib.dbn_forward_infer_with(px, call, ffi.NULL)
+
+    def w_bwd(ex):
+        call = with_exec(L._c_bwd[True], ex)
+        return lambda: lib.dbn_backward_with(px, pd, ffi.NULL, call, ffi.NULL)
+
     cases = {
         "cffi empty": lambda: lib.dbn_has_openmp(),
         "from_buffer": lambda: ffi.from_buffer("float[]", x),
@@ -79,6 +99,9 @@ def main() -> None:
         "C infer 2T": c_infer(ex2),
         "C bwd 1T": c_bwd(ex1),
         "C bwd 2T": c_bwd(ex2),
+        "C struct train 1T": w_train(ex1),
+        "C struct infer 1T": w_infer(ex1),
+        "C struct bwd 1T": w_bwd(ex1),
         "train": lambda: L.forward(x, train=True),
         "infer": lambda: L.forward(x, train=False),
         "bwd": lambda: (L.forward(x, train=True), L.backward(L.delta)),

@@ -412,6 +412,26 @@ void dbn_backward(const float *restrict x, float *restrict delta, float *restric
                  mean_delta, variance_delta, batch, c, spatial, flavor, train, act, exec);
 }
 
+void dbn_forward_train_with(const float *x, const dbn_train_call *a, const dbn_act *act)
+{
+    dbn_forward_train(x, a->out, a->scales, a->biases, a->mean, a->variance, a->rolling_mean, a->rolling_variance,
+                      a->batch, a->c, a->spatial, a->flavor, a->renorm, act, a->exec);
+}
+
+void dbn_forward_infer_with(const float *x, const dbn_infer_call *a, const dbn_act *act)
+{
+    dbn_forward_infer(x, a->out, a->scales, a->biases, a->rolling_mean, a->rolling_variance, a->batch, a->c,
+                      a->spatial, a->flavor, act, a->exec);
+}
+
+void dbn_backward_with(const float *x, float *delta, float *net_delta, const dbn_backward_call *a,
+                       const dbn_act *act)
+{
+    dbn_backward(x, delta, net_delta, a->scales, a->biases, a->mean, a->variance, a->r, a->d, a->scale_updates,
+                 a->bias_updates, a->mean_delta, a->variance_delta, a->batch, a->c, a->spatial, a->flavor, a->train,
+                 act, a->exec);
+}
+
 void dbn_backward_into(const float *restrict x, const float *restrict delta, float *restrict dx,
                        const float *restrict scales, const float *restrict biases, const float *restrict mean,
                        const float *restrict variance, const float *restrict r, const float *restrict d,

@@ -141,7 +141,8 @@ def main() -> None:
     print(table(med))
     if act:
         fused, plain = med[f"train+{act}"] + med[f"bwd+{act}"], med["train"] + med["bwd"]
-        print(f"{act} fused / plain: train {med[f'train+{act}'] / med['train']:.2f}, bwd {med[f'bwd+{act}'] / med['bwd']:.2f}, fwd+bwd {fused / plain:.2f}")
+        tr, bw = med[f"train+{act}"] / med["train"], med[f"bwd+{act}"] / med["bwd"]
+        print(f"{act} fused / plain: train {tr:.2f}, bwd {bw:.2f}, fwd+bwd {fused / plain:.2f}")
     if base is not None:
         for k in ("train", "infer", "bwd") + ((f"train+{act}", f"bwd+{act}") if act else ()):
             print(f"{k}: base {med['base ' + k] / med[k]:.2f}x the time of now")

@@ -210,6 +210,43 @@ void dbn_backward_into(const float *restrict x, const float *restrict delta, flo
                        int64_t batch, int64_t c, int64_t spatial, const dbn_flavor *restrict flavor, int train,
                        const dbn_act *act, const dbn_exec *exec);
 
+/* The same three passes with their per-layer arguments in one struct (all but the tensors that change
+ * from call to call and the activation): a caller that repeats its calls -- a layer, every step --
+ * fills each struct once and passes it by pointer. Results are those of the calls above with the
+ * struct's fields as arguments. (Why: a binding converts each argument on every call; through cffi,
+ * 15-20 arguments cost more than a 256x32 pass's arithmetic.) */
+typedef struct dbn_train_call {
+    float *out;
+    const float *scales, *biases;
+    float *mean, *variance, *rolling_mean, *rolling_variance;
+    int64_t batch, c, spatial;
+    const dbn_flavor *flavor;
+    const dbn_renorm *renorm;
+    const dbn_exec *exec;
+} dbn_train_call;
+void dbn_forward_train_with(const float *x, const dbn_train_call *args, const dbn_act *act);
+
+typedef struct dbn_infer_call {
+    float *out;
+    const float *scales, *biases, *rolling_mean, *rolling_variance;
+    int64_t batch, c, spatial;
+    const dbn_flavor *flavor;
+    const dbn_exec *exec;
+} dbn_infer_call;
+void dbn_forward_infer_with(const float *x, const dbn_infer_call *args, const dbn_act *act);
+
+/* dbn_backward's arguments after net_delta (mean, variance: the statistics the forward used) */
+typedef struct dbn_backward_call {
+    const float *scales, *biases, *mean, *variance, *r, *d;
+    float *scale_updates, *bias_updates, *mean_delta, *variance_delta;
+    int64_t batch, c, spatial;
+    const dbn_flavor *flavor;
+    int train;
+    const dbn_exec *exec;
+} dbn_backward_call;
+void dbn_backward_with(const float *x, float *delta, float *net_delta, const dbn_backward_call *args,
+                       const dbn_act *act);
+
 /* x_norm = (x - mean) / denominator(variance, eps) * r + d, out of place (the layer's x_norm on
  * demand); r and d may be NULL (1 and 0). */
 void dbn_normalize_into(const float *restrict x, float *restrict x_norm, const float *restrict mean,

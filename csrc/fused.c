@@ -280,6 +280,10 @@ static void backward_channel(const fctx *cx, int64_t c, double ls1, double ls2, 
     const double N = cx->n;
     const double var = cx->stat_var[c], scale = cx->scales[c];
     const double d_fwd = dbn_denominator(var, fl->eps, fl->eps_in_sqrt);
+    /* the flavors mostly take the same root three times (sqrt(var + eps)): computed once when it is the same
+     * expression on the same values (the same bits) */
+    const int same_bwd = fl->bwd_eps == fl->eps && fl->bwd_eps_in_sqrt == fl->eps_in_sqrt;
+    const int same_stat = fl->eps_in_sqrt && fl->stat_eps == fl->eps;
     const double rr = cx->train && cx->r ? cx->r[c] : 1.0, dd = cx->train && cx->d ? cx->d[c] : 0.0;
     cx->bias_updates[c] = (float)((double)cx->bias_updates[c] + ls1);
     cx->scale_updates[c] = (float)((double)cx->scale_updates[c] + (rr * ls2 / d_fwd + dd * ls1));
@@ -287,12 +291,13 @@ static void backward_channel(const fctx *cx, int64_t c, double ls1, double ls2, 
     if (cx->train) {
         const double se = scale * rr;   /* renormalization scales the normalized input by r */
         const double vs = var + fl->stat_eps;
-        const double sv = sqrt(vs);   /* vs^-1.5 as 1/(vs sqrt vs): a few ulps of double from pow, 5x cheaper */
+        const double sv = same_stat ? d_fwd : sqrt(vs);   /* vs^-1.5 as 1/(vs sqrt vs): a few ulps of double
+                                                                from pow, 5x cheaper */
         const double md = -se * gs1 / sv;
         const double vd = se * gs2 * -0.5 / (vs * sv);
         cx->mean_delta[c] = (float)md;
         cx->variance_delta[c] = (float)vd;
-        p[0] = (float)(se / dbn_denominator(var, fl->bwd_eps, fl->bwd_eps_in_sqrt));
+        p[0] = (float)(se / (same_bwd ? d_fwd : dbn_denominator(var, fl->bwd_eps, fl->bwd_eps_in_sqrt)));
         q[0] = (float)(2.0 * vd / N);
         r[0] = (float)(md / N);
     } else {
@@ -396,7 +401,11 @@ static void run_backward(const float *x, const float *delta, float *out, float *
     backward_job(&job, x, delta, out, out2, mean, batch, c, spatial, &ctx, act);
     job.reduce = DBN_R_DOT2;
     job.coef = coef_backward;
-    job.store_g = costly_derivative(job.act);
+    /* g stored also for the cheap derivatives when the tensor is small enough for one fused task (its
+     * data in cache: the store of g, to lines the map writes anyway, costs less than the map evaluating
+     * the derivative again); the same bits either way */
+    const double values = (double)batch * (double)c * (double)spatial;
+    job.store_g = job.act != DBN_ACT_LINEAR && (costly_derivative(job.act) || values <= DBN_SMALL);
     /* g stored: the map's stores land on the lines the reduction just wrote (dirty in the cache), where a
      * non-temporal store first evicts the line (a write-back) and then writes it again: plain stores
      * (docs/performance.md, section 5: fwd+bwd with swish on 16x128x52x52, one thread, 1.6x -> 1.3x of
@@ -415,6 +424,26 @@ void dbn_backward(const float *restrict x, float *restrict delta, float *restric
 {
     run_backward(x, delta, delta, net_delta, scales, biases, mean, variance, r, d, scale_updates, bias_updates,
                  mean_delta, variance_delta, batch, c, spatial, flavor, train, act, exec);
+}
+
+void dbn_forward_train_with(const float *x, const dbn_train_call *a, const dbn_act *act)
+{
+    dbn_forward_train(x, a->out, a->scales, a->biases, a->mean, a->variance, a->rolling_mean, a->rolling_variance,
+                      a->batch, a->c, a->spatial, a->flavor, a->renorm, act, a->exec);
+}
+
+void dbn_forward_infer_with(const float *x, const dbn_infer_call *a, const dbn_act *act)
+{
+    dbn_forward_infer(x, a->out, a->scales, a->biases, a->rolling_mean, a->rolling_variance, a->batch, a->c,
+                      a->spatial, a->flavor, act, a->exec);
+}
+
+void dbn_backward_with(const float *x, float *delta, float *net_delta, const dbn_backward_call *a,
+                       const dbn_act *act)
+{
+    dbn_backward(x, delta, net_delta, a->scales, a->biases, a->mean, a->variance, a->r, a->d, a->scale_updates,
+                 a->bias_updates, a->mean_delta, a->variance_delta, a->batch, a->c, a->spatial, a->flavor, a->train,
+                 act, a->exec);
 }
 
 void dbn_backward_into(const float *restrict x, const float *restrict delta, float *restrict dx,

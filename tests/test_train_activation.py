@@ -575,3 +575,67 @@ def test_sync_layer_with_activation_over_mpi(tmp_path):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK 43 checks on 2 processes" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# Rows of at most 4 vectors (engine.inc's small-row paths: c*h*w <= 64), with an activation
+
+# c*h*w = 32 (256x32: 2 AVX-512 vectors, 4 AVX2), 20 and 12 (partial vectors: AVX-512's masked path), 64 (4
+# AVX-512 vectors), 8; batches that are not multiples of 4 and cross the 32-row folds into double
+SMALL_ROWS = [(67, 32, 1, 1), (45, 20, 1, 1), (37, 3, 2, 2), (41, 16, 2, 2), (70, 8, 1, 1)]
+
+
+@pytest.mark.parametrize("name", ["leaky", "relu", "logistic", "tanh"])  # cheap (recomputed) and stored g
+@pytest.mark.parametrize("shape", SMALL_ROWS)
+def test_small_rows_backward_is_gradient_array_then_plain_backward(name, shape, isa):
+    """The fused backward's small-row reduction and map give the bits of gradient_array on the output
+    followed by the plain backward, on every instruction set (both take the same small-row loops)."""
+    b, c, h, w = shape
+    x, dy = make_data(shape, 1), make_data(shape, 2)
+    fused, plain = _layer(shape, "alexeyab", 4), _layer(shape, "alexeyab", 4)
+    y = fused.forward(x, activation=name).copy()
+    fused.delta[:] = dy
+    dx = fused.backward().copy()
+    plain.forward(x)
+    g = dy.copy()
+    K.gradient_array(y, y.size, name, g)
+    plain.delta[:] = g
+    assert np.array_equal(plain.backward(), dx), name
+    for k in ("scale_updates", "bias_updates", "mean_delta", "variance_delta"):
+        assert np.array_equal(getattr(plain, k), getattr(fused, k)), k
+
+
+@pytest.mark.parametrize("name", ["leaky", "swish", "hardswish"])
+@pytest.mark.parametrize("shape", SMALL_ROWS)
+def test_small_rows_with_activation_against_float64(name, shape, isa):
+    """Training forward and backward with an activation on small rows against the float64 chain rule, and
+    the fused inference output against activate_array of the linear inference output, bit for bit."""
+    x = _away_from_kinks(make_data(shape, 3), _layer(shape, "torch", 5), shape, "torch", name)
+    dy = make_data(shape, 4)
+    _check_train(_layer(shape, "torch", 5), x, dy, shape, "torch", name, f"{isa} {shape} {name}")
+    fused, plain = _layer(shape, "torch", 5), _layer(shape, "torch", 5)
+    y = fused.forward(x, train=False, activation=name).copy()
+    z = plain.forward(x, train=False).copy()
+    K.activate_array(z, z.size, name)
+    assert np.array_equal(z, y), name
+
+
+@pytest.mark.parametrize("name", ["leaky", "logistic"])
+def test_small_rows_thread_counts_give_identical_bits(name):
+    """8192x16x1x1 (rows of 16 values, beyond the single-task size: three phases, row chunks spread over
+    the team): the same bits on 1 and 2 threads, forward and backward with an activation."""
+    shape = (8192, 16, 1, 1)
+    x, dy = make_data(shape, 5), make_data(shape, 6)
+    runs = []
+    try:
+        for n in (1, 2):
+            K.set_num_threads(n)
+            layer = _layer(shape, "pjreddie", 2)
+            out = layer.forward(x, activation=name).copy()
+            layer.delta[:] = dy
+            layer.backward(layer.delta)
+            runs.append([out, layer.delta.copy(), layer.scale_updates.copy(), layer.variance_delta.copy()])
+    finally:
+        K.set_num_threads(None)
+    for u, v in zip(*runs):
+        assert np.array_equal(u, v, equal_nan=True)

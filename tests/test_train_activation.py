@@ -199,9 +199,11 @@ def test_renorm_with_activation(name, flavor):
 def test_training_backward_is_gradient_array_then_plain_backward(name, shape, isa):
     """For the activations Darknet differentiates from the output: the fused backward gives the bits of
     gradient_array(output, delta) followed by the plain backward -- Darknet's backward sequence."""
-    b, c, h, w = shape
-    x = make_data(shape, 1)
-    dy = make_data(shape, 2)
+    _assert_fused_backward_is_gradient_array_then_plain(shape, name)
+
+
+def _assert_fused_backward_is_gradient_array_then_plain(shape, name) -> None:
+    x, dy = make_data(shape, 1), make_data(shape, 2)
     fused, plain = _layer(shape, "alexeyab", 4), _layer(shape, "alexeyab", 4)
     y = fused.forward(x, activation=name).copy()
     fused.delta[:] = dy
@@ -294,8 +296,21 @@ def test_every_plan_on_every_isa(shape, name, isa):
 @pytest.mark.parametrize("name", ["relu6", "mish", "gelu_erf"])
 @pytest.mark.parametrize("shape", list(PLANS))
 def test_thread_counts_give_identical_bits(shape, name):
-    b, c, h, w = shape
     x, dy = make_data(shape, 5), make_data(shape, 6)
+
+    def kernels() -> list[np.ndarray]:
+        a, gd = x.copy(), dy.copy()
+        K.activate_array(a, a.size, name)
+        K.gradient_array(x, x.size, name, gd)
+        return [a, gd]
+
+    _assert_same_bits_on_1_and_2_threads(shape, name, x, dy, "bias_updates", kernels)
+
+
+def _assert_same_bits_on_1_and_2_threads(shape, name, x, dy, stat: str, extra=lambda: []) -> None:
+    """A pjreddie layer's forward with the activation, then its backward, on 1 and on 2 threads: the
+    output, the input delta, scale_updates and the layer's array `stat` (and what `extra()` returns,
+    computed on the same thread count) must be the same bits."""
     runs = []
     try:
         for n in (1, 2):
@@ -304,11 +319,8 @@ def test_thread_counts_give_identical_bits(shape, name):
             out = layer.forward(x, activation=name).copy()
             layer.delta[:] = dy
             layer.backward(layer.delta)
-            runs.append([out, layer.delta.copy(), layer.scale_updates.copy(), layer.bias_updates.copy()])
-            a, gd = x.copy(), dy.copy()
-            K.activate_array(a, a.size, name)
-            K.gradient_array(x, x.size, name, gd)
-            runs[-1] += [a, gd]
+            runs.append([out, layer.delta.copy(), layer.scale_updates.copy(), getattr(layer, stat).copy()])
+            runs[-1] += extra()
     finally:
         K.set_num_threads(None)
     for u, v in zip(*runs):
@@ -590,19 +602,7 @@ SMALL_ROWS = [(67, 32, 1, 1), (45, 20, 1, 1), (37, 3, 2, 2), (41, 16, 2, 2), (70
 def test_small_rows_backward_is_gradient_array_then_plain_backward(name, shape, isa):
     """The fused backward's small-row reduction and map give the bits of gradient_array on the output
     followed by the plain backward, on every instruction set (both take the same small-row loops)."""
-    b, c, h, w = shape
-    x, dy = make_data(shape, 1), make_data(shape, 2)
-    fused, plain = _layer(shape, "alexeyab", 4), _layer(shape, "alexeyab", 4)
-    y = fused.forward(x, activation=name).copy()
-    fused.delta[:] = dy
-    dx = fused.backward().copy()
-    plain.forward(x)
-    g = dy.copy()
-    K.gradient_array(y, y.size, name, g)
-    plain.delta[:] = g
-    assert np.array_equal(plain.backward(), dx), name
-    for k in ("scale_updates", "bias_updates", "mean_delta", "variance_delta"):
-        assert np.array_equal(getattr(plain, k), getattr(fused, k)), k
+    _assert_fused_backward_is_gradient_array_then_plain(shape, name)
 
 
 @pytest.mark.parametrize("name", ["leaky", "swish", "hardswish"])
@@ -625,17 +625,4 @@ def test_small_rows_thread_counts_give_identical_bits(name):
     """8192x16x1x1 (rows of 16 values, beyond the single-task size: three phases, row chunks spread over
     the team): the same bits on 1 and 2 threads, forward and backward with an activation."""
     shape = (8192, 16, 1, 1)
-    x, dy = make_data(shape, 5), make_data(shape, 6)
-    runs = []
-    try:
-        for n in (1, 2):
-            K.set_num_threads(n)
-            layer = _layer(shape, "pjreddie", 2)
-            out = layer.forward(x, activation=name).copy()
-            layer.delta[:] = dy
-            layer.backward(layer.delta)
-            runs.append([out, layer.delta.copy(), layer.scale_updates.copy(), layer.variance_delta.copy()])
-    finally:
-        K.set_num_threads(None)
-    for u, v in zip(*runs):
-        assert np.array_equal(u, v, equal_nan=True)
+    _assert_same_bits_on_1_and_2_threads(shape, name, make_data(shape, 5), make_data(shape, 6), "variance_delta")

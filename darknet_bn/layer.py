@@ -134,9 +134,6 @@ class Layer:
         "_what",
         "_view_shape",
         "_view",
-        "_a_train",
-        "_a_infer",
-        "_a_bwd",
         "_c_train",
         "_c_infer",
         "_c_bwd",
@@ -199,9 +196,10 @@ class Layer:
         if renorm:
             self.rmax, self.dmax = rmax, dmax
 
-        # The arguments of each C call but the per-call arrays, made once: a call is one C call.
+        # The arguments of each C call but the per-call arrays, made once as C structs: a call is one C call.
+        # (The pointers stay alive in self._p, self._p_output, self._cflavor and self._renorm.)
         p, s = self._p, h * w
-        self._a_train = (
+        a_train = (
             self._p_output,
             p["scales"],
             p["biases"],
@@ -214,8 +212,8 @@ class Layer:
             s,
             self._cflavor,
             self._renorm,
-        )  # + the activation, EXEC
-        self._a_infer = (
+        )
+        a_infer = (
             self._p_output,
             p["scales"],
             p["biases"],
@@ -225,22 +223,20 @@ class Layer:
             c,
             s,
             self._cflavor,
-        )  # + the activation, EXEC
+        )
         tail = (p["scale_updates"], p["bias_updates"], p["mean_delta"], p["variance_delta"], batch, c, s, self._cflavor)
         rd = (p["r"], p["d"]) if renorm else (ffi.NULL, ffi.NULL)
         sb = (p["scales"], p["biases"])
-        self._a_bwd = {  # + the last forward's activation, EXEC
+        a_bwd = {
             True: sb + (p["mean"], p["variance"]) + rd + tail + (1,),
             False: sb + (p["rolling_mean"], p["rolling_variance"], ffi.NULL, ffi.NULL) + tail + (0,),
         }
         # The same arguments as C structs (dbn_*_call), which the passes take by pointer: cffi converts
         # 3-5 arguments per call instead of 15-20 (about half a microsecond a call).
         ex = {"exec": EXEC}
-        self._c_train = ffi.new("dbn_train_call *", {**dict(zip(_TRAIN_FIELDS, self._a_train)), **ex})
-        self._c_infer = ffi.new("dbn_infer_call *", {**dict(zip(_INFER_FIELDS, self._a_infer)), **ex})
-        self._c_bwd = {
-            k: ffi.new("dbn_backward_call *", {**dict(zip(_BWD_FIELDS, v)), **ex}) for k, v in self._a_bwd.items()
-        }
+        self._c_train = ffi.new("dbn_train_call *", {**dict(zip(_TRAIN_FIELDS, a_train)), **ex})
+        self._c_infer = ffi.new("dbn_infer_call *", {**dict(zip(_INFER_FIELDS, a_infer)), **ex})
+        self._c_bwd = {k: ffi.new("dbn_backward_call *", {**dict(zip(_BWD_FIELDS, v)), **ex}) for k, v in a_bwd.items()}
         self._act = ffi.NULL  # the last forward's activation (dbn_act *; NULL: linear)
 
     # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import numpy as np
 from engine_common import interleaved, load_baseline, table
 
 import darknet_bn
+from darknet_bn import layer as layer_mod
 from darknet_bn._capi import EXEC, ffi, lib
 
 
@@ -56,7 +57,14 @@ def main() -> None:
     ex1 = ffi.new("dbn_exec *", {"nthreads": 1})
     ex2 = ffi.new("dbn_exec *", {"nthreads": 2})
     px = ffi.from_buffer("float[]", x)
-    a_tr, a_in, a_bw = L._a_train, L._a_infer, L._a_bwd[True]
+
+    # the argument lists of the layer's prepared calls, read back from its C structs
+    def fields(call, names):
+        return tuple(getattr(call, f) for f in names)
+
+    a_tr = fields(L._c_train, layer_mod._TRAIN_FIELDS)
+    a_in = fields(L._c_infer, layer_mod._INFER_FIELDS)
+    a_bw = fields(L._c_bwd[True], layer_mod._BWD_FIELDS)
     pd = L._p_delta
 
     # The C passes with the layer's prepared arguments (+ activation NULL = linear, exec)

@@ -9,7 +9,7 @@ Environment switches, read at build time:
 - ``DARKNET_BN_PORTABLE=1``: plain C only -- the baseline engine, no intrinsics, no AVX2/AVX-512
   engines (what a non-x86 machine builds anyway; CI builds it on x86 to test that path).
 - ``DARKNET_BN_SANITIZE=1``: AddressSanitizer and UndefinedBehaviorSanitizer (``-fsanitize=address,undefined``,
-  any report aborts). Python must then run with the sanitizer runtime preloaded, e.g.
+  any report aborts), at ``-O1``. Python must then run with the sanitizer runtime preloaded, e.g.
   ``LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 pytest`` (see README, "Reliability").
 - ``DARKNET_BN_CFLAGS``: extra compiler flags, appended last.
 """
@@ -38,7 +38,10 @@ DEPENDS = sorted(CSRC.glob("*.h")) + sorted(CSRC.glob("*.inc"))
 BASE_CFLAGS = ["-std=c11", "-O3", "-ffp-contract=fast", "-fno-math-errno", "-fvisibility=hidden", "-Wall", "-Wextra"]
 
 
-SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
+# -O1 (after BASE_CFLAGS' -O3, so it wins), as the sanitizers' documentation recommends: the reports keep
+# their line numbers, and the engine's instantiations compile in half the time of -O3 with the sanitizers
+# (simd_avx512.c: 359 s against 767 s on a loaded 2-core machine).
+SANITIZE_FLAGS = ["-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
 
 
 def cdef_from_header(text: str) -> str:

@@ -703,6 +703,30 @@ def test_backward_reads_the_output_gradient_of_any_strides(x_layout, g_kind):
         check(name, ours, t32, t64)
 
 
+@pytest.mark.parametrize("what", ["input", "weight", "second backward"])
+def test_autograd_errors_are_torchs(what):
+    """The training call keeps autograd's checks, as torch.nn's does: an input or weight modified in
+    place between the forward and the backward, and a second backward through a freed graph, raise
+    PyTorch's RuntimeError (ours saves the tensors for autograd, not on the side)."""
+    errors = []
+    for cls in (torch.nn.BatchNorm1d, dbt.BatchNorm1d):
+        m = cls(4)
+        base = torch.randn(8, 4, requires_grad=True)
+        x = base * 1.0  # not a leaf: in-place changes are allowed on it
+        y = m(x)
+        if what == "input":
+            x.add_(1.0)
+        elif what == "weight":
+            with torch.no_grad():
+                m.weight.mul_(2.0)
+        else:
+            y.sum().backward()
+        with pytest.raises(RuntimeError) as e:
+            y.sum().backward()
+        errors.append(str(e.value).split(":")[0])
+    assert errors[0] == errors[1], errors
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_output_gradient_seen_elsewhere_is_never_written(layout):
     """The output's gradient may be visible elsewhere -- kept by a tensor hook, or the same tensor

@@ -703,6 +703,57 @@ def test_backward_reads_the_output_gradient_of_any_strides(x_layout, g_kind):
         check(name, ours, t32, t64)
 
 
+@pytest.mark.parametrize("what", ["input", "weight", "second backward"])
+def test_autograd_errors_are_torchs(what):
+    """The training call keeps autograd's checks, as torch.nn's does: an input or weight modified in
+    place between the forward and the backward, and a second backward through a freed graph, raise
+    PyTorch's RuntimeError (ours saves the tensors for autograd, not on the side)."""
+    errors = []
+    for cls in (torch.nn.BatchNorm1d, dbt.BatchNorm1d):
+        m = cls(4)
+        base = torch.randn(8, 4, requires_grad=True)
+        x = base * 1.0  # not a leaf: in-place changes are allowed on it
+        y = m(x)
+        if what == "input":
+            x.add_(1.0)
+        elif what == "weight":
+            with torch.no_grad():
+                m.weight.mul_(2.0)
+        else:
+            y.sum().backward()
+        with pytest.raises(RuntimeError) as e:
+            y.sum().backward()
+        errors.append(str(e.value).split(":")[0])
+    assert errors[0] == errors[1], errors
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_output_gradient_seen_elsewhere_is_never_written(layout):
+    """The output's gradient may be visible elsewhere -- kept by a tensor hook, or the same tensor
+    handed to two BN layers by an addition's backward -- and stays unchanged; every gradient matches
+    float64 torch.nn (the backward writes the input's gradient into a new tensor, never into the
+    output's)."""
+    shape, c = (4, 3, 5, 5), 3
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    gen = torch.Generator().manual_seed(31)
+    x = torch.randn(shape, generator=gen).contiguous(memory_format=fmt)
+    w2 = torch.randn(shape, generator=gen)
+    ours = [dbt.BatchNorm2d(c), dbt.BatchNorm2d(c)]
+    refs = [torch.nn.BatchNorm2d(c).double(), torch.nn.BatchNorm2d(c).double()]
+    kept = []
+    xo = x.clone().requires_grad_()
+    ya, yb = ours[0](xo), ours[1](xo * 2)
+    ya.register_hook(lambda g: kept.append(g))
+    ((ya + yb) * w2).backward(torch.ones(shape))
+    assert torch.equal(kept[0], w2)  # the gradient the hook kept: untouched
+    xt = x.double().clone().requires_grad_()
+    ((refs[0](xt) + refs[1](xt * 2)) * w2.double()).sum().backward()
+    check("grad input", xo.grad, xt.grad.float(), xt.grad)
+    for m, t in zip(ours, refs):
+        check("grad weight", m.weight.grad, t.weight.grad.float(), t.weight.grad)
+        check("grad bias", m.bias.grad, t.bias.grad.float(), t.bias.grad)
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_size_one_dims_with_odd_strides_give_torchs_strides(train):
     """Contiguous inputs whose size-1 dims carry non-standard strides (found by hypothesis): the

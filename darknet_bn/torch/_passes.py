@@ -105,8 +105,11 @@ def _kernel_input_eager(x: Tensor):
     of a contiguous input with size-1 dims (e.g. N x C x 1 x 1) decided once per (shape, strides)
     instead of on every call (~1.7 us of Python on such shapes)."""
     shape = x.shape
-    if not x.is_contiguous() or 1 not in shape:
+    if not x.is_contiguous():
         return _kernel_input(x)
+    n = shape[0]
+    if 1 not in shape:  # (the common case, without _kernel_input's frame and second checks)
+        return x, n, x.numel() // (n * shape[1])
     key = (shape, x.stride())
     st = _STD_STRIDES.get(key, _STD_STRIDES)
     if st is _STD_STRIDES:  # first sight of this geometry
@@ -116,8 +119,7 @@ def _kernel_input_eager(x: Tensor):
         st = _STD_STRIDES[key] = None if v is x else v.stride()
     if st is not None:
         x = x.as_strided(shape, st)
-    n, c = shape[0], shape[1]
-    return x, n, x.numel() // (n * c)
+    return x, n, x.numel() // (n * shape[1])
 
 
 # ------------------------------------------------------------------------------------------------

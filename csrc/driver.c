@@ -319,6 +319,10 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
         return;
     }
     if (pl->fused) {
+        /* in place and fused below the streaming size (tiny, narrow tiles, groups in L2): the map rewrites
+         * lines the reduction just brought into cache, where a non-temporal store only evicts them
+         * (1x16x416x416's backward, 1 thread: 2.43 ms streaming, 1.41 plain; docs/performance.md 8) */
+        if ((job->out == job->a || job->out == job->b) && (double)bpv * (double)values <= DBN_STREAM_MAX) job->nt = 0;
         job->phase = DBN_PHASE_FUSED;
         run_tasks(fn, job, pl->ntasks, team_size(exec, pl->ntasks, values));
         return;

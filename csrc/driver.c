@@ -31,6 +31,9 @@ void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int 
     } else if (has_map && (double)bytes_per_value * (double)total > DBN_STREAM_MAX
                && pl->ntiles >= DBN_FUSED_MIN_TILES) {
         pl->fused = 1;                   /* beyond the cache: reduce and map each channel group back to back */
+    } else if (has_map && pl->ntiles >= DBN_FUSED_MIN_TILES
+               && (double)bytes_per_value * (double)n * (double)pl->tile <= DBN_FUSED_TASK_MAX) {
+        pl->fused = 1;                   /* each channel group's data fits L2: the same, the map reading L2 */
     } else if (has_map && bytes_per_value == 4 && pl->tile > 1 && pl->ntiles < DBN_FUSED_MIN_TILES
                && ceil_div(c, DBN_FUSED_MIN_TILES) * spatial >= DBN_NARROW_ROW_MIN
                && (double)ceil_div(c, DBN_FUSED_MIN_TILES) * (double)n * 4.0 <= DBN_NARROW_TASK_MAX) {
@@ -316,6 +319,10 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
         return;
     }
     if (pl->fused) {
+        /* in place and fused below the streaming size (tiny, narrow tiles, groups in L2): the map rewrites
+         * lines the reduction just brought into cache, where a non-temporal store only evicts them
+         * (1x16x416x416's backward, 1 thread: 2.43 ms streaming, 1.41 plain; docs/performance.md 8) */
+        if ((job->out == job->a || job->out == job->b) && (double)bpv * (double)values <= DBN_STREAM_MAX) job->nt = 0;
         job->phase = DBN_PHASE_FUSED;
         run_tasks(fn, job, pl->ntasks, team_size(exec, pl->ntasks, values));
         return;

@@ -69,6 +69,13 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
                                       each channel group back to back: 1.07-1.23x beyond the cache,
                                       PERFORMANCE.md); at most this, three phases. The value not measured */
 #endif
+#ifndef DBN_FUSED_TASK_MAX           /* (-D overrides it: benchmarks/engine_planes.py builds variants) */
+#define DBN_FUSED_TASK_MAX (1536 << 10) /* a pass with a map over at least DBN_FUSED_MIN_TILES channel groups
+                                      runs fused also below DBN_STREAM_MAX when each group's reduction
+                                      reads at most this many bytes (about an L2): the map's second read
+                                      then comes from L2, not from L3 (on this Intel VM L3 reads run at
+                                      about DRAM speed, ~24 GB/s a thread: docs/performance.md section 8) */
+#endif
 #define DBN_NARROW_ROW_MIN 128    /* block mode, a one-input reduction with a map (a training forward) whose */
 #define DBN_NARROW_TASK_MAX (1 << 20) /* tiles are fewer than DBN_FUSED_MIN_TILES: cut into that many
                                       narrower tiles and run fused, when each task's rows stay at least

@@ -22,7 +22,8 @@ BIG = {
     (1, 3, 1500, 1700): "lane, few channels, flat reduction, long runs",
     (256, 1000, 5, 5): "block, fused channel groups",
     (4096, 300, 1, 1): "block, one tile split in row chunks, per-element coefficients",
-    (64, 512, 7, 7): "block, grid reduction, flat map with masked tails",
+    (64, 512, 7, 7): "block, fused channel groups that fit L2 (below the streaming size), masked tails",
+    (64, 40, 7, 7): "block, two tiles: grid reduction, flat map with masked tails (the backward)",
     (512, 200, 2, 3): "block, tiny planes, per-element coefficients",
     (7, 1, 333, 333): "one channel: one long plane",
 }

@@ -386,6 +386,15 @@ static void backward_job(dbn_job *job, const float *x, const float *delta, float
     job->nt = out_bytes(batch, c, spatial) > DBN_NT_BACKWARD_BYTES;
 }
 
+/* The costly derivatives' g stored by the backward's reduction for tensors of at most this many values
+ * (beyond, the map evaluates the derivative again). -D for experiments (docs/performance.md, section 9). */
+#ifndef DBN_STORE_G_MAX
+#define DBN_STORE_G_MAX 1e300
+#endif
+#ifndef DBN_STORE_G_CHEAP_MAX   /* the same for the cheap ones (leaky, relu, ...) */
+#define DBN_STORE_G_CHEAP_MAX DBN_SMALL
+#endif
+
 /* Both backwards: the input's delta into out (and out2 when not NULL); delta and out may be one buffer. */
 static void run_backward(const float *x, const float *delta, float *out, float *out2, const float *scales,
                          const float *biases, const float *mean, const float *variance, const float *r,
@@ -405,7 +414,8 @@ static void run_backward(const float *x, const float *delta, float *out, float *
      * data in cache: the store of g, to lines the map writes anyway, costs less than the map evaluating
      * the derivative again); the same bits either way */
     const double values = (double)batch * (double)c * (double)spatial;
-    job.store_g = job.act != DBN_ACT_LINEAR && (costly_derivative(job.act) || values <= DBN_SMALL);
+    job.store_g = job.act != DBN_ACT_LINEAR &&
+                  values <= (costly_derivative(job.act) ? DBN_STORE_G_MAX : DBN_STORE_G_CHEAP_MAX);
     /* g stored: the map's stores land on the lines the reduction just wrote (dirty in the cache), where a
      * non-temporal store first evicts the line (a write-back) and then writes it again: plain stores
      * (docs/performance.md, section 5: fwd+bwd with swish on 16x128x52x52, one thread, 1.6x -> 1.3x of

@@ -102,6 +102,29 @@ static inline vf vmul_neg(vf x, vf e, vf b)
 #endif
 }
 
+/* Darknet's leaky, (x > 0) ? x : a*x, and its derivative (y > 0) ? 1 : a. AVX-512: a compare into a mask
+ * register, then one masked multiply (one blend); vsel's bitwise form made GCC emit the compare, the
+ * multiply and two masked xors (docs/performance.md, section 6). The same operations on the same values:
+ * the same bits (x NaN: not > 0, so a*x, NaN, as the select gives). */
+static inline vf vleaky(vf x, vf alpha)
+{
+#if DBN_X86 && DBN_VBYTES == 64
+    const __mmask16 le = _mm512_cmp_ps_mask((__m512)x, _mm512_setzero_ps(), _CMP_NGT_UQ);   /* !(x > 0) */
+    return (vf)_mm512_mask_mul_ps((__m512)x, le, (__m512)alpha, (__m512)x);
+#else
+    return vsel(x > 0.0f, x, alpha * x);
+#endif
+}
+static inline vf vleaky_grad(vf y, vf alpha)
+{
+#if DBN_X86 && DBN_VBYTES == 64
+    const __mmask16 gt = _mm512_cmp_ps_mask((__m512)y, _mm512_setzero_ps(), _CMP_GT_OQ);
+    return (vf)_mm512_mask_blend_ps(gt, (__m512)alpha, _mm512_set1_ps(1.0f));
+#else
+    return vsel(y > 0.0f, vsplat(1.0f), alpha);
+#endif
+}
+
 static inline vf vlogistic(vf x)   /* e^-|x| never overflows: 1/(1 + e) for x >= 0, e/(1 + e) below */
 {
     const vf e = vexp_lo(vnabs(x));
@@ -172,7 +195,7 @@ static inline vf vtwophi(vf x)
 static inline vf vact(vf x, int act, vf alpha)
 {
     switch (act) {
-    case DBN_ACT_LEAKY: return vsel(x > 0.0f, x, alpha * x);   /* Darknet's (x > 0) ? x : a*x */
+    case DBN_ACT_LEAKY: return vleaky(x, alpha);   /* Darknet's (x > 0) ? x : a*x */
     case DBN_ACT_RELU: return x * vsel(x > 0.0f, vsplat(1.0f), vsplat(0.0f));
     case DBN_ACT_RELU6: {
         const vf t = vsel(x > 0.0f, x, vsplat(0.0f));
@@ -207,7 +230,7 @@ static inline vf vact(vf x, int act, vf alpha)
 static inline vf vgrad_y(vf y, int act, vf alpha)
 {
     switch (act) {
-    case DBN_ACT_LEAKY: return vsel(y > 0.0f, vsplat(1.0f), alpha);
+    case DBN_ACT_LEAKY: return vleaky_grad(y, alpha);
     case DBN_ACT_RELU: return vsel(y > 0.0f, vsplat(1.0f), vsplat(0.0f));
     case DBN_ACT_RELU6: return vsel((y > 0.0f) & (y < 6.0f), vsplat(1.0f), vsplat(0.0f));
     case DBN_ACT_LOGISTIC: return (1.0f - y) * y;
@@ -250,6 +273,20 @@ static inline vf vgrad_x(vf x, int act, vf alpha)
         return 0.5f * vtwophi(x) + x * vgauss(x) * 0.39894228040143267794f;
     default: return vsplat(1.0f);
     }
+}
+
+/* b * vgrad_x(x): the backward's g. Leaky on AVX-512: b, multiplied by alpha where !(x > 0), in one masked
+ * multiply after the compare (b * 1 is b: the same values; only a signaling NaN in b would stay
+ * signaling, and g is only ever summed and multiplied, which quiets it as the product would). */
+static inline vf vmul_grad_x(vf b, vf x, int act, vf alpha)
+{
+#if DBN_X86 && DBN_VBYTES == 64
+    if (act == DBN_ACT_LEAKY) {
+        const __mmask16 le = _mm512_cmp_ps_mask((__m512)x, _mm512_setzero_ps(), _CMP_NGT_UQ);
+        return (vf)_mm512_mask_mul_ps((__m512)b, le, (__m512)b, (__m512)alpha);
+    }
+#endif
+    return b * vgrad_x(x, act, alpha);
 }
 
 /* What gradient_array multiplies by, from what it is given: the output for the kinds Darknet

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._capi import ACTIVATIONS, EXEC, F32, INT64_MAX, as_int, c_act, c_flavor, check_buffer, explain_buffer, ffi, lib
+from ._capi import _ACTS, ACTIVATIONS, EXEC, F32, INT64_MAX, as_int, c_act, c_flavor, check_buffer, explain_buffer, ffi, lib
 from .flavors import Flavor, get_flavor
 
 __all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS"]
@@ -275,7 +275,34 @@ class Layer:
             ValueError in training mode when batch*h*w = 1 (the batch variance is undefined). Nothing
             is changed when it raises.
         """
-        act = _NULL if activation is None and alpha is None else c_act(activation, alpha)
+        if alpha is None:
+            try:
+                act = _ACTS[activation]  # None, "linear" and every name without alpha: made once (_capi)
+            except (KeyError, TypeError):
+                act = c_act(activation, alpha)  # raises what is wrong with it
+        else:
+            act = c_act(activation, alpha)
+        if (
+            input is self._x
+            and self._x_clean
+            and input.dtype is F32
+            and input.flags.c_contiguous
+            and (train is False or (train is True and self._count >= 2))
+        ):
+            # The common call, inlined: the last forward's input again (see _take_input), still float32
+            # in C order (its memory cannot have moved while its pointer holds a buffer export, so with
+            # the same dtype and layout its size and alignment are those checked when it came first).
+            if train:
+                _forward_train(self._p_x, self._c_train, act)
+            else:
+                _forward_infer(self._p_x, self._c_infer, act)
+            self._act = act
+            self._train = train
+            self._x_norm_valid = False
+            shape = input.shape
+            if shape != self._view_shape:
+                self._view_shape, self._view = shape, self._output.reshape(shape)
+            return self._view
         input, p_in, train, lost = self._take_input(input, train, self._count)
         if train:
             _forward_train(p_in, self._c_train, act)
@@ -392,6 +419,18 @@ class Layer:
             net_delta (or the new array, shaped as the last forward's input). ``delta`` holds the same
             values on return.
         """
+        if (
+            net_delta is self._delta
+            and self._x_clean
+            and net_delta.dtype is F32
+            and (fl := net_delta.flags).writeable
+            and fl.c_contiguous
+        ):
+            # in place on this layer's own delta, still usable, after a forward whose input is intact
+            # (_x_clean: there was one, and it was not an inference in place on output): _take_net_delta's
+            # first case, inlined
+            _backward(self._p_x, self._p_delta, _NULL, self._c_bwd[self._train], self._act)
+            return net_delta
         net_delta, p_nd = self._take_net_delta(net_delta)
         _backward(self._p_x, self._p_delta, p_nd, self._c_bwd[self._train], self._act)
         return net_delta

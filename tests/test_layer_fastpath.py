@@ -86,3 +86,52 @@ def test_backward_on_own_delta_equals_backward_into_another_array():
     assert ra is a.delta
     assert np.array_equal(ra, rb)
     assert np.array_equal(a.scale_updates, b.scale_updates)
+
+
+def test_same_input_restrided_is_read_in_its_new_layout():
+    # the inlined call of forward() checks the layout of the last input again: after its strides change
+    # (same memory, now not C-contiguous) it must be read as what it shows, i.e. copied, not read raw
+    z = make_data((8, 3, 2, 2), 6).reshape(8, 12)
+    layer = make_batchnorm_layer(8, 2, 2, 3, "torch")
+    layer.forward(z, train=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2.4 deprecates setting strides
+        z.strides = (4, 32)  # z[i, j] is now the value at i + 8j: a column-major view of the same floats
+    assert not z.flags.c_contiguous
+    expected = make_batchnorm_layer(8, 2, 2, 3, "torch").forward(np.ascontiguousarray(z), train=True).copy()
+    assert np.array_equal(layer.forward(z, train=True), expected)
+
+
+def test_same_input_training_forward_still_needs_two_values_per_channel():
+    layer = make_batchnorm_layer(1, 1, 1, 4, "torch")
+    x = make_data((1, 4, 1, 1), 7)
+    layer.forward(x, train=False)
+    layer.forward(x, train=False)  # the inlined call for inference
+    with pytest.raises(ValueError, match="batch\\*h\\*w >= 2"):
+        layer.forward(x, train=True)
+
+
+def test_same_input_with_numpy_bool_train_gives_the_same_results():
+    x = make_data((8, 3, 2, 2), 8)
+    a, b = _layer(), _layer()
+    for _ in range(2):
+        out_a = a.forward(x, train=np.True_, activation="leaky").copy()
+        out_b = b.forward(x, train=True, activation="leaky").copy()
+        assert np.array_equal(out_a, out_b)
+    assert np.array_equal(a.forward(x, train=np.False_), b.forward(x, train=False))
+
+
+def test_backward_on_own_delta_refuses_a_retyped_delta():
+    layer = _layer()
+    layer.forward(make_data((8, 3, 2, 2), 9), train=True)
+    layer.delta[...] = 1.0
+    layer.backward(layer.delta)
+    d = layer.delta
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy deprecates setting dtype
+        d.dtype = np.int32
+        try:
+            with pytest.raises(TypeError, match="float32"):
+                layer.backward(d)
+        finally:
+            d.dtype = np.float32

@@ -31,15 +31,32 @@ from engine_common import load_baseline
 import darknet_bn
 
 
-def cases_for(pkg, tag: str, shape: tuple[int, int, int, int], rows: bool, rotate: int, threads: int) -> dict:
+def huge_arena(nvalues: int) -> np.ndarray:
+    """float32 of at least nvalues, starting on a 2 MiB boundary, from one allocation of >= 4 MiB (numpy
+    madvises those for transparent huge pages where the kernel allows it)."""
+    pad = (2 << 20) // 4
+    buf = np.zeros(max(nvalues + pad, (4 << 20) // 4 + pad), dtype=np.float32)
+    off = (-buf.ctypes.data % (2 << 20)) // 4
+    return buf[off : off + nvalues]
+
+
+def cases_for(
+    pkg, tag: str, shape: tuple[int, int, int, int], rows: bool, rotate: int, threads: int, huge: bool = False
+) -> dict:
     n, c, h, w = shape
     if rows:
         n, h, w = n * h * w, 1, 1
     pkg.set_num_threads(threads)
     rng = np.random.default_rng(0)
     layers, xs = [], []
-    for _ in range(rotate):
+    size = n * c * h * w
+    arena = huge_arena(rotate * size) if huge else None
+    for i in range(rotate):
         x = (rng.standard_normal((n, c, h, w), dtype=np.float32) * 2 + 3).astype(np.float32)
+        if arena is not None:  # the inputs in huge pages (the layers' own output and delta are not)
+            xa = arena[i * size : (i + 1) * size].reshape(x.shape)
+            xa[...] = x
+            x = xa
         layer = pkg.make_batchnorm_layer(n, w, h, c, "torch")
         layer.scales[:] = np.sqrt(x.var(axis=(0, 2, 3), dtype=np.float64) + layer.flavor.eps)
         layer.forward(x, train=True)
@@ -68,13 +85,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--reps", type=int, default=0, help="calls per round (0: about 2 ms of work)")
     ap.add_argument("--cpu", action="store_true", help="the process's CPU clock instead of the wall clock")
+    ap.add_argument("--huge", action="store_true", help="inputs in one 2 MiB-aligned arena (huge pages, if any)")
     ap.add_argument("--baseline", default=None)
     args = ap.parse_args()
     shape = tuple(int(v) for v in args.shape.lower().split("x"))
-    cases = cases_for(darknet_bn, "new", shape, args.rows, args.rotate, args.threads)
+    cases = cases_for(darknet_bn, "new", shape, args.rows, args.rotate, args.threads, args.huge)
     base = load_baseline(args.baseline)
     if base is not None:
-        cases.update(cases_for(base, "base", shape, args.rows, args.rotate, args.threads))
+        cases.update(cases_for(base, "base", shape, args.rows, args.rotate, args.threads, args.huge))
     nbytes = 4 * np.prod(shape)
     reps = args.reps or max(5, int(2e-3 / max(1e-7, nbytes / 20e9)))
     reps = max(reps, args.rotate)
@@ -94,7 +112,8 @@ def main() -> None:
             times[name].append((clock() - t0) / reps)
     mb = nbytes * args.rotate / 2**20
     print(
-        f"{args.shape}{' as rows' if args.rows else ''}, rotate {args.rotate} ({mb:.1f} MiB of inputs), "
+        f"{args.shape}{' as rows' if args.rows else ''}, rotate {args.rotate} ({mb:.1f} MiB of inputs"
+        f"{', huge-page arena' if args.huge else ''}), "
         f"{args.threads} thread(s), {'CPU' if args.cpu else 'wall'} clock, {args.rounds} rounds x {reps} calls"
     )
     for name in names:

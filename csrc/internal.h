@@ -157,9 +157,9 @@ typedef struct dbn_plan {
     int64_t chunk;      /* grid: channel-local values per task (a multiple of spatial in block mode) */
     int64_t nchunks;    /* grid: ceil(batch*spatial / chunk) */
     int64_t ntasks;     /* grid: ntiles * nchunks; task t: tile t / nchunks, chunk t % nchunks */
-    int map_grid;       /* three phases: the map runs as the reduction's grid tasks (block mode: each task maps
-                           the rows it reduced, rows of at most 4 vectors with the coefficients in registers),
-                           else as flat tasks */
+    int map_grid;       /* three phases: the map runs as the reduction's grid tasks (block mode, rows of at most
+                           DBN_NARROW_ROW values: each task maps the rows it reduced, with the coefficients in
+                           registers), else as flat tasks (wider rows: the grid map lost there, docs section 7) */
     int64_t flat_chunk; /* flat: values per task (a multiple of 16) */
     int64_t nflat;      /* flat: number of tasks */
 } dbn_plan;

@@ -103,7 +103,7 @@ ROWS = [
     (128, 1024, 1, 1),  # narrow fused tiles of 64 channels
     (300, 256, 2, 2),  # narrow fused tiles of 16 channels x 4 values
     (8192, 16, 1, 1),  # three phases, grid map of one-vector rows
-    (4096, 1024, 1, 1),  # three phases, grid map of rows of 64 vectors
+    (4096, 1024, 1, 1),  # three phases, rows of 64 vectors: the flat map
 ]
 ROWS_STREAMED = [
     (270000, 16, 1, 1),  # 17 MB: the three-phase grid map of one-vector rows streams

@@ -34,12 +34,14 @@ void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int 
     } else if (has_map && pl->ntiles >= DBN_FUSED_MIN_TILES
                && (double)bytes_per_value * (double)n * (double)pl->tile <= DBN_FUSED_TASK_MAX) {
         pl->fused = 1;                   /* each channel group's data fits L2: the same, the map reading L2 */
-    } else if (has_map && bytes_per_value == 4 && pl->tile > 1 && pl->ntiles < DBN_FUSED_MIN_TILES
+    } else if (has_map && bytes_per_value == 4 && DBN_NARROW_ROW >= 0 && pl->tile > 1 && pl->ntiles < DBN_FUSED_MIN_TILES
                && ceil_div(c, DBN_FUSED_MIN_TILES) * spatial >= DBN_NARROW_ROW_MIN
                && (double)ceil_div(c, DBN_FUSED_MIN_TILES) * (double)n * 4.0 <= DBN_NARROW_TASK_MAX) {
         pl->fused = 1;                   /* a few wide tiles (many channels of tiny planes, the MLP case):
-                                            narrower tiles, fused, one parallel region */
+                                            narrower tiles, fused, one parallel region; over planes of at
+                                            most 16 values, rows of at most DBN_NARROW_ROW values */
         pl->tile = ceil_div(c, DBN_FUSED_MIN_TILES);
+        if (spatial <= 16 && DBN_NARROW_ROW > 0) pl->tile = max64(2, min64(pl->tile, DBN_NARROW_ROW / spatial));
         pl->ntiles = ceil_div(c, pl->tile);
     } else {
         pl->fused = 0;
@@ -50,6 +52,7 @@ void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int 
             pl->chunk = rows * spatial;
             pl->nchunks = ceil_div(n, pl->chunk);
         }
+        pl->map_grid = !pl->reduce_flat && has_map && pl->tile * spatial <= DBN_NARROW_ROW;
     }
     pl->ntasks = pl->ntiles * pl->nchunks;
 }
@@ -236,7 +239,8 @@ static void tp_coef(const three_phase *tp, int64_t t, int64_t T)
 
 static void tp_map(const three_phase *tp, int64_t t, int64_t T)
 {
-    const int64_t n = tp->job->plan.nflat, a = n * t / T, b = n * (t + 1) / T;
+    const dbn_plan *pl = &tp->job->plan;
+    const int64_t n = pl->map_grid ? pl->ntasks : pl->nflat, a = n * t / T, b = n * (t + 1) / T;
     if (a < b) tp->fn(tp->job, a, b);
 }
 
@@ -250,7 +254,7 @@ static void run_three_phases(three_phase *tp, int nth)
     job->phase = pl->reduce_flat ? DBN_PHASE_REDUCE_FLAT : DBN_PHASE_REDUCE_GRID;
     /* The map phase's view of the job: a copy, so that no thread changes what another still reads. */
     dbn_job mapjob = *job;
-    mapjob.phase = DBN_PHASE_MAP_FLAT;
+    mapjob.phase = pl->map_grid ? DBN_PHASE_MAP_GRID : DBN_PHASE_MAP_FLAT;
     if (tp->e) {
         const int64_t CS = pl->c * pl->spatial;
         mapjob.k = tp->e;
@@ -332,7 +336,8 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
      * with job->pre, 2 more coefficients (the forward's pf, qf). */
     const int has_reduce = job->reduce != DBN_R_NONE;
     const int64_t nco = job->pre ? 6 : 4;
-    const int64_t ncoef = nco * C + (pl->expand ? nco * C * S : 0);
+    const int expand = pl->expand && !pl->map_grid;   /* grid maps expand per task, in the engine */
+    const int64_t ncoef = nco * C + (expand ? nco * C * S : 0);
     const int64_t npart = !has_reduce ? 0 : pl->reduce_flat ? pl->nflat * C : pl->ntasks * pl->tile;
     float *coef = malloc((size_t)ncoef * sizeof *coef);
     double *sums = malloc((size_t)(2 * C + 2 * npart) * sizeof *sums);
@@ -344,11 +349,12 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
     }
     three_phase tp = {.fn = fn, .job = job, .kc = coef, .pc = coef + C, .qc = coef + 2 * C, .rc = coef + 3 * C,
                       .pfc = job->pre ? coef + 4 * C : NULL, .qfc = job->pre ? coef + 5 * C : NULL,
-                      .e = pl->expand ? coef + nco * C : NULL, .s0 = sums, .s1 = sums + C,
+                      .e = expand ? coef + nco * C : NULL, .s0 = sums, .s1 = sums + C,
                       .nreduce = !has_reduce ? 0 : pl->reduce_flat ? pl->nflat : pl->ntasks};
     job->part0 = sums + 2 * C;
     job->part1 = sums + 2 * C + npart;
-    const int64_t most = max64(max64(tp.nreduce, job->map != DBN_M_NONE ? pl->nflat : 0), 1);
+    const int64_t nmap = job->map == DBN_M_NONE ? 0 : pl->map_grid ? pl->ntasks : pl->nflat;
+    const int64_t most = max64(max64(tp.nreduce, nmap), 1);
     run_three_phases(&tp, team_size(exec, most, values));
     free(coef);
     free(sums);

@@ -76,8 +76,11 @@ static void forward_channel(const fctx *cx, int64_t c, double n, double m, doubl
     const dbn_flavor *fl = cx->fl;
     const double mom = fl->momentum;
     if (m2 < 0.0) m2 = 0.0;   /* rounding of a constant channel */
-    const double var_unbiased = m2 / (n - 1.0);
-    const double var = fl->unbiased ? var_unbiased : m2 / n;
+    /* by reciprocals of the count (the same for every channel of a pass: the compiler takes them out of the
+     * callers' loops): a division costs the throughput of ~4 multiplies, and the coefficients were 12-15 % of
+     * a 128x1024x1x1 forward (docs/performance.md section 7); within an ulp of double of the quotients */
+    const double var_unbiased = m2 * (1.0 / (n - 1.0));
+    const double var = fl->unbiased ? var_unbiased : m2 * (1.0 / n);
     const double sigma_b = dbn_denominator(var, fl->eps, fl->eps_in_sqrt);
     double r = 1.0, d = 0.0;
     if (cx->renorm) {   /* against the rolling statistics before this batch updates them */
@@ -106,9 +109,9 @@ static void coef_forward_train(const dbn_job *job, int64_t c0, int64_t n, const 
                                float *k, float *p, float *q, float *r)
 {
     const fctx *cx = CTX(job);
-    const double N = cx->n;
+    const double N = cx->n, iN = 1.0 / N;   /* coef_forward_moments: the same expressions */
     for (int64_t j = 0; j < n; ++j) {
-        forward_channel(cx, c0 + j, N, (double)k[j] + s0[j] / N, s1[j] - s0[j] * s0[j] / N, k + j, p + j, q + j);
+        forward_channel(cx, c0 + j, N, (double)k[j] + s0[j] * iN, s1[j] - s0[j] * s0[j] * iN, k + j, p + j, q + j);
         r[j] = 0.0f;
     }
 }
@@ -130,12 +133,12 @@ static void coef_forward_moments(const dbn_job *job, int64_t c0, int64_t n, cons
 {
     (void)p; (void)q; (void)r;
     const fctx *cx = CTX(job);
-    const double N = cx->n;
+    const double N = cx->n, iN = 1.0 / N;   /* as coef_forward_train */
     for (int64_t j = 0; j < n; ++j) {
         double *mo = cx->moments + 3 * (c0 + j);
-        const double m2 = s1[j] - s0[j] * s0[j] / N;
+        const double m2 = s1[j] - s0[j] * s0[j] * iN;
         mo[0] = N;
-        mo[1] = N > 0 ? (double)k[j] + s0[j] / N : 0.0;
+        mo[1] = N > 0 ? (double)k[j] + s0[j] * iN : 0.0;
         mo[2] = m2 > 0.0 ? m2 : 0.0;
     }
 }

@@ -76,6 +76,14 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
                                       then comes from L2, not from L3 (on this Intel VM L3 reads run at
                                       about DRAM speed, ~24 GB/s a thread: docs/performance.md section 8) */
 #endif
+#ifndef DBN_NARROW_ROW             /* (-D overrides it: benchmarks/engine_rows.py compares variants) */
+#define DBN_NARROW_ROW 64         /* narrow fused tiles (below) over planes of at most 16 values: at most this
+                                     many values a row (4 AVX-512 vectors: the reduction's accumulators and the
+                                     map's coefficients held in registers, engine.inc's small-row loops, and a
+                                     task's input fits L1 between its reduction and its map; 128x1024x1x1:
+                                     16 tiles of 64 channels instead of 8 of 128, docs/performance.md section 7;
+                                     0: the tiles of 1/8 of the channels, -1: no narrow tiles, for benchmarks) */
+#endif
 #define DBN_NARROW_ROW_MIN 128    /* block mode, a one-input reduction with a map (a training forward) whose */
 #define DBN_NARROW_TASK_MAX (1 << 20) /* tiles are fewer than DBN_FUSED_MIN_TILES: cut into that many
                                       narrower tiles and run fused, when each task's rows stay at least
@@ -142,7 +150,8 @@ static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
  *   cache, for tiny tensors (no scratch, no second parallel region), and for a one-input pass over a
  *   few wide tiles (many channels of tiny planes), cut into DBN_FUSED_MIN_TILES narrower tiles.
  * - otherwise three phases: reduce (grid tasks, or flat tasks with per-task partial sums per channel),
- *   combine the partial sums in task order, coefficients for all channels, map (flat tasks).
+ *   combine the partial sums in task order, coefficients for all channels, map (flat tasks; in block mode
+ *   the reduction's grid tasks again, so each thread maps the rows it reduced).
  * The sizes that decide among them are the plan's tuning constants above.
  */
 typedef struct dbn_plan {
@@ -155,6 +164,9 @@ typedef struct dbn_plan {
     int64_t chunk;      /* grid: channel-local values per task (a multiple of spatial in block mode) */
     int64_t nchunks;    /* grid: ceil(batch*spatial / chunk) */
     int64_t ntasks;     /* grid: ntiles * nchunks; task t: tile t / nchunks, chunk t % nchunks */
+    int map_grid;       /* three phases: the map runs as the reduction's grid tasks (block mode, rows of at most
+                           DBN_NARROW_ROW values: each task maps the rows it reduced, with the coefficients in
+                           registers), else as flat tasks (wider rows: the grid map lost there, docs section 7) */
     int64_t flat_chunk; /* flat: values per task (a multiple of 16) */
     int64_t nflat;      /* flat: number of tasks */
 } dbn_plan;
@@ -174,7 +186,7 @@ enum { DBN_M_NONE, DBN_M_AFFINE, DBN_M_BWD, DBN_M_GRAD };
  * from its coefficients pf, qf (also the w of a DOT2 reduction with an activation).
  * (out2, when not NULL, receives the same values; out may be a or b: in place) */
 enum { DBN_SHIFT_ZERO, DBN_SHIFT_GIVEN, DBN_SHIFT_ESTIMATE };
-enum { DBN_PHASE_FUSED, DBN_PHASE_REDUCE_GRID, DBN_PHASE_REDUCE_FLAT, DBN_PHASE_MAP_FLAT };
+enum { DBN_PHASE_FUSED, DBN_PHASE_REDUCE_GRID, DBN_PHASE_REDUCE_FLAT, DBN_PHASE_MAP_FLAT, DBN_PHASE_MAP_GRID };
 
 struct dbn_job;
 /* Per-channel coefficients for channels [c0, c0+n): from the sums s0, s1 (NULL when the job has no

@@ -24,6 +24,7 @@ BIG = {
     (4096, 300, 1, 1): "block, one tile split in row chunks, per-element coefficients",
     (64, 512, 7, 7): "block, fused channel groups that fit L2 (below the streaming size), masked tails",
     (64, 40, 7, 7): "block, two tiles: grid reduction, flat map with masked tails (the backward)",
+    (8192, 16, 1, 1): "block, channels_last rows of one vector, three phases, grid map in registers",
     (512, 200, 2, 3): "block, tiny planes, per-element coefficients",
     (7, 1, 333, 333): "one channel: one long plane",
 }
@@ -48,6 +49,7 @@ def test_shapes_take_their_paths():
     assert ("grid", False, True) in seen  # grid reduction, per-element map
     assert ("grid", False, False) in seen  # grid reduction, per-plane map
     assert plan((4096, 300, 1, 1), 4).nchunks > 1
+    assert plan((8192, 16, 1, 1), 8).nchunks > 1 and not plan((8192, 16, 1, 1), 8).fused
 
 
 _cache: dict = {}

@@ -24,21 +24,32 @@ def plan(shape, bytes_per_value):
 
 # (shape, whether its training forward takes the narrow fused tiles)
 SHAPES = [
-    ((128, 1024, 1, 1), True),  # the MLP case: one tile of 1024 channels -> 8 tiles of 128, fused
-    ((2048, 1024, 1, 1), True),  # 1 MiB per task: still narrow tiles
-    ((4096, 1024, 1, 1), False),  # 2 MiB per task: three phases (row chunks)
+    ((128, 1024, 1, 1), True),  # the MLP case: one tile of 1024 channels -> 16 tiles of 64, fused
+    ((2048, 1024, 1, 1), True),  # 0.5 MiB per task: still narrow tiles
+    ((4096, 1024, 1, 1), False),  # three phases (row chunks), the map as the reduction's grid tasks
     ((600, 160, 2, 2), False),  # 8 tiles of 20 channels x 4 values: rows too short, three phases
-    ((300, 256, 2, 2), True),  # spatial 4: tile 256 -> 8 tiles of 32 channels (128 values a row)
+    ((300, 256, 2, 2), True),  # spatial 4: tile 256 -> 16 tiles of 16 channels (64 values a row)
+    ((200, 344, 3, 1), True),  # spatial 3: 21 channels a tile, 63 values (a masked last vector)
+    ((160, 48, 5, 5), True),  # spatial 25 (> 16): the tiles of 1/8 of the channels (6 x 25 values)
+    ((8192, 16, 1, 1), False),  # channels_last with few channels: three phases, rows of one AVX-512 vector
 ]
+
+NARROW_ROW = 64  # internal.h DBN_NARROW_ROW: values a row of a narrow tile over planes of <= 16 values
 
 
 def test_narrow_tiles_are_taken_where_expected():
     for shape, narrow in SHAPES:
+        b, c, h, w = shape
+        s = h * w
         fwd, bwd = plan(shape, 4), plan(shape, 8)
         if narrow:
-            assert fwd.fused and fwd.ntiles == 8 and fwd.tile * 8 >= shape[1], shape
+            assert fwd.fused and fwd.nchunks == 1 and fwd.ntiles >= 8 and fwd.tile * fwd.ntiles >= c, shape
+            if s <= 16:
+                assert fwd.tile * s <= NARROW_ROW and (fwd.tile + 1) * s > NARROW_ROW, shape
+            else:
+                assert fwd.ntiles == 8, shape
         else:
-            assert not (fwd.fused and fwd.ntiles == 8 and fwd.nchunks == 1 and fwd.tile < shape[1]), shape
+            assert not (fwd.fused and fwd.nchunks == 1 and fwd.tile < c), shape
         assert not bwd.fused, shape  # the backward (two inputs) keeps three phases on these shapes
 
 
@@ -83,3 +94,57 @@ def test_training_passes_against_float64_and_across_threads(shape):
     for other in runs[1:]:
         for a, e in zip(runs[0], other):
             assert np.array_equal(a, e)
+
+
+# The rows path with an activation: the narrow fused tiles (registers), three-phase maps as grid tasks
+# (rows of one vector: channels_last with few channels; rows of many vectors), and both with non-temporal
+# stores (outputs beyond internal.h's DBN_NT_* sizes).
+ROWS = [
+    (128, 1024, 1, 1),  # narrow fused tiles of 64 channels
+    (300, 256, 2, 2),  # narrow fused tiles of 16 channels x 4 values
+    (8192, 16, 1, 1),  # three phases, grid map of one-vector rows
+    (4096, 1024, 1, 1),  # three phases, rows of 64 vectors: the flat map
+]
+ROWS_STREAMED = [
+    (270000, 16, 1, 1),  # 17 MB: the three-phase grid map of one-vector rows streams
+    (17000, 256, 1, 1),  # 17 MB: rows of 16 vectors stream
+]
+
+
+def test_rows_shapes_take_their_paths():
+    for shape in ROWS[2:] + ROWS_STREAMED:
+        fwd, bwd = plan(shape, 4), plan(shape, 8)
+        assert not fwd.fused and not fwd.reduce_flat and fwd.tile > 1, shape
+        assert not bwd.fused and not bwd.reduce_flat and bwd.tile > 1, shape
+        assert fwd.nchunks > 1 and fwd.ntiles == 1, shape  # row chunks of one tile of every channel
+
+
+@pytest.mark.parametrize("name", ["leaky", "swish"])
+@pytest.mark.parametrize("shape", ROWS + ROWS_STREAMED)
+def test_rows_with_activation_against_float64(shape, name, isa):
+    from test_train_activation import _big_reference, _layer
+
+    x, dy, want, dxw, scale_dx = _big_reference(shape, name)  # data off the kinks, the float64 chain rule
+    layer = _layer(shape, "torch", 1)  # the parameters _big_reference used
+    out = layer.forward(x, activation=name)
+    assert_close(out, want, rtol=4e-6, name=f"{isa} {shape} {name} output")
+    layer.delta[:] = dy
+    nd = np.empty_like(x)
+    layer.backward(nd)
+    assert_close(nd, dxw, rtol=2e-5, scale=scale_dx, name=f"{isa} {shape} {name} input delta")
+
+
+@pytest.mark.parametrize("name", ["leaky", "swish", "mish"])
+@pytest.mark.parametrize("shape", ROWS + ROWS_STREAMED[:1])
+def test_rows_with_activation_same_bits_on_1_and_2_threads(shape, name):
+    from test_train_activation import _assert_same_bits_on_1_and_2_threads
+
+    _assert_same_bits_on_1_and_2_threads(shape, name, make_data(shape, 5), make_data(shape, 6), "bias_updates")
+
+
+@pytest.mark.parametrize("name", ["leaky", "logistic"])
+@pytest.mark.parametrize("shape", ROWS[:3])
+def test_rows_fused_backward_is_gradient_array_then_plain(shape, name, isa):
+    from test_train_activation import _assert_fused_backward_is_gradient_array_then_plain
+
+    _assert_fused_backward_is_gradient_array_then_plain(shape, name)

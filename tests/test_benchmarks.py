@@ -19,9 +19,10 @@ CFG = ROOT / "tests" / "data" / "darknet" / "cfg" / "alexeyab" / "yolov3-tiny.cf
 RUNS: dict[str, list[str]] = {
     "act_ab.py": ["--rounds", "1", "--shapes", "256x32x1x1"],
     "act_math.py": ["--rounds", "1", "--shapes", "256x32x1x1"],
-    "act_floor.py": ["--bursts", "2", "--calls", "2"],
+    "act_floor.py": ["--bursts", "3", "--calls", "2"],
     "act_percall.py": ["--rounds", "1", "--calls", "2"],
     "engine_planes.py": ["--rounds", "1", "--shapes", "2x16x7x7"],
+    "engine_rows.py": ["--rounds", "1", "--reps", "1", "--shape", "64x32x1x1", "--rows"],
     "engine_idle.py": ["--shapes", "256x32x1x1", "--gaps", "0", "--threads", "1", "--repeat", "1"],
     "engine_percall.py": ["--rounds", "1", "--reps", "1", "--activation", "leaky"],
     "engine_train.py": ["--rounds", "1", "--reps", "1"],

@@ -255,8 +255,11 @@ static inline vf vgrad_x(vf x, int act, vf alpha)
         vlogistic2(2.0f * (0.797885f * x + 0.035677f * (x * x * x)), &s, &sc);
         return s + (2.0f * x) * (s * sc) * (0.797885f + (3.0f * 0.035677f) * (x * x));
     }
-    case DBN_ACT_SWISH: {  /* AlexeyAB's swish + sigmoid * (1 - swish) */
-        const vf s = vlogistic(x), y = x * s;
+    case DBN_ACT_SWISH: {  /* AlexeyAB's swish + sigmoid * (1 - swish), the swish capped at 2^23: from
+                              there s is 1 and so is the derivative, but beyond 2^24 1 - y rounds to -y and
+                              Darknet's expression gives 0 or 2; capped, 2^23 + (1 - 2^23) = 1 exactly (+inf
+                              too: the limit). Below the cap Darknet's bits; NaN stays NaN (vmin_hi). */
+        const vf s = vlogistic(x), y = vmin_hi(vsplat(8388608.0f), x * s);
         return y + s * (1.0f - y);
     }
     case DBN_ACT_MISH: {   /* tanh(sp) + x sech^2(sp) logistic(x), with n = e^x (e^x + 2): tanh(sp) = n/(n+2),

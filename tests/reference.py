@@ -404,6 +404,25 @@ def act64(name, x, alpha=None):
         }[name]()
 
 
+# The kinds whose derivative Darknet writes as a function of the output a = act(z) (docs/backward.md)
+FROM_OUTPUT = ("logistic", "tanh", "elu", "selu")
+
+
+def dact64_from_output(name, a):
+    """Darknet's derivative expressions of the output a = act(z), in float64, for the kinds it
+    differentiates from the output: logistic (1 - a) a, tanh 1 - a^2, elu a >= 0 ? 1 : a + 1, selu
+    a >= 0 ? lambda : a + lambda alpha. Mathematically dact64(z); in float32 the output carries its
+    rounding, which (1 - a) turns into a large relative error where a is near 1 -- the backward is defined
+    on that float32 output, so a reference of it must be evaluated there too."""
+    a = np.asarray(a, np.float64)
+    return {
+        "logistic": lambda: (1 - a) * a,
+        "tanh": lambda: 1 - a * a,
+        "elu": lambda: np.where(a >= 0, 1.0, a + 1),
+        "selu": lambda: np.where(a >= 0, SELU_A, a + SELU_L),
+    }[name]()
+
+
 def _erfc(v):
     return np.vectorize(lambda t: math.erfc(t) if not math.isnan(t) else math.nan, otypes=[np.float64])(v)
 

@@ -771,7 +771,8 @@ def _forward_round(layer, shape, mem, rng, data, train, big):
         assert np.shares_memory(layer.x, inp), "a usable input was copied"
     if not big:
         assert_close(layer.x_norm, e["x_norm"], rtol=2e-5, name="x_norm")
-    return dict(x=xin, inp=inp, train=train, layout=layout, lost=False, act=act, pre=e["output"])
+    out = layer.output.astype(np.float64)  # (checked above against the float64 reference)
+    return dict(x=xin, inp=inp, train=train, layout=layout, lost=False, act=act, pre=e["output"], out=out)
 
 
 def _backward_round(layer, shape, mem, rng, data, fwd):
@@ -824,7 +825,9 @@ def _backward_round(layer, shape, mem, rng, data, fwd):
         + (("output",) if wrote_output else ()),
     )
     name = layer.flavor.name
-    if fwd["act"] not in (None, "linear"):  # delta is the activation's output's: the chain rule
+    if fwd["act"] in ref.FROM_OUTPUT:  # Darknet's derivative of the (float32) output the forward wrote
+        dy = dy * ref.dact64_from_output(fwd["act"], fwd["out"])
+    elif fwd["act"] not in (None, "linear"):  # delta is the activation's output's: the chain rule
         dy = dy * ref.dact64(fwd["act"], fwd["pre"])
     if fwd["train"] and layer.renorm:
         g = ref.backward_renorm(fwd["x"], dy, before["scales"], mean, var, before["r"], before["d"], shape, name)

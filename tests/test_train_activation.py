@@ -438,6 +438,25 @@ def _available():
     return available_isas()
 
 
+def test_swish_derivative_of_huge_inputs_is_one(isa):
+    """Darknet's swish derivative y + s (1 - y) is 0 or 2 beyond 2^24 (1 - y rounds to -y) where the
+    derivative is 1 (s = 1): darknet_bn caps y at 2^23, so it is 1 there (finite inputs), in the fused inference backward
+    (identity BN: delta * act'(x)) and in gradient_array (below the cap the values are Darknet's)."""
+    big = np.array([2.0**22, 2.0**23, 2.0**23 + 1, 2.0**24, 2.0**24 + 2, 3e7, 4.6e8, 1e30, 3.4e38], np.float32)
+    n = big.size
+    layer = make_batchnorm_layer(1, n, 1, 1, _IDENTITY)
+    layer.forward(big.reshape(1, 1, 1, n), train=False, activation="swish")
+    layer.delta[:] = 1.0
+    assert np.array_equal(layer.backward().reshape(-1), np.ones(n, np.float32))
+    d = np.ones(n, np.float32)
+    K.gradient_array(big.copy(), n, "swish", d)
+    assert np.array_equal(d, np.ones(n, np.float32))
+    for v in (np.float32(-4.6e8), np.float32(np.nan)):  # the other side: 0 (s = 0); NaN stays NaN
+        d = np.ones(1, np.float32)
+        K.gradient_array(np.array([v]), 1, "swish", d)
+        assert (d[0] == 0) if v < 0 else np.isnan(d[0])
+
+
 @pytest.mark.parametrize("name", ["leaky", "swish", "mish", "hardswish", "logistic"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("shape", [(4, 5, 6, 7), (16, 8, 1, 1), (3, 5, 100, 97), (64, 40, 7, 7)])

@@ -86,7 +86,8 @@ def main() -> None:
         extra = (lo[f"act {a}"] - lo["act relu"]) + (lo[f"grad {a}"] - lo["grad relu"])
         print(
             f"{a:>8}: arithmetic {extra * 1e6:6.3f} us = {extra / n * 1e9:5.3f} ns per value "
-            f"(act {(lo[f'act {a}'] - lo['act relu']) / n * 1e9:5.3f}, grad {(lo[f'grad {a}'] - lo['grad relu']) / n * 1e9:5.3f}); "
+            f"(act {(lo[f'act {a}'] - lo['act relu']) / n * 1e9:5.3f}, "
+            f"grad {(lo[f'grad {a}'] - lo['grad relu']) / n * 1e9:5.3f}); "
             f"fused/plain >= {1 + extra / p:4.2f} on one thread"
         )
 

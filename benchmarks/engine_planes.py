@@ -151,8 +151,11 @@ def main() -> None:
             sep = med["sep-fwd"] + med["sep-bwd"]
             fused = med[f"train+{a}"] + med[f"bwd+{a}"]
             cols = "  ".join(f"{k} {v:.3f}" for k, v in med.items())
-            print(f"{s:>14} {tag}: {cols}  | sep/fused fwd {med['sep-fwd'] / med[f'train+{a}']:.2f} "
-                  f"fwd+bwd {sep / fused:.2f}", flush=True)
+            print(
+                f"{s:>14} {tag}: {cols}  | sep/fused fwd {med['sep-fwd'] / med[f'train+{a}']:.2f} "
+                f"fwd+bwd {sep / fused:.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

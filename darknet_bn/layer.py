@@ -17,7 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from ._capi import _ACTS, ACTIVATIONS, EXEC, F32, INT64_MAX, as_int, c_act, c_flavor, check_buffer, explain_buffer, ffi, lib
+from ._capi import (
+    _ACTS,
+    ACTIVATIONS,
+    EXEC,
+    F32,
+    INT64_MAX,
+    as_int,
+    c_act,
+    c_flavor,
+    check_buffer,
+    explain_buffer,
+    ffi,
+    lib,
+)
 from .flavors import Flavor, get_flavor
 
 __all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS"]

@@ -440,8 +440,9 @@ def _available():
 
 def test_swish_derivative_of_huge_inputs_is_one(isa):
     """Darknet's swish derivative y + s (1 - y) is 0 or 2 beyond 2^24 (1 - y rounds to -y) where the
-    derivative is 1 (s = 1): darknet_bn caps y at 2^23, so it is 1 there (finite inputs), in the fused inference backward
-    (identity BN: delta * act'(x)) and in gradient_array (below the cap the values are Darknet's)."""
+    derivative is 1 (s = 1): darknet_bn caps y at 2^23, so it is 1 there (finite inputs), in the fused
+    inference backward (identity BN: delta * act'(x)) and in gradient_array (below the cap the values are
+    Darknet's)."""
     big = np.array([2.0**22, 2.0**23, 2.0**23 + 1, 2.0**24, 2.0**24 + 2, 3e7, 4.6e8, 1e30, 3.4e38], np.float32)
     n = big.size
     layer = make_batchnorm_layer(1, n, 1, 1, _IDENTITY)

@@ -27,7 +27,7 @@ import sys
 import time
 
 import numpy as np
-from engine_common import load_baseline
+from engine_common import load_baseline, timed_rounds
 
 import darknet_bn
 
@@ -64,32 +64,6 @@ def cases_of(pkg, tag, shape, acts):
     return out
 
 
-def timed(cases, rounds, clock):
-    """Per case, the seconds per call of each round."""
-    names = list(cases)
-    reps = {}
-    for k, (reset, call) in cases.items():  # warm-up, and the calls per sample
-        reset()
-        call()
-        reset()
-        t0 = clock()
-        call()
-        reps[k] = max(1, min(50, int(1e-3 / max(clock() - t0, 1e-6))))
-    times = {k: [] for k in names}
-    for rnd in range(rounds):
-        j = (rnd // 2) % len(names)
-        order = names[j:] + names[:j]
-        for k in order[::-1] if rnd % 2 else order:
-            reset, call = cases[k]
-            reset()
-            call()
-            t0 = clock()
-            for _ in range(reps[k]):
-                call()
-            times[k].append((clock() - t0) / reps[k])
-    return times
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline")
@@ -119,7 +93,7 @@ def main() -> None:
         cases = {}
         for tag, p in pkgs.items():
             cases |= cases_of(p, tag, shape, acts)
-        t = timed(cases, args.rounds, clock)
+        t = timed_rounds(cases, args.rounds, clock)
         row = [f"{s:>14}"]
         for tag in pkgs:
             plain = t[f"{tag} plain"]

@@ -117,3 +117,37 @@ def build_variant(dest: str, name: str, cflags: str, src: str | None = None) -> 
         return importlib.import_module(name)
     finally:
         sys.path.remove(root)
+
+
+def timed_rounds(
+    cases: dict[str, tuple[Callable[[], object], Callable[[], object]]],
+    rounds: int,
+    clock: Callable[[], float],
+    sample_s: float = 1e-3,
+    max_reps: int = 50,
+) -> dict[str, list[float]]:
+    """Per case (reset, call): the seconds per call of each round. Each sample is reset(), one untimed
+    call, then as many timed calls as fill about sample_s (at most max_reps, decided once); the order
+    rotates every two rounds and every other round runs reversed, so no case always follows another."""
+    names = list(cases)
+    reps = {}
+    for k, (reset, call) in cases.items():  # warm-up, and the calls per sample
+        reset()
+        call()
+        reset()
+        t0 = time.perf_counter()
+        call()
+        reps[k] = max(1, min(max_reps, int(sample_s / max(time.perf_counter() - t0, 1e-7))))
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for rnd in range(rounds):
+        j = (rnd // 2) % len(names)
+        order = names[j:] + names[:j]
+        for k in order[::-1] if rnd % 2 else order:
+            reset, call = cases[k]
+            reset()
+            call()
+            t0 = clock()
+            for _ in range(reps[k]):
+                call()
+            times[k].append((clock() - t0) / reps[k])
+    return times

@@ -29,7 +29,7 @@ import sys
 import time
 
 import numpy as np
-from engine_common import load_baseline
+from engine_common import load_baseline, timed_rounds
 
 import darknet_bn
 
@@ -96,29 +96,6 @@ def cases_of(pkg, tag, shape, act):
     return out
 
 
-def timed(cases, rounds, clock):
-    names = list(cases)
-    reps = {}
-    for k, (reset, call) in cases.items():
-        reset()
-        call()
-        t0 = time.perf_counter()
-        call()
-        reps[k] = int(min(200, max(1, 2e-2 / max(time.perf_counter() - t0, 1e-7))))
-    times = {k: [] for k in names}
-    for rnd in range(rounds):
-        j = rnd % len(names)
-        for k in names[j:] + names[:j]:
-            reset, call = cases[k]
-            reset()
-            call()
-            t0 = clock()
-            for _ in range(reps[k]):
-                call()
-            times[k].append((clock() - t0) / reps[k])
-    return times
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline")
@@ -145,7 +122,7 @@ def main() -> None:
         cases = {}
         for tag, p in pkgs.items():
             cases |= cases_of(p, tag, shape, a)
-        t = timed(cases, args.rounds, clock)
+        t = timed_rounds(cases, args.rounds, clock, sample_s=2e-2, max_reps=200)
         for tag in pkgs:
             med = {k.split(" ", 1)[1]: statistics.median(v) * 1e3 for k, v in t.items() if k.startswith(tag + " ")}
             sep = med["sep-fwd"] + med["sep-bwd"]

@@ -122,16 +122,9 @@ def test_rows_shapes_take_their_paths():
 @pytest.mark.parametrize("name", ["leaky", "swish"])
 @pytest.mark.parametrize("shape", ROWS + ROWS_STREAMED)
 def test_rows_with_activation_against_float64(shape, name, isa):
-    from test_train_activation import _big_reference, _layer
+    from test_train_activation import _assert_fused_matches_reference
 
-    x, dy, want, dxw, scale_dx = _big_reference(shape, name)  # data off the kinks, the float64 chain rule
-    layer = _layer(shape, "torch", 1)  # the parameters _big_reference used
-    out = layer.forward(x, activation=name)
-    assert_close(out, want, rtol=4e-6, name=f"{isa} {shape} {name} output")
-    layer.delta[:] = dy
-    nd = np.empty_like(x)
-    layer.backward(nd)
-    assert_close(nd, dxw, rtol=2e-5, scale=scale_dx, name=f"{isa} {shape} {name} input delta")
+    _assert_fused_matches_reference(shape, name, isa)
 
 
 @pytest.mark.parametrize("name", ["leaky", "swish", "mish"])

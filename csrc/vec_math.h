@@ -258,10 +258,10 @@ static inline vf vact(vf x, int act, vf alpha)
     case DBN_ACT_SELU: return vsel(x >= 0.0f, 1.0507f * x, (1.0507f * 1.6732f) * vexpm1(x));
     case DBN_ACT_GELU: return x * vlogistic_c(vclamp_sw(2.0f * (0.797885f * x + 0.035677f * (x * x * x))));
     case DBN_ACT_SWISH: return x * vlogistic_c(vclamp_sw(x));
-    case DBN_ACT_MISH: {
-        const vf e = vexp_lo(vmin_hi(vsplat(20.0f), x));   /* above 20: x (Darknet: tanh(x) = 1) */
+    case DBN_ACT_MISH: {   /* above 20: x (Darknet: tanh(x) = 1) with no select: at e^20, n/(n + 2) rounds to 1 */
+        const vf e = vexp_lo(vmin_hi(vsplat(20.0f), x));
         const vf n = e * (e + 2.0f);
-        return vsel(x > 20.0f, x, x * (n * vrcp(n + 2.0f)));
+        return x * (n * vrcp(n + 2.0f));
     }
     case DBN_ACT_HARD_MISH:
         return vsel(x > 0.0f, x, vsel(x > -2.0f, x * x * 0.5f + x, vsplat(0.0f)));
@@ -315,10 +315,12 @@ static inline vf vgrad_x(vf x, int act, vf alpha)
         return s + xc * (s - s * s);
     }
     case DBN_ACT_MISH: {   /* tanh(sp) + x sech^2(sp) logistic(x), with n = e^x (e^x + 2): tanh(sp) = n/(n+2),
-                              sech^2(sp) logistic(x) = 4 e (1 + e) / (n + 2)^2; above 20: 1 (Darknet: tanh(x) = 1) */
-        const vf e = vexp_lo(vmin_hi(vsplat(20.0f), x));
+                              sech^2(sp) logistic(x) = 4 e (1 + e) / (n + 2)^2; above 20: 1 (Darknet: tanh(x) = 1)
+                              with no select: x clamped at 20, where n q rounds to 1 and the second term is
+                              3e-16 (NaN kept by the clamp) */
+        const vf xc = vmin_hi(vsplat(20.0f), x), e = vexp_lo(xc);
         const vf n = e * (e + 2.0f), q = vrcp(n + 2.0f);
-        return vsel(x > 20.0f, vsplat(1.0f), n * q + x * ((4.0f * e) * (1.0f + e)) * (q * q));
+        return n * q + xc * ((4.0f * e) * (1.0f + e)) * (q * q);
     }
     case DBN_ACT_HARD_MISH:
         return vsel(x > 0.0f, vsplat(1.0f), vsel(x > -2.0f, x + 1.0f, vsplat(0.0f)));

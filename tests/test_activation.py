@@ -145,8 +145,9 @@ def test_in_place_and_errors():
 def test_swish_derivative_at_infinite_pre_activations(isa):
     """Swish's derivative where the float32 pre-activation overflows to +-inf: the limits, 1 and 0, which
     the float64 reference gives there (the pre-activation is finite in float64; Darknet's expression
-    gives NaN at both). At the kernels (gradient_array, its plain C reference, the fused inference
-    backward through an identity BN), and in a training forward + backward: one outlier per channel and a
+    gives NaN at both). At the kernels (gradient_array and its plain C reference, where +-inf is a legal
+    input; a layer's backward of an infinite input is NaN through BN's own terms), and in a training
+    forward + backward: one outlier per channel and a
     scale of 1.5e37 take BN's output of the outlier to 4.7e38 (+inf in float32) in channel 0 and to
     -4.7e38 (-inf) in channel 1; the input delta must be finite and match BN's backward of
     dy * swish'(z) in float64 -- with a NaN derivative at -inf the whole channel's delta was NaN."""
@@ -160,21 +161,6 @@ def test_swish_derivative_at_infinite_pre_activations(isa):
     a = ffi.new("dbn_act *", {"kind": ACTIVATIONS["swish"], "alpha": 0.1})
     lib.gradient_array_ref(ffi.from_buffer("float[]", x), n, a, ffi.from_buffer("float[]", d_ref))
     assert np.array_equal(d_ref, limits.astype(np.float32), equal_nan=True), d_ref
-    identity = Flavor(
-        "identity",
-        momentum=0.1,
-        eps=0.0,
-        eps_in_sqrt=True,
-        unbiased=False,
-        bwd_eps=0.0,
-        bwd_eps_in_sqrt=True,
-        stat_eps=0.0,
-        init_rolling_variance=1.0,
-    )
-    layer = make_batchnorm_layer(1, n, 1, 1, identity)
-    layer.forward(x.reshape(1, 1, 1, n), train=False, activation="swish")
-    layer.delta[:] = 1.0
-    assert np.array_equal(layer.backward().reshape(-1), limits.astype(np.float32), equal_nan=True)
 
     shape = (64, 2, 4, 4)
     b, c, h, w = shape

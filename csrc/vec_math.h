@@ -5,7 +5,10 @@
  * exactly rounded scaling instead of compares and selects, so no libm call sits in a loop; tanh,
  * elu and selu go through expm1 (no cancellation near 0), mish and gelu through exact identities that
  * avoid cancellation: tanh(softplus(x)) = n/(n + 2) with n = e^x (e^x + 2), and
- * 1 + tanh(u) = 2 * logistic(2u). NaN stays NaN wherever Darknet's expression keeps it.
+ * 1 + tanh(u) = 2 * logistic(2u). Swish, the logistic and gelu's forward take the logistic from
+ * vlogistic_c: one formula for both signs with no select, a degree-5 polynomial (docs/performance.md,
+ * section 12). vlogistic (and vmul_neg) are no longer called: kept for a later cleanup.
+ * NaN stays NaN wherever Darknet's expression keeps it.
  * As vec.h, per engine translation unit (DBN_VBYTES).
  */
 #ifndef DARKNET_BN_VEC_MATH_H

@@ -390,8 +390,9 @@ static float grad_one(float v, int kind, float alpha)
         const double x = v, u = 0.797885 * x + 0.035677 * x * x * x, t = tanh(u);
         return (float)(0.5 * (1 + t) + 0.5 * x * (1 - t * t) * (0.797885 + 3 * 0.035677 * x * x));
     }
-    case DBN_ACT_SWISH: {   /* the swish capped at 2^23, as vec_math.h's (why: there) */
-        const float s = 1.f / (1.f + expf(-v)), y0 = v * s, y = y0 > 8388608.f ? 8388608.f : y0;
+    case DBN_ACT_SWISH: {   /* the swish capped at 2^23 (+inf: 1), and 0 where s is (-inf: 0), the limits, as
+                               vec_math.h's (why: there); NaN stays NaN */
+        const float s = 1.f / (1.f + expf(-v)), y0 = s > 0 ? v * s : 0.f, y = y0 > 8388608.f ? 8388608.f : y0;
         return y + s * (1 - y);
     }
     case DBN_ACT_MISH: {

@@ -5,7 +5,10 @@
  * exactly rounded scaling instead of compares and selects, so no libm call sits in a loop; tanh,
  * elu and selu go through expm1 (no cancellation near 0), mish and gelu through exact identities that
  * avoid cancellation: tanh(softplus(x)) = n/(n + 2) with n = e^x (e^x + 2), and
- * 1 + tanh(u) = 2 * logistic(2u). NaN stays NaN wherever Darknet's expression keeps it.
+ * 1 + tanh(u) = 2 * logistic(2u). Swish, the logistic and gelu's forward take the logistic from
+ * vlogistic_c: one formula for both signs with no select, a degree-5 polynomial (docs/performance.md,
+ * section 12). vlogistic (and vmul_neg) are no longer called: kept for a later cleanup.
+ * NaN stays NaN wherever Darknet's expression keeps it.
  * As vec.h, per engine translation unit (DBN_VBYTES).
  */
 #ifndef DARKNET_BN_VEC_MATH_H
@@ -139,6 +142,57 @@ static inline vf vtanh(vf x)
     return (vf)((vi)t | ((vi)x & (int32_t)0x80000000));          /* the sign of x */
 }
 
+/* logistic(x) = 1/(1 + e^-x) without a select, for swish (docs/performance.md, section 12), on xc = x
+ * clamped to [-104, 40] (vclamp_lg; NaN kept) or, for swish's forward on AVX-512, to [-104, 104] by one
+ * vrangeps (vclamp_sw; NaN becomes 104 there, and x * 1 keeps it). With E = e^-xc = y 2^n
+ * (n = round(-xc log2 e), y = e^r on |r| <= ln2/2), logistic = 2^-24 / (2^-24 + y 2^(n-24)): the 2^-24
+ * keeps the denominator finite for every clamped x (e^104 2^-24 = 2^126) and its reciprocal normal down
+ * to x = -103.97, so one formula serves both signs with no cancellation (x < 0: the denominator is
+ * y 2^(n-24) plus a small addend), and the result's one rounding to a subnormal is the last multiply
+ * (AVX2, SSE2: the division). y: a degree-5 minimax polynomial (relative error 1.0e-7 with its float32
+ * coefficients; vexp's degree 6 has 2e-9: swish's float32 tolerances allow it), its coefficients
+ * carrying the 2^-24 on AVX-512 (exact; vscalefps then scales by 2^n), the exponent bits elsewhere
+ * (2^(n-24) normal for n in [-58, 150]). logistic(xc) is logistic(x) in float32 (1 from 17 on, 0 below
+ * -103.97); NaN stays NaN. */
+static inline vf vclamp_lg(vf x)
+{
+    return vmax_lo(vsplat(-104.0f), vmin_hi(vsplat(40.0f), x));
+}
+static inline vf vclamp_sw(vf x)
+{
+#if DBN_X86 && DBN_VBYTES == 64
+    return (vf)_mm512_range_ps((__m512)x, _mm512_set1_ps(104.0f), 0x2);   /* sign(x) min(|x|, 104) */
+#else
+    return vclamp_lg(x);
+#endif
+}
+static inline vf vlogistic_c(vf xc)
+{
+    const vf t = xc * -1.44269504088896341f + 12582912.0f, nf = t - 12582912.0f;
+    const vf r = (-xc - nf * 0.693359375f) - nf * -2.12194440e-4f;   /* -xc - n ln 2 */
+#if DBN_X86 && DBN_VBYTES == 64
+#define DBN_LS 0x1p-24f   /* the polynomial carries the 2^-24; vscalefps then scales by 2^n */
+#else
+#define DBN_LS 1.0f       /* the exponent bits carry it */
+#endif
+    vf p = vsplat(8.2861222327e-03f * DBN_LS);
+    p = p * r + 4.1898954660e-02f * DBN_LS;
+    p = p * r + 1.6667656600e-01f * DBN_LS;
+    p = p * r + 4.9999144673e-01f * DBN_LS;
+    p = p * r + 9.9999976158e-01f * DBN_LS;
+    p = p * r + DBN_LS;                                                 /* e^r (times DBN_LS) */
+#undef DBN_LS
+#if DBN_X86 && DBN_VBYTES == 64
+    const vf d = (vf)_mm512_scalef_ps((__m512)p, (__m512)nf) + 0x1p-24f;
+    const vf r0 = (vf)_mm512_rcp14_ps((__m512)d), a = r0 * 0x1p-24f;
+    const vf s = a + a * (1.0f - d * r0);                               /* one Newton step, scaled */
+#else
+    const vf d = p * (vf)(((vi)t + (127 - 24 - 0x4B400000)) << 23) + 0x1p-24f;   /* 2^(n-24): normal */
+    const vf s = 0x1p-24f / d;
+#endif
+    return s;
+}
+
 /* logistic(x) and 1 - logistic(x) = logistic(-x), both without cancellation. */
 static inline void vlogistic2(vf x, vf *s, vf *sc)
 {
@@ -201,16 +255,16 @@ static inline vf vact(vf x, int act, vf alpha)
         const vf t = vsel(x > 0.0f, x, vsplat(0.0f));
         return vsel(t < 6.0f, t, vsplat(6.0f));
     }
-    case DBN_ACT_LOGISTIC: return vlogistic(x);
+    case DBN_ACT_LOGISTIC: return vlogistic_c(vclamp_lg(x));
     case DBN_ACT_TANH: return vtanh(x);
     case DBN_ACT_ELU: return vsel(x >= 0.0f, x, vexpm1(x));
     case DBN_ACT_SELU: return vsel(x >= 0.0f, 1.0507f * x, (1.0507f * 1.6732f) * vexpm1(x));
-    case DBN_ACT_GELU: return x * vlogistic(2.0f * (0.797885f * x + 0.035677f * (x * x * x)));
-    case DBN_ACT_SWISH: return x * vlogistic(x);
-    case DBN_ACT_MISH: {
-        const vf e = vexp_lo(vmin_hi(vsplat(20.0f), x));   /* above 20: x (Darknet: tanh(x) = 1) */
+    case DBN_ACT_GELU: return x * vlogistic_c(vclamp_sw(2.0f * (0.797885f * x + 0.035677f * (x * x * x))));
+    case DBN_ACT_SWISH: return x * vlogistic_c(vclamp_sw(x));
+    case DBN_ACT_MISH: {   /* above 20: x (Darknet: tanh(x) = 1) with no select: at e^20, n/(n + 2) rounds to 1 */
+        const vf e = vexp_lo(vmin_hi(vsplat(20.0f), x));
         const vf n = e * (e + 2.0f);
-        return vsel(x > 20.0f, x, x * (n * vrcp(n + 2.0f)));
+        return x * (n * vrcp(n + 2.0f));
     }
     case DBN_ACT_HARD_MISH:
         return vsel(x > 0.0f, x, vsel(x > -2.0f, x * x * 0.5f + x, vsplat(0.0f)));
@@ -255,18 +309,21 @@ static inline vf vgrad_x(vf x, int act, vf alpha)
         vlogistic2(2.0f * (0.797885f * x + 0.035677f * (x * x * x)), &s, &sc);
         return s + (2.0f * x) * (s * sc) * (0.797885f + (3.0f * 0.035677f) * (x * x));
     }
-    case DBN_ACT_SWISH: {  /* AlexeyAB's swish + sigmoid * (1 - swish), the swish capped at 2^23: from
-                              there s is 1 and so is the derivative, but beyond 2^24 1 - y rounds to -y and
-                              Darknet's expression gives 0 or 2; capped, 2^23 + (1 - 2^23) = 1 exactly (+inf
-                              too: the limit). Below the cap Darknet's bits; NaN stays NaN (vmin_hi). */
-        const vf s = vlogistic(x), y = vmin_hi(vsplat(8388608.0f), x * s);
-        return y + s * (1.0f - y);
+    case DBN_ACT_SWISH: {  /* s + x s (1 - s), AlexeyAB's swish + sigmoid * (1 - swish) rearranged, with x
+                              clamped to [-104, 40] (vclamp_lg): from 17 on s is 1, s (1 - s) 0 and the
+                              derivative 1 (+inf included: the limit; Darknet's expression gives NaN there,
+                              and 0 or 2 beyond 2^24); below -103.97 s is 0 and so is the derivative (-inf
+                              included: the limit, Darknet's NaN). NaN stays NaN (the clamp keeps it). */
+        const vf xc = vclamp_lg(x), s = vlogistic_c(xc);
+        return s + xc * (s - s * s);
     }
     case DBN_ACT_MISH: {   /* tanh(sp) + x sech^2(sp) logistic(x), with n = e^x (e^x + 2): tanh(sp) = n/(n+2),
-                              sech^2(sp) logistic(x) = 4 e (1 + e) / (n + 2)^2; above 20: 1 (Darknet: tanh(x) = 1) */
-        const vf e = vexp_lo(vmin_hi(vsplat(20.0f), x));
+                              sech^2(sp) logistic(x) = 4 e (1 + e) / (n + 2)^2; above 20: 1 (Darknet: tanh(x) = 1)
+                              with no select: x clamped at 20, where n q rounds to 1 and the second term is
+                              3e-16 (NaN kept by the clamp) */
+        const vf xc = vmin_hi(vsplat(20.0f), x), e = vexp_lo(xc);
         const vf n = e * (e + 2.0f), q = vrcp(n + 2.0f);
-        return vsel(x > 20.0f, vsplat(1.0f), n * q + x * ((4.0f * e) * (1.0f + e)) * (q * q));
+        return n * q + xc * ((4.0f * e) * (1.0f + e)) * (q * q);
     }
     case DBN_ACT_HARD_MISH:
         return vsel(x > 0.0f, vsplat(1.0f), vsel(x > -2.0f, x + 1.0f, vsplat(0.0f)));

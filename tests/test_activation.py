@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 from helpers import SHAPES, assert_close, make_data
 from reference import act64
 
 from darknet_bn import ACTIVATIONS, Flavor, make_batchnorm_layer
+from darknet_bn import kernels as K
 from darknet_bn._capi import ffi, lib
 
 EXACT = {"linear", "leaky", "relu", "relu6"}  # selects and one float32 multiply: exact
@@ -138,3 +140,46 @@ def test_in_place_and_errors():
     with pytest.raises(TypeError, match="activation"):
         layer.forward(x, train=False, activation=1)
     assert layer.forward(x, train=False, activation="linear") is layer.forward(x, train=False)
+
+
+def test_swish_derivative_at_infinite_pre_activations(isa):
+    """Swish's derivative where the float32 pre-activation overflows to +-inf: the limits, 1 and 0, which
+    the float64 reference gives there (the pre-activation is finite in float64; Darknet's expression
+    gives NaN at both). At the kernels (gradient_array and its plain C reference, where +-inf is a legal
+    input; a layer's backward of an infinite input is NaN through BN's own terms), and in a training
+    forward + backward: one outlier per channel and a
+    scale of 1.5e37 take BN's output of the outlier to 4.7e38 (+inf in float32) in channel 0 and to
+    -4.7e38 (-inf) in channel 1; the input delta must be finite and match BN's backward of
+    dy * swish'(z) in float64 -- with a NaN derivative at -inf the whole channel's delta was NaN."""
+    x = np.float32([np.inf, -np.inf, 3.4e38, -3.4e38, np.nan, 0.0])
+    n = x.size
+    limits = ref.dact64("swish", np.array([1e300, -1e300, 3.4e38, -3.4e38, np.nan, 0.0]))
+    d = np.ones(n, np.float32)
+    K.gradient_array(x.copy(), n, "swish", d)
+    assert np.array_equal(d, limits.astype(np.float32), equal_nan=True), d
+    d_ref = np.ones(n, np.float32)
+    a = ffi.new("dbn_act *", {"kind": ACTIVATIONS["swish"], "alpha": 0.1})
+    lib.gradient_array_ref(ffi.from_buffer("float[]", x), n, a, ffi.from_buffer("float[]", d_ref))
+    assert np.array_equal(d_ref, limits.astype(np.float32), equal_nan=True), d_ref
+
+    shape = (64, 2, 4, 4)
+    b, c, h, w = shape
+    xs = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    xs[5, 0, 1, 2] = 200.0
+    xs[9, 1, 3, 0] = -200.0
+    dy = make_data(shape, 8)
+    layer = make_batchnorm_layer(b, w, h, c, "alexeyab")
+    layer.scales[:] = 1.5e37
+    out = layer.forward(xs, train=True, activation="swish")
+    assert out[5, 0, 1, 2] == np.inf and np.isnan(out[9, 1, 3, 0])  # swish(+inf) = inf; Darknet's -inf * 0
+    e = ref.forward(xs, layer.scales, layer.biases, layer.rolling_mean, layer.rolling_variance, shape, "alexeyab", True)
+    z = e["output"]
+    assert z[5, 0, 1, 2] > 3.5e38 and z[9, 1, 3, 0] < -3.5e38  # beyond float32's range, finite in float64
+    layer.delta[:] = dy
+    dx = layer.backward()
+    g = dy * ref.dact64("swish", z)
+    bw = ref.backward(xs, g, layer.scales.astype(np.float64), e["mean"], e["variance"], shape, "alexeyab", True)
+    assert np.isfinite(dx).all()
+    fl = ref.FLAVORS["alexeyab"]
+    sigma = ref.denominator(e["variance"], fl["bwd_eps"], fl["bwd_eps_in_sqrt"])
+    assert_close(dx, bw["delta"], rtol=2e-5, scale=np.abs(g).max() * (1.5e37 / sigma).max(), name="input delta")

@@ -38,9 +38,18 @@ CLASSES = {
 
 @contextlib.contextmanager
 def kernel_calls():
-    """Count the calls into darknet_bn's C passes made inside the block."""
+    """Count the calls into darknet_bn's C passes made inside the block (through the wrapped entry
+    points of _backend or the raw ones functional.py's hot paths call)."""
     counts = {"train": 0, "infer": 0, "backward": 0}
-    saved = (_backend.forward_train, _backend.forward_infer, _backend.backward)
+    names = {
+        "forward_train": "train",
+        "forward_infer": "infer",
+        "backward": "backward",
+        "forward_train_raw": "train",
+        "forward_infer_raw": "infer",
+        "backward_raw": "backward",
+    }
+    saved = {n: getattr(_backend, n) for n in names}
 
     def wrap(name, f):
         def g(*a):
@@ -49,13 +58,43 @@ def kernel_calls():
 
         return g
 
-    _backend.forward_train = wrap("train", saved[0])
-    _backend.forward_infer = wrap("infer", saved[1])
-    _backend.backward = wrap("backward", saved[2])
+    for n, f in saved.items():
+        setattr(_backend, n, wrap(names[n], f))
     try:
         yield counts
     finally:
-        _backend.forward_train, _backend.forward_infer, _backend.backward = saved
+        for n, f in saved.items():
+            setattr(_backend, n, f)
+
+
+@contextlib.contextmanager
+def pass_spy(kind):
+    """Record the buffers (addresses) each C pass of ``kind`` ("infer" or "backward") was given inside
+    the block, whichever entry point was called: a list of (x, delta, dx) (delta, dx: None for infer)."""
+    seen = []
+    addr = _backend.address
+    real, raw = (
+        (_backend.forward_infer, _backend.forward_infer_raw)
+        if kind == "infer"
+        else (_backend.backward, _backend.backward_raw)
+    )
+
+    def spy(*a):
+        seen.append((a[0], None, None) if kind == "infer" else a[:3])
+        return real(*a)
+
+    def spy_raw(*a):
+        seen.append((addr(a[0]), None, None) if kind == "infer" else tuple(addr(h) for h in a[:3]))
+        return raw(*a)
+
+    name = "forward_infer" if kind == "infer" else "backward"
+    setattr(_backend, name, spy)
+    setattr(_backend, name + "_raw", spy_raw)
+    try:
+        yield seen
+    finally:
+        setattr(_backend, name, real)
+        setattr(_backend, name + "_raw", raw)
 
 
 def _max_abs(t):
@@ -527,25 +566,15 @@ def test_functional_signature_and_values():
 
 def test_no_copy_for_contiguous_and_channels_last():
     """The kernels read the caller's tensor itself (no copy) in NCHW and channels_last."""
-    seen = []
-    real = _backend.forward_infer
-
-    def spy(x, *a):
-        seen.append(x)
-        return real(x, *a)
-
     m = dbt.BatchNorm2d(3).eval()
-    _backend.forward_infer = spy
-    try:
-        with torch.no_grad():
-            for x in (torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)):
-                y = m(x)
-                assert seen[-1] == x.data_ptr() and y.stride() == x.stride()
-            x = torch.randn(2, 3, 4, 10)[..., ::2]
-            m(x)
-            assert seen[-1] != x.data_ptr()  # other strides: one copy
-    finally:
-        _backend.forward_infer = real
+    with pass_spy("infer") as seen, torch.no_grad():
+        for x in (torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)):
+            y = m(x)
+            assert seen[-1][0] == x.data_ptr() and y.stride() == x.stride()
+        x = torch.randn(2, 3, 4, 10)[..., ::2]
+        m(x)
+        assert seen[-1][0] != x.data_ptr()  # other strides: one copy
+    assert len(seen) == 3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -668,24 +697,15 @@ def test_backward_reads_the_output_gradient_of_any_strides(x_layout, g_kind):
         "sliced": lambda: torch.randn(4, 6, 5, 14, generator=torch.Generator().manual_seed(23))[..., ::2],
     }[g_kind]()
     g_before = g.clone()
-    seen = []
-    real = _backend.backward
-
-    def spy(xp, delta, dx, *a):
-        seen.append(delta)
-        assert dx not in (delta, xp)
-        return real(xp, delta, dx, *a)
-
     m = dbt.BatchNorm2d(6)
     xo = x.clone().requires_grad_()
-    _backend.backward = spy
-    try:
+    with pass_spy("backward") as seen:
         m(xo).backward(g)
-    finally:
-        _backend.backward = real
     assert len(seen) == 1
+    xp, delta, dx = seen[0]
+    assert dx not in (delta, xp)
     if g_kind == "same":
-        assert seen[0] == g.data_ptr()  # read in place: no copy of the gradient
+        assert delta == g.data_ptr()  # read in place: no copy of the gradient
     assert torch.equal(g, g_before)  # and never written
     assert xo.grad.stride() == x.stride()
     refs = {}

@@ -49,6 +49,7 @@ from ._passes import (
     _infer_forward,
     _kernel_input_eager,
     _new_like,
+    _SCRATCH_H,
     _scratch_handles,
     _scratch_ptr,
     _train_forward,
@@ -199,18 +200,18 @@ class _TrainFn(torch.autograd.Function):
         rm, rv, nbt, fl, b, c, s, act, small, eps, hx, hw, hb, hm, hv = meta
         out = _empty_like(xin) if small else _new_like(xin)
         st = _new_stats(2 * c)  # -> [mean; biased var] of the batch, for the backward
-        _backend.forward_train_raw(
-            hx, _ptr(out.data_ptr()), hw, hb, st, st + c, hm, hv, b, c, s, fl, _NULL,
-            _NULL if act is None else act[2], _run_exec(),
-        )  # fmt: skip
+        sv = st + c
+        pact = _NULL if act is None else act[2]
+        _backend.forward_train_raw(hx, _ptr(out.data_ptr()), hw, hb, st, sv, hm, hv, b, c, s, fl, _NULL, pact, _run_exec())
         _bump((rm, rv, nbt))  # in-place updates, as PyTorch's (autograd's version check)
-        ctx.meta = (b, c, s, eps, act, st, small)
+        # for the backward: the statistics, and its flavor (the handles stay alive with ctx)
+        ctx.meta = (b, c, s, eps, act, pact, st, sv, small, _flavor((0.0, eps)))
         ctx.to_save = (xin, weight) if act is None else (xin, weight, bias)  # = save_for_backward
         return out
 
     @staticmethod
     def backward(ctx, g):
-        b, c, s, eps, act, st, small = ctx.meta
+        b, c, s, eps, act, pact, st, sv, small, fl = ctx.meta
         saved = ctx.saved_tensors
         xin, weight = saved[0], saved[1]
         need = ctx.needs_input_grad
@@ -230,14 +231,21 @@ class _TrainFn(torch.autograd.Function):
             if not g.is_contiguous(memory_format=fmt) or g.data_ptr() & 3:
                 g = g.clone(memory_format=fmt)
         gi = _empty_like(xin) if small else _new_like(xin)
-        sc = _scratch_handles(c)
-        gw = xin.new_zeros(c) if need[1] else None  # (the pass adds to them)
-        gb = xin.new_zeros(c) if need[2] else None
+        sc = _SCRATCH_H.get(c) or _scratch_handles(c)
+        if need[1]:
+            gw = xin.new_zeros(c)  # (the pass adds to them)
+            hgw = _ptr(gw.data_ptr())
+        else:
+            gw, hgw = None, sc[0]
+        if need[2]:
+            gb = xin.new_zeros(c)
+            hgb = _ptr(gb.data_ptr())
+        else:
+            gb, hgb = None, sc[1]
         _backend.backward_raw(
             _ptr(xin.data_ptr()), _ptr(g.data_ptr()), _ptr(gi.data_ptr()), _ptr(weight.data_ptr()),
-            _NULL if act is None else _ptr(saved[2].data_ptr()), st, st + c, _NULL, _NULL,
-            sc[0] if gw is None else _ptr(gw.data_ptr()), sc[1] if gb is None else _ptr(gb.data_ptr()), sc[2], sc[3],
-            b, c, s, _flavor((0.0, eps)), 1, _NULL if act is None else act[2], _run_exec(),
+            _NULL if act is None else _ptr(saved[2].data_ptr()), st, sv, _NULL, _NULL, hgw, hgb, sc[2], sc[3],
+            b, c, s, fl, 1, pact, _run_exec(),
         )  # fmt: skip
         return gi if need[0] else None, gw, gb, None
 

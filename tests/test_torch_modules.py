@@ -1018,3 +1018,215 @@ def test_output_cache_limit_drops_blocks(small_cache):
             assert len({y.data_ptr() for y in held}) == 4
     finally:
         dbt.set_output_cache(1 << 30)
+
+
+# ------------------------------------------------------------------------------------------------
+# The module path's checks: every per-channel tensor is checked on every call (nothing is cached), so
+# whatever changes one between calls -- .data =, set_, resize_, a new Parameter, share_memory_ -- is
+# seen by the next call: a tensor the kernels cannot take sends the call to PyTorch (no kernel call,
+# PyTorch's result or error), one they can take is read where it is now.
+
+
+def _offset_copy(t, offset):
+    """A copy of t whose data starts `offset` bytes past an allocation's start (frombuffer)."""
+    buf = bytearray(t.numel() * t.element_size() + 16)
+    m = torch.frombuffer(buf, dtype=t.dtype, offset=offset, count=t.numel()).view(t.shape)
+    m.copy_(t)
+    return m
+
+
+class _SubParam(torch.nn.Parameter):
+    pass
+
+
+class _SubTensor(torch.Tensor):
+    pass
+
+
+def _retarget(m, name, how):
+    """Change m's tensor `name` in place of its identity (how: a way PyTorch allows) or replace it."""
+    t = getattr(m, name)
+    c = t.shape[0] if t.dim() else 0
+    with torch.no_grad():
+        if how == "misaligned":
+            t.data = _offset_copy(t.data, 1 if t.dtype == torch.float32 else 4)
+        elif how == "strided":
+            src = torch.stack([t.data, t.data], 1).reshape(-1)[::2]  # the same values, stride 2
+            assert not src.is_contiguous()
+            t.data = src
+        elif how == "float64":
+            t.data = t.data.double()
+        elif how == "float32":  # (num_batches_tracked)
+            t.data = t.data.float()
+        elif how == "shape_1xc":
+            t.data = t.data.reshape(1, c)
+        elif how == "set_strided":
+            t.set_(torch.stack([t.data, t.data], 1).reshape(-1).clone().untyped_storage(), 0, (c,), (2,))
+        elif how == "resize_":
+            t.resize_(c + 1)
+        elif how == "subclass":
+            if name in ("weight", "bias"):
+                setattr(m, name, _SubParam(t.detach().clone()))
+            else:
+                m._buffers[name] = t.detach().clone().as_subclass(_SubTensor)
+        elif how == "requires_grad":
+            t.requires_grad_(True)
+        else:
+            raise AssertionError(how)
+
+
+_BAD = [
+    (name, how)
+    for name in ("weight", "bias", "running_mean", "running_var")
+    for how in ("misaligned", "strided", "float64", "shape_1xc", "set_strided", "subclass")
+] + [
+    ("running_mean", "resize_"),
+    ("running_var", "resize_"),
+    ("running_mean", "requires_grad"),
+    ("running_var", "requires_grad"),
+    ("num_batches_tracked", "misaligned"),
+    ("num_batches_tracked", "float32"),
+]
+
+
+def _pair(c=4, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    t = nn.BatchNorm1d(c)
+    with torch.no_grad():
+        t.weight.uniform_(0.5, 1.5, generator=g)
+        t.bias.uniform_(-1, 1, generator=g)
+        t.running_mean.uniform_(-1, 1, generator=g)
+        t.running_var.uniform_(0.5, 2, generator=g)
+    o = dbt.BatchNorm1d(c)
+    o.load_state_dict(t.state_dict())
+    return t, o
+
+
+def _outcome(m, x, g, mode):
+    """What a call gives: ('ok', output, grads, buffers) or ('error', exception type)."""
+    try:
+        if mode == "eval":
+            m.eval()
+            with torch.no_grad():
+                y = m(x)
+            grads = ()
+        else:
+            m.train()
+            xg = x.clone().requires_grad_(mode == "train_grad")
+            y = m(xg)
+            grads = ()
+            if mode == "train_grad":
+                y.backward(g)
+                grads = (xg.grad,) + tuple(p.grad for p in (m.weight, m.bias) if p.requires_grad)
+    except Exception as e:  # noqa: BLE001 - the exception type is what is compared
+        return ("error", type(e))
+    bufs = tuple(b.detach().clone().double() for b in m.buffers())
+    return ("ok", y.detach(), grads, bufs)
+
+
+@pytest.mark.parametrize("mode", ["train_grad", "train_no_grad", "eval"])
+@pytest.mark.parametrize(("name", "how"), _BAD)
+def test_module_path_sees_every_change_of_a_tensor(name, how, mode, monkeypatch):
+    """A per-channel tensor changed between calls so that the kernels cannot take it (misaligned,
+    strided, float64, shaped (1, C), set_ to strided storage, resized, a subclass, running statistics
+    requiring grad): the next call runs PyTorch (no kernel call) and gives torch.nn's outcome.
+    num_batches_tracked misaligned or float: the count is PyTorch's (never written in place), the rest
+    as torch.nn. Each case fails if the module path dropped its check."""
+    from darknet_bn.torch import functional as fn
+
+    def no_count(addr):
+        raise AssertionError(f"num_batches_tracked counted in place at {addr:#x}")
+
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    g = torch.randn(6, 4, generator=torch.Generator().manual_seed(2))
+    t, o = _pair()
+    for m in (t, o):  # one call first (a cache, if there were one, would be warm)
+        _outcome(m, x, g, mode)
+    t.load_state_dict(o.state_dict())
+    for m in (t, o):
+        _retarget(m, name, how)
+    want = _outcome(t, x, g, mode)
+    monkeypatch.setattr(fn, "_i64p", no_count)
+    with kernel_calls() as n:
+        got = _outcome(o, x, g, mode)
+    if name != "num_batches_tracked":
+        assert sum(n.values()) == 0, (n, got[0])
+    assert got[0] == want[0], (got, want)
+    if want[0] == "error":
+        assert got[1] is want[1]
+        return
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(got[2], want[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got[3], want[3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nbt_misaligned_never_counted_in_place(monkeypatch):
+    """num_batches_tracked at an address not 8-byte aligned is never written through an int64_t *
+    (the module path sends the call to PyTorch's add_)."""
+    from darknet_bn.torch import functional as fn
+
+    seen = []
+    real = fn._i64p
+
+    def spy(addr):
+        seen.append(addr)
+        return real(addr)
+
+    monkeypatch.setattr(fn, "_i64p", spy)
+    t, o = _pair()
+    x = torch.randn(6, 4)
+    o(x)
+    assert len(seen) == 1 and seen[0] % 8 == 0  # the common case counts in place
+    for m in (t, o):
+        _retarget(m, "num_batches_tracked", "misaligned")
+        assert m.num_batches_tracked.data_ptr() % 8 == 4
+    o(x), t(x)
+    assert len(seen) == 1
+    assert int(o.num_batches_tracked) == 2 and int(t.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("mode", ["train_grad", "train_no_grad", "eval"])
+@pytest.mark.parametrize("how", ["new_parameter", "data_assign", "set_", "share_memory", "load_state_dict"])
+def test_module_path_reads_tensors_where_they_are_now(how, mode):
+    """Changes the kernels can take (a new Parameter, .data = another float32 tensor, set_ to other
+    storage, share_memory_ moving every tensor to shared memory, load_state_dict): the next call runs
+    the kernels on the tensors as they are now -- torch.nn's outputs, gradients and buffers, and the
+    running statistics updated in the tensors' current storage."""
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    g = torch.randn(6, 4, generator=torch.Generator().manual_seed(2))
+    t, o = _pair()
+    for m in (t, o):
+        _outcome(m, x, g, mode)
+    t.load_state_dict(o.state_dict())
+    new = torch.linspace(0.5, 2.0, 4)
+    for m in (t, o):
+        with torch.no_grad():
+            if how == "new_parameter":
+                m.weight = nn.Parameter(new.clone())
+                m.bias = nn.Parameter(-new.clone())
+            elif how == "data_assign":
+                m.weight.data = new.clone()
+                m.running_var.data = new.clone() + 1
+            elif how == "set_":
+                m.bias.set_(new.clone())
+                m.running_mean.set_((new - 1).clone())
+            elif how == "share_memory":
+                m.share_memory()
+                assert m.running_mean.is_shared() and m.weight.is_shared()
+            else:
+                sd = {k: v.clone() * 1.5 if v.is_floating_point() else v.clone() for k, v in m.state_dict().items()}
+                m.load_state_dict(sd)
+    where = {k: v.data_ptr() for k, v in o.state_dict().items()}
+    want = _outcome(t, x, g, mode)
+    with kernel_calls() as n:
+        got = _outcome(o, x, g, mode)
+    assert n["train" if mode != "eval" else "infer"] == 1 and n["backward"] == (mode == "train_grad")
+    assert got[0] == want[0] == "ok"
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(got[2], want[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got[3], want[3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert {k: v.data_ptr() for k, v in o.state_dict().items()} == where  # updated where they are

@@ -37,21 +37,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _backend
+from . import _backend, _passes
 from ._acts import torch_act
-from . import _passes
 from ._passes import (
     _CL,
     _CL3,
     _CONTIG,
+    _SCRATCH_H,
     _backward,
     _bump,
     _infer_forward,
     _kernel_input_eager,
     _new_like,
-    _SCRATCH_H,
     _scratch_handles,
-    _scratch_ptr,
     _train_forward,
     aligned,
     chan_ok,
@@ -202,7 +200,9 @@ class _TrainFn(torch.autograd.Function):
         st = _new_stats(2 * c)  # -> [mean; biased var] of the batch, for the backward
         sv = st + c
         pact = _NULL if act is None else act[2]
-        _backend.forward_train_raw(hx, _ptr(out.data_ptr()), hw, hb, st, sv, hm, hv, b, c, s, fl, _NULL, pact, _run_exec())
+        _backend.forward_train_raw(
+            hx, _ptr(out.data_ptr()), hw, hb, st, sv, hm, hv, b, c, s, fl, _NULL, pact, _run_exec()
+        )
         _bump((rm, rv, nbt))  # in-place updates, as PyTorch's (autograd's version check)
         # for the backward: the statistics, and its flavor (the handles stay alive with ctx)
         ctx.meta = (b, c, s, eps, act, pact, st, sv, small, _flavor((0.0, eps)))

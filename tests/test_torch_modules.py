@@ -38,9 +38,18 @@ CLASSES = {
 
 @contextlib.contextmanager
 def kernel_calls():
-    """Count the calls into darknet_bn's C passes made inside the block."""
+    """Count the calls into darknet_bn's C passes made inside the block (through the wrapped entry
+    points of _backend or the raw ones functional.py's hot paths call)."""
     counts = {"train": 0, "infer": 0, "backward": 0}
-    saved = (_backend.forward_train, _backend.forward_infer, _backend.backward)
+    names = {
+        "forward_train": "train",
+        "forward_infer": "infer",
+        "backward": "backward",
+        "forward_train_raw": "train",
+        "forward_infer_raw": "infer",
+        "backward_raw": "backward",
+    }
+    saved = {n: getattr(_backend, n) for n in names}
 
     def wrap(name, f):
         def g(*a):
@@ -49,13 +58,43 @@ def kernel_calls():
 
         return g
 
-    _backend.forward_train = wrap("train", saved[0])
-    _backend.forward_infer = wrap("infer", saved[1])
-    _backend.backward = wrap("backward", saved[2])
+    for n, f in saved.items():
+        setattr(_backend, n, wrap(names[n], f))
     try:
         yield counts
     finally:
-        _backend.forward_train, _backend.forward_infer, _backend.backward = saved
+        for n, f in saved.items():
+            setattr(_backend, n, f)
+
+
+@contextlib.contextmanager
+def pass_spy(kind):
+    """Record the buffers (addresses) each C pass of ``kind`` ("infer" or "backward") was given inside
+    the block, whichever entry point was called: a list of (x, delta, dx) (delta, dx: None for infer)."""
+    seen = []
+    addr = _backend.address
+    real, raw = (
+        (_backend.forward_infer, _backend.forward_infer_raw)
+        if kind == "infer"
+        else (_backend.backward, _backend.backward_raw)
+    )
+
+    def spy(*a):
+        seen.append((a[0], None, None) if kind == "infer" else a[:3])
+        return real(*a)
+
+    def spy_raw(*a):
+        seen.append((addr(a[0]), None, None) if kind == "infer" else tuple(addr(h) for h in a[:3]))
+        return raw(*a)
+
+    name = "forward_infer" if kind == "infer" else "backward"
+    setattr(_backend, name, spy)
+    setattr(_backend, name + "_raw", spy_raw)
+    try:
+        yield seen
+    finally:
+        setattr(_backend, name, real)
+        setattr(_backend, name + "_raw", raw)
 
 
 def _max_abs(t):
@@ -527,25 +566,15 @@ def test_functional_signature_and_values():
 
 def test_no_copy_for_contiguous_and_channels_last():
     """The kernels read the caller's tensor itself (no copy) in NCHW and channels_last."""
-    seen = []
-    real = _backend.forward_infer
-
-    def spy(x, *a):
-        seen.append(x)
-        return real(x, *a)
-
     m = dbt.BatchNorm2d(3).eval()
-    _backend.forward_infer = spy
-    try:
-        with torch.no_grad():
-            for x in (torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)):
-                y = m(x)
-                assert seen[-1] == x.data_ptr() and y.stride() == x.stride()
-            x = torch.randn(2, 3, 4, 10)[..., ::2]
-            m(x)
-            assert seen[-1] != x.data_ptr()  # other strides: one copy
-    finally:
-        _backend.forward_infer = real
+    with pass_spy("infer") as seen, torch.no_grad():
+        for x in (torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)):
+            y = m(x)
+            assert seen[-1][0] == x.data_ptr() and y.stride() == x.stride()
+        x = torch.randn(2, 3, 4, 10)[..., ::2]
+        m(x)
+        assert seen[-1][0] != x.data_ptr()  # other strides: one copy
+    assert len(seen) == 3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -668,24 +697,15 @@ def test_backward_reads_the_output_gradient_of_any_strides(x_layout, g_kind):
         "sliced": lambda: torch.randn(4, 6, 5, 14, generator=torch.Generator().manual_seed(23))[..., ::2],
     }[g_kind]()
     g_before = g.clone()
-    seen = []
-    real = _backend.backward
-
-    def spy(xp, delta, dx, *a):
-        seen.append(delta)
-        assert dx not in (delta, xp)
-        return real(xp, delta, dx, *a)
-
     m = dbt.BatchNorm2d(6)
     xo = x.clone().requires_grad_()
-    _backend.backward = spy
-    try:
+    with pass_spy("backward") as seen:
         m(xo).backward(g)
-    finally:
-        _backend.backward = real
     assert len(seen) == 1
+    xp, delta, dx = seen[0]
+    assert dx not in (delta, xp)
     if g_kind == "same":
-        assert seen[0] == g.data_ptr()  # read in place: no copy of the gradient
+        assert delta == g.data_ptr()  # read in place: no copy of the gradient
     assert torch.equal(g, g_before)  # and never written
     assert xo.grad.stride() == x.stride()
     refs = {}
@@ -998,3 +1018,215 @@ def test_output_cache_limit_drops_blocks(small_cache):
             assert len({y.data_ptr() for y in held}) == 4
     finally:
         dbt.set_output_cache(1 << 30)
+
+
+# ------------------------------------------------------------------------------------------------
+# The module path's checks: every per-channel tensor is checked on every call (nothing is cached), so
+# whatever changes one between calls -- .data =, set_, resize_, a new Parameter, share_memory_ -- is
+# seen by the next call: a tensor the kernels cannot take sends the call to PyTorch (no kernel call,
+# PyTorch's result or error), one they can take is read where it is now.
+
+
+def _offset_copy(t, offset):
+    """A copy of t whose data starts `offset` bytes past an allocation's start (frombuffer)."""
+    buf = bytearray(t.numel() * t.element_size() + 16)
+    m = torch.frombuffer(buf, dtype=t.dtype, offset=offset, count=t.numel()).view(t.shape)
+    m.copy_(t)
+    return m
+
+
+class _SubParam(torch.nn.Parameter):
+    pass
+
+
+class _SubTensor(torch.Tensor):
+    pass
+
+
+def _retarget(m, name, how):
+    """Change m's tensor `name` in place of its identity (how: a way PyTorch allows) or replace it."""
+    t = getattr(m, name)
+    c = t.shape[0] if t.dim() else 0
+    with torch.no_grad():
+        if how == "misaligned":
+            t.data = _offset_copy(t.data, 1 if t.dtype == torch.float32 else 4)
+        elif how == "strided":
+            src = torch.stack([t.data, t.data], 1).reshape(-1)[::2]  # the same values, stride 2
+            assert not src.is_contiguous()
+            t.data = src
+        elif how == "float64":
+            t.data = t.data.double()
+        elif how == "float32":  # (num_batches_tracked)
+            t.data = t.data.float()
+        elif how == "shape_1xc":
+            t.data = t.data.reshape(1, c)
+        elif how == "set_strided":
+            t.set_(torch.stack([t.data, t.data], 1).reshape(-1).clone().untyped_storage(), 0, (c,), (2,))
+        elif how == "resize_":
+            t.resize_(c + 1)
+        elif how == "subclass":
+            if name in ("weight", "bias"):
+                setattr(m, name, _SubParam(t.detach().clone()))
+            else:
+                m._buffers[name] = t.detach().clone().as_subclass(_SubTensor)
+        elif how == "requires_grad":
+            t.requires_grad_(True)
+        else:
+            raise AssertionError(how)
+
+
+_BAD = [
+    (name, how)
+    for name in ("weight", "bias", "running_mean", "running_var")
+    for how in ("misaligned", "strided", "float64", "shape_1xc", "set_strided", "subclass")
+] + [
+    ("running_mean", "resize_"),
+    ("running_var", "resize_"),
+    ("running_mean", "requires_grad"),
+    ("running_var", "requires_grad"),
+    ("num_batches_tracked", "misaligned"),
+    ("num_batches_tracked", "float32"),
+]
+
+
+def _pair(c=4, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    t = nn.BatchNorm1d(c)
+    with torch.no_grad():
+        t.weight.uniform_(0.5, 1.5, generator=g)
+        t.bias.uniform_(-1, 1, generator=g)
+        t.running_mean.uniform_(-1, 1, generator=g)
+        t.running_var.uniform_(0.5, 2, generator=g)
+    o = dbt.BatchNorm1d(c)
+    o.load_state_dict(t.state_dict())
+    return t, o
+
+
+def _outcome(m, x, g, mode):
+    """What a call gives: ('ok', output, grads, buffers) or ('error', exception type)."""
+    try:
+        if mode == "eval":
+            m.eval()
+            with torch.no_grad():
+                y = m(x)
+            grads = ()
+        else:
+            m.train()
+            xg = x.clone().requires_grad_(mode == "train_grad")
+            y = m(xg)
+            grads = ()
+            if mode == "train_grad":
+                y.backward(g)
+                grads = (xg.grad,) + tuple(p.grad for p in (m.weight, m.bias) if p.requires_grad)
+    except Exception as e:  # noqa: BLE001 - the exception type is what is compared
+        return ("error", type(e))
+    bufs = tuple(b.detach().clone().double() for b in m.buffers())
+    return ("ok", y.detach(), grads, bufs)
+
+
+@pytest.mark.parametrize("mode", ["train_grad", "train_no_grad", "eval"])
+@pytest.mark.parametrize(("name", "how"), _BAD)
+def test_module_path_sees_every_change_of_a_tensor(name, how, mode, monkeypatch):
+    """A per-channel tensor changed between calls so that the kernels cannot take it (misaligned,
+    strided, float64, shaped (1, C), set_ to strided storage, resized, a subclass, running statistics
+    requiring grad): the next call runs PyTorch (no kernel call) and gives torch.nn's outcome.
+    num_batches_tracked misaligned or float: the count is PyTorch's (never written in place), the rest
+    as torch.nn. Each case fails if the module path dropped its check."""
+    from darknet_bn.torch import functional as fn
+
+    def no_count(addr):
+        raise AssertionError(f"num_batches_tracked counted in place at {addr:#x}")
+
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    g = torch.randn(6, 4, generator=torch.Generator().manual_seed(2))
+    t, o = _pair()
+    for m in (t, o):  # one call first (a cache, if there were one, would be warm)
+        _outcome(m, x, g, mode)
+    t.load_state_dict(o.state_dict())
+    for m in (t, o):
+        _retarget(m, name, how)
+    want = _outcome(t, x, g, mode)
+    monkeypatch.setattr(fn, "_i64p", no_count)
+    with kernel_calls() as n:
+        got = _outcome(o, x, g, mode)
+    if name != "num_batches_tracked":
+        assert sum(n.values()) == 0, (n, got[0])
+    assert got[0] == want[0], (got, want)
+    if want[0] == "error":
+        assert got[1] is want[1]
+        return
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(got[2], want[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got[3], want[3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nbt_misaligned_never_counted_in_place(monkeypatch):
+    """num_batches_tracked at an address not 8-byte aligned is never written through an int64_t *
+    (the module path sends the call to PyTorch's add_)."""
+    from darknet_bn.torch import functional as fn
+
+    seen = []
+    real = fn._i64p
+
+    def spy(addr):
+        seen.append(addr)
+        return real(addr)
+
+    monkeypatch.setattr(fn, "_i64p", spy)
+    t, o = _pair()
+    x = torch.randn(6, 4)
+    o(x)
+    assert len(seen) == 1 and seen[0] % 8 == 0  # the common case counts in place
+    for m in (t, o):
+        _retarget(m, "num_batches_tracked", "misaligned")
+        assert m.num_batches_tracked.data_ptr() % 8 == 4
+    o(x), t(x)
+    assert len(seen) == 1
+    assert int(o.num_batches_tracked) == 2 and int(t.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("mode", ["train_grad", "train_no_grad", "eval"])
+@pytest.mark.parametrize("how", ["new_parameter", "data_assign", "set_", "share_memory", "load_state_dict"])
+def test_module_path_reads_tensors_where_they_are_now(how, mode):
+    """Changes the kernels can take (a new Parameter, .data = another float32 tensor, set_ to other
+    storage, share_memory_ moving every tensor to shared memory, load_state_dict): the next call runs
+    the kernels on the tensors as they are now -- torch.nn's outputs, gradients and buffers, and the
+    running statistics updated in the tensors' current storage."""
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    g = torch.randn(6, 4, generator=torch.Generator().manual_seed(2))
+    t, o = _pair()
+    for m in (t, o):
+        _outcome(m, x, g, mode)
+    t.load_state_dict(o.state_dict())
+    new = torch.linspace(0.5, 2.0, 4)
+    for m in (t, o):
+        with torch.no_grad():
+            if how == "new_parameter":
+                m.weight = nn.Parameter(new.clone())
+                m.bias = nn.Parameter(-new.clone())
+            elif how == "data_assign":
+                m.weight.data = new.clone()
+                m.running_var.data = new.clone() + 1
+            elif how == "set_":
+                m.bias.set_(new.clone())
+                m.running_mean.set_((new - 1).clone())
+            elif how == "share_memory":
+                m.share_memory()
+                assert m.running_mean.is_shared() and m.weight.is_shared()
+            else:
+                sd = {k: v.clone() * 1.5 if v.is_floating_point() else v.clone() for k, v in m.state_dict().items()}
+                m.load_state_dict(sd)
+    where = {k: v.data_ptr() for k, v in o.state_dict().items()}
+    want = _outcome(t, x, g, mode)
+    with kernel_calls() as n:
+        got = _outcome(o, x, g, mode)
+    assert n["train" if mode != "eval" else "infer"] == 1 and n["backward"] == (mode == "train_grad")
+    assert got[0] == want[0] == "ok"
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(got[2], want[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got[3], want[3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert {k: v.data_ptr() for k, v in o.state_dict().items()} == where  # updated where they are

@@ -13,6 +13,8 @@ Threads: each call runs ``torch.get_num_threads()`` OpenMP threads unless :func:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .._capi import EXEC as _numpy_exec  # the numpy side's settings (threads, instruction set)
@@ -275,6 +277,46 @@ def backward(
         _ex(),
     )
 
+
+# ------------------------------------------------------------------------------------------------
+# The raw entry points, for the two hot paths of functional.py (the module's training call and its
+# backward, where a Python frame per pass and 16 converted arguments cost as much as the C pass on
+# small tensors). They take handles made here -- opaque values, not addresses:
+#
+# - ``ptr(address)``: the ``float *`` of a float32 buffer (bounded cache; ``int64_ptr``: ``int64_t *``);
+# - ``new_stats(2 * c)``: a zeroed float array (the batch's [mean; biased var]), freed with the handle;
+#   ``stats + c`` is the handle of its second half;
+# - ``flavor_of((momentum, eps))``: PyTorch's semantics with that momentum and eps;
+# - ``run_exec()``: the ``dbn_exec *`` with this call's thread count and instruction set (what every
+#   pass above passes);
+# - ``NULL``.
+#
+# forward_train_raw(x, out, weight, bias, mean, var, running_mean, running_var, batch, c, spatial,
+#                   flavor, NULL, act, run_exec())
+# forward_infer_raw(x, out, weight or NULL, bias or NULL, running_mean, running_var, batch, c, spatial,
+#                   flavor_of((0.0, eps)), act, run_exec())
+# backward_raw(x, delta, dx, weight, bias or NULL, mean, var, NULL, NULL, grad_weight, grad_bias,
+#              scratch, scratch + 4 * c, batch, c, spatial, flavor_of((0.0, eps)), train, act, run_exec())
+#
+# with the same meaning (and trust in their arguments) as forward_train, forward_infer and backward.
+
+ptr = _p
+int64_ptr = _PTRS64.__getitem__
+flavor_of = _FLAVORS.__getitem__
+NULL = _NULL
+forward_train_raw = _lib_train
+forward_infer_raw = _lib_infer
+backward_raw = _lib_bwd
+run_exec = _ex
+
+
+def address(handle) -> int:
+    """The address a handle points to (tests: which buffer a raw pass was given)."""
+    return int(ffi.cast("uintptr_t", handle))
+
+
+# new_stats(n): a zeroed float[n] (its handle is also the float * of its first element; no Python frame)
+new_stats = functools.partial(ffi.new, ffi.typeof("float[]"))
 
 # ------------------------------------------------------------------------------------------------
 # Synchronized BN (darknet_bn.torch.sync): the split passes of csrc/fused.c around a collective.

@@ -207,6 +207,19 @@ def _scratch_ptr(c: int) -> int:
     return t.data_ptr()
 
 
+_SCRATCH_H: dict = {}
+
+
+def _scratch_handles(c: int) -> tuple:
+    """The four c-float quarters of the scratch buffer (:func:`_scratch_ptr`) as the raw entry points'
+    handles (``_backend.ptr``): the unwanted grad_weight, grad_bias, mean_delta, variance_delta."""
+    h = _SCRATCH_H.get(c)
+    if h is None:
+        a = _scratch_ptr(c)
+        h = _SCRATCH_H[c] = tuple(_backend.ptr(a + 4 * c * k) for k in range(4))
+    return h
+
+
 # ------------------------------------------------------------------------------------------------
 # Large outputs: a cache of their memory
 #

@@ -37,18 +37,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _backend
+from . import _backend, _passes
 from ._acts import torch_act
 from ._passes import (
     _CL,
     _CL3,
     _CONTIG,
+    _SCRATCH_H,
     _backward,
     _bump,
     _infer_forward,
     _kernel_input_eager,
     _new_like,
-    _scratch_ptr,
+    _scratch_handles,
     _train_forward,
     aligned,
     chan_ok,
@@ -179,44 +180,38 @@ _apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, _BatchNormFn)
 class _TrainFn(torch.autograd.Function):
     """The module's training call (:func:`module_forward`), the common case in fewer steps than
     :class:`_BatchNormFn`: the running statistics travel in ``meta`` (they are no inputs of the graph:
-    no gradient reaches them, and the module path has checked they require none), the forward pass is
-    inlined, the batch's statistics live in a C array (no tensor), and the backward pass is inlined.
+    no gradient reaches them, and the module path has checked they require none), the pass is called
+    through the raw entry point with the handles module_forward made (no Python frame in between),
+    the batch's statistics live in a C array (no tensor), and the backward pass is inlined.
 
     The input and the weight are saved as ``save_for_backward`` saves them (``ctx.to_save``: what that
     method sets, without its Python frame), and read back through ``ctx.saved_tensors``: autograd's
     check that neither was modified in place since the forward, and the error on a second backward
-    through a freed graph, stay PyTorch's."""
+    through a freed graph, stay PyTorch's. The backward reads their data pointers again (never the
+    forward's: a ``.data =`` assignment in between may have moved them)."""
 
     @staticmethod
     def forward(ctx, xin, weight, bias, meta):
-        # meta: (running_mean, running_var, num_batches_tracked, momentum, eps, batch, c, spatial, act)
-        # act: None or (kind, alpha, dbn_act *) as in _BatchNormFn
-        rm, rv, nbt, momentum, eps, b, c, s, act = meta
-        out = _new_like(xin)
-        st = _backend.forward_train(  # -> [mean; biased var] of the batch (a C array), for the backward
-            xin.data_ptr(),
-            out.data_ptr(),
-            weight.data_ptr(),
-            bias.data_ptr(),
-            0,
-            0,
-            rm.data_ptr(),
-            rv.data_ptr(),
-            b,
-            c,
-            s,
-            momentum,
-            eps,
-            _NULL if act is None else act[2],
+        # meta: (running_mean, running_var, num_batches_tracked, flavor, batch, c, spatial, act, small,
+        # eps, handles of xin, weight, bias, running_mean, running_var); act: None or (kind, alpha,
+        # dbn_act *) as in _BatchNormFn; small: xin is below the output cache's blocks (_new_like = empty_like)
+        rm, rv, nbt, fl, b, c, s, act, small, eps, hx, hw, hb, hm, hv = meta
+        out = _empty_like(xin) if small else _new_like(xin)
+        st = _new_stats(2 * c)  # -> [mean; biased var] of the batch, for the backward
+        sv = st + c
+        pact = _NULL if act is None else act[2]
+        _backend.forward_train_raw(
+            hx, _ptr(out.data_ptr()), hw, hb, st, sv, hm, hv, b, c, s, fl, _NULL, pact, _run_exec()
         )
         _bump((rm, rv, nbt))  # in-place updates, as PyTorch's (autograd's version check)
-        ctx.meta = (b, c, s, eps, act, st)
+        # for the backward: the statistics, and its flavor (the handles stay alive with ctx)
+        ctx.meta = (b, c, s, eps, act, pact, st, sv, small, _flavor((0.0, eps)))
         ctx.to_save = (xin, weight) if act is None else (xin, weight, bias)  # = save_for_backward
         return out
 
     @staticmethod
     def backward(ctx, g):
-        b, c, s, eps, act, st = ctx.meta
+        b, c, s, eps, act, pact, st, sv, small, fl = ctx.meta
         saved = ctx.saved_tensors
         xin, weight = saved[0], saved[1]
         need = ctx.needs_input_grad
@@ -235,29 +230,23 @@ class _TrainFn(torch.autograd.Function):
             fmt = _CL if xin.dim() == 4 else _CL3
             if not g.is_contiguous(memory_format=fmt) or g.data_ptr() & 3:
                 g = g.clone(memory_format=fmt)
-        gi = _new_like(xin)
-        scratch = _scratch_ptr(c)
-        nw, nb = need[1], need[2]
-        gw = xin.new_zeros(c) if nw else None  # (the pass adds to them)
-        gb = xin.new_zeros(c) if nb else None
-        _backend.backward(
-            xin.data_ptr(),
-            g.data_ptr(),
-            gi.data_ptr(),
-            weight.data_ptr(),
-            st,
-            0,
-            scratch if gw is None else gw.data_ptr(),
-            scratch + 4 * c if gb is None else gb.data_ptr(),
-            scratch + 8 * c,
-            b,
-            c,
-            s,
-            eps,
-            True,
-            0 if act is None else saved[2].data_ptr(),
-            _NULL if act is None else act[2],
-        )
+        gi = _empty_like(xin) if small else _new_like(xin)
+        sc = _SCRATCH_H.get(c) or _scratch_handles(c)
+        if need[1]:
+            gw = xin.new_zeros(c)  # (the pass adds to them)
+            hgw = _ptr(gw.data_ptr())
+        else:
+            gw, hgw = None, sc[0]
+        if need[2]:
+            gb = xin.new_zeros(c)
+            hgb = _ptr(gb.data_ptr())
+        else:
+            gb, hgb = None, sc[1]
+        _backend.backward_raw(
+            _ptr(xin.data_ptr()), _ptr(g.data_ptr()), _ptr(gi.data_ptr()), _ptr(weight.data_ptr()),
+            _NULL if act is None else _ptr(saved[2].data_ptr()), st, sv, _NULL, _NULL, hgw, hgb, sc[2], sc[3],
+            b, c, s, fl, 1, pact, _run_exec(),
+        )  # fmt: skip
         return gi if need[0] else None, gw, gb, None
 
 
@@ -330,7 +319,15 @@ def batch_norm(
 
 
 _I64 = torch.int64
-_NULL = _backend._NULL
+_NULL = _backend.NULL
+_PLAIN = (_Tensor, torch.nn.Parameter)
+_empty_like = torch.empty_like
+_ptr = _backend.ptr
+_i64p = _backend.int64_ptr
+_flavor = _backend.flavor_of
+_new_stats = _backend.new_stats
+# (the raw passes are looked up in _backend on each call, as the wrapped ones: tests count them there)
+_run_exec = _backend.run_exec
 
 
 def module_forward(m, x: Tensor, act=None) -> Tensor | None:
@@ -339,7 +336,11 @@ def module_forward(m, x: Tensor, act=None) -> Tensor | None:
     (:func:`batch_norm` after PyTorch's forward): the same checks, in one place, and the batch count
     incremented without a torch op. Returns None, having changed nothing, whenever anything differs
     from that case: the caller then takes the general path. act: None, or ``(kind, alpha, dbn_act *)``
-    -- the output is then act(BN(x)), in the same passes (:class:`~.norm_act.BatchNormAct2d`)."""
+    -- the output is then act(BN(x)), in the same passes (:class:`~.norm_act.BatchNormAct2d`).
+
+    Every tensor's type, dtype, device, shape, contiguity and address is read on every call (nothing
+    about a tensor is cached: ``.data =``, ``set_``, ``resize_``, ``share_memory_`` or a new Parameter
+    may change any of them between two calls)."""
     if (
         type(x) is not _Tensor
         or x.dtype is not _F32
@@ -349,8 +350,8 @@ def module_forward(m, x: Tensor, act=None) -> Tensor | None:
     ):
         return None
     d = m.__dict__
-    momentum = d["momentum"]
-    if type(momentum) is not float or not d["track_running_stats"]:
+    momentum, eps = d["momentum"], d["eps"]
+    if type(momentum) is not float or type(eps) is not float or not d["track_running_stats"]:
         return None
     p, bufs = d["_parameters"], d["_buffers"]
     weight, bias = p.get("weight"), p.get("bias")
@@ -360,32 +361,88 @@ def module_forward(m, x: Tensor, act=None) -> Tensor | None:
     m._check_input_dim(x)
     shape = x.shape
     c = shape[1]
+    cs = (c,)
+    numel = x.numel()
+    # the per-channel tensors: plain, float32, CPU, (c,), contiguous, 4-byte aligned (chans_ok, inlined
+    # for the four of the affine case; the handles of their addresses kept for the pass)
     if (
-        x.numel() == 0
-        or x.data_ptr() & 3
-        or not chans_ok(c, weight, bias, rm, rv)
+        numel == 0
+        or (px := x.data_ptr()) & 3
+        or type(rm) not in _PLAIN
+        or rm.dtype is not _F32
+        or not rm.is_cpu
+        or rm.shape != cs
+        or not rm.is_contiguous()
+        or (pm := rm.data_ptr()) & 3
         or rm.requires_grad
+        or type(rv) not in _PLAIN
+        or rv.dtype is not _F32
+        or not rv.is_cpu
+        or rv.shape != cs
+        or not rv.is_contiguous()
+        or (pv := rv.data_ptr()) & 3
         or rv.requires_grad
     ):
         return None
-    training = d["training"]
-    eps = d["eps"]
-    if type(eps) is not float:
-        return None
-    xin, b, s = _kernel_input_eager(x)
-    if training:
-        if b * s < 2 or type(nbt) is not _Tensor or nbt.dtype is not _I64 or not nbt.is_cpu or nbt.dim():
+    if weight is not None and bias is not None:
+        if (
+            type(weight) not in _PLAIN
+            or weight.dtype is not _F32
+            or not weight.is_cpu
+            or weight.shape != cs
+            or not weight.is_contiguous()
+            or (pw := weight.data_ptr()) & 3
+            or type(bias) not in _PLAIN
+            or bias.dtype is not _F32
+            or not bias.is_cpu
+            or bias.shape != cs
+            or not bias.is_contiguous()
+            or (pb := bias.data_ptr()) & 3
+        ):
             return None
-        _backend.count_batch(nbt.data_ptr())  # nbt.add_(1); its version is bumped by the pass
+        affine = True
+    elif not chans_ok(c, weight, bias):
+        return None
+    else:
+        affine = False
+    if 1 not in shape and x.is_contiguous():  # _kernel_input_eager's common case
+        xin, b, s = x, shape[0], numel // (shape[0] * c)
+    else:
+        xin, b, s = _kernel_input_eager(x)
+        if xin is not x:
+            px = xin.data_ptr()  # (a view of x at the same address, or an aligned copy)
+    training = d["training"]
+    if training:
+        if (
+            b * s < 2
+            or type(nbt) is not _Tensor
+            or nbt.dtype is not _I64
+            or not nbt.is_cpu
+            or nbt.dim()
+            or (pn := nbt.data_ptr()) & 7
+        ):
+            return None
+        _i64p(pn)[0] += 1  # nbt.add_(1) without its dispatch; its version is bumped by the pass
     else:
         nbt = None
     if _grad_enabled() and (
         x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad)
     ):
-        if training and weight is not None and bias is not None:
-            return _apply_train(xin, weight, bias, (rm, rv, nbt, momentum, eps, b, c, s, act))
+        if training and affine:
+            return _apply_train(
+                xin, weight, bias,
+                (rm, rv, nbt, _flavor((momentum, eps)), b, c, s, act, 4 * numel < _passes.CACHE_MIN_BYTES, eps,
+                 _ptr(px), _ptr(pw), _ptr(pb), _ptr(pm), _ptr(pv)),
+            )  # fmt: skip
         return _apply(xin, weight, bias, rm, rv, (training, momentum, eps, b, c, s, nbt, act))
     pact = _NULL if act is None else act[2]
     if training:
         return _train_forward(xin, weight, bias, rm, rv, b, c, s, momentum, eps, False, nbt, pact)[0]
+    if affine:  # _infer_forward, inlined
+        out = _empty_like(xin) if 4 * numel < _passes.CACHE_MIN_BYTES else _new_like(xin)
+        _backend.forward_infer_raw(
+            _ptr(px), _ptr(out.data_ptr()), _ptr(pw), _ptr(pb), _ptr(pm), _ptr(pv), b, c, s,
+            _flavor((0.0, eps)), pact, _run_exec(),
+        )  # fmt: skip
+        return out
     return _infer_forward(xin, weight, bias, rm, rv, b, c, s, eps, pact)

@@ -312,10 +312,68 @@ static void backward_channel(const fctx *cx, int64_t c, double ls1, double ls2, 
     }
 }
 
+/* backward_channel over n channels of a training backward without renormalization, written so that the
+ * compiler vectorizes it: restrict arrays, the flavor's choices (eis: eps in the forward's root; bis: in
+ * the direct term's; same_bwd, same_stat: that root is the forward's, as backward_channel decides) made
+ * constants by the instantiations below. The same expressions in the same order on the same values
+ * (rr = 1, dd = 0 kept as constants), so the same bits as backward_channel; 256x32: the coefficients'
+ * roots and divisions were ~0.3 us of a 1.6 us backward, scalar (docs/performance.md section 11). */
+static inline __attribute__((always_inline)) void
+backward_channels_k(const int eis, const int bis, const int same_bwd, const int same_stat, int64_t n, double N,
+                    const dbn_flavor *fl, const double *restrict ls1, const double *restrict ls2,
+                    const float *restrict var, const float *restrict scale, const float *restrict mean,
+                    float *restrict bias_updates, float *restrict scale_updates, float *restrict mean_delta,
+                    float *restrict variance_delta, float *restrict k, float *restrict p, float *restrict q,
+                    float *restrict r)
+{
+    const double rr = 1.0, dd = 0.0, eps = fl->eps, beps = fl->bwd_eps, seps = fl->stat_eps;
+    for (int64_t j = 0; j < n; ++j) {
+        const double v = var[j], sc = scale[j];
+        const double d_fwd = eis ? sqrt(v + eps) : sqrt(v) + eps;
+        bias_updates[j] = (float)((double)bias_updates[j] + ls1[j]);
+        scale_updates[j] = (float)((double)scale_updates[j] + (rr * ls2[j] / d_fwd + dd * ls1[j]));
+        k[j] = mean[j];
+        const double se = sc * rr;
+        const double vs = v + seps;
+        const double sv = same_stat ? d_fwd : sqrt(vs);
+        const double md = -se * ls1[j] / sv;
+        const double vd = se * ls2[j] * -0.5 / (vs * sv);
+        mean_delta[j] = (float)md;
+        variance_delta[j] = (float)vd;
+        p[j] = (float)(se / (same_bwd ? d_fwd : bis ? sqrt(v + beps) : sqrt(v) + beps));
+        q[j] = (float)(2.0 * vd / N);
+        r[j] = (float)(md / N);
+    }
+}
+
 static void coef_backward(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
                           float *k, float *p, float *q, float *r)
 {
     const fctx *cx = CTX(job);
+    const dbn_flavor *fl = cx->fl;
+    if (cx->train && !cx->r && !cx->d) {
+        const int eis = fl->eps_in_sqrt, bis = fl->bwd_eps_in_sqrt;
+        const int same_bwd = fl->bwd_eps == fl->eps && bis == eis, same_stat = eis && fl->stat_eps == fl->eps;
+#define K(E, B, SB, SS)                                                                                         \
+    backward_channels_k(E, B, SB, SS, n, cx->n, fl, s0, s1, cx->stat_var + c0, cx->scales + c0,                 \
+                        cx->stat_mean + c0, cx->bias_updates + c0, cx->scale_updates + c0, cx->mean_delta + c0, \
+                        cx->variance_delta + c0, k, p, q, r)
+        if (same_bwd) {   /* bis == eis */
+            if (eis && same_stat) K(1, 1, 1, 1);
+            else if (eis) K(1, 1, 1, 0);
+            else K(0, 0, 1, 0);
+        } else if (eis) {
+            if (same_stat && bis) K(1, 1, 0, 1);
+            else if (same_stat) K(1, 0, 0, 1);
+            else if (bis) K(1, 1, 0, 0);
+            else K(1, 0, 0, 0);
+        } else {
+            if (bis) K(0, 1, 0, 0);
+            else K(0, 0, 0, 0);
+        }
+#undef K
+        return;
+    }
     for (int64_t j = 0; j < n; ++j) backward_channel(cx, c0 + j, s0[j], s1[j], s0[j], s1[j], k + j, p + j, q + j, r + j);
 }
 
@@ -340,6 +398,26 @@ static void coef_backward_apply(const dbn_job *job, int64_t c0, int64_t n, const
     }
 }
 
+/* pre_backward without renormalization, vectorizable (as backward_channels_k): stat_coef's
+ * expressions with r = 1, d = 0. */
+static void pre_channels_plain(int64_t n, double eps, int eps_in_sqrt, const float *restrict scale,
+                               const float *restrict bias, const float *restrict var, float *restrict pf,
+                               float *restrict qf)
+{
+    const double rr = 1.0, dd = 0.0;
+    if (eps_in_sqrt) {
+        for (int64_t j = 0; j < n; ++j) {
+            pf[j] = (float)((double)scale[j] * rr / sqrt((double)var[j] + eps));
+            qf[j] = (float)((double)bias[j] + (double)scale[j] * dd);
+        }
+    } else {
+        for (int64_t j = 0; j < n; ++j) {
+            pf[j] = (float)((double)scale[j] * rr / (sqrt((double)var[j]) + eps));
+            qf[j] = (float)((double)bias[j] + (double)scale[j] * dd);
+        }
+    }
+}
+
 /* The forward's coefficients of channels [c0, c0+n) for a backward with an activation: what the training
  * forward (from the stored mean, variance, r, d) or the inference forward (rolling statistics) mapped
  * with, from the same floats by the same expression (stat_coef). */
@@ -347,6 +425,10 @@ static void pre_backward(const dbn_job *job, int64_t c0, int64_t n, float *pf, f
 {
     const fctx *cx = CTX(job);
     const dbn_flavor *fl = cx->fl;
+    if (!(cx->train && cx->r) && !(cx->train && cx->d)) {
+        pre_channels_plain(n, fl->eps, fl->eps_in_sqrt, cx->scales + c0, cx->biases + c0, cx->stat_var + c0, pf, qf);
+        return;
+    }
     for (int64_t j = 0; j < n; ++j) {
         const int64_t c = c0 + j;
         const double rr = cx->train && cx->r ? cx->r[c] : 1.0, dd = cx->train && cx->d ? cx->d[c] : 0.0;

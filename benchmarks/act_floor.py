@@ -23,10 +23,9 @@ interleaved with the new build's, printed after them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import time
-
-import importlib
 
 import numpy as np
 from engine_common import load_baseline
@@ -105,6 +104,7 @@ def main() -> None:
                 f"(act {act / n * 1e9:5.3f}, grad {grad / n * 1e9:5.3f}); "
                 f"fused/plain >= {1 + (act + grad) / p:4.2f} on one thread"
             )
+
 
 if __name__ == "__main__":
     main()

@@ -1230,3 +1230,39 @@ def test_module_path_reads_tensors_where_they_are_now(how, mode):
     for a, b in zip(got[3], want[3]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert {k: v.data_ptr() for k, v in o.state_dict().items()} == where  # updated where they are
+
+
+_CHANGES = ["weight_smaller", "weight_float64", "input_smaller", "input_float64"]
+
+
+@pytest.mark.parametrize(
+    "path,change",
+    [(p, ch) for p in ("module", "functional", "module_act") for ch in _CHANGES] + [("module_act", "bias_smaller")],
+)
+def test_backward_refuses_saved_tensors_changed_by_data_assignment(path, change):
+    """A ``.data =`` between the forward and the backward may give a saved tensor other memory of another
+    size or dtype without autograd's version check noticing: the backward must raise a clear ValueError,
+    never let the C pass read or write past the new memory. (Another device is refused by torch itself.)"""
+    torch.manual_seed(0)
+    c = 32
+    x = torch.randn(64, c, 4, 4, requires_grad=True)
+    if path == "functional":
+        w = torch.ones(c, requires_grad=True)
+        b = torch.zeros(c, requires_grad=True)
+        y = dbt.batch_norm(x, torch.zeros(c), torch.ones(c), w, b, training=True)
+    else:
+        m = dbt.BatchNorm2d(c) if path == "module" else dbt.BatchNormAct2d(c, act_layer=nn.LeakyReLU)
+        y = m(x)
+        w, b = m.weight, m.bias
+    if change == "bias_smaller":  # (only the activation's backward reads the bias)
+        b.data = torch.zeros(c // 2)
+    elif change == "weight_smaller":
+        w.data = torch.ones(c // 2)
+    elif change == "weight_float64":
+        w.data = torch.ones(c, dtype=torch.float64)
+    elif change == "input_smaller":
+        x.data = torch.randn(8, c, 4, 4)
+    else:
+        x.data = torch.randn(64, c, 4, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="changed its size, dtype or device"):
+        y.backward(torch.ones_like(y))

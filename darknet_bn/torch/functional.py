@@ -67,6 +67,25 @@ _peek = torch._C._functorch.peek_interpreter_stack
 import torch.autograd.forward_ad as _fwd_ad  # noqa: E402
 
 
+def _saved_changed(n: int, c: int, saved) -> bool:
+    """Whether a tensor saved for a backward no longer has the size or dtype its forward pass saw:
+    ``.data =`` (or ``set_`` under ``no_grad``) may replace a tensor's memory between the forward and
+    the backward without autograd's version check noticing; the C pass would then read or write past
+    it. saved: the input (n values), then per-channel tensors (c values) or None."""
+    x = saved[0]
+    if x.dtype is not _F32 or x.numel() != n or not x.is_cpu:
+        return True
+    return any(t is not None and (t.dtype is not _F32 or t.numel() != c or not t.is_cpu) for t in saved[1:])
+
+
+def _saved_error() -> ValueError:
+    return ValueError(
+        "darknet_bn.torch.batch_norm: a tensor saved for the backward changed its size, dtype or device "
+        "between the forward and the backward (e.g. by a .data = assignment); expected the input and "
+        "per-channel float32 CPU tensors of the forward's sizes"
+    )
+
+
 def _torch_backward(g: Tensor, x: Tensor, weight, running_mean, running_var, train: bool, eps: float):
     """The same gradients with PyTorch operations, differentiable (double backward)."""
     dims = [0] + list(range(2, x.dim()))
@@ -139,6 +158,8 @@ class _BatchNormFn(torch.autograd.Function):
         (training, _m, eps, b, c, s, _n, act), stats = ctx.meta
         saved = ctx.saved_tensors
         xin, weight = saved[0], saved[1]
+        if _saved_changed(b * c * s, c, saved):
+            raise _saved_error()
         need = ctx.needs_input_grad
         if act is not None:
             bias = saved[4]
@@ -214,6 +235,15 @@ class _TrainFn(torch.autograd.Function):
         b, c, s, eps, act, pact, st, sv, small, fl = ctx.meta
         saved = ctx.saved_tensors
         xin, weight = saved[0], saved[1]
+        # (inline: what _saved_changed checks, without its frame on the common path)
+        if (
+            xin.dtype is not _F32
+            or weight.dtype is not _F32
+            or xin.numel() != b * c * s
+            or weight.numel() != c
+            or (act is not None and _saved_changed(b * c * s, c, saved))
+        ):
+            raise _saved_error()
         need = ctx.needs_input_grad
         if _grad_enabled():  # create_graph=True: a differentiable backward
             if act is None:

@@ -71,18 +71,19 @@ def _saved_changed(n: int, c: int, saved) -> bool:
     """Whether a tensor saved for a backward no longer has the size or dtype its forward pass saw:
     ``.data =`` (or ``set_`` under ``no_grad``) may replace a tensor's memory between the forward and
     the backward without autograd's version check noticing; the C pass would then read or write past
-    it. saved: the input (n values), then per-channel tensors (c values) or None."""
+    it. saved: the input (n values), then per-channel tensors (c values) or None. (Another device is
+    refused by ``.data =`` itself.)"""
     x = saved[0]
-    if x.dtype is not _F32 or x.numel() != n or not x.is_cpu:
+    if x.dtype is not _F32 or x.numel() != n:
         return True
-    return any(t is not None and (t.dtype is not _F32 or t.numel() != c or not t.is_cpu) for t in saved[1:])
+    return any(t is not None and (t.dtype is not _F32 or t.numel() != c) for t in saved[1:])
 
 
 def _saved_error() -> ValueError:
     return ValueError(
-        "darknet_bn.torch.batch_norm: a tensor saved for the backward changed its size, dtype or device "
+        "darknet_bn.torch.batch_norm: a tensor saved for the backward changed its size or dtype "
         "between the forward and the backward (e.g. by a .data = assignment); expected the input and "
-        "per-channel float32 CPU tensors of the forward's sizes"
+        "per-channel float32 tensors of the forward's sizes"
     )
 
 

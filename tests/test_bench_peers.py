@@ -219,3 +219,14 @@ def test_round_order_varies_who_follows_whom():
         for prev, n in zip(order, order[1:]):
             preds[n].add(prev)
     assert all(len(p) == 2 for p in preds.values()), preds  # both neighbours of the cyclic list
+
+
+def test_table_gives_microsecond_passes_four_significant_digits():
+    # a 256x32 pass takes ~2.4 us: three decimals of a millisecond (0.002) would hide a 2x difference
+    r = bench.Result(shape=(256, 32, 1, 1), pass_="train", bytes_min=12 * 256 * 32, triad_gbs=30.0)
+    r.median_ms["ours"], r.q1_ms["ours"], r.q3_ms["ours"] = 0.0023814, 0.0021, 0.00355
+    r2 = bench.Result(shape=(64, 64, 112, 112), pass_="train", bytes_min=12, triad_gbs=30.0)
+    r2.median_ms["ours"], r2.q1_ms["ours"], r2.q3_ms["ours"] = 218.826, 213.6, 221.04
+    rows = bench.format_table([r, r2], []).splitlines()[2:4]
+    assert rows[0].split()[2:4] == ["0.002381", "0.0021-0.00355"]
+    assert rows[1].split()[2:4] == ["218.8", "213.6-221"]

@@ -77,15 +77,21 @@ def get_num_threads() -> int:
 
 def _ex():
     e = _exec
-    e.nthreads = _user_threads or _numpy_exec.nthreads or _torch_threads()
-    e.isa = _numpy_exec.isa
+    n, isa = _user_threads or _numpy_exec.nthreads or _torch_threads(), _numpy_exec.isa
+    if e.nthreads != n:  # (a cffi field read costs a third of a write: write only changes)
+        e.nthreads = n
+    if e.isa != isa:
+        e.isa = isa
     return e
 
 
 def _ex_nt():
     e = _exec_nt
-    e.nthreads = _user_threads or _numpy_exec.nthreads or _torch_threads()
-    e.isa = _numpy_exec.isa
+    n, isa = _user_threads or _numpy_exec.nthreads or _torch_threads(), _numpy_exec.isa
+    if e.nthreads != n:  # (a cffi field read costs a third of a write: write only changes)
+        e.nthreads = n
+    if e.isa != isa:
+        e.isa = isa
     return e
 
 

@@ -14,7 +14,8 @@ in an order that rotates from round to round; ratios are medians of the per-roun
 Both libraries use the same thread count (torch.set_num_threads; darknet_bn.torch follows it).
 
 A sample repeats a call until it lasts at least MIN_SAMPLE_S = 0.2 s (--sample-s; timeit's autorange
-uses the same 0.2 s), the same rule for both libraries, and reports the mean time per call. Long
+uses the same 0.2 s), the same rule for both libraries, and reports the mean time per call (a sample
+stops early once it has lasted 4 x MIN_SAMPLE_S: under outside load). Long
 samples make each round's figure the mean per call that a training loop pays -- including the calls
 that stall (torch's small passes enter an OpenMP region at 2 threads, which waits whenever the other
 core is busy or asleep: a few % of its calls take 2-50x the median) -- while the median over rounds
@@ -98,13 +99,29 @@ def interleaved(variants: dict, rounds: int) -> dict:
     times = {n: [] for n in names}
     for r in range(rounds):
         for n in names[r % len(names) :] + names[: r % len(names)]:
-            f, k = variants[n], reps[n]
+            f = variants[n]
             f()
-            t = time.perf_counter()
-            for _ in range(k):
-                f()
-            times[n].append((time.perf_counter() - t) / k)
+            times[n].append(_sample(f, reps[n]))
     return times
+
+
+def _sample(f, k: int) -> float:
+    """Seconds per call over k calls of f -- or over the calls made until the sample has lasted
+    4 x MIN_SAMPLE_S, when calls run far slower than their first ones (outside load: the same rule for
+    every variant, so that a loaded machine cannot stretch a run by orders of magnitude). The clock is
+    read after 1, 2, 4, ... calls (log2(k) reads: no cost per call), so a sample ends at most about
+    twice past that bound."""
+    done, chunk = 0, 1
+    t = time.perf_counter()
+    while done < k:
+        m = min(chunk, k - done)
+        for _ in range(m):
+            f()
+        done += m
+        chunk *= 2
+        if time.perf_counter() - t > 4 * MIN_SAMPLE_S:
+            break
+    return (time.perf_counter() - t) / done
 
 
 def ratio(times: dict, a: str, b: str) -> float:

@@ -13,8 +13,20 @@ Rounds are interleaved: round r runs every variant once (after one untimed call 
 in an order that rotates from round to round; ratios are medians of the per-round ratios torch/ours.
 Both libraries use the same thread count (torch.set_num_threads; darknet_bn.torch follows it).
 
+A sample repeats a call until it lasts at least MIN_SAMPLE_S = 0.2 s (--sample-s; timeit's autorange
+uses the same 0.2 s), the same rule for both libraries, and reports the mean time per call (a sample
+stops early once it has lasted 4 x MIN_SAMPLE_S: under outside load). Long
+samples make each round's figure the mean per call that a training loop pays -- including the calls
+that stall (torch's small passes enter an OpenMP region at 2 threads, which waits whenever the other
+core is busy or asleep: a few % of its calls take 2-50x the median) -- while the median over rounds
+still drops rounds hit by outside load. Short samples (2 ms, before session 22: ~20 calls of a
+BatchNorm1d(32)@256 step) fall between stalls most of the time, so the median over rounds reported
+the typical call and missed the stalls: 1.00x torch/ours with 2 ms samples against 1.12x with
+20-200 ms ones on the idle machine (docs/performance.md section 16). The garbage collector stays on
+(timeit turns it off): users' loops run with it, and both libraries' graphs allocate Python objects.
+
 usage: python benchmarks/torch_modules.py [--rounds N] [--threads N] [--quick] [--no-output-cache]
-       [--no-act | --act-only] [--no-nets | --nets-only] [--json FILE]
+       [--no-act | --act-only] [--no-nets | --nets-only] [--sample-s S] [--json FILE]
        (--quick: a few shapes and the per-call rows, no networks)
 
 BatchNormAct2d rows (leaky 0.1 and SiLU, ACT_SHAPES): dbt.BatchNormAct2d against torch.nn.BatchNorm2d
@@ -25,9 +37,10 @@ Both libraries allocate their outputs (and input gradients) on every call, as to
 above glibc's mmap threshold (32 MiB at most) every such allocation is fresh memory, whose page faults
 can cost more than the pass itself (on this VM ~5 us a 4 KiB page). Running with
 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large> makes glibc reuse freed memory for both libraries.
-darknet_bn.torch itself reuses the memory of its own freed outputs of 32 MiB and more (its output
-cache, on by default: what users get); --no-output-cache turns it off (dbt.set_output_cache(0)), for
-the comparison with both libraries allocating the same way.
+darknet_bn.torch itself reuses the memory of its own freed outputs of 8 MiB and more (its output
+cache, on by default: what users get; its passes stream their stores into such reused blocks);
+--no-output-cache turns it off (dbt.set_output_cache(0): plain stores, as glibc's memory may be
+fresh), for the comparison with both libraries allocating the same way.
 """
 
 from __future__ import annotations
@@ -59,7 +72,7 @@ SHAPES = [
     (64, 64, 112, 112),
 ]  # darknet_bn.bench.DEFAULT_SHAPES
 QUICK = [(16, 128, 52, 52), (64, 512, 7, 7), (256, 32, 1, 1), (128, 1024, 1, 1)]
-MIN_SAMPLE_S = 2e-3  # a sample of a fast call repeats it until it lasts this long
+MIN_SAMPLE_S = 0.2  # a sample of a fast call repeats it until it lasts this long (--sample-s)
 
 
 def _repeats(f) -> int:
@@ -75,7 +88,7 @@ def _repeats(f) -> int:
         t = time.perf_counter()
         f()
         dts.append(time.perf_counter() - t)
-    return max(1, min(5000, math.ceil(MIN_SAMPLE_S / max(statistics.median(dts), 1e-7))))
+    return max(1, min(100_000, math.ceil(MIN_SAMPLE_S / max(statistics.median(dts), 1e-7))))
 
 
 def interleaved(variants: dict, rounds: int) -> dict:
@@ -86,13 +99,29 @@ def interleaved(variants: dict, rounds: int) -> dict:
     times = {n: [] for n in names}
     for r in range(rounds):
         for n in names[r % len(names) :] + names[: r % len(names)]:
-            f, k = variants[n], reps[n]
+            f = variants[n]
             f()
-            t = time.perf_counter()
-            for _ in range(k):
-                f()
-            times[n].append((time.perf_counter() - t) / k)
+            times[n].append(_sample(f, reps[n]))
     return times
+
+
+def _sample(f, k: int) -> float:
+    """Seconds per call over k calls of f -- or over the calls made until the sample has lasted
+    4 x MIN_SAMPLE_S, when calls run far slower than their first ones (outside load: the same rule for
+    every variant, so that a loaded machine cannot stretch a run by orders of magnitude). The clock is
+    read after 1, 2, 4, ... calls (log2(k) reads: no cost per call), so a sample ends at most about
+    twice past that bound."""
+    done, chunk = 0, 1
+    t = time.perf_counter()
+    while done < k:
+        m = min(chunk, k - done)
+        for _ in range(m):
+            f()
+        done += m
+        chunk *= 2
+        if time.perf_counter() - t > 4 * MIN_SAMPLE_S:
+            break
+    return (time.perf_counter() - t) / done
 
 
 def ratio(times: dict, a: str, b: str) -> float:
@@ -423,7 +452,13 @@ def main(argv=None):
     ap.add_argument("--act-only", action="store_true", help="only the BatchNormAct2d rows")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--no-output-cache", action="store_true", help="darknet_bn.torch without its output cache")
+    ap.add_argument(
+        "--sample-s", type=float, default=MIN_SAMPLE_S, help=f"seconds a sample lasts at least (default {MIN_SAMPLE_S})"
+    )
     a = ap.parse_args(argv)
+    if a.sample_s <= 0:
+        ap.error(f"--sample-s: expected seconds > 0, got {a.sample_s}")
+    globals()["MIN_SAMPLE_S"] = a.sample_s
     if a.no_output_cache:
         dbt.set_output_cache(0)
     if a.threads:
@@ -431,7 +466,8 @@ def main(argv=None):
     threads = torch.get_num_threads()
     env = {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "THP_", "OMP_"))}
     print(
-        f"torch {torch.__version__}, {threads} threads (both), {a.rounds} interleaved rounds, "
+        f"torch {torch.__version__}, {threads} threads (both), {a.rounds} interleaved rounds of "
+        f"{MIN_SAMPLE_S:g} s samples, "
         f"{platform.processor() or platform.machine()}; load average {os.getloadavg()[0]:.1f}; env {env}; "
         f"darknet_bn output cache {'off' if a.no_output_cache else 'on'}",
         flush=True,
@@ -441,6 +477,7 @@ def main(argv=None):
         "torch": torch.__version__,
         "threads": threads,
         "rounds": a.rounds,
+        "sample_s": MIN_SAMPLE_S,
         "env": env,
         "output_cache": not a.no_output_cache,
         "load_before": os.getloadavg()[0],

@@ -1020,6 +1020,116 @@ def test_output_cache_limit_drops_blocks(small_cache):
         dbt.set_output_cache(1 << 30)
 
 
+@contextlib.contextmanager
+def store_policies():
+    """Record, for each C pass run inside the block (whichever entry point), its kind, the address of
+    its output (the forward's out, the backward's dx) and the plain_stores flag of the dbn_exec it was
+    given: a list of (kind, address, plain_stores)."""
+    seen = []
+    addr = _backend.address
+    names = {  # (entry point, kind, index of the output argument)
+        "_lib_train": ("train", 1),
+        "_lib_infer": ("infer", 1),
+        "_lib_bwd": ("backward", 2),
+        "forward_train_raw": ("train", 1),
+        "forward_infer_raw": ("infer", 1),
+        "backward_raw": ("backward", 2),
+    }
+    saved = {n: getattr(_backend, n) for n in names}
+
+    def wrap(n, f):
+        kind, i = names[n]
+
+        def g(*a):
+            seen.append((kind, addr(a[i]), a[-1].plain_stores))
+            return f(*a)
+
+        return g
+
+    for n, f in saved.items():
+        setattr(_backend, n, wrap(n, f))
+    try:
+        yield seen
+    finally:
+        for n, f in saved.items():
+            setattr(_backend, n, f)
+
+
+@pytest.mark.parametrize("path", ["module", "functional"])
+def test_streaming_stores_only_into_reused_cache_blocks(small_cache, path):
+    """Non-temporal stores (the engine's policy, plain_stores = 0) are allowed exactly for outputs in a
+    cache block handed out before (memory written before); a fresh block, or any output with the cache
+    off, gets plain stores."""
+    x = make_input((4, 8, 16, 16), "contiguous", 4)
+    g = make_input((4, 8, 16, 16), "contiguous", 5)
+    m = dbt.BatchNorm2d(8)
+
+    def step():
+        xi = x.clone().requires_grad_()
+        if path == "module":
+            y = m(xi)
+        else:
+            y = dbt.batch_norm(xi, m.running_mean, m.running_var, m.weight, m.bias, True, 0.1, 1e-5)
+        y.backward(g)
+        m.eval()
+        with torch.no_grad():
+            m(x)
+        m.train()
+
+    with store_policies() as seen:
+        for _ in range(3):
+            step()
+    assert [k for k, _, _ in seen] == ["train", "backward", "infer"] * 3
+    handed_out = set()
+    for kind, a, plain in seen:
+        assert plain == (0 if a in handed_out else 1), (kind, a, plain, seen)
+        handed_out.add(a)
+    assert any(p == 0 for _, _, p in seen) and seen[0][2] == 1  # both cases occurred
+    dbt.set_output_cache(0)
+    try:
+        with store_policies() as seen:
+            for _ in range(2):
+                step()
+        assert len(seen) == 6 and all(p == 1 for _, _, p in seen)
+    finally:
+        dbt.set_output_cache(1 << 30)
+
+
+def test_streaming_stores_give_the_same_bits():
+    """Outputs past the engine's non-temporal thresholds (21 MB: training forward, inference and
+    backward all stream into reused blocks) are bit for bit those of plain stores."""
+    from darknet_bn.torch import _passes
+
+    shape = (4, 64, 128, 160)
+    x = make_input(shape, "contiguous", 6)
+    g = make_input(shape, "contiguous", 7)
+
+    def step(m):
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.backward(g)
+        m.eval()
+        with torch.no_grad():
+            ye = m(x)
+        m.train()
+        return [t.detach().clone() for t in (y, xi.grad, m.weight.grad, m.bias.grad, m.running_mean, m.running_var, ye)]
+
+    res = {}
+    for stream in (False, True):
+        _passes.STREAM_REUSED = stream
+        dbt.empty_output_cache()  # the first step's outputs: fresh blocks
+        try:
+            m = dbt.BatchNorm2d(64)
+            with store_policies() as seen:
+                step(m)  # its outputs are freed on return: the next step's are reused blocks
+                res[stream] = step(m)
+            assert [p for _, _, p in seen] == [1, 1, 1] + ([0, 0, 0] if stream else [1, 1, 1])
+        finally:
+            _passes.STREAM_REUSED = True
+    for a, b in zip(res[False], res[True]):
+        assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------------------------
 # The module path's checks: every per-channel tensor is checked on every call (nothing is cached), so
 # whatever changes one between calls -- .data =, set_, resize_, a new Parameter, share_memory_ -- is

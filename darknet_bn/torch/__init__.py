@@ -17,7 +17,8 @@
 - Float32 CPU tensors run the kernels; other dtypes and devices run PyTorch (see
   :mod:`darknet_bn.torch.functional`). ``torch.compile`` works (custom operators, :mod:`._ops`).
 - Threads: ``torch.get_num_threads()`` per call, unless :func:`set_num_threads` fixes a count.
-- Outputs of 32 MiB and more reuse memory that no tensor holds any more (no page faults per call):
+- Outputs of 8 MiB and more reuse memory that no tensor holds any more (no page faults per call;
+  stores into such reused memory stream past the caches above the engine's thresholds):
   :func:`set_output_cache` caps it (1 GiB by default; 0: off), :func:`empty_output_cache` frees it.
 
 Importing this module imports torch; ``import darknet_bn`` alone never does.

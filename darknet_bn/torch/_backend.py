@@ -37,15 +37,21 @@ _lib_bwd = lib.dbn_backward_into
 _NULL = ffi.NULL
 _torch_threads = torch.get_num_threads
 
-# Our own dbn_exec: the thread count follows torch per call; the instruction set follows
-# darknet_bn.set_isa (read from the numpy side's struct per call). Plain stores only: every output
-# here is a new tensor, and a large one is fresh memory (glibc mmaps blocks above its threshold,
-# 32 MiB at most) whose pages the kernel has just zeroed through the cache -- non-temporal stores then
-# write each line twice. Measured (A/B, fresh outputs, 1 and 2 threads): streaming was 1.3-1.65x
-# slower on 44-205 MB outputs (8x32x208x208, 64x64x112x112; inference, training forward and
-# backward) and 0.88-1.05x (no gain) on 22 MB (16x128x52x52). The numpy Layer reuses its buffers
-# and keeps the streaming policy.
+# Our own dbn_exec structs: the thread count follows torch per call; the instruction set follows
+# darknet_bn.set_isa (read from the numpy side's struct per call). Two store policies:
+# - run_exec(): plain stores only, for outputs that may be fresh memory: a block the allocator has just
+#   mapped (glibc mmaps blocks above its threshold, 32 MiB at most) has its pages zeroed by the kernel
+#   through the cache on first touch, and non-temporal stores then write each line twice. Measured
+#   (A/B, fresh outputs, 1 and 2 threads): streaming was 1.3-1.65x slower on 44-205 MB outputs
+#   (8x32x208x208, 64x64x112x112). Also what the synchronized passes (in place in delta) use.
+# - run_exec_streaming(): the engine's policy (non-temporal stores for outputs above its DBN_NT_*_BYTES
+#   thresholds, 8-20 MiB), for outputs in memory written before (the output cache's blocks:
+#   _passes._new_out says which): no read-for-ownership of lines the pass overwrites whole, and its
+#   inputs stay in the caches. Measured (docs/performance.md section 16, 1 thread, interleaved):
+#   training forward + backward 1.07-1.4x faster on 11-51 MB tensors, inference 1.3-1.7x; whole
+#   training steps of the ResNet-style network 1.04-1.05x, the MobileNet-style 0.97-1.02x (noise).
 _exec = ffi.new("dbn_exec *", {"nthreads": 0, "isa": 0, "plain_stores": 1})
+_exec_nt = ffi.new("dbn_exec *", {"nthreads": 0, "isa": 0, "plain_stores": 0})
 _user_threads = 0
 
 
@@ -71,8 +77,21 @@ def get_num_threads() -> int:
 
 def _ex():
     e = _exec
-    e.nthreads = _user_threads or _numpy_exec.nthreads or _torch_threads()
-    e.isa = _numpy_exec.isa
+    n, isa = _user_threads or _numpy_exec.nthreads or _torch_threads(), _numpy_exec.isa
+    if e.nthreads != n:  # (a cffi field read costs a third of a write: write only changes)
+        e.nthreads = n
+    if e.isa != isa:
+        e.isa = isa
+    return e
+
+
+def _ex_nt():
+    e = _exec_nt
+    n, isa = _user_threads or _numpy_exec.nthreads or _torch_threads(), _numpy_exec.isa
+    if e.nthreads != n:  # (a cffi field read costs a third of a write: write only changes)
+        e.nthreads = n
+    if e.isa != isa:
+        e.isa = isa
     return e
 
 
@@ -160,11 +179,13 @@ def forward_train(
     momentum: float,
     eps: float,
     act=_NULL,
+    streaming: bool = False,
 ):
     """Training forward over [batch, c, spatial] float32 (addresses of float32 buffers; per-channel
     ones hold c values). Writes out = act(BN(x)), mean and the biased variance var; updates
     running_mean and running_var (unbiased variance) with momentum. act: a ``dbn_act *`` from
-    :func:`act_struct` (NULL: none). Requires batch*spatial >= 2.
+    :func:`act_struct` (NULL: none). Requires batch*spatial >= 2. streaming: out is memory written
+    before (the engine's non-temporal store policy may apply; else plain stores).
 
     mean = var = 0: the statistics go to a new C array of 2*c floats (the mean, then the variance),
     returned, for :func:`backward` (``mean=`` that array, ``var=0``); it lives as long as the
@@ -190,7 +211,7 @@ def forward_train(
         _FLAVORS[(momentum, eps)],
         _NULL,
         act,
-        _ex(),
+        _ex_nt() if streaming else _ex(),
     )
     return st
 
@@ -207,9 +228,10 @@ def forward_infer(
     spatial: int,
     eps: float,
     act=_NULL,
+    streaming: bool = False,
 ) -> None:
     """Inference forward: out = act(weight * (x - running_mean) / sqrt(running_var + eps) + bias);
-    weight and bias may be 0 (NULL: 1 and 0); act as in :func:`forward_train`."""
+    weight and bias may be 0 (NULL: 1 and 0); act and streaming as in :func:`forward_train`."""
     _lib_infer(
         _p(x),
         _p(out),
@@ -222,7 +244,7 @@ def forward_infer(
         spatial,
         _FLAVORS[(0.0, eps)],
         act,
-        _ex(),
+        _ex_nt() if streaming else _ex(),
     )
 
 
@@ -247,13 +269,15 @@ def backward(
     train: bool,
     bias: int = 0,
     act=_NULL,
+    streaming: bool = False,
 ) -> None:
     """Backward, out of place: reads delta (the output's gradient, left unchanged) and writes the
     input's gradient into dx (not overlapping x or delta). mean/var: the statistics the forward
     normalized with (the batch's, var biased, when train; the running ones otherwise). grad_weight
     and grad_bias are *added to* (zero them first); scratch: 2*c floats. act: the forward's
     activation (delta is then its output's gradient); bias (its pre-activation's) is read only then.
-    mean may be the statistics array :func:`forward_train` returned, var then 0."""
+    mean may be the statistics array :func:`forward_train` returned, var then 0. streaming: dx is
+    memory written before (as in :func:`forward_train`)."""
     _lib_bwd(
         _p(x),
         _p(delta),
@@ -274,7 +298,7 @@ def backward(
         _FLAVORS[(0.0, eps)],
         1 if train else 0,
         act,
-        _ex(),
+        _ex_nt() if streaming else _ex(),
     )
 
 
@@ -287,8 +311,9 @@ def backward(
 # - ``new_stats(2 * c)``: a zeroed float array (the batch's [mean; biased var]), freed with the handle;
 #   ``stats + c`` is the handle of its second half;
 # - ``flavor_of((momentum, eps))``: PyTorch's semantics with that momentum and eps;
-# - ``run_exec()``: the ``dbn_exec *`` with this call's thread count and instruction set (what every
-#   pass above passes);
+# - ``run_exec()``: the ``dbn_exec *`` with this call's thread count and instruction set and plain
+#   stores (what every pass above passes by default); ``run_exec_streaming()``: the same with the
+#   engine's non-temporal store policy, for outputs in reused memory (see _exec above);
 # - ``NULL``.
 #
 # forward_train_raw(x, out, weight, bias, mean, var, running_mean, running_var, batch, c, spatial,
@@ -308,6 +333,7 @@ forward_train_raw = _lib_train
 forward_infer_raw = _lib_infer
 backward_raw = _lib_bwd
 run_exec = _ex
+run_exec_streaming = _ex_nt
 
 
 def address(handle) -> int:

@@ -226,14 +226,22 @@ def _scratch_handles(c: int) -> tuple:
 # glibc serves every block above its mmap threshold (32 MiB at most) with a fresh mmap and unmaps it on
 # free, so each such output -- PyTorch's and ours alike -- is page-faulted in (and zeroed by the kernel)
 # on every call: on this machine kind writing a fresh 49 MiB tensor took 17 ms, the same write into
-# reused memory 2 ms. The passes below take outputs of CACHE_MIN_BYTES and more from this cache
-# instead: a block (a torch storage) is handed out again once nothing but the cache holds it (its
-# use count is 1: no tensor, view, numpy array or autograd graph refers to it any more). The output
-# is a plain tensor on that storage (not a view). The cache keeps at most _limit bytes (blocks in use
-# count too); beyond it, outputs are allocated as PyTorch's are. set_output_cache(0) turns it off,
-# empty_output_cache() releases the free blocks.
+# reused memory 2 ms. Below the threshold glibc's heap may still return memory to the system (its trim
+# threshold) and fault it in again: torch.nn's BN rows of 6-11 MB took 180-670 page faults a call
+# (docs/performance.md section 16). The passes below take outputs of CACHE_MIN_BYTES and more from
+# this cache instead: a block (a torch storage) is handed out again once nothing but the cache holds
+# it (its use count is 1: no tensor, view, numpy array or autograd graph refers to it any more). The
+# output is a plain tensor on that storage (not a view). The cache keeps at most _limit bytes (blocks
+# in use count too); beyond it, outputs are allocated as PyTorch's are. set_output_cache(0) turns it
+# off, empty_output_cache() releases the free blocks.
+#
+# A block handed out again is memory written before, so the passes stream their stores into it (the
+# engine's non-temporal policy, _backend.run_exec_streaming: above 8-20 MiB, DBN_NT_*_BYTES in
+# csrc/internal.h); fresh memory gets plain stores. CACHE_MIN_BYTES is the smallest of those
+# thresholds (8 MiB, the backward's), so every output that may stream comes from the cache and its
+# freshness is known.
 
-CACHE_MIN_BYTES = 32 << 20
+CACHE_MIN_BYTES = 8 << 20
 _cache_lock = threading.Lock()
 _cache: list = []  # (UntypedStorage, its size in bytes when cached), oldest first
 _cache_bytes = 0
@@ -241,7 +249,7 @@ _limit = (1 << 30) if _HAS_USE_COUNT else 0
 
 
 def set_output_cache(max_bytes: int) -> None:
-    """Cap (in bytes) the memory darknet_bn.torch keeps for reuse as outputs of 32 MiB and more
+    """Cap (in bytes) the memory darknet_bn.torch keeps for reuse as outputs of 8 MiB and more
     (default 1 GiB; 0 turns the cache off and releases it). Blocks in use stay alive until their
     tensors die, as any tensor's memory does."""
     global _limit
@@ -282,24 +290,36 @@ def _trim(need: int) -> None:
                 i += 1
 
 
-def _new_like(xin: Tensor) -> Tensor:
-    """An uninitialized tensor with xin's shape and strides (xin: dense, contiguous or channels_last)."""
+# Stream the stores of outputs in reused memory (the engine's non-temporal policy; see _backend's
+# run_exec_streaming). A switch for A/B measurements.
+STREAM_REUSED = True
+
+
+def _new_out(xin: Tensor) -> tuple[Tensor, bool]:
+    """``(out, reused)``: an uninitialized tensor with xin's shape and strides (xin: dense, contiguous or
+    channels_last), and whether its memory is a cache block written before -- the passes may then
+    stream their stores into it (never into fresh memory: see _backend.run_exec)."""
     nbytes = 4 * xin.numel()
     if nbytes < CACHE_MIN_BYTES or not _limit:
-        return _empty_like(xin)
+        return _empty_like(xin), False
     global _cache_bytes
     with _cache_lock:
         for st, n in _cache:
             # free: only the cache refers to it; and still what the cache put out (not resized or moved
             # to shared memory by a user since)
             if n == nbytes and _use_count(st._cdata) == 1 and st.nbytes() == n and not st.is_shared():
-                return _empty(0, dtype=_F32).set_(st, 0, xin.shape, xin.stride())
+                return _empty(0, dtype=_F32).set_(st, 0, xin.shape, xin.stride()), STREAM_REUSED
         out = _empty_like(xin)
         if nbytes <= _limit:
             _trim(nbytes)
             _cache.append((out.untyped_storage(), nbytes))
             _cache_bytes += nbytes
-        return out
+        return out, False
+
+
+def _new_like(xin: Tensor) -> Tensor:
+    """An uninitialized tensor with xin's shape and strides (xin: dense, contiguous or channels_last)."""
+    return _new_out(xin)[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -325,7 +345,7 @@ def _train_forward(
     unless keep: then the batch statistics go to the scratch buffer). nbt: a num_batches_tracked
     (int64 CPU scalar) the caller has incremented in place: its version is bumped with the running
     statistics'. act: a ``dbn_act *`` (_backend.act_struct) applied in the same pass; NULL: none."""
-    out = _new_like(xin)
+    out, reused = _new_out(xin)
     if keep:
         stats = _empty(2 * c, dtype=_F32)
         ps = stats.data_ptr()
@@ -351,6 +371,7 @@ def _train_forward(
         momentum,
         eps,
         act,
+        reused,
     )
     if running_mean is not None:  # an in-place update, as PyTorch's (autograd's version check)
         _bump((running_mean, running_var) if nbt is None else (running_mean, running_var, nbt))
@@ -358,7 +379,7 @@ def _train_forward(
 
 
 def _infer_forward(xin: Tensor, weight, bias, running_mean, running_var, b: int, c: int, s: int, eps: float, act=_NULL):
-    out = _new_like(xin)
+    out, reused = _new_out(xin)
     _backend.forward_infer(
         xin.data_ptr(),
         out.data_ptr(),
@@ -371,6 +392,7 @@ def _infer_forward(xin: Tensor, weight, bias, running_mean, running_var, b: int,
         s,
         eps,
         act,
+        reused,
     )
     return out
 
@@ -402,7 +424,7 @@ def _backward(
         fmt = _CL if xin.dim() == 4 else _CL3
         if not g.is_contiguous(memory_format=fmt) or g.data_ptr() & 3:
             g = g.clone(memory_format=fmt)
-    gi = _new_like(xin)
+    gi, reused = _new_out(xin)
     scratch = _scratch_ptr(c)
     gw = xin.new_zeros(c) if need_w else None  # (float32 CPU, as xin; ~0.2 us less than torch.zeros)
     gb = xin.new_zeros(c) if need_b else None
@@ -423,5 +445,6 @@ def _backward(
         train,
         0 if act is _NULL else _zeros_ptr(c) if bias is None else bias.data_ptr(),
         act,
+        reused,
     )
     return gi, gw, gb

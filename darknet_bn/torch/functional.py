@@ -48,7 +48,7 @@ from ._passes import (
     _bump,
     _infer_forward,
     _kernel_input_eager,
-    _new_like,
+    _new_out,
     _scratch_handles,
     _train_forward,
     aligned,
@@ -218,13 +218,17 @@ class _TrainFn(torch.autograd.Function):
         # eps, handles of xin, weight, bias, running_mean, running_var); act: None or (kind, alpha,
         # dbn_act *) as in _BatchNormFn; small: xin is below the output cache's blocks (_new_like = empty_like)
         rm, rv, nbt, fl, b, c, s, act, small, eps, hx, hw, hb, hm, hv = meta
-        out = _empty_like(xin) if small else _new_like(xin)
+        if small:
+            out, reused = _empty_like(xin), False
+        else:
+            out, reused = _new_out(xin)
         st = _new_stats(2 * c)  # -> [mean; biased var] of the batch, for the backward
         sv = st + c
         pact = _NULL if act is None else act[2]
         _backend.forward_train_raw(
-            hx, _ptr(out.data_ptr()), hw, hb, st, sv, hm, hv, b, c, s, fl, _NULL, pact, _run_exec()
-        )
+            hx, _ptr(out.data_ptr()), hw, hb, st, sv, hm, hv, b, c, s, fl, _NULL, pact,
+            _run_streaming() if reused else _run_exec(),
+        )  # fmt: skip
         _bump((rm, rv, nbt))  # in-place updates, as PyTorch's (autograd's version check)
         # for the backward: the statistics, and its flavor (the handles stay alive with ctx)
         ctx.meta = (b, c, s, eps, act, pact, st, sv, small, _flavor((0.0, eps)))
@@ -261,7 +265,10 @@ class _TrainFn(torch.autograd.Function):
             fmt = _CL if xin.dim() == 4 else _CL3
             if not g.is_contiguous(memory_format=fmt) or g.data_ptr() & 3:
                 g = g.clone(memory_format=fmt)
-        gi = _empty_like(xin) if small else _new_like(xin)
+        if small:
+            gi, reused = _empty_like(xin), False
+        else:
+            gi, reused = _new_out(xin)
         sc = _SCRATCH_H.get(c) or _scratch_handles(c)
         if need[1]:
             gw = xin.new_zeros(c)  # (the pass adds to them)
@@ -276,7 +283,7 @@ class _TrainFn(torch.autograd.Function):
         _backend.backward_raw(
             _ptr(xin.data_ptr()), _ptr(g.data_ptr()), _ptr(gi.data_ptr()), _ptr(weight.data_ptr()),
             _NULL if act is None else _ptr(saved[2].data_ptr()), st, sv, _NULL, _NULL, hgw, hgb, sc[2], sc[3],
-            b, c, s, fl, 1, pact, _run_exec(),
+            b, c, s, fl, 1, pact, _run_streaming() if reused else _run_exec(),
         )  # fmt: skip
         return gi if need[0] else None, gw, gb, None
 
@@ -359,6 +366,7 @@ _flavor = _backend.flavor_of
 _new_stats = _backend.new_stats
 # (the raw passes are looked up in _backend on each call, as the wrapped ones: tests count them there)
 _run_exec = _backend.run_exec
+_run_streaming = _backend.run_exec_streaming
 
 
 def module_forward(m, x: Tensor, act=None) -> Tensor | None:
@@ -470,10 +478,13 @@ def module_forward(m, x: Tensor, act=None) -> Tensor | None:
     if training:
         return _train_forward(xin, weight, bias, rm, rv, b, c, s, momentum, eps, False, nbt, pact)[0]
     if affine:  # _infer_forward, inlined
-        out = _empty_like(xin) if 4 * numel < _passes.CACHE_MIN_BYTES else _new_like(xin)
+        if 4 * numel < _passes.CACHE_MIN_BYTES:
+            out, reused = _empty_like(xin), False
+        else:
+            out, reused = _new_out(xin)
         _backend.forward_infer_raw(
             _ptr(px), _ptr(out.data_ptr()), _ptr(pw), _ptr(pb), _ptr(pm), _ptr(pv), b, c, s,
-            _flavor((0.0, eps)), pact, _run_exec(),
+            _flavor((0.0, eps)), pact, _run_streaming() if reused else _run_exec(),
         )  # fmt: skip
         return out
     return _infer_forward(xin, weight, bias, rm, rv, b, c, s, eps, pact)

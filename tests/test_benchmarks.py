@@ -29,7 +29,7 @@ RUNS: dict[str, list[str]] = {
     "named_kernels.py": ["--rounds", "1", "--shape", "2x4x8x8"],
     "renorm_experiment.py": ["--seeds", "2", "--epochs", "1"],
     "fold_conv.py": [str(CFG), "--rounds", "1"],
-    "torch_modules.py": ["--quick", "--rounds", "1"],
+    "torch_modules.py": ["--quick", "--rounds", "1", "--sample-s", "0.01"],
 }
 # only --help: engine_nt.py compiles variant builds, mpi_sync.py needs mpiexec, torch_sync.py starts a
 # process group (tests/torch_dist and tests/mpi run those paths)

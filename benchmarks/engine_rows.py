@@ -20,7 +20,8 @@ optional baseline build, interleaved round by round in one process (benchmarks/e
   bandwidth timed in the same rounds, divided by the time: 1.0 = at the triad's bandwidth). numpy's
   huge-page advice is turned off (unless ``--huge``): the buffers get 4 KiB pages, as torch tensors do
   (on this VM the triad itself runs ~1.5x faster on huge pages). ``--nt``: also the new build with
-  non-temporal stores allowed (``plain_stores`` 0; darknet_bn.torch passes 1).
+  non-temporal stores allowed (``plain_stores`` 0; darknet_bn.torch passes 1); ``--huge-ab``: also the
+  same passes on buffers numpy advised for huge pages (what transparent huge pages would give torch).
 
 Rows: ``fwd`` = ``layer.forward(x, train=True)``; ``bwd`` = ``layer.backward(layer.delta)`` (in
 place) after a training forward of the same layer; scales set to the batch's std so the repeated
@@ -89,7 +90,14 @@ RAW_SHAPES = "64x512x7x7,32x256x26x26,16x128x52x52,1x16x416x416"
 
 
 def raw_cases(
-    pkg, tag: str, shape: tuple[int, int, int, int], nhwc: bool, threads: int, rotate: int = 1, nt: bool = False
+    pkg,
+    tag: str,
+    shape: tuple[int, int, int, int],
+    nhwc: bool,
+    threads: int,
+    rotate: int = 1,
+    nt: bool = False,
+    huge: bool | None = None,
 ) -> dict:
     """The training forward and the out-of-place backward through the raw C entry points, as
     darknet_bn.torch calls them (plain stores; fresh outputs reused from call to call, as its cache does)."""
@@ -97,6 +105,8 @@ def raw_cases(
     n, c, h, w = shape
     b, s = (n * h * w, 1) if nhwc else (n, h * w)
     rng = np.random.default_rng(0)
+    if huge is not None:  # this case's buffers with numpy's huge-page advice on or off (the rest: as set)
+        set_numpy_huge_pages(huge)
     ex = ffi.new("dbn_exec *", {"nthreads": threads, "isa": 0, "plain_stores": 0 if nt else 1})
     fl = ffi.new("dbn_flavor *", [0.1, 1e-5, 1, 0, 1e-5, 1, 1e-5])
     keep = [ex, fl]
@@ -129,6 +139,8 @@ def raw_cases(
 
     for _ in range(rotate):
         fwd()
+    if huge is not None:
+        set_numpy_huge_pages(False)
     return {f"{tag} fwd": fwd, f"{tag} bwd": bwd}
 
 
@@ -160,6 +172,8 @@ def raw_main(args) -> None:
         shape = tuple(int(v) for v in spec.lower().split("x"))
         for nhwc in layouts:
             cases = raw_cases(darknet_bn, "new", shape, nhwc, args.threads, args.rotate)
+            if args.huge_ab:
+                cases.update(raw_cases(darknet_bn, "huge", shape, nhwc, args.threads, args.rotate, huge=True))
             if args.nt:
                 cases.update(raw_cases(darknet_bn, "nt", shape, nhwc, args.threads, args.rotate, nt=True))
             if base is not None:
@@ -206,6 +220,7 @@ def main() -> None:
     ap.add_argument("--baseline", default=None)
     ap.add_argument("--raw", action="store_true", help="the raw C entry points as darknet_bn.torch calls them")
     ap.add_argument("--shapes", default=RAW_SHAPES, help="--raw: comma-separated NxCxHxW")
+    ap.add_argument("--huge-ab", action="store_true", help="--raw: also the same passes on huge-page buffers")
     ap.add_argument("--nt", action="store_true", help="--raw: also the new build with streaming stores allowed")
     ap.add_argument("--layout", default="both", choices=("nhwc", "nchw", "both"), help="--raw: layouts")
     args = ap.parse_args()

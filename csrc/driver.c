@@ -52,10 +52,7 @@ void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int 
             pl->chunk = rows * spatial;
             pl->nchunks = ceil_div(n, pl->chunk);
         }
-        /* the map as the reduction's grid tasks: rows of at most DBN_NARROW_ROW values (registers), and
-         * whole rows of one tile (channels_last: each task's rows contiguous; the map walks them back,
-         * from what the reduction left in L2, engine.inc map_wide_k) */
-        pl->map_grid = !pl->reduce_flat && has_map && (pl->tile * spatial <= DBN_NARROW_ROW || pl->ntiles == 1);
+        pl->map_grid = !pl->reduce_flat && has_map && pl->tile * spatial <= DBN_NARROW_ROW;
     }
     pl->ntasks = pl->ntiles * pl->nchunks;
 }

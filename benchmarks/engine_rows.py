@@ -21,7 +21,8 @@ optional baseline build, interleaved round by round in one process (benchmarks/e
   huge-page advice is turned off (unless ``--huge``): the buffers get 4 KiB pages, as torch tensors do
   (on this VM the triad itself runs ~1.5x faster on huge pages). ``--nt``: also the new build with
   non-temporal stores allowed (``plain_stores`` 0; darknet_bn.torch passes 1); ``--huge-ab``: also the
-  same passes on buffers numpy advised for huge pages (what transparent huge pages would give torch).
+  same passes on buffers numpy advised for huge pages (``huge``: every buffer; ``hout``: only the outputs,
+  out and dx, the buffers darknet_bn.torch allocates itself).
 
 Rows: ``fwd`` = ``layer.forward(x, train=True)``; ``bwd`` = ``layer.backward(layer.delta)`` (in
 place) after a training forward of the same layer; scales set to the batch's std so the repeated
@@ -98,6 +99,7 @@ def raw_cases(
     rotate: int = 1,
     nt: bool = False,
     huge: bool | None = None,
+    huge_out: bool = False,
 ) -> dict:
     """The training forward and the out-of-place backward through the raw C entry points, as
     darknet_bn.torch calls them (plain stores; fresh outputs reused from call to call, as its cache does)."""
@@ -119,7 +121,11 @@ def raw_cases(
     for _ in range(rotate):
         x = (rng.standard_normal(b * c * s, dtype=np.float32) * 2 + 3).astype(np.float32)
         g = rng.standard_normal(b * c * s, dtype=np.float32)
+        if huge_out:  # only the outputs advised for huge pages (what darknet_bn.torch controls)
+            set_numpy_huge_pages(True)
         out, dx = np.empty_like(x), np.empty_like(x)
+        if huge_out:
+            set_numpy_huge_pages(False)
         per = [np.ones(c, np.float32), np.zeros(c, np.float32)] + [np.zeros(c, np.float32) for _ in range(8)]
         per[5][:] = 1.0
         sets.append([buf(v) for v in (x, g, out, dx)] + [buf(v) for v in per])
@@ -174,6 +180,7 @@ def raw_main(args) -> None:
             cases = raw_cases(darknet_bn, "new", shape, nhwc, args.threads, args.rotate)
             if args.huge_ab:
                 cases.update(raw_cases(darknet_bn, "huge", shape, nhwc, args.threads, args.rotate, huge=True))
+                cases.update(raw_cases(darknet_bn, "hout", shape, nhwc, args.threads, args.rotate, huge_out=True))
             if args.nt:
                 cases.update(raw_cases(darknet_bn, "nt", shape, nhwc, args.threads, args.rotate, nt=True))
             if base is not None:

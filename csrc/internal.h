@@ -84,6 +84,9 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
                                      16 tiles of 64 channels instead of 8 of 128, docs/performance.md section 7;
                                      0: the tiles of 1/8 of the channels, -1: no narrow tiles, for benchmarks) */
 #endif
+#ifndef DBN_NARROW_BWD
+#define DBN_NARROW_BWD 1
+#endif
 #define DBN_NARROW_ROW_MIN 128    /* block mode, a one-input reduction with a map (a training forward) whose */
 #define DBN_NARROW_TASK_MAX (1 << 20) /* tiles are fewer than DBN_FUSED_MIN_TILES: cut into that many
                                       narrower tiles and run fused, when each task's rows stay at least

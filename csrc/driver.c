@@ -34,9 +34,10 @@ void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int 
     } else if (has_map && pl->ntiles >= DBN_FUSED_MIN_TILES
                && (double)bytes_per_value * (double)n * (double)pl->tile <= DBN_FUSED_TASK_MAX) {
         pl->fused = 1;                   /* each channel group's data fits L2: the same, the map reading L2 */
-    } else if (has_map && bytes_per_value == 4 && DBN_NARROW_ROW >= 0 && pl->tile > 1 && pl->ntiles < DBN_FUSED_MIN_TILES
+    } else if (has_map && (bytes_per_value == 4 || (bytes_per_value == 8 && DBN_NARROW_BWD)) && DBN_NARROW_ROW >= 0
+               && pl->tile > 1 && pl->ntiles < DBN_FUSED_MIN_TILES
                && ceil_div(c, DBN_FUSED_MIN_TILES) * spatial >= DBN_NARROW_ROW_MIN
-               && (double)ceil_div(c, DBN_FUSED_MIN_TILES) * (double)n * 4.0 <= DBN_NARROW_TASK_MAX) {
+               && (double)ceil_div(c, DBN_FUSED_MIN_TILES) * (double)n * bytes_per_value <= DBN_NARROW_TASK_MAX) {
         pl->fused = 1;                   /* a few wide tiles (many channels of tiny planes, the MLP case):
                                             narrower tiles, fused, one parallel region; over planes of at
                                             most 16 values, rows of at most DBN_NARROW_ROW values */

@@ -84,13 +84,19 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
                                      16 tiles of 64 channels instead of 8 of 128, docs/performance.md section 7;
                                      0: the tiles of 1/8 of the channels, -1: no narrow tiles, for benchmarks) */
 #endif
-#define DBN_NARROW_ROW_MIN 128    /* block mode, a one-input reduction with a map (a training forward) whose */
+#define DBN_NARROW_ROW_MIN 128    /* block mode, a reduction with a map (a training forward, a backward) whose */
 #define DBN_NARROW_TASK_MAX (1 << 20) /* tiles are fewer than DBN_FUSED_MIN_TILES: cut into that many
                                       narrower tiles and run fused, when each task's rows stay at least
-                                      this many values wide and its data at most this many bytes (an L2).
-                                      128x1024x1x1 training forward, 2 threads, this Intel VM: 24.3 us
-                                      against 32.1 three-phase; the backward (two inputs) lost (37.0 against
-                                      34.6), so it keeps three phases (docs/performance.md) */
+                                      this many values wide and its data (4 or 8 bytes a value) at most this
+                                      many bytes (an L2). 128x1024x1x1 training forward, 2 threads, this
+                                      Intel VM: 24.3 us against 32.1 three-phase (docs/performance.md 7) */
+#ifndef DBN_NARROW_BWD             /* (-D 0: the backward keeps three phases there, for A/B) */
+#define DBN_NARROW_BWD 1           /* the backward (two inputs) too: session 20 measured it losing at 2 threads
+                                      (37.0 against 34.6 us, linear, before the small-row loops of session
+                                      21); on one thread now the linear backward is even (61.5 against 61.6)
+                                      and the leaky one 1.10x faster (70.5 against 77.6, docs/performance.md
+                                      section 14); the two-thread figure is still to be taken */
+#endif
 #define DBN_SMALL 65536            /* tensors with fewer values: one fused task per channel group, no
                                       scratch, no second parallel region; not measured */
 #define DBN_CHUNK 65536            /* task size: values per task when a channel group or the flat tensor is

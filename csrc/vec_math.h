@@ -7,7 +7,7 @@
  * avoid cancellation: tanh(softplus(x)) = n/(n + 2) with n = e^x (e^x + 2), and
  * 1 + tanh(u) = 2 * logistic(2u). Swish, the logistic and gelu's forward take the logistic from
  * vlogistic_c: one formula for both signs with no select, a degree-5 polynomial (docs/performance.md,
- * section 12). vlogistic (and vmul_neg) are no longer called: kept for a later cleanup.
+ * section 12).
  * NaN stays NaN wherever Darknet's expression keeps it.
  * As vec.h, per engine translation unit (DBN_VBYTES).
  */
@@ -94,17 +94,6 @@ static inline vf vrcp(vf v)
     return r;
 }
 
-/* b where x >= 0 (or NaN), e*b where x < 0: one masked multiply on AVX-512. */
-static inline vf vmul_neg(vf x, vf e, vf b)
-{
-#if DBN_X86 && DBN_VBYTES == 64
-    const __mmask16 neg = _mm512_cmp_ps_mask((__m512)x, _mm512_setzero_ps(), _CMP_LT_OQ);
-    return (vf)_mm512_mask_mul_ps((__m512)b, neg, (__m512)e, (__m512)b);
-#else
-    return vsel(x < 0.0f, e * b, b);
-#endif
-}
-
 /* Darknet's leaky, (x > 0) ? x : a*x, and its derivative (y > 0) ? 1 : a. AVX-512: a compare into a mask
  * register, then one masked multiply (one blend); vsel's bitwise form made GCC emit the compare, the
  * multiply and two masked xors (docs/performance.md, section 6). The same operations on the same values:
@@ -126,12 +115,6 @@ static inline vf vleaky_grad(vf y, vf alpha)
 #else
     return vsel(y > 0.0f, vsplat(1.0f), alpha);
 #endif
-}
-
-static inline vf vlogistic(vf x)   /* e^-|x| never overflows: 1/(1 + e) for x >= 0, e/(1 + e) below */
-{
-    const vf e = vexp_lo(vnabs(x));
-    return vmul_neg(x, e, vrcp(1.0f + e));
 }
 
 static inline vf vtanh(vf x)

@@ -23,7 +23,9 @@ BIG = {
     (256, 1000, 5, 5): "block, fused channel groups",
     (4096, 300, 1, 1): "block, one tile split in row chunks, per-element coefficients",
     (64, 512, 7, 7): "block, fused channel groups that fit L2 (below the streaming size), masked tails",
-    (64, 40, 7, 7): "block, two tiles: grid reduction, flat map with masked tails (the backward)",
+    (64, 40, 7, 7): "block, narrow fused tiles of 5 channels x 49 values (the forward and the backward)",
+    (500, 9, 11, 13): "block, one tile split in row chunks: grid reduction, flat map with masked tails (the "
+    "backward: its tasks' two inputs exceed the narrow tiles' DBN_NARROW_TASK_MAX)",
     (8192, 16, 1, 1): "block, channels_last rows of one vector, three phases, grid map in registers",
     (512, 200, 2, 3): "block, tiny planes, per-element coefficients",
     (7, 1, 333, 333): "one channel: one long plane",

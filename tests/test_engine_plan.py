@@ -1,7 +1,7 @@
 """The engine's plan choices added for speed (csrc/driver.c, internal.h): the narrow fused tiles of a
-training forward over many channels of tiny planes (the MLP case, 128x1024x1x1) and the three phases
-in one parallel region. Each shape: the path it takes, the float64 reference, and the same bits on
-1, 2 and 3 threads."""
+training forward (and of the backward, where a task's data fits) over many channels of tiny planes (the
+MLP case, 128x1024x1x1) and the three phases in one parallel region. Each shape: the path it takes, the
+float64 reference, and the same bits on 1, 2 and 3 threads."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def plan(shape, bytes_per_value):
 # (shape, whether its training forward takes the narrow fused tiles)
 SHAPES = [
     ((128, 1024, 1, 1), True),  # the MLP case: one tile of 1024 channels -> 16 tiles of 64, fused
-    ((2048, 1024, 1, 1), True),  # 0.5 MiB per task: still narrow tiles
+    ((2048, 1024, 1, 1), True),  # 0.5 MiB per task: still narrow tiles (the backward's 1 MiB: three phases)
     ((4096, 1024, 1, 1), False),  # three phases (row chunks), the map as the reduction's grid tasks
     ((600, 160, 2, 2), False),  # 8 tiles of 20 channels x 4 values: rows too short, three phases
     ((300, 256, 2, 2), True),  # spatial 4: tile 256 -> 16 tiles of 16 channels (64 values a row)
@@ -35,6 +35,7 @@ SHAPES = [
 ]
 
 NARROW_ROW = 64  # internal.h DBN_NARROW_ROW: values a row of a narrow tile over planes of <= 16 values
+NARROW_TASK_MAX = 1 << 20  # internal.h DBN_NARROW_TASK_MAX: bytes a narrow tile's task reads at most
 
 
 def test_narrow_tiles_are_taken_where_expected():
@@ -50,7 +51,12 @@ def test_narrow_tiles_are_taken_where_expected():
                 assert fwd.ntiles == 8, shape
         else:
             assert not (fwd.fused and fwd.nchunks == 1 and fwd.tile < c), shape
-        assert not bwd.fused, shape  # the backward (two inputs) keeps three phases on these shapes
+        # the backward (two inputs, 8 bytes a value) takes the same narrow tiles while a task's data stays
+        # within internal.h's DBN_NARROW_TASK_MAX, else three phases
+        if narrow and -(-c // 8) * b * s * 8 <= NARROW_TASK_MAX:
+            assert bwd.fused and bwd.nchunks == 1 and (bwd.tile, bwd.ntiles) == (fwd.tile, fwd.ntiles), shape
+        else:
+            assert not bwd.fused, shape
 
 
 def _params(c):

@@ -75,8 +75,8 @@ def get_num_threads() -> int:
     return _user_threads or _numpy_exec.nthreads or _torch_threads()
 
 
-def _ex():
-    e = _exec
+def _synced(e):
+    """e (a dbn_exec) with this call's thread count and instruction set."""
     n, isa = _user_threads or _numpy_exec.nthreads or _torch_threads(), _numpy_exec.isa
     if e.nthreads != n:  # (a cffi field read costs a third of a write: write only changes)
         e.nthreads = n
@@ -85,14 +85,8 @@ def _ex():
     return e
 
 
-def _ex_nt():
-    e = _exec_nt
-    n, isa = _user_threads or _numpy_exec.nthreads or _torch_threads(), _numpy_exec.isa
-    if e.nthreads != n:  # (a cffi field read costs a third of a write: write only changes)
-        e.nthreads = n
-    if e.isa != isa:
-        e.isa = isa
-    return e
+_ex = functools.partial(_synced, _exec)  # the exec struct of plain stores
+_ex_nt = functools.partial(_synced, _exec_nt)  # the one with the engine's non-temporal policy
 
 
 class _Flavors(dict):

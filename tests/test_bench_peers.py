@@ -187,7 +187,7 @@ def test_a_rows_baseline_follows_what_ours_follows(monkeypatch, pass_):
         monkeypatch.setitem(bench.MAKERS, p, lambda s, p=p: _fake_impl(log, p, (bench.PEER_PASS.get(pass_, pass_),)))
     monkeypatch.setattr(bench.peers, "offers", lambda peer, p: True)
 
-    class Triad:  # the bandwidth sample that ends each round
+    class Triad:  # the bandwidth samples after the row's rounds
         n = 1
 
         def sample(self):
@@ -196,8 +196,16 @@ def test_a_rows_baseline_follows_what_ours_follows(monkeypatch, pass_):
 
     rounds = 8
     bench.run([SHAPE], peers, rounds=rounds, passes=(pass_,), triad=Triad())
-    runs = [k for i, k in enumerate(log) if i == 0 or log[i - 1] != k]  # one entry per sample (its calls)
-    assert len(runs) == rounds * (len(peers) + 3)
+    names = [f"ours:{pass_}", f"ours:{base}"] + [f"{p}:{bench.PEER_PASS.get(pass_, pass_)}" for p in peers]
+    # the row: one untimed call of each implementation, the rounds, then the triad's samples
+    assert log[: len(names)] == names
+    assert log[-bench.harness.TRIAD_SAMPLES :] == ["triad"] * bench.harness.TRIAD_SAMPLES
+    assert "triad" not in log[: -bench.harness.TRIAD_SAMPLES]
+    body = log[len(names) : -bench.harness.TRIAD_SAMPLES]
+    runs = [k for i, k in enumerate(body) if i == 0 or body[i - 1] != k]  # one entry per sample (its calls)
+    # a round that ends with the implementation the next one starts with runs it twice in a row
+    orders = [bench.harness.round_order(names, r) for r in range(rounds)]
+    assert len(runs) == rounds * len(names) - sum(a[-1] == b[0] for a, b in zip(orders, orders[1:]))
     ours, mine = f"ours:{pass_}", f"ours:{base}"
     after = {ours: [], mine: []}
     for i, k in enumerate(runs):

@@ -1,7 +1,7 @@
 """``darknet-bn bench``: how fast darknet_bn's passes are, against the memory roofline and against peers.
 
 The bench measures darknet_bn's passes as users call them, against peers called the fastest way they
-document, in interleaved rounds with a memory-bandwidth triad. Used by ``darknet-bn bench`` (and
+document, in interleaved rounds, with a memory-bandwidth triad after each row. Used by ``darknet-bn bench`` (and
 ``bench --cfg``, :mod:`darknet_bn.cli`) and by the scripts of ``benchmarks/``.
 
 - :mod:`~darknet_bn.bench.cases`: the shapes, the passes (and :func:`act_passes`, the training passes

@@ -6,7 +6,12 @@ darknet_bn's ``Layer`` as users call it, and each peer in the same rounds (inter
 every implementation once, in an order that rotates from round to round and reverses every other
 round, so a slow moment of the machine hits all of them and no implementation always runs after the
 same one: :func:`round_order`). Each timed sample follows one untimed call of the same implementation: the
-state a loop over the layer sees (tensors that fit the last-level cache are in it). Each pass runs in
+state a loop over the layer sees (tensors that fit the last-level cache are in it). The triad that gives
+the roofline's bandwidth runs after a row's rounds, never between them (``TRIAD_SAMPLES`` samples), and a
+row starts with one untimed call of every implementation: a triad sweeps 192 MiB through the caches,
+and on the shared VM it was measured on the two calls after it ran 1.4-2x slower than the third
+(1x16x416x416's training forward: 1.05-1.29, 0.80, then 0.57 ms), so a triad ending every round put
+that cost into the first samples of the next (docs/performance.md section 18). Each pass runs in
 the state users call it in: the backward rows time the training backward, after a training forward
 (one untimed training forward before the row's rounds; backward calls do not change the mode), and
 a ``backward+ACT`` row the backward after a ``train+ACT`` forward (the activation's derivative
@@ -39,6 +44,7 @@ from .roofline import Triad, bytes_per_element
 DEFAULT_BUDGET_S = 40.0  # what the default run aims at, setup included (each row still gets MIN_ROUNDS)
 MIN_ROUNDS = 3
 MIN_SAMPLE_S = 200e-6  # a sample of a tiny pass repeats the call until it lasts this long
+TRIAD_SAMPLES = 3  # triad samples after each row's rounds (their median is the row's bandwidth)
 
 
 @dataclass
@@ -92,16 +98,17 @@ def _time(f: Callable[[], object], reps: int) -> float:
 
 def round_order(names: Sequence[str], rnd: int) -> list[str]:
     """The order the implementations run in round ``rnd``: rounds 2j and 2j + 1 run the list rotated by
-    j, forward and reversed. A rotation alone keeps who follows whom: the entry after ``ours`` in the list --
-    a row's baseline ``ours:<pass>`` -- ran right after ``ours`` in every round and never after a peer
-    (whose threads may still hold the cores, and which leaves ours' threads asleep), while ``ours``
-    always ran after a peer: their ratio measured the order, not the pass. With the reversal, every
-    implementation follows each of its two neighbours in half the rounds: over 2 len(names) rounds,
-    ``ours`` and its baseline follow each other, and a peer, equally often (and the triad, which ends
-    every round, twice each)."""
+    j, one forward and one reversed (forward first for even j, reversed first for odd j). A rotation alone
+    keeps who follows whom: the entry after ``ours`` in the list -- a row's baseline ``ours:<pass>`` -- ran
+    right after ``ours`` in every round and never after a peer (whose threads may still hold the cores,
+    and which leaves ours' threads asleep), while ``ours`` always ran after a peer: their ratio measured
+    the order, not the pass. With the reversals, every implementation follows each of its two neighbours
+    in half the rounds, and the rounds follow each other without a pause (the last of a round and the
+    first of the next count too): over 2 len(names) rounds, ``ours`` and its baseline follow each other,
+    and a peer, equally often."""
     k = (rnd // 2) % len(names)
     order = list(names[k:]) + list(names[:k])
-    return order[::-1] if rnd % 2 else order
+    return order[::-1] if (rnd % 4) in (1, 2) else order
 
 
 def _reps_for(f: Callable[[], object]) -> tuple[int, float]:
@@ -203,16 +210,20 @@ def run(
             reset = {name: impls[owner].reset.get(q) for name, (owner, q) in entries.items()}
             samples: dict[str, list[float]] = {name: [] for name in call}
             reps: dict[str, int] = {}
-            bw = []
             names = list(call)
             this_rounds = n_rounds
             t0 = time.perf_counter()
+            # one untimed call of each: after the last row's triad (or setup), every implementation's
+            # buffers are back in the cache before the first timed sample
+            for name in names:
+                if reset[name] is not None:
+                    reset[name]()
+                call[name]()
             rnd = 0
             while rnd < this_rounds:
                 # each sample follows one untimed call of the same implementation (the state a loop
                 # over the layer sees; in round 0 it also tells how many calls make a sample), and the
                 # order rotates and reverses (round_order), so no implementation always follows another
-                # (or the triad, which flushes the cache)
                 for name in round_order(names, rnd):
                     f = call[name]
                     undo = reset[name]
@@ -224,17 +235,18 @@ def run(
                     else:
                         f()
                     samples[name].append(_time(f, reps[name]))
-                bw.append(triad.sample())
                 if rnd == 0 and rounds is None and budget_s is not None:
-                    per_round = sum((k + 1) * t for k, t in est.values()) + 12.0 * triad.n / 30e9
+                    per_round = sum((k + 1) * t for k, t in est.values())
                     rows_left = n_rows - len(results)
-                    share = (budget_s - (time.perf_counter() - start) - setup_left) / rows_left
+                    triad_s = TRIAD_SAMPLES * 12.0 * triad.n / 30e9  # a row's triad samples, at ~30 GB/s
+                    share = (budget_s - (time.perf_counter() - start) - setup_left) / rows_left - triad_s
                     this_rounds = max(MIN_ROUNDS, min(n_rounds, int(share / per_round) + 1))
                 if progress:
                     progress(1)
                 rnd += 1
             if progress and this_rounds < n_rounds:
                 progress(n_rounds - this_rounds)
+            bw = [triad.sample() for _ in range(TRIAD_SAMPLES)]
             r.triad_gbs, r.rounds = statistics.median(bw), this_rounds
             r.setup_s, setup_s = setup_s, {}  # the shape's setup, on its first row
             r.rounds_s = time.perf_counter() - t0

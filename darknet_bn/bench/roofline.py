@@ -2,10 +2,10 @@
 
 Each pass must move at least 12 (training forward: read x twice, write y), 8 (inference) or 20
 (backward: read x and delta twice, write the input's delta) bytes per element, with an activation
-fused in training or not; the bandwidth is a
-STREAM-style triad (csrc/stream.c) timed in the same rounds as the passes. ``roofline`` = minimum bytes
-/ triad bandwidth / our time: 1.0 means running at the triad's bandwidth (more is possible from cache,
-or with non-temporal stores, which the triad does not use).
+fused in training or not; the bandwidth is a STREAM-style triad (csrc/stream.c) timed right after each
+row's rounds (harness.TRIAD_SAMPLES samples). ``roofline`` = minimum bytes / triad bandwidth / our time:
+1.0 means running at the triad's bandwidth (more is possible from cache, or with non-temporal stores,
+which the triad does not use).
 """
 
 from __future__ import annotations

@@ -216,8 +216,9 @@ def run(
             # one untimed call of each: after the last row's triad (or setup), every implementation's
             # buffers are back in the cache before the first timed sample
             for name in names:
-                if reset[name] is not None:
-                    reset[name]()
+                undo = reset[name]
+                if undo is not None:
+                    undo()
                 call[name]()
             rnd = 0
             while rnd < this_rounds:

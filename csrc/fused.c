@@ -104,11 +104,93 @@ static void forward_channel(const fctx *cx, int64_t c, double n, double m, doubl
     affine_coef(m, scale * r / sigma_b, (double)cx->biases[c] + scale * d, k, p, q);
 }
 
+/* The per-channel coefficient loops below (forward_channels_plain, backward_channels_plain,
+ * pre_channels_plain) cloned for x86-64-v4: 8 double lanes a root or division where the baseline has 2.
+ * Every clone gives the same bits as the scalar forward_channel / backward_channel / stat_coef: roots and
+ * divisions are correctly rounded at any width, and contraction is off in them (fp-contract=off: the v4
+ * clone has FMA, and a*b + c fused there would round once where the baseline rounds twice). */
+#if DBN_MULTI_ISA
+#define DBN_COEF_CLONES __attribute__((target_clones("default", "arch=x86-64-v4"), optimize("fp-contract=off")))
+#else
+#define DBN_COEF_CLONES
+#endif
+
+/* forward_channel over n channels of a training forward without renormalization, vectorizable (restrict
+ * arrays, the flavor's choices and the activation's presence constants of the instantiations below):
+ * the same expressions in the same order on the same values (r = 1, d = 0 kept as constants), so the
+ * same bits as forward_channel. 256x32: the scalar loop was ~0.18 us of a ~1.5 us training forward. */
+static inline __attribute__((always_inline)) void
+forward_channels_k(const int eis, const int unb, const int act, int64_t n, double N, double eps, double mom,
+                   const double *restrict s0, const double *restrict s1, const float *restrict scale,
+                   const float *restrict bias, float *restrict mean, float *restrict variance,
+                   float *restrict rmean, float *restrict rvar, float *restrict k, float *restrict p,
+                   float *restrict q, float *restrict r)
+{
+    const double iN = 1.0 / N, iN1 = 1.0 / (N - 1.0), rr = 1.0, dd = 0.0;
+    for (int64_t j = 0; j < n; ++j) {
+        const double m = (double)k[j] + s0[j] * iN;
+        double m2 = s1[j] - s0[j] * s0[j] * iN;
+        if (m2 < 0.0) m2 = 0.0;   /* rounding of a constant channel */
+        const double vu = m2 * iN1;
+        const double var = unb ? vu : m2 * iN;
+        const double sigma_b = eis ? sqrt(var + eps) : sqrt(var) + eps;
+        const float mf = (float)m, vfl = (float)var;
+        mean[j] = mf;
+        variance[j] = vfl;
+        rmean[j] = (float)((1.0 - mom) * (double)rmean[j] + mom * m);
+        rvar[j] = (float)((1.0 - mom) * (double)rvar[j] + mom * vu);
+        const double sc = scale[j];
+        if (act) {   /* stat_coef from the stored floats (the backward recomputes these bits) */
+            const double den = eis ? sqrt((double)vfl + eps) : sqrt((double)vfl) + eps;
+            k[j] = mf;
+            p[j] = (float)(sc * rr / den);
+            q[j] = (float)((double)bias[j] + sc * dd);
+        } else {     /* affine_coef */
+            const double al = sc * rr / sigma_b, be = (double)bias[j] + sc * dd;
+            const float mh = (float)m;
+            k[j] = mh;
+            p[j] = (float)al;
+            q[j] = (float)(be - (m - (double)mh) * al);
+        }
+        r[j] = 0.0f;
+    }
+}
+
+DBN_COEF_CLONES
+static void forward_channels_plain(const fctx *cx, int64_t c0, int64_t n, const double *s0, const double *s1,
+                                   float *k, float *p, float *q, float *r)
+{
+    const dbn_flavor *fl = cx->fl;
+#define K(E, U, A)                                                                                              \
+    forward_channels_k(E, U, A, n, cx->n, fl->eps, fl->momentum, s0, s1, cx->scales + c0, cx->biases + c0,     \
+                       cx->mean + c0, cx->variance + c0, cx->rolling_mean + c0, cx->rolling_variance + c0, k, p, \
+                       q, r)
+    const int act = cx->akind != DBN_ACT_LINEAR;
+    if (fl->eps_in_sqrt) {
+        if (fl->unbiased) {
+            if (act) K(1, 1, 1); else K(1, 1, 0);
+        } else {
+            if (act) K(1, 0, 1); else K(1, 0, 0);
+        }
+    } else {
+        if (fl->unbiased) {
+            if (act) K(0, 1, 1); else K(0, 1, 0);
+        } else {
+            if (act) K(0, 0, 1); else K(0, 0, 0);
+        }
+    }
+#undef K
+}
+
 /* sums of d = x - k: mean = k + sum d / N, M2 = sum d^2 - (sum d)^2 / N */
 static void coef_forward_train(const dbn_job *job, int64_t c0, int64_t n, const double *s0, const double *s1,
                                float *k, float *p, float *q, float *r)
 {
     const fctx *cx = CTX(job);
+    if (!cx->renorm) {
+        forward_channels_plain(cx, c0, n, s0, s1, k, p, q, r);
+        return;
+    }
     const double N = cx->n, iN = 1.0 / N;   /* coef_forward_moments: the same expressions */
     for (int64_t j = 0; j < n; ++j) {
         forward_channel(cx, c0 + j, N, (double)k[j] + s0[j] * iN, s1[j] - s0[j] * s0[j] * iN, k + j, p + j, q + j);
@@ -319,14 +401,15 @@ static void backward_channel(const fctx *cx, int64_t c, double ls1, double ls2, 
  * (rr = 1, dd = 0 kept as constants), so the same bits as backward_channel; 256x32: the coefficients'
  * roots and divisions were ~0.3 us of a 1.6 us backward, scalar (docs/performance.md section 11). */
 static inline __attribute__((always_inline)) void
-backward_channels_k(const int eis, const int bis, const int same_bwd, const int same_stat, int64_t n, double N,
+backward_channels_k(const int eis, const int bis, const int same_bwd, const int same_stat, const int p2, int64_t n,
+                    double N,
                     const dbn_flavor *fl, const double *restrict ls1, const double *restrict ls2,
                     const float *restrict var, const float *restrict scale, const float *restrict mean,
                     float *restrict bias_updates, float *restrict scale_updates, float *restrict mean_delta,
                     float *restrict variance_delta, float *restrict k, float *restrict p, float *restrict q,
                     float *restrict r)
 {
-    const double rr = 1.0, dd = 0.0, eps = fl->eps, beps = fl->bwd_eps, seps = fl->stat_eps;
+    const double rr = 1.0, dd = 0.0, eps = fl->eps, beps = fl->bwd_eps, seps = fl->stat_eps, iN = 1.0 / N;
     for (int64_t j = 0; j < n; ++j) {
         const double v = var[j], sc = scale[j];
         const double d_fwd = eis ? sqrt(v + eps) : sqrt(v) + eps;
@@ -341,23 +424,15 @@ backward_channels_k(const int eis, const int bis, const int same_bwd, const int 
         mean_delta[j] = (float)md;
         variance_delta[j] = (float)vd;
         p[j] = (float)(se / (same_bwd ? d_fwd : bis ? sqrt(v + beps) : sqrt(v) + beps));
-        q[j] = (float)(2.0 * vd / N);
-        r[j] = (float)(md / N);
+        /* p2: N a power of two, so 1/N is exact and x * (1/N) is x / N correctly rounded, the same bits
+         * (two of the loop's six divisions a channel; 256x32: N = 256) */
+        q[j] = (float)(p2 ? 2.0 * vd * iN : 2.0 * vd / N);
+        r[j] = (float)(p2 ? md * iN : md / N);
     }
 }
 
-/* The coefficient loops of a backward without renormalization (backward_channels_k, pre_channels_plain)
- * cloned for x86-64-v4: 8 double lanes a root or division where the baseline has 2 (128x1024x1x1: 1024
- * channels' roots and divisions, ~5 us of a ~60 us backward, and the forward's coefficients of a backward
- * with an activation ~2 us, on one thread, baseline). Every clone gives the same bits: roots and divisions
- * are correctly rounded at any width, and the only a*b + c these loops hold are products by the constant
- * dd = 0 (exact: +-0, or NaN as in the unfused form), so contracting them into an FMA changes nothing. */
-#if DBN_MULTI_ISA
-#define DBN_COEF_CLONES __attribute__((target_clones("default", "arch=x86-64-v4")))
-#else
-#define DBN_COEF_CLONES
-#endif
-
+/* The backward's coefficient loop without renormalization (the clones: above). 128x1024x1x1: 1024
+ * channels' roots and divisions, ~5 us of a ~60 us backward on one thread, baseline. */
 DBN_COEF_CLONES
 static void backward_channels_plain(const fctx *cx, int64_t c0, int64_t n, const double *s0, const double *s1,
                                     float *k, float *p, float *q, float *r)
@@ -366,8 +441,14 @@ static void backward_channels_plain(const fctx *cx, int64_t c0, int64_t n, const
     {
         const int eis = fl->eps_in_sqrt, bis = fl->bwd_eps_in_sqrt;
         const int same_bwd = fl->bwd_eps == fl->eps && bis == eis, same_stat = eis && fl->stat_eps == fl->eps;
+        int e2;
+        const int p2 = frexp(cx->n, &e2) == 0.5;   /* N a power of two (exactly) */
 #define K(E, B, SB, SS)                                                                                         \
-    backward_channels_k(E, B, SB, SS, n, cx->n, fl, s0, s1, cx->stat_var + c0, cx->scales + c0,                 \
+    do {                                                                                                        \
+        if (p2) K2(E, B, SB, SS, 1); else K2(E, B, SB, SS, 0);                                                  \
+    } while (0)
+#define K2(E, B, SB, SS, P2)                                                                                    \
+    backward_channels_k(E, B, SB, SS, P2, n, cx->n, fl, s0, s1, cx->stat_var + c0, cx->scales + c0,             \
                         cx->stat_mean + c0, cx->bias_updates + c0, cx->scale_updates + c0, cx->mean_delta + c0, \
                         cx->variance_delta + c0, k, p, q, r)
         if (same_bwd) {   /* bis == eis */
@@ -383,6 +464,7 @@ static void backward_channels_plain(const fctx *cx, int64_t c0, int64_t n, const
             if (bis) K(0, 1, 0, 0);
             else K(0, 0, 0, 0);
         }
+#undef K2
 #undef K
     }
 }

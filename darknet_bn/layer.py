@@ -36,6 +36,7 @@ from .flavors import Flavor, get_flavor
 __all__ = ["Layer", "make_batchnorm_layer", "ACTIVATIONS"]
 
 _NULL = ffi.NULL
+_NO_X = object()  # Layer._x_fast when there is no clean last input (never an argument a caller can pass)
 # The passes, taking their per-layer arguments as one struct (csrc/darknet_bn.h: dbn_*_call), and the
 # struct fields the layer's argument tuples fill, in the order of those tuples.
 _forward_train = lib.dbn_forward_train_with
@@ -140,6 +141,9 @@ class Layer:
         "_x_bufs",
         "_x_lost",
         "_x_clean",
+        "_x_fast",
+        "_trainable",
+        "_c_bwd_now",
         "_p_output",
         "_p_delta",
         "_p",
@@ -194,6 +198,8 @@ class Layer:
         self._train = True  # the mode of the last forward
         self._x_lost = False  # the last forward: inference in place on output (x is gone)
         self._x_clean = False  # x was checked to share no memory with this layer's buffers
+        self._x_fast: Any = _NO_X  # x when _x_clean (the forward's inlined test, one identity check), else _NO_X
+        self._trainable = self._count >= 2  # a training forward needs two values per channel
         self._x_norm: np.ndarray | None = None
         self._x_norm_valid = False
         self._x_copy: np.ndarray | None = None  # what x shows before the first forward (zeros)
@@ -250,6 +256,7 @@ class Layer:
         self._c_train = ffi.new("dbn_train_call *", {**dict(zip(_TRAIN_FIELDS, a_train)), **ex})
         self._c_infer = ffi.new("dbn_infer_call *", {**dict(zip(_INFER_FIELDS, a_infer)), **ex})
         self._c_bwd = {k: ffi.new("dbn_backward_call *", {**dict(zip(_BWD_FIELDS, v)), **ex}) for k, v in a_bwd.items()}
+        self._c_bwd_now = self._c_bwd[True]  # the backward's struct for the last forward's mode (_c_bwd[_train])
         self._act = ffi.NULL  # the last forward's activation (dbn_act *; NULL: linear)
 
     # ---------------------------------------------------------------------------------------------
@@ -296,11 +303,10 @@ class Layer:
         else:
             act = c_act(activation, alpha)
         if (
-            input is self._x
-            and self._x_clean
+            input is self._x_fast  # self._x, and _x_clean
             and input.dtype is F32
             and input.flags.c_contiguous
-            and (train is False or (train is True and self._count >= 2))
+            and ((train is True and self._trainable) or train is False)
         ):
             # The common call, inlined: the last forward's input again (see _take_input), still float32
             # in C order (its memory cannot have moved while its pointer holds a buffer export, so with
@@ -310,7 +316,9 @@ class Layer:
             else:
                 _forward_infer(self._p_x, self._c_infer, act)
             self._act = act
-            self._train = train
+            if train is not self._train:
+                self._train = train
+                self._c_bwd_now = self._c_bwd[train]
             self._x_norm_valid = False
             shape = input.shape
             if shape != self._view_shape:
@@ -398,8 +406,10 @@ class Layer:
         """Remember the forward's input and mode; return the output viewed in the input's shape."""
         self._x, self._p_x = input, p_in
         self._train = train
+        self._c_bwd_now = self._c_bwd[train]
         self._x_lost = lost
         self._x_clean = not lost  # an input that got here shares no memory with delta or output
+        self._x_fast = _NO_X if lost else input
         self._x_norm_valid = False
         shape = input.shape
         if shape != self._view_shape:
@@ -442,10 +452,10 @@ class Layer:
             # in place on this layer's own delta, still usable, after a forward whose input is intact
             # (_x_clean: there was one, and it was not an inference in place on output): _take_net_delta's
             # first case, inlined
-            _backward(self._p_x, self._p_delta, _NULL, self._c_bwd[self._train], self._act)
+            _backward(self._p_x, self._p_delta, _NULL, self._c_bwd_now, self._act)
             return net_delta
         net_delta, p_nd = self._take_net_delta(net_delta)
-        _backward(self._p_x, self._p_delta, p_nd, self._c_bwd[self._train], self._act)
+        _backward(self._p_x, self._p_delta, p_nd, self._c_bwd_now, self._act)
         return net_delta
 
     def _take_net_delta(self, net_delta: Any) -> tuple[np.ndarray, Any]:

@@ -135,3 +135,38 @@ def test_backward_on_own_delta_refuses_a_retyped_delta():
                 layer.backward(d)
         finally:
             d.dtype = np.float32
+
+
+def test_backward_after_inlined_mode_switch_takes_that_modes_backward():
+    # the inlined forward switches the backward's call struct (_c_bwd_now) with the mode: after an inference
+    # forward of the same input the backward is the inference one (mean_delta 0, the rolling statistics'
+    # gradient), after a training forward again the training one -- compared with fresh layers
+    x = make_data((8, 3, 2, 2), 7)
+    dy = make_data((8, 3, 2, 2), 8)
+    layer = _layer()
+    layer.forward(x, train=True)  # full path; the next forwards of x take the inlined one
+    modes = [True]
+    for train in (False, True, False):
+        modes.append(train)
+        ref = _layer()
+        for m in modes:  # the same forwards (the rolling statistics), each on a new array: the full path
+            ref.forward(x.copy(), train=m)
+        layer.forward(x, train=train)
+        layer.delta[...] = dy
+        ref.delta[...] = dy
+        got, want = layer.backward(layer.delta).copy(), ref.backward(ref.delta)
+        assert np.array_equal(got, want), train
+        assert np.array_equal(layer.mean_delta, ref.mean_delta), train
+        if not train:
+            assert not layer.mean_delta.any()
+
+
+def test_none_input_raises_before_and_after_a_forward():
+    # the inlined test compares the input with the last clean input (a sentinel when there is none):
+    # None must never pass it
+    layer = _layer()
+    with pytest.raises(TypeError):
+        layer.forward(None, train=True)
+    layer.forward(make_data((8, 3, 2, 2), 9), train=True)
+    with pytest.raises(TypeError):
+        layer.forward(None, train=False)

@@ -4,10 +4,21 @@
  *   out = (x - mean_hi) * alpha + beta'   (mean_hi the float nearest the mean, beta' absorbing the rest),
  * back to back per channel group. Backward: one reduction (sum delta, sum delta*(x - mean)) and one map,
  *   delta_in = delta * A + (x - mean) * B + C.
- * The per-channel arithmetic lives once, in forward_channel() and backward_channel(); the fused passes
- * and the halves of synchronized BN differ only in where their sums come from.
+ * The per-channel arithmetic lives in forward_channel() and backward_channel(); the fused passes and the
+ * halves of synchronized BN differ only in where their sums come from. The plain training forward and
+ * backward (no renormalization) run vectorizable twins of them (forward_channels_k, backward_channels_k)
+ * with the same expressions in the same order: the same bits, because nothing in this file is contracted
+ * into FMAs (below), whatever the target or the user's -march.
  * The derivation of the coefficients is in docs/backward.md; reference.c has plain versions.
  */
+/* No floating-point contraction anywhere in this file: a*b + c fused in one function (or one clone) and
+ * not in its twin would round differently, and the per-channel work here is a few operations a channel,
+ * so FMAs buy nothing. GCC does not implement the standard pragma; clang does. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include "darknet_bn.h"
 #include "internal.h"
 
@@ -107,8 +118,9 @@ static void forward_channel(const fctx *cx, int64_t c, double n, double m, doubl
 /* The per-channel coefficient loops below (forward_channels_plain, backward_channels_plain,
  * pre_channels_plain) cloned for x86-64-v4: 8 double lanes a root or division where the baseline has 2.
  * Every clone gives the same bits as the scalar forward_channel / backward_channel / stat_coef: roots and
- * divisions are correctly rounded at any width, and contraction is off in them (fp-contract=off: the v4
- * clone has FMA, and a*b + c fused there would round once where the baseline rounds twice). */
+ * divisions are correctly rounded at any width, and contraction is off in them as in the whole file
+ * (the v4 clone has FMA, and a*b + c fused there would round once where the baseline rounds twice; the
+ * attribute repeats the file's pragma, which a target clone might not inherit). */
 #if DBN_MULTI_ISA
 #define DBN_COEF_CLONES __attribute__((target_clones("default", "arch=x86-64-v4"), optimize("fp-contract=off")))
 #else

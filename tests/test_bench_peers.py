@@ -203,8 +203,8 @@ def test_a_rows_baseline_follows_what_ours_follows(monkeypatch, pass_):
     assert "triad" not in log[: -bench.harness.TRIAD_SAMPLES]
     body = log[len(names) : -bench.harness.TRIAD_SAMPLES]
     runs = [k for i, k in enumerate(body) if i == 0 or body[i - 1] != k]  # one entry per sample (its calls)
-    # a round that ends with the implementation the next one starts with runs it twice in a row
-    orders = [bench.harness.round_order(names, r) for r in range(rounds)]
+    # a round that ends with the implementation the next one starts with would run it twice in a row
+    orders = [bench.harness.round_order(names, r, pair=True) for r in range(rounds)]
     assert len(runs) == rounds * len(names) - sum(a[-1] == b[0] for a, b in zip(orders, orders[1:]))
     ours, mine = f"ours:{pass_}", f"ours:{base}"
     after = {ours: [], mine: []}
@@ -214,8 +214,25 @@ def test_a_rows_baseline_follows_what_ours_follows(monkeypatch, pass_):
     for k, other in ((ours, mine), (mine, ours)):
         by_ours = sum(p == other for p in after[k])
         by_peer = sum(p.split(":")[0] in peers for p in after[k])
-        assert by_ours >= 2 and by_peer >= 2, (k, after[k])
+        assert by_ours == by_peer == rounds // 2, (k, after[k])
     assert sum(p == mine for p in after[ours]) == sum(p == ours for p in after[mine]), after
+
+
+@pytest.mark.parametrize("n_peers", [0, 1, 2, 5])
+def test_round_order_of_a_row_with_a_baseline_balances_every_two_rounds(n_peers):
+    names = ["ours", "ours:infer"] + [f"p{i}" for i in range(n_peers)]
+    seq: list = []
+    for rnd in range(6):
+        order = bench.harness.round_order(names, rnd, pair=True)
+        assert sorted(order) == sorted(names)
+        seq += order
+        if rnd % 2:  # after every two rounds, round boundaries included
+            prev = {n: [seq[i - 1] for i in range(1, len(seq)) if seq[i] == n] for n in names[:2]}
+            for me, other in (("ours", "ours:infer"), ("ours:infer", "ours")):
+                by_other = prev[me].count(other)
+                by_peer = sum(p.startswith("p") for p in prev[me])
+                assert by_other == (rnd + 1) // 2, prev
+                assert by_peer == ((rnd + 1) // 2 if n_peers else 0), prev
 
 
 def test_round_order_varies_who_follows_whom():

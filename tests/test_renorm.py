@@ -34,7 +34,12 @@ def _pair(shape, flavor, seed=0, **renorm):
 
 @pytest.mark.parametrize("shape", SHAPES[:6] + [(4, 9, 200, 201), (64, 512, 7, 7), (512, 64, 1, 1)])
 @pytest.mark.parametrize("flavor", FLAVOR_NAMES)
-def test_rmax_1_dmax_0_is_plain_bn_bit_for_bit(shape, flavor):
+@pytest.mark.parametrize("activation", [None, "leaky", "swish"])
+def test_rmax_1_dmax_0_is_plain_bn_bit_for_bit(shape, flavor, activation):
+    """A renorm layer whose bounds clip r to 1 and d to 0 is plain BN, bit for bit, with or without an
+    activation fused: the renorm passes compute their per-channel coefficients in the scalar
+    forward_channel / backward_channel, the plain ones in their vectorized twins (csrc/fused.c), so this
+    also checks that the twins compute the same expressions."""
     if shape[0] * shape[2] * shape[3] < 2:
         return
     plain, rn = _pair(shape, flavor, rmax=1.0, dmax=0.0)
@@ -42,7 +47,7 @@ def test_rmax_1_dmax_0_is_plain_bn_bit_for_bit(shape, flavor):
     dy = make_data(shape, 2)
     for step in range(2):  # twice: the second step runs with rolling statistics the first one updated
         for layer in (plain, rn):
-            layer.forward(x, train=True)
+            layer.forward(x, train=True, activation=activation)
             layer.delta[:] = dy
             layer.backward(layer.delta)
             layer.update(0.1, 0.9, 0.0, shape[0])

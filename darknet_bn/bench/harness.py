@@ -1,23 +1,22 @@
 """The timing harness: :func:`run` times every (shape, pass) for darknet_bn and the peers.
 
-For each shape and pass (training forward, inference forward, inference + leaky, backward; with
-``--renorm`` / ``--activation`` also the renorm and the +ACT training passes) it times
-darknet_bn's ``Layer`` as users call it, and each peer in the same rounds (interleaved: round r runs
-every implementation once, in an order that rotates from round to round and reverses every other
-round, so a slow moment of the machine hits all of them and no implementation always runs after the
-same one: :func:`round_order`). Each timed sample follows one untimed call of the same implementation: the
-state a loop over the layer sees (tensors that fit the last-level cache are in it). The triad that gives
-the roofline's bandwidth runs after a row's rounds, never between them (``TRIAD_SAMPLES`` samples), and a
-row starts with one untimed call of every implementation: a triad sweeps 192 MiB through the caches,
-and on the shared VM it was measured on the two calls after it ran 1.4-2x slower than the third
-(1x16x416x416's training forward: 1.05-1.29, 0.80, then 0.57 ms), so a triad ending every round put
-that cost into the first samples of the next (docs/performance.md section 18). Each pass runs in
-the state users call it in: the backward rows time the training backward, after a training forward
-(one untimed training forward before the row's rounds; backward calls do not change the mode), and
-a ``backward+ACT`` row the backward after a ``train+ACT`` forward (the activation's derivative
-applied), its delta restored, untimed, before each sample (:attr:`Impl.reset`: an in-place backward
-through an activation's derivative would shrink or grow it from call to call). A row with a baseline
-(``infer+leaky``, the ``+renorm`` and ``+ACT`` rows) also times our plain pass in its rounds
+For each shape and pass (training forward, inference forward, inference + leaky, backward; with ``--renorm`` /
+``--activation`` also the renorm and the +ACT training passes) it times darknet_bn's ``Layer`` as users call
+it, and each peer in the same rounds (interleaved: round r runs every implementation once, in an order that
+changes from round to round, so a slow moment of the machine hits all of them and no implementation always
+runs after the same one; in a row with a baseline, ours and the baseline each follow the other and a peer
+equally often: :func:`round_order`). Each timed sample follows one untimed call of the same implementation:
+the state a loop over the layer sees (tensors that fit the last-level cache are in it). The triad that gives
+the roofline's bandwidth runs after a row's rounds, never between them (``TRIAD_SAMPLES`` samples), and a row
+starts with one untimed call of every implementation: a triad sweeps 192 MiB through the caches, and on the
+shared VM it was measured on the two calls after it ran 1.4-2x slower than the third (1x16x416x416's training
+forward: 1.05-1.29, 0.80, then 0.57 ms), so a triad ending every round put that cost into the first samples of
+the next (docs/performance.md section 18). Each pass runs in the state users call it in: the backward rows
+time the training backward, after a training forward (one untimed training forward before the row's rounds;
+backward calls do not change the mode), and a ``backward+ACT`` row the backward after a ``train+ACT`` forward
+(the activation's derivative applied), its delta restored, untimed, before each sample (:attr:`Impl.reset`: an
+in-place backward through an activation's derivative would shrink or grow it from call to call). A row with a
+baseline (``infer+leaky``, the ``+renorm`` and ``+ACT`` rows) also times our plain pass in its rounds
 (``"ours:<pass>"``).
 
 Before a peer is timed on a shape, each pass it offers runs once and is compared with ours; a peer
@@ -60,7 +59,7 @@ class Result:
     check_error: dict = field(default_factory=dict)  # peer -> max |peer - ours| of the check
     not_timed: dict = field(default_factory=dict)  # peer -> why it was not timed in this row
     setup_s: dict = field(default_factory=dict)  # the shape's setup and checks (its first row only)
-    rounds_s: float = 0.0  # the time the row's rounds took
+    rounds_s: float = 0.0  # the time the row took: its first untimed calls, its rounds and its triad samples
 
     @property
     def ours_ms(self) -> float:
@@ -96,16 +95,26 @@ def _time(f: Callable[[], object], reps: int) -> float:
     return (time.perf_counter() - t) / reps
 
 
-def round_order(names: Sequence[str], rnd: int) -> list[str]:
-    """The order the implementations run in round ``rnd``: rounds 2j and 2j + 1 run the list rotated by
-    j, one forward and one reversed (forward first for even j, reversed first for odd j). A rotation alone
-    keeps who follows whom: the entry after ``ours`` in the list -- a row's baseline ``ours:<pass>`` -- ran
-    right after ``ours`` in every round and never after a peer (whose threads may still hold the cores,
-    and which leaves ours' threads asleep), while ``ours`` always ran after a peer: their ratio measured
-    the order, not the pass. With the reversals, every implementation follows each of its two neighbours
-    in half the rounds, and the rounds follow each other without a pause (the last of a round and the
-    first of the next count too): over 2 len(names) rounds, ``ours`` and its baseline follow each other,
-    and a peer, equally often."""
+def round_order(names: Sequence[str], rnd: int, pair: bool = False) -> list[str]:
+    """The order the implementations run in round ``rnd``. The rounds follow each other without a pause,
+    so the last of a round and the first of the next count as neighbours too.
+
+    ``pair`` (a row with a baseline: ``names[0]`` is ``ours`` and ``names[1]`` our plain pass,
+    ``ours:<pass>``, whose ratio to ours the row reports): the peers, rotated by one each round, then
+    ``ours`` and its baseline, in one order in even rounds and the other in odd ones. In every two
+    rounds each of the two runs once right after the other and once right after a peer (whose threads
+    may still hold the cores, and which leaves ours' threads asleep), so their ratio does not measure
+    the order. (A rotation of the whole list ran the baseline after ``ours`` in every round and ``ours``
+    after a peer: infer+leaky / infer read 1.34 where both medians were equal.)
+
+    Without ``pair``: rounds 2j and 2j + 1 run the list rotated by j, one forward and one reversed
+    (forward first for even j): every implementation follows each of its two neighbours in the list."""
+    if pair and len(names) >= 2:
+        duo, peers = list(names[:2]), list(names[2:])
+        if peers:
+            k = rnd % len(peers)
+            peers = peers[k:] + peers[:k]
+        return peers + (duo if rnd % 2 == 0 else duo[::-1])
     k = (rnd // 2) % len(names)
     order = list(names[k:]) + list(names[:k])
     return order[::-1] if (rnd % 4) in (1, 2) else order
@@ -225,7 +234,7 @@ def run(
                 # each sample follows one untimed call of the same implementation (the state a loop
                 # over the layer sees; in round 0 it also tells how many calls make a sample), and the
                 # order rotates and reverses (round_order), so no implementation always follows another
-                for name in round_order(names, rnd):
+                for name in round_order(names, rnd, pair=bool(base)):
                     f = call[name]
                     undo = reset[name]
                     if undo is not None:

@@ -102,7 +102,7 @@ static inline vf vmin_hi(vf hi, vf x)
 /* Partial vectors, for the ends of runs: vload_part gives the n < NV values at p in the first lanes
  * (the others zero), vstore_part stores the first n lanes of v. One masked instruction on AVX-512
  * (DBN_MASKED 1: a partial vector is as cheap as a whole one, so short runs -- small planes -- do not
- * end in a scalar loop); a padded copy elsewhere. */
+ * end in a scalar loop); AVX2's maskload / maskstore (the activation's ends); a padded copy elsewhere. */
 #if DBN_X86 && DBN_VBYTES == 64
 #define DBN_MASKED 1
 static inline vf vload_part(const float *p, int64_t n)
@@ -112,6 +112,20 @@ static inline vf vload_part(const float *p, int64_t n)
 static inline void vstore_part(float *p, vf v, int64_t n)
 {
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
+}
+#elif DBN_X86 && DBN_VBYTES == 32
+#define DBN_MASKED 0   /* masked stores are slow on some AVX2 CPUs: the linear ends stay scalar */
+static inline __m256i vmask_part(int64_t n)   /* lanes 0..n-1 set */
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline vf vload_part(const float *p, int64_t n)   /* masked-off lanes are zero and not read */
+{
+    return (vf)_mm256_maskload_ps(p, vmask_part(n));
+}
+static inline void vstore_part(float *p, vf v, int64_t n)
+{
+    _mm256_maskstore_ps(p, vmask_part(n), (__m256)v);
 }
 #else
 #define DBN_MASKED 0

@@ -114,7 +114,7 @@ static inline void vstore_part(float *p, vf v, int64_t n)
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), (__m512)v);
 }
 #elif DBN_X86 && DBN_VBYTES == 32
-#define DBN_MASKED 0   /* masked stores are slow on some AVX2 CPUs: the linear ends stay scalar */
+#define DBN_MASKED 0   /* the linear ends keep their scalar loop (masked ends not measured there) */
 static inline __m256i vmask_part(int64_t n)   /* lanes 0..n-1 set */
 {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));

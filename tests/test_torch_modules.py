@@ -445,21 +445,21 @@ class Block(nn.Module):
         )
 
     def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.short(x))
+        y = F.silu(self.bn1(self.conv1(x)))
+        return F.silu(self.bn2(self.conv2(y)) + self.short(x))
 
 
 class ResNetish(nn.Module):
     def __init__(self, classes=10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU())
         self.layers = nn.Sequential(Block(8, 8, 1), Block(8, 16, 2))
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Linear(16, 32),
             nn.BatchNorm1d(32),
-            nn.ReLU(),
+            nn.SiLU(),
             nn.Linear(32, classes),
         )
 

@@ -113,9 +113,12 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
 /* Non-temporal stores (fused.c): outputs above these sizes bypass the cache. PERFORMANCE.md: turning
  * them off was 1.08-1.8x slower from 21 MB up, forcing them on an 11 MB tensor 1.3-1.8x slower; the
  * threshold differs per pass (about 16 / 32 / 8 MB measured for training forward / inference /
- * backward); re-measured on the Intel VM in docs/performance.md. */
+ * backward); re-measured on the Intel VM (docs/performance.md section 4) and on an AMD EPYC (section 20). */
 #ifndef DBN_NT_TRAIN_BYTES          /* (-D overrides them: benchmarks/engine_nt.py builds variants) */
-#define DBN_NT_TRAIN_BYTES (16.0 * 1024 * 1024)     /* training forward's output */
+#define DBN_NT_TRAIN_BYTES (10.0 * 1024 * 1024)     /* training forward's output: 10, not 16: streaming 12-16
+                                                       MiB outputs took 0.66-0.76x the time on an AMD EPYC
+                                                       (1 and 2 threads) and 0.75-0.90x on the Intel VM; at
+                                                       8 MiB it lost on the EPYC (1.17x; docs/performance.md 20) */
 #endif
 #ifndef DBN_NT_INFER_BYTES
 #define DBN_NT_INFER_BYTES (20.0 * 1024 * 1024)     /* inference forward's output (not in place): 20, not 12:
@@ -124,7 +127,8 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
                                                        the AMD optimum was about 32 MB (docs/performance.md) */
 #endif
 #ifndef DBN_NT_BACKWARD_BYTES
-#define DBN_NT_BACKWARD_BYTES (8.0 * 1024 * 1024)   /* backward's input delta */
+#define DBN_NT_BACKWARD_BYTES (8.0 * 1024 * 1024)   /* backward's input delta, out of place only (fused.c's
+                                                       backward_job: an in-place backward never streams) */
 #endif
 
 /* The engine's loops (engine.inc). */

@@ -238,7 +238,7 @@ def test_named_kernels_match_their_plain_references(shape, isa):
 def test_unaligned_arrays(offset, isa):
     """Views that start off the vector alignment (the stores peel to alignment; the non-temporal path
     must not assume it)."""
-    shape = (3, 20, 300, 301)  # 21 MB: the map streams (non-temporal) in every pass
+    shape = (3, 20, 300, 301)  # 21 MB: both forwards' maps stream (non-temporal); the in-place backward never does
     b, c, h, w = shape
     n = b * c * h * w
     raw = np.empty(n + offset, np.float32)

@@ -323,7 +323,8 @@ def test_bit_flipped_and_truncated_weights(i, seed, mode, tmp_path_factory):
 #   per-element maps below spatial 8 or c*spatial <= 1024 (DBN_EXPAND_*), map_block's 2*NV planes;
 #   one fused task group up to 65536 values (DBN_SMALL), tasks of 65536 (DBN_CHUNK), row splits when
 #   fewer than 8 tiles, one channel (its planes joined), threads from 16384 values per thread;
-#   non-temporal stores past 8 MiB (backward), 12 MiB (inference), 16 MiB (training forward), and the
+#   non-temporal stores past 10 MiB (training forward), 20 MiB (inference), 8 MiB (an out-of-place
+#   backward; the layers' backward is in place and never streams), and the
 #   fused plan past 24 MiB read by the reduction (DBN_STREAM_MAX) -- the layer's tests below.
 # Every array lives in a bytearray with guard bytes around it (and between a strided array's
 # elements). Outcome: the right answer (float64 reference) or TypeError/ValueError -- and the test
@@ -926,11 +927,11 @@ def test_layer_odd_memory(cls, data):
 
 
 BIG_SHAPES = [  # (batch, c, h, w) past the non-temporal and fused-plan thresholds (see above)
-    (4, 32, 224, 224),  # 6.4M: training forward fused (> 24 MiB read), streams in every pass
+    (4, 32, 224, 224),  # 6.4M: training forward fused (> 24 MiB read), both forwards stream
     (12800, 512, 1, 1),  # 6.6M, 1x1 planes: per-element maps that stream, row-split reductions
-    (64, 128, 20, 20),  # 3.3M: backward fused (8 bytes a value > 24 MiB), inference streams
-    (2100, 64, 5, 5),  # 3.4M, small planes, two tiles: three phases, inference streams
-    (1, 1, 2200, 1000),  # 2.2M, one channel: the backward streams
+    (64, 128, 20, 20),  # 3.3M: backward fused (8 bytes a value > 24 MiB), the training forward streams
+    (2100, 64, 5, 5),  # 3.4M, small planes, two tiles: three phases, the training forward streams
+    (1, 1, 2800, 1000),  # 2.8M, one channel: the training forward streams
 ]
 
 

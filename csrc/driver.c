@@ -53,7 +53,7 @@ void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int 
             pl->chunk = rows * spatial;
             pl->nchunks = ceil_div(n, pl->chunk);
         }
-        pl->map_grid = !pl->reduce_flat && has_map && pl->tile * spatial <= DBN_NARROW_ROW;
+        pl->map_grid = !pl->reduce_flat && has_map && pl->tile * spatial <= DBN_GRID_ROW;
     }
     pl->ntasks = pl->ntiles * pl->nchunks;
 }

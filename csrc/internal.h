@@ -77,12 +77,19 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
                                       about DRAM speed, ~24 GB/s a thread: docs/performance.md section 8) */
 #endif
 #ifndef DBN_NARROW_ROW             /* (-D overrides it: benchmarks/engine_rows.py compares variants) */
-#define DBN_NARROW_ROW 64         /* narrow fused tiles (below) over planes of at most 16 values: at most this
-                                     many values a row (4 AVX-512 vectors: the reduction's accumulators and the
-                                     map's coefficients held in registers, engine.inc's small-row loops, and a
-                                     task's input fits L1 between its reduction and its map; 128x1024x1x1:
-                                     16 tiles of 64 channels instead of 8 of 128, docs/performance.md section 7;
-                                     0: the tiles of 1/8 of the channels, -1: no narrow tiles, for benchmarks) */
+#define DBN_NARROW_ROW 128        /* narrow fused tiles (below) over planes of at most 16 values: at most this
+                                     many values a row. 128, not 64: 128x1024x1x1 on an AMD EPYC (Zen 5), 2
+                                     threads, forward 18.2-18.6 us against 28.6-28.9 with 64 (16 tiles of 64
+                                     channels), backward 24.2 against 34.5; 1 thread 0.61-0.62x; AVX2 0.84-0.93x
+                                     (docs/performance.md section 20). A row of 64 values is 256 bytes at a 4 KiB
+                                     stride: every row of a tile falls in the same few L1 sets. Section 7 chose 64
+                                     on the Intel VM against the loops of then; 0: the tiles of 1/8 of the
+                                     channels, -1: no narrow tiles, for benchmarks */
+#endif
+#ifndef DBN_GRID_ROW
+#define DBN_GRID_ROW 64           /* three-phase maps in block mode over rows of at most this many values run as
+                                     the reduction's grid tasks (driver.c map_grid; engine.inc's small-row loops
+                                     for rows of at most 4 AVX-512 vectors; docs/performance.md section 7) */
 #endif
 #define DBN_NARROW_ROW_MIN 128    /* block mode, a reduction with a map (a training forward, a backward) whose */
 #define DBN_NARROW_TASK_MAX (1 << 20) /* tiles are fewer than DBN_FUSED_MIN_TILES: cut into that many
@@ -175,7 +182,7 @@ typedef struct dbn_plan {
     int64_t nchunks;    /* grid: ceil(batch*spatial / chunk) */
     int64_t ntasks;     /* grid: ntiles * nchunks; task t: tile t / nchunks, chunk t % nchunks */
     int map_grid;       /* three phases: the map runs as the reduction's grid tasks (block mode, rows of at most
-                           DBN_NARROW_ROW values: each task maps the rows it reduced, with the coefficients in
+                           DBN_GRID_ROW values: each task maps the rows it reduced, with the coefficients in
                            registers), else as flat tasks (wider rows: the grid map lost there, docs section 7) */
     int64_t flat_chunk; /* flat: values per task (a multiple of 16) */
     int64_t nflat;      /* flat: number of tasks */

@@ -24,17 +24,17 @@ def plan(shape, bytes_per_value):
 
 # (shape, whether its training forward takes the narrow fused tiles)
 SHAPES = [
-    ((128, 1024, 1, 1), True),  # the MLP case: one tile of 1024 channels -> 16 tiles of 64, fused
-    ((2048, 1024, 1, 1), True),  # 0.5 MiB per task: still narrow tiles (the backward's 1 MiB: three phases)
+    ((128, 1024, 1, 1), True),  # the MLP case: one tile of 1024 channels -> 8 tiles of 128, fused
+    ((2048, 1024, 1, 1), True),  # 1 MiB per task: still narrow tiles (the backward's 1 MiB: three phases)
     ((4096, 1024, 1, 1), False),  # three phases (row chunks), the map as the reduction's grid tasks
     ((600, 160, 2, 2), False),  # 8 tiles of 20 channels x 4 values: rows too short, three phases
-    ((300, 256, 2, 2), True),  # spatial 4: tile 256 -> 16 tiles of 16 channels (64 values a row)
-    ((200, 344, 3, 1), True),  # spatial 3: 21 channels a tile, 63 values (a masked last vector)
+    ((300, 256, 2, 2), True),  # spatial 4: tile 256 -> 8 tiles of 32 channels (128 values a row)
+    ((200, 344, 3, 1), True),  # spatial 3: 42 channels a tile, 126 values (a masked last vector)
     ((160, 48, 5, 5), True),  # spatial 25 (> 16): the tiles of 1/8 of the channels (6 x 25 values)
     ((8192, 16, 1, 1), False),  # channels_last with few channels: three phases, rows of one AVX-512 vector
 ]
 
-NARROW_ROW = 64  # internal.h DBN_NARROW_ROW: values a row of a narrow tile over planes of <= 16 values
+NARROW_ROW = 128  # internal.h DBN_NARROW_ROW: values a row of a narrow tile over planes of <= 16 values
 NARROW_TASK_MAX = 1 << 20  # internal.h DBN_NARROW_TASK_MAX: bytes a narrow tile's task reads at most
 
 
@@ -106,8 +106,8 @@ def test_training_passes_against_float64_and_across_threads(shape):
 # (rows of one vector: channels_last with few channels; rows of many vectors), and both with non-temporal
 # stores (outputs beyond internal.h's DBN_NT_* sizes).
 ROWS = [
-    (128, 1024, 1, 1),  # narrow fused tiles of 64 channels
-    (300, 256, 2, 2),  # narrow fused tiles of 16 channels x 4 values
+    (128, 1024, 1, 1),  # narrow fused tiles of 128 channels
+    (300, 256, 2, 2),  # narrow fused tiles of 32 channels x 4 values
     (8192, 16, 1, 1),  # three phases, grid map of one-vector rows
     (4096, 1024, 1, 1),  # three phases, rows of 64 vectors: the flat map
 ]

@@ -40,9 +40,13 @@ void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int 
                && (double)ceil_div(c, DBN_FUSED_MIN_TILES) * (double)n * bytes_per_value <= DBN_NARROW_TASK_MAX) {
         pl->fused = 1;                   /* a few wide tiles (many channels of tiny planes, the MLP case):
                                             narrower tiles, fused, one parallel region; over planes of at
-                                            most 16 values, rows of at most DBN_NARROW_ROW values */
+                                            most 16 values, rows of at most DBN_NARROW_ROW values
+                                            (DBN_NARROW_ROW_4K where rows are a multiple of 4 KiB) */
         pl->tile = ceil_div(c, DBN_FUSED_MIN_TILES);
-        if (spatial <= 16 && DBN_NARROW_ROW > 0) pl->tile = max64(2, min64(pl->tile, DBN_NARROW_ROW / spatial));
+        if (spatial <= 16 && DBN_NARROW_ROW > 0) {
+            const int64_t row = (c * spatial) % 1024 == 0 ? DBN_NARROW_ROW_4K : DBN_NARROW_ROW;   /* 4 KiB rows */
+            pl->tile = max64(2, min64(pl->tile, row / spatial));
+        }
         pl->ntiles = ceil_div(c, pl->tile);
     } else {
         pl->fused = 0;

@@ -76,15 +76,22 @@ static inline double dbn_denominator(double var, double eps, int eps_in_sqrt)
                                       then comes from L2, not from L3 (on this Intel VM L3 reads run at
                                       about DRAM speed, ~24 GB/s a thread: docs/performance.md section 8) */
 #endif
-#ifndef DBN_NARROW_ROW             /* (-D overrides it: benchmarks/engine_rows.py compares variants) */
-#define DBN_NARROW_ROW 128        /* narrow fused tiles (below) over planes of at most 16 values: at most this
-                                     many values a row. 128, not 64: 128x1024x1x1 on an AMD EPYC (Zen 5), 2
-                                     threads, forward 18.2-18.6 us against 28.6-28.9 with 64 (16 tiles of 64
-                                     channels), backward 24.2 against 34.5; 1 thread 0.61-0.62x; AVX2 0.84-0.93x
-                                     (docs/performance.md section 20). A row of 64 values is 256 bytes at a 4 KiB
-                                     stride: every row of a tile falls in the same few L1 sets. Section 7 chose 64
-                                     on the Intel VM against the loops of then; 0: the tiles of 1/8 of the
-                                     channels, -1: no narrow tiles, for benchmarks */
+#ifndef DBN_NARROW_ROW             /* (-D overrides them: benchmarks/engine_rows.py compares variants) */
+#define DBN_NARROW_ROW 64         /* narrow fused tiles (below) over planes of at most 16 values: at most this
+                                     many values a row (4 AVX-512 vectors: the reduction's accumulators and the
+                                     map's coefficients held in registers, engine.inc's small-row loops, and a
+                                     task's input fits L1 between its reduction and its map; 128x1024x1x1:
+                                     16 tiles of 64 channels instead of 8 of 128, docs/performance.md section 7;
+                                     0: the tiles of 1/8 of the channels, -1: no narrow tiles, for benchmarks) */
+#endif
+#ifndef DBN_NARROW_ROW_4K
+#define DBN_NARROW_ROW_4K 128     /* ... and this many when a row of the tensor (c * spatial floats) is a multiple
+                                     of 4 KiB: then every row of a tile falls in the same L1 sets (the set index
+                                     repeats every 4 KiB) and 64-value rows thrash them. AMD EPYC (Zen 5), 2
+                                     threads: 128x1024x1x1 forward 28.8 -> 17.3 us, backward 32.6 -> 23.4;
+                                     256x1024, 128x2048, 300x256x2x2 0.60-0.82x; rows off 4 KiB keep 64, which
+                                     wins there (128x1032 forward 18.1 us against 20.1, backward 18.2 against
+                                     27.9; docs/performance.md section 20) */
 #endif
 #ifndef DBN_GRID_ROW
 #define DBN_GRID_ROW 64           /* three-phase maps in block mode over rows of at most this many values run as

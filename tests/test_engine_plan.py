@@ -24,17 +24,19 @@ def plan(shape, bytes_per_value):
 
 # (shape, whether its training forward takes the narrow fused tiles)
 SHAPES = [
-    ((128, 1024, 1, 1), True),  # the MLP case: one tile of 1024 channels -> 8 tiles of 128, fused
+    ((128, 1024, 1, 1), True),  # the MLP case: one tile of 1024 channels -> 8 tiles of 128 (4 KiB rows), fused
     ((2048, 1024, 1, 1), True),  # 1 MiB per task: still narrow tiles (the backward's 1 MiB: three phases)
     ((4096, 1024, 1, 1), False),  # three phases (row chunks), the map as the reduction's grid tasks
     ((600, 160, 2, 2), False),  # 8 tiles of 20 channels x 4 values: rows too short, three phases
-    ((300, 256, 2, 2), True),  # spatial 4: tile 256 -> 8 tiles of 32 channels (128 values a row)
-    ((200, 344, 3, 1), True),  # spatial 3: 42 channels a tile, 126 values (a masked last vector)
+    ((300, 256, 2, 2), True),  # spatial 4: tile 256 -> 8 tiles of 32 channels (128 values a row: 4 KiB rows)
+    ((200, 344, 3, 1), True),  # spatial 3: 21 channels a tile, 63 values (a masked last vector)
     ((160, 48, 5, 5), True),  # spatial 25 (> 16): the tiles of 1/8 of the channels (6 x 25 values)
+    ((128, 1032, 1, 1), True),  # rows of 4128 bytes (not a multiple of 4 KiB): 17 tiles of 64 channels
     ((8192, 16, 1, 1), False),  # channels_last with few channels: three phases, rows of one AVX-512 vector
 ]
 
-NARROW_ROW = 128  # internal.h DBN_NARROW_ROW: values a row of a narrow tile over planes of <= 16 values
+NARROW_ROW = 64  # internal.h DBN_NARROW_ROW: values a row of a narrow tile over planes of <= 16 values
+NARROW_ROW_4K = 128  # internal.h DBN_NARROW_ROW_4K: the same where c * spatial floats are a multiple of 4 KiB
 NARROW_TASK_MAX = 1 << 20  # internal.h DBN_NARROW_TASK_MAX: bytes a narrow tile's task reads at most
 
 
@@ -46,7 +48,8 @@ def test_narrow_tiles_are_taken_where_expected():
         if narrow:
             assert fwd.fused and fwd.nchunks == 1 and fwd.ntiles >= 8 and fwd.tile * fwd.ntiles >= c, shape
             if s <= 16:
-                assert fwd.tile * s <= NARROW_ROW and (fwd.tile + 1) * s > NARROW_ROW, shape
+                row = NARROW_ROW_4K if c * s * 4 % 4096 == 0 else NARROW_ROW
+                assert fwd.tile * s <= row and (fwd.tile + 1) * s > row, shape
             else:
                 assert fwd.ntiles == 8, shape
         else:

@@ -585,8 +585,8 @@ static void backward_job(dbn_job *job, const float *x, const float *delta, float
     job->out2 = out2;
     job->ctx = ctx;
     /* in place (out == delta: the lines written were just read, so streaming saves no read-for-ownership
-     * and only evicts them) never streams: 0.81-0.95x the streamed time from 12 MiB on this AMD EPYC, 0.60-0.65x
-     * on the Intel VM (docs/performance.md sections 4 and 20) */
+     * and only evicts them) never streams: 0.81-0.95x the streamed time from 14 MiB on an AMD EPYC (1.01-1.05x
+     * at 10-12), 0.60-0.65x on the Intel VM (docs/performance.md sections 4 and 20) */
     job->nt = out != delta && out_bytes(batch, c, spatial) > DBN_NT_BACKWARD_BYTES;
 }
 

@@ -44,7 +44,8 @@ void dbn_make_plan(dbn_plan *pl, int64_t batch, int64_t c, int64_t spatial, int 
                                             (DBN_NARROW_ROW_4K where rows are a multiple of 4 KiB) */
         pl->tile = ceil_div(c, DBN_FUSED_MIN_TILES);
         if (spatial <= 16 && DBN_NARROW_ROW > 0) {
-            const int64_t row = (c * spatial) % 1024 == 0 ? DBN_NARROW_ROW_4K : DBN_NARROW_ROW;   /* 4 KiB rows */
+            const int aliased = (c * spatial * (int64_t)sizeof(float)) % 4096 == 0;   /* rows a multiple of 4 KiB */
+            const int64_t row = aliased ? DBN_NARROW_ROW_4K : DBN_NARROW_ROW;
             pl->tile = max64(2, min64(pl->tile, row / spatial));
         }
         pl->ntiles = ceil_div(c, pl->tile);
@@ -328,10 +329,12 @@ void dbn_run(dbn_job *job, const dbn_exec *exec)
         return;
     }
     if (pl->fused) {
-        /* in place and fused below the streaming size (tiny, narrow tiles, groups in L2): the map rewrites
-         * lines the reduction just brought into cache, where a non-temporal store only evicts them
-         * (1x16x416x416's backward, 1 thread: 2.43 ms streaming, 1.41 plain; docs/performance.md 8) */
-        if ((job->out == job->a || job->out == job->b) && (double)bpv * (double)values <= DBN_STREAM_MAX) job->nt = 0;
+        /* a forward in place and fused below the streaming size (tiny, narrow tiles, groups in L2): the map
+         * rewrites lines the reduction just brought into cache, where a non-temporal store only evicts them
+         * (measured on the backward, when this rule also covered it: 1x16x416x416, 1 thread, 2.43 ms
+         * streaming, 1.41 plain; docs/performance.md 8). An in-place backward (out == b) now never streams
+         * at any size: fused.c's backward_job decides it. */
+        if (job->out == job->a && (double)bpv * (double)values <= DBN_STREAM_MAX) job->nt = 0;
         job->phase = DBN_PHASE_FUSED;
         run_tasks(fn, job, pl->ntasks, team_size(exec, pl->ntasks, values));
         return;

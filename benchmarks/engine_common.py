@@ -2,6 +2,7 @@
 
 Timing: every round runs each case ``reps`` times back to back (so no case meets threads that went to
 sleep between rounds) and keeps the mean of those calls; a case's figure is the median over rounds.
+Every other round runs the cases in reverse order, so that none always runs first or after the same one.
 Cases are interleaved round by round, so the machine's drift (other processes, the VM's cores moving)
 hits all of them alike: only the ratios of one run are worth quoting.
 
@@ -45,8 +46,12 @@ def interleaved(
         for _ in range(max(1, reps // 4)):
             f()
     clock = time.perf_counter
-    for _ in range(rounds):
-        for name, f in cases.items():
+    names = list(cases)
+    for rnd in range(rounds):
+        # every other round in reverse order: a fixed order gave the case that ran first a bias of up to
+        # 0.9x against an identical one on 0.5 MB tensors (docs/performance.md section 21)
+        for name in names[::-1] if rnd % 2 else names:
+            f = cases[name]
             t0 = clock()
             for _ in range(reps):
                 f()

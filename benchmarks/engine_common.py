@@ -48,8 +48,8 @@ def interleaved(
     clock = time.perf_counter
     names = list(cases)
     for rnd in range(rounds):
-        # every other round in reverse order: a fixed order gave the case that ran first a bias of up to
-        # 0.9x against an identical one on 0.5 MB tensors (docs/performance.md section 21)
+        # every other round in reverse order: in a fixed order, identical code read 0.89-0.93x for the
+        # second case against the first on 0.5 MB tensors (docs/performance.md section 21)
         for name in names[::-1] if rnd % 2 else names:
             f = cases[name]
             t0 = clock()
